@@ -1,0 +1,80 @@
+"""The Python Celery client of the benchmark (see examples/bench/celery.rs).
+
+    python celery_client.py publish N     send N tasks (nobody consumes), time it
+    python celery_client.py warm N W      N round trips, untimed
+    python celery_client.py e2e N W       N round trips with W in flight, timed
+    python celery_client.py seq N         N one-at-a-time round trips
+
+Every task is `tasks_add.delay(i, 1)` to $BENCH_QUEUE; results come back
+through `rpc://`. Prints one JSON object on its last line. Celery publishes
+without publisher confirms by default: that is what is measured."""
+
+import json
+import resource
+import sys
+import time
+from collections import deque
+
+from celery_bench import app, tasks_add
+
+TIMEOUT = 120
+
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def round_trips(n, window):
+    pending = deque()
+    sent = 0
+    while sent < min(window, n):
+        pending.append((sent, tasks_add.delay(sent, 1)))
+        sent += 1
+    while pending:
+        i, result = pending.popleft()
+        value = result.get(timeout=TIMEOUT)
+        if value != i + 1:
+            raise SystemExit(f"tasks.add({i}, 1) returned {value!r}")
+        if sent < n:
+            pending.append((sent, tasks_add.delay(sent, 1)))
+            sent += 1
+
+
+def main():
+    mode, n = sys.argv[1], int(sys.argv[2])
+    window = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    # Connect (and declare the reply queue) before any timing.
+    app.connection_for_write().ensure_connection()
+    out = {"mode": mode, "n": n}
+    if mode == "publish":
+        for i in range(min(200, n)):
+            tasks_add.delay(i, 1)
+        start, cpu0 = time.perf_counter(), cpu()
+        for i in range(n):
+            tasks_add.delay(i, 1)
+        out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = cpu() - cpu0
+    elif mode == "warm":
+        round_trips(n, window)
+    elif mode == "e2e":
+        start, cpu0 = time.perf_counter(), cpu()
+        round_trips(n, window)
+        out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = cpu() - cpu0
+    elif mode == "seq":
+        latencies = []
+        for i in range(n):
+            start = time.perf_counter()
+            value = tasks_add.delay(i, 1).get(timeout=TIMEOUT)
+            latencies.append((time.perf_counter() - start) * 1e3)
+            if value != i + 1:
+                raise SystemExit(f"tasks.add({i}, 1) returned {value!r}")
+        out["latencies_ms"] = latencies
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+//! [`App`]: a connection to the broker for calling tasks and receiving their
+//! results, and the process-wide default app that `.delay()` uses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+use crate::async_result::PendingResults;
+use crate::broker::amqp::{redact, AmqpBroker, ReconnectPolicy};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, BrokerError, ConsumeOptions, QueueSpec};
+use crate::protocol::result_message::ResultBody;
+use crate::signature::EncodedCall;
+use crate::{AsyncResult, Error, Signature};
+
+/// The broker URL used when none is configured.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Celery's default task queue.
+pub const DEFAULT_QUEUE: &str = "celery";
+
+static DEFAULT_APP: RwLock<Option<App>> = RwLock::new(None);
+
+/// A client of the task broker: publishes task calls and receives their
+/// results on a reply queue of its own. Cheap to clone (one shared connection).
+///
+/// The app connected last in a process is the process's default app, which
+/// `task.delay(..)` and `signature.apply_async()` use; see
+/// [`App::set_as_default`] and [`Signature::apply_async_with`].
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    broker: Arc<dyn Broker>,
+    default_queue: String,
+    queue_specs: HashMap<String, QueueSpec>,
+    declared_queues: Mutex<HashSet<String>>,
+    reply_queue: OnceCell<String>,
+    pending: Arc<PendingResults>,
+    eager: bool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("default_queue", &self.inner.default_queue)
+            .field("reply_queue", &self.inner.reply_queue.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and connects an [`App`].
+#[derive(Debug, Clone)]
+pub struct AppBuilder {
+    broker_url: String,
+    default_queue: String,
+    queue_specs: HashMap<String, QueueSpec>,
+    set_as_default: bool,
+    eager: bool,
+    reconnect: ReconnectPolicy,
+}
+
+impl Default for AppBuilder {
+    fn default() -> Self {
+        Self {
+            broker_url: std::env::var("BROKER_URL").unwrap_or_else(|_| DEFAULT_BROKER_URL.into()),
+            default_queue: DEFAULT_QUEUE.into(),
+            queue_specs: HashMap::new(),
+            set_as_default: true,
+            eager: false,
+            reconnect: ReconnectPolicy::default(),
+        }
+    }
+}
+
+impl AppBuilder {
+    /// How an `amqp://` connection recovers from RabbitMQ going away: backoff
+    /// between attempts, and how long a publish keeps retrying before it
+    /// fails (default: 100 ms doubling up to 5 s, 30 s per operation).
+    pub fn reconnect_policy(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// The broker to connect to (default: `$BROKER_URL`, else [`DEFAULT_BROKER_URL`]).
+    pub fn broker_url(mut self, url: impl Into<String>) -> Self {
+        self.broker_url = url.into();
+        self
+    }
+
+    /// The queue for calls that name none (default `celery`).
+    pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
+        self.default_queue = queue.into();
+        self
+    }
+
+    /// Declares `spec.name` with these settings (e.g. `x-max-priority`)
+    /// instead of as a plain durable queue. Callers and workers that share a
+    /// queue must declare it alike, or RabbitMQ refuses the second declaration.
+    pub fn queue(mut self, spec: QueueSpec) -> Self {
+        self.queue_specs.insert(spec.name.clone(), spec);
+        self
+    }
+
+    /// Whether this app becomes the process default app, replacing the
+    /// previous one, as a new Celery app becomes `current_app` (default: yes).
+    pub fn set_as_default(mut self, yes: bool) -> Self {
+        self.set_as_default = yes;
+        self
+    }
+
+    /// Runs every call inline, in the caller, instead of publishing it
+    /// (Celery's `task_always_eager`), for tests; see [`App::eager`].
+    /// An eager app connects to no broker (default: no).
+    pub fn eager(mut self, yes: bool) -> Self {
+        self.eager = yes;
+        self
+    }
+
+    /// Connects to the broker the URL's scheme names: `amqp://` or `amqps://`
+    /// (RabbitMQ), or `memory://[name]` (the in-process broker of that name,
+    /// shared by every app of the process that names it). An eager app
+    /// connects to nothing.
+    pub async fn connect(self) -> Result<App, Error> {
+        let url = self.broker_url.as_str();
+        let scheme = url
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        let broker: Arc<dyn Broker> = match scheme.as_deref() {
+            _ if self.eager => Arc::new(MemoryBroker::new()),
+            Some("memory") => Arc::new(MemoryBroker::shared(url)?),
+            Some("amqp" | "amqps") => {
+                Arc::new(AmqpBroker::connect_with(url, self.reconnect).await?)
+            }
+            _ => {
+                return Err(BrokerError::InvalidUrl {
+                    url: redact(url),
+                    reason: "unsupported scheme: use amqp://, amqps:// or memory://".into(),
+                }
+                .into())
+            }
+        };
+        Ok(self.build_with(broker))
+    }
+
+    /// Builds an app on an already-connected broker.
+    pub fn build_with(self, broker: Arc<dyn Broker>) -> App {
+        let app = App {
+            inner: Arc::new(AppInner {
+                broker,
+                default_queue: self.default_queue,
+                queue_specs: self.queue_specs,
+                declared_queues: Mutex::new(HashSet::new()),
+                reply_queue: OnceCell::new(),
+                pending: Arc::new(PendingResults::default()),
+                eager: self.eager,
+            }),
+        };
+        if self.set_as_default {
+            app.set_as_default();
+        }
+        app
+    }
+}
+
+impl App {
+    /// Connects to `url` with default settings and makes the new app the
+    /// process's default app.
+    pub async fn connect(url: &str) -> Result<App, Error> {
+        Self::builder().broker_url(url).connect().await
+    }
+
+    /// Connects to `$BROKER_URL`, or [`DEFAULT_BROKER_URL`] when unset.
+    pub async fn from_env() -> Result<App, Error> {
+        Self::builder().connect().await
+    }
+
+    /// Starts configuring an app.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
+    }
+
+    /// The default app, used by `.delay()` and `.apply_async()`.
+    pub fn current() -> Result<App, Error> {
+        DEFAULT_APP
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::NoDefaultApp)
+    }
+
+    /// Makes this app the process's default app, replacing any other.
+    pub fn set_as_default(&self) {
+        *DEFAULT_APP.write().unwrap_or_else(PoisonError::into_inner) = Some(self.clone());
+    }
+
+    /// The broker connection.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// Whether calls run inline instead of being published ([`App::eager`]).
+    pub fn is_eager(&self) -> bool {
+        self.inner.eager
+    }
+
+    /// The queue used when a call names none.
+    pub fn default_queue(&self) -> &str {
+        &self.inner.default_queue
+    }
+
+    /// How `queue` is declared: as configured, else as a Celery task queue.
+    pub fn queue_spec(&self, queue: &str) -> QueueSpec {
+        self.inner
+            .queue_specs
+            .get(queue)
+            .cloned()
+            .unwrap_or_else(|| QueueSpec::task_queue(queue))
+    }
+
+    /// Declares `queue` once per app (later calls return at once).
+    pub async fn ensure_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        if self.declared(queue) {
+            return Ok(());
+        }
+        self.ensure_declared(&self.queue_spec(queue)).await
+    }
+
+    /// Declares the queue `spec` describes, once per app and queue name.
+    pub async fn ensure_declared(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        if self.declared(&spec.name) {
+            return Ok(());
+        }
+        self.inner.broker.declare_queue(spec).await?;
+        self.inner
+            .declared_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.name.clone());
+        Ok(())
+    }
+
+    fn declared(&self, queue: &str) -> bool {
+        self.inner
+            .declared_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(queue)
+    }
+
+    /// Starts a call of the task registered as `name` (any language), whose
+    /// result will be read as `R`.
+    pub fn signature<R>(&self, name: impl Into<std::borrow::Cow<'static, str>>) -> Signature<R> {
+        Signature::new(name)
+    }
+
+    /// Publishes `signature` and returns once the broker confirmed it.
+    pub async fn send<R: DeserializeOwned>(
+        &self,
+        signature: Signature<R>,
+    ) -> Result<AsyncResult<R>, Error> {
+        if self.inner.eager {
+            return crate::eager::apply(&self.inner.pending, &self.inner.default_queue, signature)
+                .await;
+        }
+        let queue = signature
+            .options
+            .queue
+            .as_deref()
+            .unwrap_or(&self.inner.default_queue);
+        self.ensure_queue(queue).await?;
+        let reply_to = if signature.options.ignore_result {
+            None
+        } else {
+            Some(self.reply_queue().await?)
+        };
+        let EncodedCall {
+            task_id,
+            message,
+            eta,
+        } = signature.encode_call(reply_to)?;
+        let slot = reply_to.map(|_| self.inner.pending.expect(&task_id));
+        // A future ETA is kept by the broker (delay levels), not by a worker.
+        let delay = eta
+            .and_then(|eta| (eta - Utc::now()).to_std().ok())
+            .filter(|delay| !delay.is_zero());
+        let published = match delay {
+            Some(delay) => {
+                self.inner
+                    .broker
+                    .publish_delayed(queue, &message, delay)
+                    .await
+            }
+            None => self.inner.broker.publish("", queue, &message).await,
+        };
+        if let Err(error) = published {
+            self.inner.pending.forget(&task_id);
+            return Err(error.into());
+        }
+        Ok(AsyncResult::new(task_id, slot))
+    }
+
+    /// The name of this app's reply queue, declared and consumed on first use.
+    async fn reply_queue(&self) -> Result<&str, BrokerError> {
+        self.inner
+            .reply_queue
+            .get_or_try_init(|| async {
+                let name = uuid::Uuid::new_v4().to_string();
+                let broker = Arc::clone(&self.inner.broker);
+                let deliveries = consume_reply_queue(broker.as_ref(), &name).await?;
+                tokio::spawn(route_results(
+                    broker,
+                    name.clone(),
+                    deliveries,
+                    Arc::clone(&self.inner.pending),
+                ));
+                Ok(name)
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// How many results this app is still waiting for.
+    pub fn pending_results(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    /// Closes the broker connection.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.broker.close().await.map_err(Error::from)
+    }
+}
+
+/// Declares (again, after a reconnection: it is auto-delete) and consumes
+/// the reply queue `name`.
+async fn consume_reply_queue(
+    broker: &dyn Broker,
+    name: &str,
+) -> Result<crate::broker::DeliveryStream, BrokerError> {
+    broker
+        .declare_queue(&QueueSpec::reply_queue(name.to_owned()))
+        .await?;
+    let consumer = broker
+        .consume(
+            std::slice::from_ref(&name.to_owned()),
+            ConsumeOptions::no_ack(),
+        )
+        .await?;
+    Ok(consumer.deliveries)
+}
+
+/// How long the reply consumer pauses between two attempts to resume (each
+/// attempt itself retries until the reconnection deadline).
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the reply queue and hands each result to its waiter. When the
+/// connection is lost it resumes on the new one (waiters keep waiting:
+/// results published after that arrive). While it cannot resume (the broker
+/// stays away past the reconnection deadline) it fails every waiter with a
+/// typed error and keeps trying, so that the app receives results again once
+/// the broker is back; it stops when the broker refuses (the app was closed,
+/// the queue cannot be declared) or the app is gone.
+async fn route_results(
+    broker: Arc<dyn Broker>,
+    name: String,
+    mut deliveries: crate::broker::DeliveryStream,
+    pending: Arc<PendingResults>,
+) {
+    loop {
+        let lost = loop {
+            match deliveries.next().await {
+                Some(Ok(delivery)) => match ResultBody::decode(&delivery.message.body) {
+                    Ok(body) => pending.deliver(body),
+                    Err(error) => tracing::warn!(%error, "dropping a malformed result message"),
+                },
+                Some(Err(error)) => break format!("result consumer failed: {error}"),
+                None => break "result consumer stopped".to_owned(),
+            }
+        };
+        let mut failed_attempts = 0u32;
+        deliveries = loop {
+            match consume_reply_queue(broker.as_ref(), &name).await {
+                Ok(resumed) => {
+                    tracing::info!(%lost, failed_attempts, "resumed consuming results");
+                    break resumed;
+                }
+                Err(error) => {
+                    let reason = format!("{lost}; could not resume: {error}");
+                    pending.fail_all(&reason);
+                    // Only this task holds the broker: the app was dropped.
+                    let app_gone = Arc::strong_count(&broker) == 1;
+                    if app_gone || !matches!(error, BrokerError::Connection(_)) {
+                        tracing::warn!(%reason, "no more results will arrive on this app's reply queue");
+                        return;
+                    }
+                    if failed_attempts == 0 {
+                        tracing::warn!(%reason, "no result can arrive until the broker is back; still trying");
+                    }
+                    failed_attempts += 1;
+                    tokio::time::sleep(RESUME_PAUSE).await;
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,253 @@
+//! The caller's side of results: [`AsyncResult`], a typed handle to one
+//! task's outcome, and [`PendingResults`], the table that routes each result
+//! message arriving on the reply queue to the handle waiting for it.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::protocol::result_message::{ExceptionInfo, ResultBody, TaskState};
+use crate::{Error, TaskFailure};
+
+/// What is known of one task's result so far.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot {
+    /// A state without a final value (PENDING, STARTED, RETRY).
+    Waiting(TaskState),
+    /// The final result message.
+    Ready(Arc<ResultBody>),
+    /// The result can no longer arrive.
+    Lost(Arc<str>),
+}
+
+/// Results expected by this client, by task id.
+#[derive(Debug, Default)]
+pub(crate) struct PendingResults {
+    slots: Mutex<HashMap<String, watch::Sender<Slot>>>,
+}
+
+impl PendingResults {
+    /// Starts expecting a result for `task_id` (before its message is published,
+    /// so a fast result cannot be missed).
+    pub(crate) fn expect(&self, task_id: &str) -> watch::Receiver<Slot> {
+        let (sender, receiver) = watch::channel(Slot::Waiting(TaskState::Pending));
+        self.lock().insert(task_id.to_owned(), sender);
+        receiver
+    }
+
+    /// Stops expecting `task_id` (its message could not be published).
+    pub(crate) fn forget(&self, task_id: &str) {
+        self.lock().remove(task_id);
+    }
+
+    /// Routes a result message to its waiter. Results nobody waits for are
+    /// dropped, as Celery's `rpc://` backend does.
+    pub(crate) fn deliver(&self, body: ResultBody) {
+        let mut slots = self.lock();
+        if body.status.is_ready() {
+            if let Some(sender) = slots.remove(&body.task_id) {
+                drop(slots);
+                sender.send_replace(Slot::Ready(Arc::new(body)));
+            }
+        } else if let Some(sender) = slots.get(&body.task_id) {
+            if sender.receiver_count() == 0 {
+                slots.remove(&body.task_id);
+            } else {
+                sender.send_replace(Slot::Waiting(body.status));
+            }
+        }
+    }
+
+    /// Wakes every waiter with an error: no result can arrive any more.
+    pub(crate) fn fail_all(&self, reason: &str) {
+        let reason: Arc<str> = Arc::from(reason);
+        for (_, sender) in self.lock().drain() {
+            sender.send_replace(Slot::Lost(reason.clone()));
+        }
+    }
+
+    /// How many results are awaited.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Slot>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A handle to the result of a published task, typed by its value.
+///
+/// Only the client that sent a task receives its result (Celery's `rpc://`
+/// semantics); `get` can be called again after a timeout.
+#[derive(Debug)]
+pub struct AsyncResult<R> {
+    task_id: String,
+    slot: Option<watch::Receiver<Slot>>,
+    value: PhantomData<fn() -> R>,
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn new(task_id: String, slot: Option<watch::Receiver<Slot>>) -> Self {
+        Self {
+            task_id,
+            slot,
+            value: PhantomData,
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// The latest known state, without waiting.
+    pub fn state(&self) -> TaskState {
+        match self.slot.as_ref().map(|slot| slot.borrow().clone()) {
+            None => TaskState::Pending,
+            Some(Slot::Waiting(state)) => state,
+            Some(Slot::Ready(body)) => body.status,
+            Some(Slot::Lost(_)) => TaskState::Pending,
+        }
+    }
+
+    /// Whether the final state has arrived.
+    pub fn ready(&self) -> bool {
+        self.state().is_ready()
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits up to `timeout` for the final state: the value on SUCCESS, a
+    /// typed error on FAILURE, REVOKED, timeout or a lost result queue.
+    pub async fn get(&self, timeout: Duration) -> Result<R, Error> {
+        let Some(slot) = &self.slot else {
+            return Err(Error::ResultIgnored {
+                task_id: self.task_id.clone(),
+            });
+        };
+        let mut slot = slot.clone();
+        let waited =
+            tokio::time::timeout(timeout, slot.wait_for(|s| !matches!(s, Slot::Waiting(_)))).await;
+        let state = match waited {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    task_id: self.task_id.clone(),
+                    waited: timeout,
+                })
+            }
+            Ok(Err(_)) => Slot::Lost(Arc::from("the client's result table was dropped")),
+            Ok(Ok(state)) => state.clone(),
+        };
+        match state {
+            Slot::Waiting(_) => unreachable!("wait_for returned a waiting state"),
+            Slot::Lost(reason) => Err(Error::ResultLost {
+                task_id: self.task_id.clone(),
+                reason: reason.to_string(),
+            }),
+            Slot::Ready(body) => self.outcome(&body),
+        }
+    }
+
+    fn outcome(&self, body: &ResultBody) -> Result<R, Error> {
+        let raw = body.result.as_ref().map_or("null", |raw| raw.get());
+        match body.status {
+            TaskState::Success => serde_json::from_str(raw).map_err(|e| Error::DecodeResult {
+                task_id: self.task_id.clone(),
+                expected: std::any::type_name::<R>(),
+                reason: e.to_string(),
+            }),
+            TaskState::Revoked => Err(Error::Revoked {
+                task_id: self.task_id.clone(),
+                reason: serde_json::from_str::<ExceptionInfo>(raw)
+                    .map(|info| info.message())
+                    .unwrap_or_else(|_| raw.to_owned()),
+            }),
+            _ => {
+                let info = serde_json::from_str::<ExceptionInfo>(raw).unwrap_or(ExceptionInfo {
+                    exc_type: "UnknownError".into(),
+                    exc_message: serde_json::Value::String(raw.to_owned()),
+                    exc_module: None,
+                });
+                Err(Error::TaskFailed(Box::new(TaskFailure {
+                    task_id: self.task_id.clone(),
+                    message: info.message(),
+                    exc_type: info.exc_type,
+                    exc_module: info.exc_module,
+                    traceback: body.traceback.clone(),
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(id: &str, json: &str) -> ResultBody {
+        let text = format!("{{\"task_id\": \"{id}\", {json}}}");
+        ResultBody::decode(text.as_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn results_reach_their_waiters_and_states_progress() {
+        let pending = PendingResults::default();
+        let handle = AsyncResult::<i64>::new("a".into(), Some(pending.expect("a")));
+        assert_eq!(handle.state(), TaskState::Pending);
+        pending.deliver(body("a", r#""status": "STARTED", "result": {"pid": 1}"#));
+        assert_eq!(handle.state(), TaskState::Started);
+        pending.deliver(body("a", r#""status": "SUCCESS", "result": 7"#));
+        assert_eq!(handle.get(Duration::from_secs(1)).await.unwrap(), 7);
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_timeouts_and_losses_are_typed_errors() {
+        let pending = PendingResults::default();
+        let failed = AsyncResult::<i64>::new("f".into(), Some(pending.expect("f")));
+        pending.deliver(body(
+            "f",
+            r#""status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["bad"], "exc_module": "builtins"}, "traceback": "tb""#,
+        ));
+        let error = failed.get(Duration::from_secs(1)).await.unwrap_err();
+        let failure = error.as_task_failure().unwrap();
+        assert_eq!(
+            (failure.exc_type.as_str(), failure.message.as_str()),
+            ("ValueError", "bad")
+        );
+        assert_eq!(failure.traceback.as_deref(), Some("tb"));
+
+        let slow = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")));
+        let error = slow.get(Duration::from_millis(10)).await.unwrap_err();
+        assert!(matches!(error, Error::Timeout { .. }));
+
+        pending.fail_all("connection lost");
+        let error = slow.get(Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(error, Error::ResultLost { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn wrong_result_types_and_revocations_are_reported() {
+        let pending = PendingResults::default();
+        let wrong = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")));
+        pending.deliver(body("w", r#""status": "SUCCESS", "result": "text""#));
+        assert!(matches!(
+            wrong.get(Duration::from_secs(1)).await,
+            Err(Error::DecodeResult { .. })
+        ));
+        let revoked = AsyncResult::<i64>::new("r".into(), Some(pending.expect("r")));
+        pending.deliver(body(
+            "r",
+            r#""status": "REVOKED", "result": {"exc_type": "TaskRevokedError", "exc_message": ["expired"]}"#,
+        ));
+        match revoked.get(Duration::from_secs(1)).await {
+            Err(Error::Revoked { reason, .. }) => assert_eq!(reason, "expired"),
+            other => panic!("expected Revoked, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! [`Broker`] on RabbitMQ through lapin.
+//!
+//! One connection per broker handle; one long-lived publishing channel in
+//! confirm mode shared by every publisher (lapin pipelines publishes and
+//! resolves each confirm independently, so concurrent publishers never wait on
+//! each other's confirms); one channel per consumer; declarations on a
+//! short-lived channel of their own, so a refused declaration
+//! (PRECONDITION_FAILED closes the channel) cannot break publishing.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use tokio::sync::OnceCell;
+
+pub use super::amqp_link::ReconnectPolicy;
+use super::amqp_link::{lost, Link, LinkKeeper};
+use super::delay_topology;
+use super::field_table::{json_to_table, table_to_json};
+use super::{
+    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery, Message,
+    Properties, QueueSpec,
+};
+
+/// A RabbitMQ connection used as the framework's broker. It reconnects by
+/// itself when RabbitMQ goes away (see [`ReconnectPolicy`]).
+pub struct AmqpBroker {
+    link: LinkKeeper,
+    /// The delay levels, declared on first use (see [`delay_topology`]).
+    delay_levels: OnceCell<()>,
+    /// Queues already bound to the delay delivery exchange.
+    delay_targets: Mutex<HashSet<String>>,
+}
+
+impl AmqpBroker {
+    /// Connects to `url` (`amqp://user:pass@host:port/vhost`) with the
+    /// default [`ReconnectPolicy`].
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, ReconnectPolicy::default()).await
+    }
+
+    /// Connects to `url`, recovering from lost connections as `policy` says.
+    pub async fn connect_with(url: &str, policy: ReconnectPolicy) -> Result<Self, BrokerError> {
+        Ok(Self {
+            link: LinkKeeper::connect(url, policy).await?,
+            delay_levels: OnceCell::new(),
+            delay_targets: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The reconnection policy in force.
+    pub fn reconnect_policy(&self) -> ReconnectPolicy {
+        self.link.policy()
+    }
+
+    /// Runs `declare` on a fresh channel of the current connection, closed
+    /// afterwards (a refused declaration closes its channel: it must not be
+    /// the publisher's), reconnecting first if the connection is lost.
+    async fn on_own_channel<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        declare: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, lapin::Error>>,
+    {
+        self.link
+            .run(|link| {
+                let declare = &declare;
+                async move {
+                    let channel = link
+                        .connection
+                        .create_channel()
+                        .await
+                        .map_err(|e| lost("channel.open", e))?;
+                    let result = declare(channel.clone()).await;
+                    let _ = channel.close(200, "done".into()).await;
+                    result.map_err(|e| lost(operation, e))
+                }
+            })
+            .await
+    }
+
+    /// Declares the delay levels once per broker.
+    async fn ensure_delay_levels(&self) -> Result<(), BrokerError> {
+        self.delay_levels
+            .get_or_try_init(|| self.on_own_channel("declare delay levels", declare_delay_levels))
+            .await
+            .map(|_| ())
+    }
+
+    /// Binds `queue` to the delay delivery exchange, once per broker.
+    async fn ensure_delay_target(&self, queue: &str) -> Result<(), BrokerError> {
+        if self
+            .delay_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(queue)
+        {
+            return Ok(());
+        }
+        self.on_own_channel("bind delay target", |channel| async move {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    delay_topology::DELIVERY_EXCHANGE.into(),
+                    delay_topology::delivery_pattern(queue).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await?;
+        self.delay_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_owned());
+        Ok(())
+    }
+}
+
+async fn declare_on(channel: Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
+    let options = QueueDeclareOptions {
+        passive: false,
+        durable: spec.durable,
+        exclusive: spec.exclusive,
+        auto_delete: spec.auto_delete,
+        nowait: false,
+    };
+    channel
+        .queue_declare(
+            spec.name.as_str().into(),
+            options,
+            json_to_table(&spec.arguments),
+        )
+        .await?;
+    if spec.bind_same_name_exchange {
+        let exchange = ShortString::from(spec.name.as_str());
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                exchange.clone(),
+                exchange.clone(),
+                exchange,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn publish_on(
+    publisher: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    message: &Message,
+) -> Result<(), BrokerError> {
+    let confirm = publisher
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.body,
+            to_lapin_properties(&message.properties),
+        )
+        .await
+        .map_err(|e| lost("basic.publish", e))?;
+    match confirm.await.map_err(|e| lost("basic.publish", e))? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked {
+            routing_key: routing_key.to_owned(),
+        }),
+        Confirmation::NotRequested => Err(BrokerError::Operation {
+            operation: "basic.publish",
+            reason: "publisher confirms are not enabled on the publishing channel".into(),
+        }),
+    }
+}
+
+async fn consume_on(
+    link: &Link,
+    queues: &[String],
+    options: ConsumeOptions,
+) -> Result<Consumer, BrokerError> {
+    let channel = link
+        .connection
+        .create_channel()
+        .await
+        .map_err(|e| lost("channel.open", e))?;
+    if options.prefetch > 0 {
+        channel
+            .basic_qos(options.prefetch, BasicQosOptions { global: true })
+            .await
+            .map_err(|e| lost("basic.qos", e))?;
+    }
+    let mut streams = Vec::with_capacity(queues.len());
+    let mut tags = Vec::with_capacity(queues.len());
+    for queue in queues {
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: options.no_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                consumer_arguments(&options),
+            )
+            .await
+            .map_err(|e| match lost("basic.consume", e) {
+                BrokerError::Operation { operation, reason } => BrokerError::Operation {
+                    operation,
+                    reason: format!("queue `{queue}`: {reason}"),
+                },
+                other => other,
+            })?;
+        tags.push(consumer.tag());
+        let queue = queue.clone();
+        streams.push(
+            consumer
+                .map(move |delivery| {
+                    delivery
+                        .map(|d| from_lapin_delivery(d, &queue))
+                        .map_err(|e| lost("basic.deliver", e))
+                })
+                .boxed(),
+        );
+    }
+    Ok(Consumer {
+        deliveries: futures_util::stream::select_all(streams).boxed(),
+        cancel: Box::new(AmqpConsumerCancel { channel, tags }),
+    })
+}
+
+/// Declares the delivery exchange and every level (exchange, TTL queue,
+/// bindings) of the delay cascade, lowest level first so that each level's
+/// dead-letter exchange exists before it.
+async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
+    let durable_topic = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            delay_topology::DELIVERY_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable_topic,
+            FieldTable::default(),
+        )
+        .await?;
+    for k in 0..delay_topology::LEVELS {
+        let level = ShortString::from(delay_topology::level_name(k));
+        let next = ShortString::from(delay_topology::next_exchange(k));
+        channel
+            .exchange_declare(
+                level.clone(),
+                ExchangeKind::Topic,
+                durable_topic,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1i64 << k));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(next.as_str().into()),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(level.clone(), durable, arguments)
+            .await?;
+        channel
+            .queue_bind(
+                level.clone(),
+                level.clone(),
+                delay_topology::level_pattern(k, true).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_bind(
+                next,
+                level,
+                delay_topology::level_pattern(k, false).into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.on_own_channel("queue.declare", |channel| declare_on(channel, spec))
+            .await
+            .map_err(|e| in_context(e, || format!("queue `{}`", spec.name)))
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), BrokerError> {
+        self.link
+            .run(|link| async move { publish_on(&link.publisher, exchange, routing_key, message).await })
+            .await
+    }
+
+    async fn publish_delayed(
+        &self,
+        queue: &str,
+        message: &Message,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        self.ensure_delay_levels().await?;
+        self.ensure_delay_target(queue).await?;
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let exchange = delay_topology::entry_exchange(delay_ms);
+        let routing_key = delay_topology::routing_key(delay_ms, queue);
+        // A message that went through the levels before carries their
+        // `x-death` history; RabbitMQ would take a second trip for a
+        // dead-letter cycle and drop it. The history is dropped instead.
+        if delay_topology::has_death_history(&message.properties.headers) {
+            let mut fresh = message.clone();
+            delay_topology::strip_death_history(&mut fresh.properties.headers);
+            return self.publish(&exchange, &routing_key, &fresh).await;
+        }
+        self.publish(&exchange, &routing_key, message).await
+    }
+
+    async fn consume(
+        &self,
+        queues: &[String],
+        options: ConsumeOptions,
+    ) -> Result<Consumer, BrokerError> {
+        self.link
+            .run(|link| async move { consume_on(&link, queues, options).await })
+            .await
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        self.on_own_channel("queue.delete", |channel| async move {
+            channel
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await
+                .map(drop)
+        })
+        .await
+        .map_err(|e| in_context(e, || format!("queue `{name}`")))
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        self.on_own_channel("exchange.delete", |channel| async move {
+            channel
+                .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+                .await
+        })
+        .await
+        .map_err(|e| in_context(e, || format!("exchange `{name}`")))
+    }
+
+    async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
+        self.on_own_channel("queue.declare(passive)", |channel| async move {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(name.into(), passive, FieldTable::default())
+                .await
+                .map(|queue| queue.message_count())
+        })
+        .await
+        .map_err(|e| in_context(e, || format!("queue `{name}`")))
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.link.close().await
+    }
+}
+
+/// `x-consumer-timeout` when the consumer asks for an acknowledgement timeout
+/// of its own (RabbitMQ 3.11.15+ honours it; older versions ignore it).
+fn consumer_arguments(options: &ConsumeOptions) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if let Some(timeout) = options.ack_timeout.filter(|_| !options.no_ack) {
+        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-consumer-timeout".into(), AMQPValue::LongLongInt(millis));
+    }
+    arguments
+}
+
+/// Prefixes a refusal's reason with what it was about.
+fn in_context(error: BrokerError, what: impl FnOnce() -> String) -> BrokerError {
+    match error {
+        BrokerError::Operation { operation, reason } => BrokerError::Operation {
+            operation,
+            reason: format!("{}: {reason}", what()),
+        },
+        other => other,
+    }
+}
+
+struct AmqpConsumerCancel {
+    channel: Channel,
+    tags: Vec<ShortString>,
+}
+
+#[async_trait]
+impl ConsumerCancel for AmqpConsumerCancel {
+    async fn cancel(&self) -> Result<(), BrokerError> {
+        for tag in &self.tags {
+            self.channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await
+                .map_err(|e| lost("basic.cancel", e))?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.channel
+            .close(200, "consumer closed".into())
+            .await
+            .map_err(|e| lost("channel.close", e))
+    }
+}
+
+struct AmqpAcker(lapin::Acker);
+
+#[async_trait]
+impl Acknowledger for AmqpAcker {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        let settled = self
+            .0
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| lost("basic.ack", e))?;
+        not_settled_is_an_error("basic.ack", settled)
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), BrokerError> {
+        let settled = self
+            .0
+            .reject(BasicRejectOptions { requeue })
+            .await
+            .map_err(|e| lost("basic.reject", e))?;
+        not_settled_is_an_error("basic.reject", settled)
+    }
+}
+
+/// lapin answers `false` when it did not send the settlement: the delivery
+/// was settled already, or its channel is gone (and RabbitMQ requeues it).
+fn not_settled_is_an_error(operation: &'static str, settled: bool) -> Result<(), BrokerError> {
+    if settled {
+        Ok(())
+    } else {
+        Err(BrokerError::Operation {
+            operation,
+            reason: "the delivery was already settled or its channel is closed".into(),
+        })
+    }
+}
+
+fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Delivery {
+    let p = &delivery.properties;
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+    let properties = Properties {
+        content_type: text(p.content_type()),
+        content_encoding: text(p.content_encoding()),
+        correlation_id: text(p.correlation_id()),
+        reply_to: text(p.reply_to()),
+        persistent: *p.delivery_mode() == Some(2),
+        priority: *p.priority(),
+        expiration: text(p.expiration()),
+        headers: p.headers().as_ref().map(table_to_json).unwrap_or_default(),
+    };
+    Delivery {
+        message: Message {
+            properties,
+            body: delivery.data,
+        },
+        queue: queue.to_owned(),
+        redelivered: delivery.redelivered,
+        acker: Box::new(AmqpAcker(delivery.acker)),
+    }
+}
+
+fn to_lapin_properties(p: &Properties) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(if p.persistent { 2 } else { 1 })
+        .with_headers(json_to_table(&p.headers));
+    if let Some(v) = &p.content_type {
+        properties = properties.with_content_type(v.as_str().into());
+    }
+    if let Some(v) = &p.content_encoding {
+        properties = properties.with_content_encoding(v.as_str().into());
+    }
+    if let Some(v) = &p.correlation_id {
+        properties = properties.with_correlation_id(v.as_str().into());
+    }
+    if let Some(v) = &p.reply_to {
+        properties = properties.with_reply_to(v.as_str().into());
+    }
+    if let Some(v) = p.priority {
+        properties = properties.with_priority(v);
+    }
+    if let Some(v) = &p.expiration {
+        properties = properties.with_expiration(v.as_str().into());
+    }
+    properties
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            super::redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(super::redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

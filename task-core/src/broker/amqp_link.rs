@@ -1,0 +1,244 @@
+//! The AMQP connection behind an [`AmqpBroker`](super::amqp::AmqpBroker), and
+//! its replacement when RabbitMQ goes away (restart, network cut).
+//!
+//! Every broker operation runs through [`LinkKeeper::run`]: on a lost
+//! connection it reconnects with capped exponential backoff and runs the
+//! operation again, until the policy's deadline; then it fails with a typed
+//! error. Reconnection is single-flight: concurrent operations that saw the
+//! same connection fail wait for one new connection.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use tokio::time::Instant;
+
+use super::amqp::redact;
+use super::BrokerError;
+
+/// How a broker connection recovers from RabbitMQ going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// The first wait between connection attempts.
+    pub initial_backoff: Duration,
+    /// The longest wait between connection attempts.
+    pub max_backoff: Duration,
+    /// How long one operation (a publish, a declaration) keeps retrying
+    /// through reconnections before it fails.
+    pub operation_deadline: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            operation_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How often a publish that found no queue is tried again while the broker's
+/// queues may still be coming back after a reconnection (see [`LinkKeeper::run`]).
+const UNROUTABLE_RETRY: Duration = Duration::from_millis(250);
+
+/// One connection and its publishing channel (in confirm mode).
+pub(crate) struct Link {
+    /// Counts connections: a failure is reported against the link it saw.
+    pub(crate) generation: u64,
+    /// When the connection was opened.
+    pub(crate) opened_at: Instant,
+    pub(crate) connection: Connection,
+    pub(crate) publisher: Channel,
+}
+
+/// Holds the current [`Link`] and replaces it when it is lost.
+pub(crate) struct LinkKeeper {
+    url: String,
+    policy: ReconnectPolicy,
+    current: RwLock<Arc<Link>>,
+    reconnecting: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl LinkKeeper {
+    /// Connects for the first time (no retry: a wrong URL fails at once).
+    pub(crate) async fn connect(url: &str, policy: ReconnectPolicy) -> Result<Self, BrokerError> {
+        let link = open(url, 0).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            policy,
+            current: RwLock::new(Arc::new(link)),
+            reconnecting: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The link in use.
+    pub(crate) fn current(&self) -> Arc<Link> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `operation` on the current link; if the connection is lost, waits
+    /// for a new one and runs it again, until the operation deadline.
+    ///
+    /// Right after a reconnection, a publish that no queue receives is tried
+    /// again for a while instead of failing at once: after a broker restart
+    /// the queues that are not durable, or are auto-delete (a caller's
+    /// `rpc://` reply queue), exist again only once their owner has
+    /// reconnected and declared them, and a worker that came back first
+    /// would otherwise drop the results of its callers. The owner is given
+    /// twice the longest reconnection backoff.
+    pub(crate) async fn run<T, F, Fut>(&self, mut operation: F) -> Result<T, BrokerError>
+    where
+        F: FnMut(Arc<Link>) -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        let deadline = Instant::now() + self.policy.operation_deadline;
+        loop {
+            if self.is_closed() {
+                return Err(closed());
+            }
+            let link = self.current();
+            match operation(Arc::clone(&link)).await {
+                // Closed by this client: nothing to recover, and not a lost
+                // connection (which callers such as the reply consumer retry).
+                Err(BrokerError::Connection(_)) if self.is_closed() => return Err(closed()),
+                Err(BrokerError::Connection(reason)) => {
+                    tracing::warn!(%reason, "broker connection lost; reconnecting");
+                    self.reconnect(link.generation, deadline).await?;
+                }
+                Err(BrokerError::Unroutable {
+                    exchange,
+                    routing_key,
+                }) if self.queues_may_be_coming_back(&link, deadline) => {
+                    tracing::debug!(%exchange, %routing_key, "unroutable just after a reconnection; trying again");
+                    tokio::time::sleep(UNROUTABLE_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Replaces the link of generation `failed` (unless another caller did
+    /// already), retrying with capped exponential backoff until `deadline`.
+    pub(crate) async fn reconnect(
+        &self,
+        failed: u64,
+        deadline: Instant,
+    ) -> Result<(), BrokerError> {
+        let _single_flight = self.reconnecting.lock().await;
+        let current = self.current();
+        if current.generation != failed && current.connection.status().connected() {
+            return Ok(());
+        }
+        let mut backoff = self.policy.initial_backoff;
+        loop {
+            if self.is_closed() {
+                return Err(closed());
+            }
+            match open(&self.url, current.generation + 1).await {
+                Ok(link) => {
+                    tracing::info!(generation = link.generation, "reconnected to the broker");
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(link);
+                    return Ok(());
+                }
+                Err(error) if Instant::now() + backoff >= deadline => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "reconnection failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.policy.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// Whether `link` is a reconnection recent enough that queues declared by
+    /// other clients may not be back yet, with time left before `deadline`.
+    fn queues_may_be_coming_back(&self, link: &Link, deadline: Instant) -> bool {
+        link.generation > 0
+            && link.opened_at.elapsed() < self.policy.max_backoff * 2
+            && Instant::now() + UNROUTABLE_RETRY < deadline
+    }
+
+    /// Closes the connection for good: operations fail from now on.
+    pub(crate) async fn close(&self) -> Result<(), BrokerError> {
+        self.closed.store(true, Ordering::SeqCst);
+        let link = self.current();
+        link.connection
+            .close(200, "closing".into())
+            .await
+            .map_err(|e| lost("connection.close", e))
+    }
+
+    /// Whether [`LinkKeeper::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The policy in force.
+    pub(crate) fn policy(&self) -> ReconnectPolicy {
+        self.policy
+    }
+}
+
+async fn open(url: &str, generation: u64) -> Result<Link, BrokerError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("task-core pid={}", std::process::id()).into());
+    let connection = Connection::connect(url, properties)
+        .await
+        .map_err(|e| BrokerError::Connection(format!("{}: {e}", redact(url))))?;
+    let publisher = connection
+        .create_channel()
+        .await
+        .map_err(|e| lost("channel.open", e))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| lost("confirm.select", e))?;
+    Ok(Link {
+        generation,
+        opened_at: Instant::now(),
+        connection,
+        publisher,
+    })
+}
+
+/// What operations fail with once [`LinkKeeper::close`] was called: a
+/// refusal, not a lost connection, so that nothing retries it.
+fn closed() -> BrokerError {
+    BrokerError::Operation {
+        operation: "connection",
+        reason: "the broker connection was closed by this client".into(),
+    }
+}
+
+/// Whether `error` means the connection (or the channel it was used on) is
+/// gone, so that the operation may succeed on a new connection.
+pub(crate) fn is_connection_lost(error: &lapin::Error) -> bool {
+    match error.kind() {
+        ErrorKind::IOError(_)
+        | ErrorKind::RuntimeShutdownError(_)
+        | ErrorKind::MissingHeartbeatError
+        | ErrorKind::InvalidConnectionState(_)
+        | ErrorKind::InvalidChannelState(..) => true,
+        ErrorKind::ProtocolError(_) => error.is_amqp_hard_error(),
+        _ => false,
+    }
+}
+
+/// Classifies a lapin error from `operation`: a lost connection (retried
+/// after reconnecting) or a refusal (reported as is).
+pub(crate) fn lost(operation: &'static str, error: lapin::Error) -> BrokerError {
+    if is_connection_lost(&error) {
+        BrokerError::Connection(format!("{operation}: {error}"))
+    } else {
+        BrokerError::Operation {
+            operation,
+            reason: error.to_string(),
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//! The broker's state behind its lock: queues and their ready messages,
+//! exchanges, consumers and their unacked deliveries, delayed messages; and
+//! everything that moves messages between them (routing, delivery, requeue,
+//! expiry, dead-lettering).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::dead_letter::record_death;
+use super::declaration::{parse_expiration, Declaration};
+use super::handles::{MemoryAcker, NoAck};
+use super::timer::{rearm, Timer};
+use super::Core;
+use crate::broker::{Acknowledger, BrokerError, ConsumeOptions, Delivery, Message, QueueSpec};
+
+/// Delays too long for the clock are cut to this (about 30 years).
+const MAX_DELAY: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// The whole broker state.
+#[derive(Default)]
+pub(super) struct State {
+    queues: HashMap<String, Queue>,
+    /// Direct exchanges by name: their bindings, as (routing key, queue).
+    exchanges: HashMap<String, Vec<(String, String)>>,
+    consumers: HashMap<u64, ConsumerState>,
+    /// Messages published with a delay, by due time (then publish order).
+    delayed: BTreeMap<(Instant, u64), Delayed>,
+    /// When queues have a head message to expire: (deadline, queue id,
+    /// queue name). An entry may be stale (the message left earlier); it
+    /// then only makes the timer look at the queue for nothing.
+    expiries: BTreeSet<(Instant, u64, String)>,
+    /// Armed for the earliest of the first expiry and the first delayed message.
+    timer: Option<Timer>,
+    ids: u64,
+}
+
+/// A stored message.
+struct Entry {
+    message: Message,
+    /// Where it was published (for dead-lettering and `x-death`).
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
+    /// When it expires in its current queue.
+    expires_at: Option<Instant>,
+}
+
+/// A message kept by the broker until it is due in `queue`.
+struct Delayed {
+    queue: String,
+    entry: Entry,
+}
+
+/// A queue: its declaration, ready messages, consumers and expiry timer.
+struct Queue {
+    /// Distinguishes this queue from a later one of the same name.
+    id: u64,
+    declaration: Declaration,
+    /// Ready messages by priority level (one level without `x-max-priority`).
+    levels: Vec<VecDeque<Entry>>,
+    ready_len: usize,
+    /// Consumers, in round-robin order.
+    consumers: Vec<u64>,
+    next_consumer: usize,
+    /// For `auto_delete`: deleted when its last consumer goes, once it had one.
+    had_consumer: bool,
+    /// The earliest deadline of this queue in the broker's expiries.
+    scheduled: Option<Instant>,
+}
+
+impl Queue {
+    /// Appends a ready message at the tail of its priority level.
+    fn push_back(&mut self, entry: Entry) {
+        let level = self.declaration.level(&entry.message);
+        self.levels[level].push_back(entry);
+        self.ready_len += 1;
+    }
+
+    /// Puts a message back at the head of its priority level.
+    fn push_front(&mut self, entry: Entry) {
+        let level = self.declaration.level(&entry.message);
+        self.levels[level].push_front(entry);
+        self.ready_len += 1;
+    }
+
+    /// The next message to deliver: the oldest of the highest priority.
+    fn pop(&mut self) -> Option<Entry> {
+        let entry = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.ready_len -= 1;
+        Some(entry)
+    }
+
+    /// Removes the messages at the heads of the levels whose time has come.
+    fn expire_heads(&mut self, now: Instant, expired: &mut Vec<Entry>) {
+        for level in &mut self.levels {
+            while level
+                .front()
+                .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now))
+            {
+                if let Some(entry) = level.pop_front() {
+                    self.ready_len -= 1;
+                    expired.push(entry);
+                }
+            }
+        }
+    }
+
+    /// When the next head expires.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.levels
+            .iter()
+            .filter_map(|level| level.front().and_then(|e| e.expires_at))
+            .min()
+    }
+}
+
+/// An unsettled delivery, kept for requeueing.
+struct Unacked {
+    queue: String,
+    queue_id: u64,
+    entry: Entry,
+}
+
+/// One `consume` call: its queues, prefetch window and unacked deliveries.
+struct ConsumerState {
+    session: u64,
+    queues: Vec<String>,
+    prefetch: u16,
+    no_ack: bool,
+    /// By delivery tag (increasing with delivery order).
+    unacked: BTreeMap<u64, Unacked>,
+    /// `None` once cancelled: no new deliveries.
+    sender: Option<mpsc::UnboundedSender<Delivery>>,
+    /// Set when closed: the stream ends at once.
+    closed: Arc<AtomicBool>,
+}
+
+impl ConsumerState {
+    /// Whether it takes another delivery now (open, and room in its window;
+    /// `no_ack` deliveries do not count against prefetch, as in RabbitMQ).
+    fn has_room(&self) -> bool {
+        self.sender.is_some()
+            && (self.no_ack
+                || self.prefetch == 0
+                || self.unacked.len() < usize::from(self.prefetch))
+    }
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Outcome {
+    Ack,
+    Requeue,
+    /// Rejected without requeue: dead-lettered or dropped.
+    Discard,
+}
+
+impl Outcome {
+    /// The AMQP method it stands for.
+    pub(super) fn operation(self) -> &'static str {
+        match self {
+            Outcome::Ack => "basic.ack",
+            Outcome::Requeue | Outcome::Discard => "basic.reject",
+        }
+    }
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.ids += 1;
+        self.ids
+    }
+
+    /// Publishes a message: routes it, enqueues it in every queue reached
+    /// (an unroutable message is an error), delivers what can be delivered.
+    pub(super) fn publish(
+        &mut self,
+        core: &Arc<Core>,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+        expiration: Option<Duration>,
+    ) -> Result<(), BrokerError> {
+        let targets = self.route(exchange, routing_key)?;
+        if targets.is_empty() {
+            return Err(BrokerError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        let now = Instant::now();
+        for queue in &targets {
+            let entry = Entry {
+                message: message.clone(),
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                redelivered: false,
+                expires_at: None,
+            };
+            self.enqueue(queue, entry, expiration, now);
+        }
+        self.settle(core, targets, now);
+        Ok(())
+    }
+
+    /// Keeps a message until `delay` has passed, then enqueues it in `queue`.
+    pub(super) fn publish_delayed(
+        &mut self,
+        core: &Arc<Core>,
+        queue: &str,
+        message: &Message,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        if !self.queues.contains_key(queue) {
+            return Err(BrokerError::Unroutable {
+                exchange: String::new(),
+                routing_key: queue.to_owned(),
+            });
+        }
+        let now = Instant::now();
+        let due = now.checked_add(delay).unwrap_or(now + MAX_DELAY);
+        let seq = self.next_id();
+        let entry = Entry {
+            message: message.clone(),
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            redelivered: false,
+            expires_at: None,
+        };
+        let delayed = Delayed {
+            queue: queue.to_owned(),
+            entry,
+        };
+        self.delayed.insert((due, seq), delayed);
+        self.arm_timer(core);
+        Ok(())
+    }
+
+    /// Registers a consumer of `queues` (all must exist) that receives its
+    /// deliveries through `sender`, and returns its id.
+    pub(super) fn add_consumer(
+        &mut self,
+        core: &Arc<Core>,
+        session: u64,
+        queues: &[String],
+        options: ConsumeOptions,
+        sender: mpsc::UnboundedSender<Delivery>,
+        closed: Arc<AtomicBool>,
+    ) -> Result<u64, BrokerError> {
+        if let Some(missing) = queues.iter().find(|q| !self.queues.contains_key(*q)) {
+            return Err(BrokerError::Operation {
+                operation: "basic.consume",
+                reason: format!("queue `{missing}`: NOT_FOUND - no queue '{missing}'"),
+            });
+        }
+        let mut names: Vec<String> = Vec::with_capacity(queues.len());
+        for queue in queues {
+            if !names.contains(queue) {
+                names.push(queue.clone());
+            }
+        }
+        let id = self.next_id();
+        for name in &names {
+            if let Some(queue) = self.queues.get_mut(name) {
+                queue.consumers.push(id);
+                queue.had_consumer = true;
+            }
+        }
+        let consumer = ConsumerState {
+            session,
+            queues: names.clone(),
+            prefetch: options.prefetch,
+            no_ack: options.no_ack,
+            unacked: BTreeMap::new(),
+            sender: Some(sender),
+            closed,
+        };
+        self.consumers.insert(id, consumer);
+        self.settle(core, names, Instant::now());
+        Ok(id)
+    }
+
+    /// Deletes an exchange and its bindings (the default one cannot be).
+    pub(super) fn delete_exchange(&mut self, name: &str) -> Result<(), BrokerError> {
+        if name.is_empty() {
+            return Err(BrokerError::Operation {
+                operation: "exchange.delete",
+                reason: "ACCESS_REFUSED - the default exchange cannot be deleted".into(),
+            });
+        }
+        self.exchanges.remove(name);
+        Ok(())
+    }
+
+    /// How many messages of a queue are ready (not delivered and unsettled).
+    pub(super) fn ready_count(&mut self, core: &Arc<Core>, name: &str) -> Result<u32, BrokerError> {
+        if !self.queues.contains_key(name) {
+            return Err(BrokerError::Operation {
+                operation: "queue.declare(passive)",
+                reason: format!("queue `{name}`: NOT_FOUND - no queue '{name}'"),
+            });
+        }
+        // Timers do this on time; doing it here too makes a count taken
+        // right at a deadline exact.
+        let now = Instant::now();
+        self.release_delayed(core, now);
+        self.settle(core, vec![name.to_owned()], now);
+        let ready = self.queues.get(name).map_or(0, |queue| queue.ready_len);
+        Ok(u32::try_from(ready).unwrap_or(u32::MAX))
+    }
+
+    /// Closes every consumer of a connection.
+    pub(super) fn close_session(&mut self, core: &Arc<Core>, session: u64) {
+        let owned: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|(_, consumer)| consumer.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in owned {
+            self.close_consumer(core, id);
+        }
+    }
+
+    /// The timer fired: expires what is due in the queues it was armed for,
+    /// releases the delayed messages that are due, and re-arms.
+    pub(super) fn on_timer(&mut self, core: &Arc<Core>, token: u64, now: Instant) {
+        if self.timer.as_ref().is_some_and(|t| t.token == token) {
+            self.timer = None;
+        }
+        let mut due = Vec::new();
+        while self.expiries.first().is_some_and(|(at, _, _)| *at <= now) {
+            let Some((_, id, name)) = self.expiries.pop_first() else {
+                break;
+            };
+            if let Some(queue) = self.queues.get_mut(&name) {
+                if queue.id == id {
+                    queue.scheduled = None;
+                    due.push(name);
+                }
+            }
+        }
+        self.release_delayed(core, now);
+        self.settle(core, due, now);
+    }
+
+    /// Declares a queue (and its same-name exchange binding); the error is
+    /// RabbitMQ's explanation.
+    pub(super) fn declare(&mut self, spec: &QueueSpec) -> Result<(), String> {
+        if spec.name.is_empty() {
+            return Err("server-named queues are not supported: give the queue a name".into());
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(format!(
+                "ACCESS_REFUSED - queue name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            ));
+        }
+        let declaration = Declaration::of(spec)?;
+        match self.queues.get(&spec.name) {
+            Some(queue) => {
+                if let Some(why) = declaration.inequivalence(&queue.declaration, &spec.name) {
+                    return Err(why);
+                }
+            }
+            None => {
+                let levels = usize::from(declaration.max_priority.unwrap_or(0)) + 1;
+                let id = self.next_id();
+                self.queues.insert(
+                    spec.name.clone(),
+                    Queue {
+                        id,
+                        declaration,
+                        levels: (0..levels).map(|_| VecDeque::new()).collect(),
+                        ready_len: 0,
+                        consumers: Vec::new(),
+                        next_consumer: 0,
+                        had_consumer: false,
+                        scheduled: None,
+                    },
+                );
+            }
+        }
+        if spec.bind_same_name_exchange {
+            let bindings = self.exchanges.entry(spec.name.clone()).or_default();
+            if !bindings
+                .iter()
+                .any(|(k, q)| *k == spec.name && *q == spec.name)
+            {
+                bindings.push((spec.name.clone(), spec.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The queues a publish reaches (empty: unroutable).
+    fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        if exchange.is_empty() {
+            return Ok(if self.queues.contains_key(routing_key) {
+                vec![routing_key.to_owned()]
+            } else {
+                Vec::new()
+            });
+        }
+        let bindings = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| BrokerError::Operation {
+                operation: "basic.publish",
+                reason: format!("NOT_FOUND - no exchange '{exchange}'"),
+            })?;
+        let mut targets: Vec<String> = Vec::new();
+        for (key, queue) in bindings {
+            if key == routing_key && self.queues.contains_key(queue) && !targets.contains(queue) {
+                targets.push(queue.clone());
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Appends a message to a queue, with its deadline in that queue.
+    fn enqueue(
+        &mut self,
+        name: &str,
+        mut entry: Entry,
+        expiration: Option<Duration>,
+        now: Instant,
+    ) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        let ttl = match (queue.declaration.message_ttl, expiration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        entry.expires_at = ttl.map(|ttl| now + ttl);
+        queue.push_back(entry);
+    }
+
+    /// Brings queues up to date after a change: expires (and dead-letters)
+    /// messages whose time has come, delivers to consumers with room, and
+    /// arms expiry timers. Queues that receive dead letters are settled too.
+    fn settle(&mut self, core: &Arc<Core>, queues: Vec<String>, now: Instant) {
+        let mut work: VecDeque<String> = queues.into();
+        while let Some(name) = work.pop_front() {
+            let mut dead = Vec::new();
+            self.dispatch(core, &name, now, &mut dead);
+            for entry in dead {
+                for target in self
+                    .dead_letter(&name, entry, "expired", now)
+                    .into_iter()
+                    .flatten()
+                {
+                    if !work.contains(&target) {
+                        work.push_back(target);
+                    }
+                }
+            }
+            self.schedule_expiry(&name);
+        }
+        // Cheap, and revives the timer if the runtime that armed it has shut
+        // down (e.g. one `#[tokio::test]` after another).
+        self.arm_timer(core);
+    }
+
+    /// Delivers ready messages of `name` to its consumers, round robin, as
+    /// long as one has room in its prefetch window.
+    fn dispatch(&mut self, core: &Arc<Core>, name: &str, now: Instant, dead: &mut Vec<Entry>) {
+        loop {
+            let Some(queue) = self.queues.get_mut(name) else {
+                return;
+            };
+            queue.expire_heads(now, dead);
+            if queue.ready_len == 0 || queue.consumers.is_empty() {
+                return;
+            }
+            let count = queue.consumers.len();
+            let start = queue.next_consumer % count;
+            let chosen = (0..count).map(|i| (start + i) % count).find(|&i| {
+                self.consumers
+                    .get(&queue.consumers[i])
+                    .is_some_and(ConsumerState::has_room)
+            });
+            let Some(index) = chosen else {
+                return;
+            };
+            queue.next_consumer = index + 1;
+            let consumer_id = queue.consumers[index];
+            let queue_id = queue.id;
+            let Some(entry) = queue.pop() else {
+                return;
+            };
+            self.ids += 1;
+            let tag = self.ids;
+            let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+                return;
+            };
+            let redelivered = entry.redelivered;
+            let (message, acker): (Message, Box<dyn Acknowledger>) = if consumer.no_ack {
+                (entry.message, Box::new(NoAck))
+            } else {
+                let message = entry.message.clone();
+                let unacked = Unacked {
+                    queue: name.to_owned(),
+                    queue_id,
+                    entry,
+                };
+                consumer.unacked.insert(tag, unacked);
+                let acker = MemoryAcker::new(Arc::downgrade(core), consumer_id, tag);
+                (message, Box::new(acker))
+            };
+            let delivery = Delivery {
+                message,
+                queue: name.to_owned(),
+                redelivered,
+                acker,
+            };
+            let sent = consumer
+                .sender
+                .as_ref()
+                .is_some_and(|sender| sender.send(delivery).is_ok());
+            if !sent {
+                // The stream is gone (it closes the consumer as it drops):
+                // put the message back and stop delivering to it.
+                consumer.sender = None;
+                if let Some(unacked) = consumer.unacked.remove(&tag) {
+                    self.requeue(unacked);
+                }
+            }
+        }
+    }
+
+    /// Puts an unsettled message back at the head of its queue, redelivered.
+    fn requeue(&mut self, unacked: Unacked) {
+        if let Some(queue) = self.queues.get_mut(&unacked.queue) {
+            if queue.id == unacked.queue_id {
+                let mut entry = unacked.entry;
+                entry.redelivered = true;
+                queue.push_front(entry);
+            }
+        }
+    }
+
+    /// Sends a message that expired or was rejected from `source` to the
+    /// queue's dead-letter exchange, with RabbitMQ's `x-death` headers.
+    /// Returns the queues it reached (none: dropped).
+    fn dead_letter(
+        &mut self,
+        source: &str,
+        entry: Entry,
+        reason: &str,
+        now: Instant,
+    ) -> Option<Vec<String>> {
+        let declaration = &self.queues.get(source)?.declaration;
+        let exchange = declaration.dead_letter_exchange.clone()?;
+        let routing_key = declaration
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| entry.routing_key.clone());
+        let targets = self.route(&exchange, &routing_key).ok()?;
+        let mut message = entry.message;
+        let original_expiration = message.properties.expiration.take();
+        let cycle = record_death(
+            &mut message.properties.headers,
+            source,
+            reason,
+            &entry.exchange,
+            &entry.routing_key,
+            original_expiration,
+        );
+        let mut reached = Vec::new();
+        for target in targets {
+            // A message that expires around a loop without ever being
+            // rejected is dropped, as RabbitMQ does, rather than cycling.
+            if cycle.contains(&target) {
+                continue;
+            }
+            let copy = Entry {
+                message: message.clone(),
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+                redelivered: false,
+                expires_at: None,
+            };
+            self.enqueue(&target, copy, None, now);
+            reached.push(target);
+        }
+        Some(reached)
+    }
+
+    /// Records when the first message of a queue to expire is due, unless
+    /// an earlier (or equal) time is recorded already.
+    fn schedule_expiry(&mut self, name: &str) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        let Some(deadline) = queue.next_deadline() else {
+            return;
+        };
+        if queue.scheduled.is_some_and(|at| at <= deadline) {
+            return;
+        }
+        queue.scheduled = Some(deadline);
+        self.expiries.insert((deadline, queue.id, name.to_owned()));
+    }
+
+    /// Arms the timer for the earliest expiry or delayed message, unless it
+    /// is armed (and alive) for that time or earlier already.
+    fn arm_timer(&mut self, core: &Arc<Core>) {
+        let next_expiry = self.expiries.first().map(|(at, _, _)| *at);
+        let next_delayed = self.delayed.first_key_value().map(|((at, _), _)| *at);
+        let Some(deadline) = next_expiry.into_iter().chain(next_delayed).min() else {
+            return;
+        };
+        self.ids += 1;
+        rearm(&mut self.timer, core, deadline, self.ids);
+    }
+
+    /// Moves the delayed messages that are due to their queues (a queue
+    /// deleted meanwhile drops its messages, as a dead-letter with no route).
+    fn release_delayed(&mut self, core: &Arc<Core>, now: Instant) {
+        let mut targets: Vec<String> = Vec::new();
+        while let Some(due) = self.delayed.first_entry() {
+            if due.key().0 > now {
+                break;
+            }
+            let Delayed { queue, entry } = due.remove();
+            let expiration = parse_expiration(&entry.message).ok().flatten();
+            if self.queues.contains_key(&queue) {
+                self.enqueue(&queue, entry, expiration, now);
+                if !targets.contains(&queue) {
+                    targets.push(queue);
+                }
+            }
+        }
+        self.settle(core, targets, now);
+    }
+
+    /// Deletes a queue with its messages and bindings.
+    pub(super) fn delete_queue(&mut self, name: &str) {
+        let Some(queue) = self.queues.remove(name) else {
+            return;
+        };
+        for bindings in self.exchanges.values_mut() {
+            bindings.retain(|(_, q)| q != name);
+        }
+        // Its consumers lose it; one left without queues ends, as RabbitMQ
+        // cancels the consumers of a deleted queue.
+        for id in queue.consumers {
+            if let Some(consumer) = self.consumers.get_mut(&id) {
+                consumer.queues.retain(|q| q != name);
+                if consumer.queues.is_empty() {
+                    consumer.sender = None;
+                }
+            }
+        }
+    }
+
+    /// Stops new deliveries to a consumer; its unacked messages stay with it.
+    pub(super) fn cancel_consumer(&mut self, id: u64) {
+        let Some(consumer) = self.consumers.get_mut(&id) else {
+            return;
+        };
+        consumer.sender = None;
+        let queues = consumer.queues.clone();
+        self.detach(id, &queues);
+    }
+
+    /// Ends a consumer: its stream stops and its unacked messages are requeued.
+    pub(super) fn close_consumer(&mut self, core: &Arc<Core>, id: u64) {
+        let Some(consumer) = self.consumers.remove(&id) else {
+            return;
+        };
+        consumer.closed.store(true, Ordering::Release);
+        let mut touched: Vec<String> = consumer.queues.clone();
+        // Requeue newest first, each at the head: the oldest ends up first.
+        for (_, unacked) in consumer.unacked.into_iter().rev() {
+            if !touched.contains(&unacked.queue) {
+                touched.push(unacked.queue.clone());
+            }
+            self.requeue(unacked);
+        }
+        self.detach(id, &consumer.queues);
+        touched.retain(|q| self.queues.contains_key(q));
+        self.settle(core, touched, Instant::now());
+    }
+
+    /// Removes a consumer from its queues, deleting the `auto_delete` queues
+    /// it was the last consumer of.
+    fn detach(&mut self, id: u64, queues: &[String]) {
+        for name in queues {
+            let Some(queue) = self.queues.get_mut(name) else {
+                continue;
+            };
+            queue.consumers.retain(|c| *c != id);
+            if queue.declaration.auto_delete && queue.had_consumer && queue.consumers.is_empty() {
+                self.delete_queue(name);
+            }
+        }
+    }
+
+    /// Settles one delivery of a consumer.
+    pub(super) fn settle_delivery(
+        &mut self,
+        core: &Arc<Core>,
+        consumer_id: u64,
+        tag: u64,
+        outcome: Outcome,
+    ) -> Result<(), BrokerError> {
+        let consumer =
+            self.consumers
+                .get_mut(&consumer_id)
+                .ok_or_else(|| BrokerError::Operation {
+                    operation: outcome.operation(),
+                    reason:
+                        "the consumer of this delivery is closed: the message went back to its \
+                         queue"
+                            .into(),
+                })?;
+        let unacked = consumer
+            .unacked
+            .remove(&tag)
+            .ok_or_else(|| BrokerError::Operation {
+                operation: outcome.operation(),
+                reason: format!(
+                    "PRECONDITION_FAILED - unknown delivery tag {tag} (already settled)"
+                ),
+            })?;
+        let mut touched = consumer.queues.clone();
+        let now = Instant::now();
+        match outcome {
+            Outcome::Ack => {}
+            Outcome::Requeue => {
+                if !touched.contains(&unacked.queue) {
+                    touched.push(unacked.queue.clone());
+                }
+                self.requeue(unacked);
+            }
+            Outcome::Discard => {
+                let live = self
+                    .queues
+                    .get(&unacked.queue)
+                    .is_some_and(|q| q.id == unacked.queue_id);
+                if live {
+                    if let Some(targets) =
+                        self.dead_letter(&unacked.queue, unacked.entry, "rejected", now)
+                    {
+                        touched.extend(targets);
+                    }
+                }
+            }
+        }
+        self.settle(core, touched, now);
+        Ok(())
+    }
+}

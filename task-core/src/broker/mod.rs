@@ -1,0 +1,317 @@
+//! The broker abstraction: what the framework needs from a message broker
+//! (declare queues, publish with confirmation, consume with acknowledgements),
+//! independent of AMQP. [`amqp::AmqpBroker`] implements it on RabbitMQ.
+
+pub mod amqp;
+mod amqp_link;
+pub mod delay_topology;
+mod field_table;
+pub mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde_json::{Map, Value};
+
+/// Errors from the broker connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker URL could not be parsed or uses an unsupported scheme.
+    #[error("invalid broker URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given (credentials included: do not log it unredacted).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The connection to the broker failed or was lost.
+    #[error("broker connection error: {0}")]
+    Connection(String),
+    /// The broker refused the message (publisher confirm `nack`).
+    #[error("the broker refused (nack) the message published to `{routing_key}`")]
+    Nacked {
+        /// Where the message was sent.
+        routing_key: String,
+    },
+    /// No queue is bound to where the message was published.
+    #[error(
+        "no queue receives messages published to exchange `{exchange}` with key `{routing_key}`"
+    )]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key used.
+        routing_key: String,
+    },
+    /// The broker answered an operation with an error (e.g. PRECONDITION_FAILED).
+    #[error("broker operation `{operation}` failed: {reason}")]
+    Operation {
+        /// The operation attempted.
+        operation: &'static str,
+        /// The broker's or client's explanation.
+        reason: String,
+    },
+}
+
+/// AMQP-style message properties, in the framework's own terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    /// MIME type of the body (`application/json` for Celery messages).
+    pub content_type: Option<String>,
+    /// Body encoding (`utf-8`).
+    pub content_encoding: Option<String>,
+    /// The task id, on task and result messages.
+    pub correlation_id: Option<String>,
+    /// The queue results should be sent to.
+    pub reply_to: Option<String>,
+    /// Whether the broker must keep the message on disk (`delivery_mode=2`).
+    pub persistent: bool,
+    /// Message priority, on queues declared with a maximum priority.
+    pub priority: Option<u8>,
+    /// Per-message TTL in milliseconds.
+    pub expiration: Option<String>,
+    /// Application headers (Celery's task headers), as JSON values.
+    pub headers: Map<String, Value>,
+}
+
+/// A message to publish or a message received.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Message {
+    /// Properties and headers.
+    pub properties: Properties,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// The suffix of a task queue's dead-letter queue.
+pub const DEAD_LETTER_SUFFIX: &str = ".dead_letter";
+
+/// Headers a worker adds to a dead-lettered message.
+pub mod dead_letter_headers {
+    /// Why the message could not be processed.
+    pub const REASON: &str = "x-dead-letter-reason";
+    /// The queue it was consumed from.
+    pub const QUEUE: &str = "x-dead-letter-queue";
+    /// When it was dead-lettered (ISO-8601, UTC).
+    pub const AT: &str = "x-dead-lettered-at";
+    /// The worker process (`<pid>@<host>`) that dead-lettered it.
+    pub const WORKER: &str = "x-dead-letter-worker";
+}
+
+/// How a queue is declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last consumer goes away.
+    pub auto_delete: bool,
+    /// Only usable by the declaring connection.
+    pub exclusive: bool,
+    /// Queue arguments (`x-max-priority`, `x-expires`, `x-dead-letter-exchange`, ...).
+    pub arguments: Map<String, Value>,
+    /// Also declare a direct exchange of the same name and bind the queue to
+    /// it with its name as routing key, as Celery does for its task queues.
+    pub bind_same_name_exchange: bool,
+}
+
+impl QueueSpec {
+    /// A task queue as Celery declares one: durable, no arguments, bound to a
+    /// direct exchange of the same name.
+    pub fn task_queue(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            durable: true,
+            auto_delete: false,
+            exclusive: false,
+            arguments: Map::new(),
+            bind_same_name_exchange: true,
+        }
+    }
+
+    /// A client's result queue as Celery 5.7 declares it: durable,
+    /// auto-delete, expiring one day after its last use.
+    pub fn reply_queue(name: impl Into<String>) -> Self {
+        let mut arguments = Map::new();
+        arguments.insert("x-expires".into(), Value::from(86_400_000u64));
+        Self {
+            name: name.into(),
+            durable: true,
+            auto_delete: true,
+            exclusive: false,
+            arguments,
+            bind_same_name_exchange: false,
+        }
+    }
+
+    /// Where a worker puts the messages of `queue` that it cannot process
+    /// (malformed, oversized, unknown task): `<queue>.dead_letter`, durable,
+    /// no arguments.
+    pub fn dead_letter_queue(queue: &str) -> Self {
+        Self {
+            name: format!("{queue}{DEAD_LETTER_SUFFIX}"),
+            durable: true,
+            auto_delete: false,
+            exclusive: false,
+            arguments: Map::new(),
+            bind_same_name_exchange: false,
+        }
+    }
+
+    /// Sets `x-max-priority` so the queue orders messages by priority.
+    pub fn max_priority(mut self, max: u8) -> Self {
+        self.arguments
+            .insert("x-max-priority".into(), Value::from(max));
+        self
+    }
+}
+
+/// How to consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    /// Unacknowledged messages the broker may send ahead (0 = unlimited).
+    pub prefetch: u16,
+    /// The broker forgets a message as soon as it is sent (no ack needed).
+    pub no_ack: bool,
+    /// How long a delivery may stay unacknowledged before the broker gives
+    /// up on the consumer (RabbitMQ's `consumer_timeout`, 30 min by default;
+    /// sent as the `x-consumer-timeout` consumer argument, which RabbitMQ
+    /// 3.11.15+ honours). `None`: the broker's setting.
+    pub ack_timeout: Option<Duration>,
+}
+
+impl ConsumeOptions {
+    /// Manual acknowledgements with a prefetch window of `prefetch`.
+    pub fn manual_ack(prefetch: u16) -> Self {
+        Self {
+            prefetch,
+            no_ack: false,
+            ack_timeout: None,
+        }
+    }
+
+    /// No acknowledgements, no prefetch limit (e.g. for results).
+    pub fn no_ack() -> Self {
+        Self {
+            prefetch: 0,
+            no_ack: true,
+            ack_timeout: None,
+        }
+    }
+
+    /// Sets [`ConsumeOptions::ack_timeout`].
+    pub fn with_ack_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+}
+
+/// A received message and the means to settle it.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The broker delivered it before, to a consumer that did not ack it.
+    pub redelivered: bool,
+    /// Settles the message with the broker.
+    pub acker: Box<dyn Acknowledger>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("queue", &self.queue)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settles one delivery.
+#[async_trait]
+pub trait Acknowledger: Send + Sync {
+    /// The message was handled: the broker forgets it.
+    async fn ack(&self) -> Result<(), BrokerError>;
+    /// The message was not handled: requeue it, or drop / dead-letter it.
+    async fn reject(&self, requeue: bool) -> Result<(), BrokerError>;
+}
+
+/// A stream of deliveries from one or more queues.
+pub type DeliveryStream = BoxStream<'static, Result<Delivery, BrokerError>>;
+
+/// A message broker, as the framework uses it.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Declares a queue (idempotent when the declaration matches).
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError>;
+
+    /// Publishes a message and returns once the broker has taken
+    /// responsibility for it (publisher confirm). Unroutable messages are an
+    /// error, never a silent success.
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), BrokerError>;
+
+    /// Publishes `message` so that it reaches `queue` once `delay` has passed,
+    /// kept by the broker meanwhile (not by any consumer), and returns once
+    /// the broker has taken responsibility for it.
+    async fn publish_delayed(
+        &self,
+        queue: &str,
+        message: &Message,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        let _ = (queue, message, delay);
+        Err(BrokerError::Operation {
+            operation: "publish_delayed",
+            reason: "this broker has no delayed delivery".into(),
+        })
+    }
+
+    /// Starts consuming from `queues` on one channel, with one prefetch window
+    /// shared by all of them.
+    async fn consume(
+        &self,
+        queues: &[String],
+        options: ConsumeOptions,
+    ) -> Result<Consumer, BrokerError>;
+
+    /// Deletes a queue and its messages (no error if it does not exist).
+    async fn delete_queue(&self, name: &str) -> Result<(), BrokerError>;
+
+    /// Deletes an exchange (no error if it does not exist).
+    async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError>;
+
+    /// How many messages are ready in a queue (not counting those delivered
+    /// to a consumer and not yet settled).
+    async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError>;
+
+    /// Closes the connection.
+    async fn close(&self) -> Result<(), BrokerError>;
+}
+
+/// An active consumer: its deliveries, and a handle to stop it.
+pub struct Consumer {
+    /// Deliveries, in the order the broker sends them.
+    pub deliveries: DeliveryStream,
+    /// Stops the flow of new deliveries (unacked ones stay with the consumer
+    /// until settled or until the consumer is dropped).
+    pub cancel: Box<dyn ConsumerCancel>,
+}
+
+/// Stops a consumer's flow of new deliveries.
+#[async_trait]
+pub trait ConsumerCancel: Send + Sync {
+    /// Asks the broker to stop sending; deliveries already received stay.
+    async fn cancel(&self) -> Result<(), BrokerError>;
+    /// Closes the consumer's channel: the broker requeues every unacked message.
+    async fn close(&self) -> Result<(), BrokerError>;
+}

@@ -1,0 +1,315 @@
+//! Eager mode (Celery's `task_always_eager`): an eager [`App`] runs each call
+//! inline, in the caller, and returns a result that is already ready, so an
+//! application's tests exercise its tasks without a broker or a worker.
+//!
+//! The call still crosses the wire format both ways, so a test catches what
+//! a real broker and worker would reject: the full task message is encoded
+//! ([`encode_task`]) and decoded ([`decode_task`]), the task is looked up in
+//! [`Registry::global`] (an unknown name is FAILURE `NotRegistered`, as a
+//! worker answers), its handler runs with panics caught and under its hard
+//! time limit, and the outcome is encoded as a result message and decoded
+//! through the same [`PendingResults`] path as a result from the reply queue.
+//!
+//! Unlike a worker, an eager call runs at once: `countdown`, `eta` and rate
+//! limits are ignored (as in Celery), while an `expires` already past answers
+//! REVOKED. A failure the worker would retry (`TaskError::retry`, or a type in
+//! the task's `autoretry_for`, while `max_retries` allows) is retried inline
+//! at once, each attempt seeing its retry count in
+//! [`current_task`](crate::current_task), with a RETRY state in between (at
+//! most 100 times per call).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+
+use crate::async_result::PendingResults;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::Message;
+use crate::protocol::result_message::{self, ExceptionInfo, ResultBody, TaskState};
+use crate::protocol::task_message::{decode_task, PartialRequest};
+use crate::signature::EncodedCall;
+use crate::{App, AsyncResult, Error, Registry, Signature, TaskArgs, TaskContext, TaskError};
+
+/// The `reply_to` of an eager call's message: results never leave the process.
+const EAGER_REPLY_TO: &str = "eager";
+
+/// At most this many inline retries of one call, so a task that always
+/// fails under an unlimited retry policy ends its test instead of hanging it.
+const MAX_EAGER_RETRIES: u32 = 100;
+
+impl App {
+    /// An app that runs every call inline instead of publishing it (Celery's
+    /// `task_always_eager`), for tests: `add.delay(2, 3).await?` runs `add`
+    /// before returning, and the returned result is ready. It connects to no
+    /// broker (its [`broker`](App::broker) is a private `memory://` one that
+    /// calls never use) and becomes the process's default app, so code under
+    /// test that calls `.delay()` runs its tasks eagerly.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_core::{task, App, TaskError};
+    ///
+    /// #[task(name = "doc.eager.add")]
+    /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    ///     Ok(x + y)
+    /// }
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), task_core::Error> {
+    /// let _app = App::eager();
+    /// let result = add.delay(2, 3).await?;
+    /// assert!(result.ready());
+    /// assert_eq!(result.get(Duration::ZERO).await?, 5);
+    /// # Ok(()) }
+    /// ```
+    pub fn eager() -> App {
+        App::builder()
+            .eager(true)
+            .build_with(Arc::new(MemoryBroker::new()))
+    }
+}
+
+/// Runs `signature` inline, as if consumed from its queue (else
+/// `default_queue`), and returns its ready result.
+pub(crate) async fn apply<R: DeserializeOwned>(
+    pending: &PendingResults,
+    default_queue: &str,
+    signature: Signature<R>,
+) -> Result<AsyncResult<R>, Error> {
+    let EncodedCall {
+        task_id, message, ..
+    } = signature.encode_call(Some(EAGER_REPLY_TO))?;
+    let reply_to = (!signature.options.ignore_result).then_some(EAGER_REPLY_TO);
+    let queue = signature.options.queue.as_deref().unwrap_or(default_queue);
+    let slot = reply_to.map(|_| pending.expect(&task_id));
+    let results = execute(&message, queue).await;
+    if slot.is_some() {
+        for result in results {
+            receive(pending, &task_id, &result);
+        }
+    }
+    Ok(AsyncResult::new(task_id, slot))
+}
+
+/// Reads a result message as the reply-queue consumer does and hands it to
+/// its waiter.
+fn receive(pending: &PendingResults, task_id: &str, result: &Message) {
+    match ResultBody::decode(&result.body) {
+        Ok(body) => pending.deliver(body),
+        Err(error) => {
+            tracing::error!(%task_id, %error, "an eager result message does not decode");
+            // Its waiter sees the result as lost rather than waiting forever.
+            pending.forget(task_id);
+        }
+    }
+}
+
+/// What a worker does with the task message, minus the broker: the result
+/// messages it would publish, in order.
+async fn execute(message: &Message, queue: &str) -> Vec<Message> {
+    let request = match decode_task(message) {
+        Ok(request) => request,
+        Err(error) => {
+            let id = PartialRequest::of(message).id.unwrap_or_default();
+            let failure = TaskError::new("DecodeError", error.to_string());
+            return vec![result_message::failure(&id, &failure)];
+        }
+    };
+    let task = match Registry::global() {
+        Ok(registry) => registry.get(&request.name),
+        Err(duplicate) => {
+            let failure = TaskError::new("DuplicateTaskName", duplicate.to_string());
+            return vec![result_message::failure(&request.id, &failure)];
+        }
+    };
+    let Some(task) = task else {
+        return vec![result_message::not_registered(&request.id, &request.name)];
+    };
+    if request.expires.is_some_and(|expires| expires <= Utc::now()) {
+        return vec![result_message::revoked(&request.id, "expired")];
+    }
+    let mut results = Vec::with_capacity(2);
+    if task.options.track_started {
+        results.push(result_message::started(&request.id));
+    }
+    let (hard, soft) = task.limits(&request);
+    let mut retries = request.retries();
+    let first_retry = retries;
+    loop {
+        let context = TaskContext::new(
+            request.id.clone(),
+            request.name.clone(),
+            queue.to_owned(),
+            retries,
+            soft.map(|soft| tokio::time::Instant::now() + soft),
+        );
+        let args = TaskArgs::new(task.name, request.args.clone(), request.kwargs.clone());
+        match task.run(args, context, hard).await {
+            Ok(value) => {
+                results.push(result_message::success(&request.id, &value));
+                return results;
+            }
+            Err(error)
+                if task.retry_delay(&error, retries, 0.0).is_some()
+                    && retries - first_retry < MAX_EAGER_RETRIES =>
+            {
+                let info = ExceptionInfo::from(&error);
+                let traceback = error.traceback();
+                let retry =
+                    result_message::exception(&request.id, TaskState::Retry, &info, traceback);
+                results.push(retry);
+                retries += 1;
+            }
+            Err(error) => {
+                results.push(result_message::failure(&request.id, &error));
+                return results;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{task, App, Error, Signature, TaskError, TaskState};
+
+    #[task(name = "test.eager.add")]
+    async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+        Ok(x + y)
+    }
+
+    #[task(name = "test.eager.boom")]
+    async fn boom() -> Result<i64, TaskError> {
+        panic!("kaboom")
+    }
+
+    #[task(name = "test.eager.takes_float")]
+    async fn takes_float(x: f64) -> Result<f64, TaskError> {
+        Ok(x)
+    }
+
+    static ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    #[task(name = "test.eager.flaky", max_retries = 5, autoretry_for = ["Flaky"])]
+    async fn flaky(fail_times: u32) -> Result<u32, TaskError> {
+        ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let retries = crate::current_task().map_or(u32::MAX, |t| t.retries());
+        if retries < fail_times {
+            return Err(TaskError::new("Flaky", format!("attempt {retries}")));
+        }
+        Ok(retries)
+    }
+
+    fn app() -> App {
+        App::builder()
+            .eager(true)
+            .set_as_default(false)
+            .build_with(std::sync::Arc::new(
+                crate::broker::memory::MemoryBroker::new(),
+            ))
+    }
+
+    #[tokio::test]
+    async fn calls_run_inline_and_come_back_ready() {
+        let app = app();
+        assert!(app.is_eager());
+        let result = add.s(2, 3).apply_async_with(&app).await.unwrap();
+        assert!(result.ready());
+        assert_eq!(result.state(), TaskState::Success);
+        assert_eq!(result.get(Duration::ZERO).await.unwrap(), 5);
+        assert_eq!(app.pending_results(), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_panics_and_unknown_tasks_are_failures() {
+        let app = app();
+        let error = boom.s().apply_async_with(&app).await.unwrap();
+        let error = error.get(Duration::ZERO).await.unwrap_err();
+        let failure = error.as_task_failure().unwrap();
+        assert_eq!(
+            (failure.exc_type.as_str(), failure.message.as_str()),
+            ("Panic", "kaboom")
+        );
+
+        let unknown = Signature::<i64>::new("test.eager.nobody")
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        let error = unknown.get(Duration::ZERO).await.unwrap_err();
+        assert_eq!(error.as_task_failure().unwrap().exc_type, "NotRegistered");
+
+        let bad = Signature::<i64>::new("test.eager.add")
+            .arg("two")
+            .arg(3)
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        let error = bad.get(Duration::ZERO).await.unwrap_err();
+        assert_eq!(error.as_task_failure().unwrap().exc_type, "TypeError");
+    }
+
+    #[tokio::test]
+    async fn what_the_wire_cannot_carry_fails_as_it_would_on_a_worker() {
+        let app = app();
+        // JSON has no NaN: the argument arrives as null, which no f64 accepts.
+        let result = takes_float
+            .s(f64::NAN)
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        let error = result.get(Duration::ZERO).await.unwrap_err();
+        assert_eq!(error.as_task_failure().unwrap().exc_type, "TypeError");
+        // Keys that are not strings cannot be encoded at all.
+        let map = std::collections::HashMap::from([((1, 2), 3)]);
+        let error = Signature::<i64>::new("test.eager.add")
+            .arg(map)
+            .apply_async_with(&app)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::EncodeArguments { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn expired_calls_are_revoked_and_ignored_results_have_none() {
+        let app = app();
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let revoked = add
+            .s(1, 1)
+            .expires_at(past)
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        assert!(matches!(
+            revoked.get(Duration::ZERO).await,
+            Err(Error::Revoked { .. })
+        ));
+        let ignored = add
+            .s(1, 1)
+            .ignore_result()
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        assert!(matches!(
+            ignored.get(Duration::ZERO).await,
+            Err(Error::ResultIgnored { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn failures_the_worker_would_retry_are_retried_inline() {
+        let app = app();
+        ATTEMPTS.store(0, std::sync::atomic::Ordering::SeqCst);
+        let result = flaky.s(2).apply_async_with(&app).await.unwrap();
+        assert_eq!(result.get(Duration::ZERO).await.unwrap(), 2);
+        assert_eq!(ATTEMPTS.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let exhausted = flaky.s(10).apply_async_with(&app).await.unwrap();
+        let error = exhausted.get(Duration::ZERO).await.unwrap_err();
+        let failure = error.as_task_failure().unwrap();
+        assert_eq!(
+            (failure.exc_type.as_str(), failure.message.as_str()),
+            ("Flaky", "attempt 5")
+        );
+    }
+}

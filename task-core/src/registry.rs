@@ -1,0 +1,179 @@
+//! The process-wide task registry: every `#[task]` submits a
+//! [`TaskRegistration`] through `inventory`, and a worker looks handlers up by
+//! name in the [`Registry`] built from them.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde_json::value::RawValue;
+
+use crate::protocol::task_message::TaskRequest;
+use crate::{Task, TaskArgs, TaskContext, TaskError, TaskOptions};
+
+/// What running a task produces: the JSON-encoded return value, or the error.
+pub type TaskOutcome = Result<Box<RawValue>, TaskError>;
+
+/// The entry point `#[task]` generates for each task: decodes the arguments,
+/// runs the body and encodes its result.
+pub type TaskHandler = fn(TaskArgs) -> BoxFuture<'static, TaskOutcome>;
+
+/// One registered task, submitted by `#[task]` next to the function.
+#[derive(Debug)]
+pub struct TaskRegistration {
+    /// The task's registered name.
+    pub name: &'static str,
+    /// Parameter names, in order.
+    pub params: &'static [&'static str],
+    /// The task's declared defaults.
+    pub options: TaskOptions,
+    /// Runs one call.
+    pub handler: TaskHandler,
+}
+
+impl TaskRegistration {
+    /// The registration of task type `T`, run by `handler`.
+    pub const fn of<T: Task>(handler: TaskHandler) -> Self {
+        Self {
+            name: T::NAME,
+            params: T::PARAMS,
+            options: T::OPTIONS,
+            handler,
+        }
+    }
+
+    /// Runs one call: the body inside `context`, under `hard_limit` (past it
+    /// an async body is dropped and the call fails with `TimeLimitExceeded`),
+    /// with a panic turned into a failure. A blocking body cannot be
+    /// interrupted: past the limit its thread runs on, but the call fails.
+    pub async fn run(
+        &self,
+        args: TaskArgs,
+        context: TaskContext,
+        hard_limit: Option<Duration>,
+    ) -> TaskOutcome {
+        let body = context.scope(AssertUnwindSafe((self.handler)(args)).catch_unwind());
+        let finished = match hard_limit {
+            Some(limit) => match tokio::time::timeout(limit, body).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    return Err(TaskError::new(
+                        "TimeLimitExceeded",
+                        format!("{} exceeded its time limit of {limit:?}", self.name),
+                    ))
+                }
+            },
+            None => body.await,
+        };
+        finished.unwrap_or_else(|panic| Err(TaskError::from_panic(panic.as_ref())))
+    }
+
+    /// The hard and soft time limits of `request`: the message's, else the
+    /// task's defaults.
+    pub fn limits(&self, request: &TaskRequest) -> (Option<Duration>, Option<Duration>) {
+        let seconds = |s: Option<f64>| {
+            s.filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+        };
+        let (hard, soft) = request.time_limits();
+        (
+            seconds(hard).or(self.options.time_limit),
+            seconds(soft).or(self.options.soft_time_limit),
+        )
+    }
+
+    /// Whether a run that failed with `error`, after `retries` retries, is
+    /// retried, and after how long: when the error asks for it or its type is
+    /// in `autoretry_for`, while retries remain. `unit_random` (uniform in
+    /// `[0, 1)`) draws the jitter.
+    pub fn retry_delay(
+        &self,
+        error: &TaskError,
+        retries: u32,
+        unit_random: f64,
+    ) -> Option<Duration> {
+        let policy = &self.options.retry;
+        let countdown = match error.retry_request() {
+            Some(retry) => retry.countdown,
+            None if policy.retries_automatically(error.exc_type()) => None,
+            None => return None,
+        };
+        if !policy.allows_retry(retries) {
+            return None;
+        }
+        Some(countdown.unwrap_or_else(|| policy.delay(retries, unit_random)))
+    }
+}
+
+inventory::collect!(TaskRegistration);
+
+/// Two tasks were registered under the same name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "task name `{name}` is registered more than once; give one of them #[task(name = \"...\")]"
+)]
+pub struct DuplicateTaskName {
+    /// The name registered twice.
+    pub name: &'static str,
+}
+
+/// Every task linked into this binary, by name.
+#[derive(Debug)]
+pub struct Registry {
+    by_name: HashMap<&'static str, &'static TaskRegistration>,
+}
+
+impl Registry {
+    /// The registry of this process, built once from every linked `#[task]`.
+    ///
+    /// Fails if two tasks share a name: a worker must refuse to start rather
+    /// than run the wrong function.
+    pub fn global() -> Result<&'static Registry, DuplicateTaskName> {
+        static GLOBAL: OnceLock<Result<Registry, DuplicateTaskName>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| Registry::from_registrations(inventory::iter::<TaskRegistration>))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Builds a registry from explicit registrations.
+    pub fn from_registrations(
+        registrations: impl IntoIterator<Item = &'static TaskRegistration>,
+    ) -> Result<Registry, DuplicateTaskName> {
+        let mut by_name = HashMap::new();
+        for registration in registrations {
+            if by_name.insert(registration.name, registration).is_some() {
+                return Err(DuplicateTaskName {
+                    name: registration.name,
+                });
+            }
+        }
+        Ok(Registry { by_name })
+    }
+
+    /// The task registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&'static TaskRegistration> {
+        self.by_name.get(name).copied()
+    }
+
+    /// All registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.by_name.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// How many tasks are registered.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no task is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}

@@ -1,0 +1,156 @@
+//! When and how a failed task is retried: [`RetryPolicy`] (Celery's
+//! `max_retries`, `default_retry_delay`, `retry_backoff`, `retry_backoff_max`,
+//! `retry_jitter`, `autoretry_for`).
+
+use std::time::Duration;
+
+/// A task's retry settings, declared with `#[task(...)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries allowed after the first run (`None`: unlimited). Celery's default is 3.
+    pub max_retries: Option<u32>,
+    /// Delay before a retry when backoff is off and the error names none.
+    pub default_delay: Duration,
+    /// Exponential backoff factor: retry `n` (0-based) waits `backoff × 2^n`,
+    /// capped at `backoff_max`. `None`: every retry waits `default_delay`.
+    pub backoff: Option<Duration>,
+    /// The cap on backoff delays.
+    pub backoff_max: Duration,
+    /// Full jitter: the delay is drawn uniformly from `[0, computed delay]`
+    /// so that failing tasks do not retry in lockstep.
+    pub jitter: bool,
+    /// Error type names (`TaskError::exc_type`) that retry automatically.
+    pub autoretry_for: &'static [&'static str],
+}
+
+impl RetryPolicy {
+    /// Celery's defaults: 3 retries, 180 s apart, no backoff, jitter on, no
+    /// automatic retries (only explicit `TaskError::retry`).
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        max_retries: Some(3),
+        default_delay: Duration::from_secs(180),
+        backoff: None,
+        backoff_max: Duration::from_secs(600),
+        jitter: true,
+        autoretry_for: &[],
+    };
+
+    /// Sets [`RetryPolicy::max_retries`] (`None`: unlimited; usable in `const` context).
+    pub const fn with_max_retries(mut self, max_retries: Option<u32>) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Sets [`RetryPolicy::default_delay`] in milliseconds (usable in `const` context).
+    pub const fn with_default_delay_ms(mut self, millis: u64) -> Self {
+        self.default_delay = Duration::from_millis(millis);
+        self
+    }
+
+    /// Sets [`RetryPolicy::backoff`] in milliseconds (`None`: no backoff;
+    /// usable in `const` context).
+    pub const fn with_backoff_ms(mut self, millis: Option<u64>) -> Self {
+        self.backoff = match millis {
+            Some(millis) => Some(Duration::from_millis(millis)),
+            None => None,
+        };
+        self
+    }
+
+    /// Sets [`RetryPolicy::backoff_max`] in milliseconds (usable in `const` context).
+    pub const fn with_backoff_max_ms(mut self, millis: u64) -> Self {
+        self.backoff_max = Duration::from_millis(millis);
+        self
+    }
+
+    /// Sets [`RetryPolicy::jitter`] (usable in `const` context).
+    pub const fn with_jitter(mut self, jitter: bool) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets [`RetryPolicy::autoretry_for`] (usable in `const` context).
+    pub const fn with_autoretry_for(mut self, autoretry_for: &'static [&'static str]) -> Self {
+        self.autoretry_for = autoretry_for;
+        self
+    }
+
+    /// Whether an error of type `exc_type` retries automatically.
+    pub fn retries_automatically(&self, exc_type: &str) -> bool {
+        self.autoretry_for.contains(&exc_type)
+    }
+
+    /// Whether a task already retried `retries` times may retry again.
+    pub fn allows_retry(&self, retries: u32) -> bool {
+        self.max_retries.is_none_or(|max| retries < max)
+    }
+
+    /// The delay before retry number `retries` (0 for the first retry),
+    /// given `unit_random` drawn uniformly from `[0, 1)` for the jitter.
+    pub fn delay(&self, retries: u32, unit_random: f64) -> Duration {
+        let delay = match self.backoff {
+            Some(factor) => {
+                let exponent = retries.min(63);
+                factor
+                    .checked_mul(1u32.checked_shl(exponent.min(31)).unwrap_or(u32::MAX))
+                    .unwrap_or(self.backoff_max)
+                    .min(self.backoff_max)
+            }
+            None => self.default_delay,
+        };
+        if self.jitter {
+            delay.mul_f64(unit_random.clamp(0.0, 1.0))
+        } else {
+            delay
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitter_stays_within_it() {
+        let policy = RetryPolicy {
+            backoff: Some(Duration::from_secs(1)),
+            backoff_max: Duration::from_secs(10),
+            jitter: false,
+            ..RetryPolicy::DEFAULT
+        };
+        let delays: Vec<u64> = (0..6).map(|n| policy.delay(n, 0.5).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(policy.delay(1000, 0.5), Duration::from_secs(10));
+        let jittered = RetryPolicy {
+            jitter: true,
+            ..policy
+        };
+        assert_eq!(jittered.delay(3, 0.25), Duration::from_secs(2));
+        assert_eq!(jittered.delay(3, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_budget_and_automatic_retries() {
+        let policy = RetryPolicy {
+            autoretry_for: &["IoError"],
+            ..RetryPolicy::DEFAULT
+        };
+        assert!(policy.allows_retry(2));
+        assert!(!policy.allows_retry(3));
+        assert!(RetryPolicy {
+            max_retries: None,
+            ..policy
+        }
+        .allows_retry(u32::MAX));
+        assert!(policy.retries_automatically("IoError"));
+        assert!(!policy.retries_automatically("ValueError"));
+        assert_eq!(RetryPolicy::DEFAULT.delay(0, 0.9), Duration::from_secs(162));
+    }
+}

@@ -1,0 +1,304 @@
+//! [`Signature`]: a task call with its arguments and options, not yet sent
+//! (Celery's `add.s(2, 3)`), and [`CallOptions`], the `apply_async` options.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::broker::Message;
+use crate::protocol::task_message::{encode_task, TaskCall};
+use crate::{App, AsyncResult, Error, Task};
+
+/// When a task stops being worth running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// At this time.
+    At(DateTime<Utc>),
+    /// This long after it is sent.
+    After(Duration),
+}
+
+/// Per-call options (Celery's `apply_async` keyword arguments).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Queue to publish to (default: the task's queue, else the app's default queue).
+    pub queue: Option<Cow<'static, str>>,
+    /// Use this task id instead of a fresh UUID.
+    pub task_id: Option<String>,
+    /// Run no earlier than this long after sending.
+    pub countdown: Option<Duration>,
+    /// Run no earlier than this time.
+    pub eta: Option<DateTime<Utc>>,
+    /// Do not run after this.
+    pub expires: Option<Expiry>,
+    /// Message priority (queues with `x-max-priority` honour it).
+    pub priority: Option<u8>,
+    /// Hard time limit.
+    pub time_limit: Option<Duration>,
+    /// Soft time limit.
+    pub soft_time_limit: Option<Duration>,
+    /// Do not publish or wait for a result.
+    pub ignore_result: bool,
+}
+
+/// A task call, typed by the value it returns: built by `task.s(..)` for
+/// `#[task]` functions, or by name with [`Signature::new`] for any task
+/// (including Python ones).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), task_core::Error> {
+/// use std::time::Duration;
+/// use task_core::Signature;
+/// let pending = Signature::<i64>::new("tasks.add")
+///     .arg(2)
+///     .kwarg("y", 3)
+///     .queue("math")
+///     .countdown(Duration::from_secs(1))
+///     .apply_async()
+///     .await?;
+/// let sum = pending.get(Duration::from_secs(5)).await?;
+/// # Ok(()) }
+/// ```
+pub struct Signature<R = serde_json::Value> {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) args: Vec<Box<RawValue>>,
+    pub(crate) kwargs: Vec<(String, Box<RawValue>)>,
+    pub(crate) options: CallOptions,
+    pub(crate) encode_error: Option<String>,
+    result: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Signature<R> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            args: self.args.clone(),
+            kwargs: self.kwargs.clone(),
+            options: self.options.clone(),
+            encode_error: self.encode_error.clone(),
+            result: PhantomData,
+        }
+    }
+}
+
+impl<R> fmt::Debug for Signature<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signature")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .field("kwargs", &self.kwargs)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<R> Signature<R> {
+    /// A call of the task registered as `name`, with no arguments yet.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            name: name.into(),
+            args: Vec::new(),
+            kwargs: Vec::new(),
+            options: CallOptions::default(),
+            encode_error: None,
+            result: PhantomData,
+        }
+    }
+
+    /// A call of `#[task]` type `T`, with its declared defaults.
+    pub fn of_task<T: Task<Output = R>>() -> Self {
+        let mut signature = Self::new(T::NAME);
+        signature.options.queue = T::OPTIONS.queue.map(Cow::Borrowed);
+        signature
+    }
+
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The options set so far.
+    pub fn options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// Changes the result type (for calls by name).
+    pub fn returning<T>(self) -> Signature<T> {
+        Signature {
+            name: self.name,
+            args: self.args,
+            kwargs: self.kwargs,
+            options: self.options,
+            encode_error: self.encode_error,
+            result: PhantomData,
+        }
+    }
+
+    /// Appends a positional argument.
+    pub fn arg(mut self, value: impl Serialize) -> Self {
+        if let Some(raw) = self.encode_argument(&value) {
+            self.args.push(raw);
+        }
+        self
+    }
+
+    /// Sets a keyword argument.
+    pub fn kwarg(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        if let Some(raw) = self.encode_argument(&value) {
+            let name = name.into();
+            self.kwargs.retain(|(key, _)| *key != name);
+            self.kwargs.push((name, raw));
+        }
+        self
+    }
+
+    fn encode_argument(&mut self, value: &impl Serialize) -> Option<Box<RawValue>> {
+        match serde_json::value::to_raw_value(value) {
+            Ok(raw) => Some(raw),
+            Err(error) => {
+                self.encode_error.get_or_insert_with(|| error.to_string());
+                None
+            }
+        }
+    }
+
+    /// Publishes to this queue.
+    pub fn queue(mut self, queue: impl Into<Cow<'static, str>>) -> Self {
+        self.options.queue = Some(queue.into());
+        self
+    }
+
+    /// Uses this task id.
+    pub fn task_id(mut self, id: impl Into<String>) -> Self {
+        self.options.task_id = Some(id.into());
+        self
+    }
+
+    /// Runs no earlier than `delay` after sending.
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.options.countdown = Some(delay);
+        self
+    }
+
+    /// Runs no earlier than `time`.
+    pub fn eta(mut self, time: DateTime<Utc>) -> Self {
+        self.options.eta = Some(time);
+        self
+    }
+
+    /// Expires `after` sending: a worker that gets it later reports REVOKED.
+    pub fn expires_in(mut self, after: Duration) -> Self {
+        self.options.expires = Some(Expiry::After(after));
+        self
+    }
+
+    /// Expires at `time`.
+    pub fn expires_at(mut self, time: DateTime<Utc>) -> Self {
+        self.options.expires = Some(Expiry::At(time));
+        self
+    }
+
+    /// Sets the message priority.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.options.priority = Some(priority);
+        self
+    }
+
+    /// Sets the hard time limit.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.options.time_limit = Some(limit);
+        self
+    }
+
+    /// Sets the soft time limit.
+    pub fn soft_time_limit(mut self, limit: Duration) -> Self {
+        self.options.soft_time_limit = Some(limit);
+        self
+    }
+
+    /// Sends without a result: no reply queue, nothing to wait for.
+    pub fn ignore_result(mut self) -> Self {
+        self.options.ignore_result = true;
+        self
+    }
+}
+
+/// A call encoded for the wire.
+pub(crate) struct EncodedCall {
+    /// The task id (the call's own, or a fresh UUID).
+    pub(crate) task_id: String,
+    /// The protocol v2 message.
+    pub(crate) message: Message,
+    /// When the task may run, if not at once.
+    pub(crate) eta: Option<DateTime<Utc>>,
+}
+
+impl<R> Signature<R> {
+    /// Encodes this call as a protocol v2 task message whose results go to
+    /// `reply_to` (ignored when the call ignores its result), resolving
+    /// `countdown` and relative expiry against the current time.
+    pub(crate) fn encode_call(&self, reply_to: Option<&str>) -> Result<EncodedCall, Error> {
+        let encode_error = |reason: String| Error::EncodeArguments {
+            task: self.name.to_string(),
+            reason,
+        };
+        if let Some(reason) = &self.encode_error {
+            return Err(encode_error(reason.clone()));
+        }
+        let options = &self.options;
+        let task_id = options
+            .task_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let now = Utc::now();
+        let eta = options
+            .eta
+            .or(options.countdown.map(|countdown| now + countdown));
+        let expires = options.expires.map(|expiry| match expiry {
+            Expiry::At(time) => time,
+            Expiry::After(after) => now + after,
+        });
+        let message = encode_task(&TaskCall {
+            id: &task_id,
+            name: &self.name,
+            args: &self.args,
+            kwargs: &self.kwargs,
+            reply_to: reply_to.filter(|_| !options.ignore_result),
+            eta,
+            expires,
+            priority: options.priority,
+            time_limit: options.time_limit.map(|d| d.as_secs_f64()),
+            soft_time_limit: options.soft_time_limit.map(|d| d.as_secs_f64()),
+            ignore_result: options.ignore_result,
+            retries: 0,
+            root_id: None,
+            parent_id: None,
+        })
+        .map_err(|e| encode_error(e.to_string()))?;
+        Ok(EncodedCall {
+            task_id,
+            message,
+            eta,
+        })
+    }
+}
+
+impl<R: DeserializeOwned> Signature<R> {
+    /// Publishes the call through the process's default app and returns once
+    /// the broker confirmed it.
+    pub async fn apply_async(self) -> Result<AsyncResult<R>, Error> {
+        App::current()?.send(self).await
+    }
+
+    /// Publishes the call through `app`.
+    pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<R>, Error> {
+        app.send(self).await
+    }
+}

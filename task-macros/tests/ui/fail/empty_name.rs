@@ -1,0 +1,6 @@
+use task_core::task;
+
+#[task(name = "", queue = "")]
+async fn add() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use task_core::task;
+
+#[task]
+async fn echo<'a>(_value: String) {}
+
+fn main() {}

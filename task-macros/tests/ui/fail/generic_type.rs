@@ -1,0 +1,6 @@
+use task_core::task;
+
+#[task]
+async fn echo<T: serde::Serialize>(_value: T) {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use task_core::task;
+
+#[task(nmae = "tasks.add")]
+async fn add() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use task_core::task;
+
+#[task]
+unsafe extern "C" fn printf(_format: usize, _args: ...) {}
+
+fn main() {}

@@ -1,0 +1,109 @@
+//! The worker's command line (`-Q`, `-c`, `--prefetch`, `--broker`), for the
+//! binaries that link a set of tasks and call [`main`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use task_core::{Registry, DEFAULT_BROKER_URL};
+
+use crate::{shutdown, Worker};
+
+/// Runs registered tasks from RabbitMQ queues.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct WorkerArgs {
+    /// Broker URL.
+    #[arg(long, env = "BROKER_URL", default_value = DEFAULT_BROKER_URL, hide_env_values = true)]
+    pub broker: String,
+    /// Queues to consume, comma-separated.
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+    pub queues: Vec<String>,
+    /// Tasks run at once (default: number of CPUs).
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+    /// Unacknowledged messages the broker may send ahead (default: 4 × concurrency).
+    #[arg(long)]
+    pub prefetch: Option<u16>,
+    /// Seconds running tasks get to finish after SIGTERM / Ctrl-C.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Task messages with a larger body (bytes) go to the dead-letter queue unread.
+    #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_message_size: usize,
+    /// Seconds a running task may keep its message unacknowledged before
+    /// RabbitMQ (3.11.15+) gives up on the worker; 0 leaves the broker's
+    /// `consumer_timeout` (30 min by default).
+    #[arg(long, default_value_t = crate::worker::DEFAULT_ACK_TIMEOUT.as_secs())]
+    pub ack_timeout: u64,
+    /// Log filter (`info`, `debug`, `task_worker=debug`, ...); `RUST_LOG` wins if set.
+    #[arg(short = 'l', long, default_value = "info")]
+    pub loglevel: String,
+    /// Print the registered tasks and exit.
+    #[arg(long)]
+    pub list_tasks: bool,
+}
+
+/// Parses the command line, runs a worker until SIGTERM / Ctrl-C and
+/// returns the process's exit code. A worker binary is:
+///
+/// ```no_run
+/// // Link the crate (or module) that defines your #[task]s, then:
+/// fn main() -> std::process::ExitCode {
+///     task_worker::cli::main()
+/// }
+/// ```
+pub fn main() -> ExitCode {
+    let args = WorkerArgs::parse();
+    init_logging(&args.loglevel);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a worker configured by `args` until a shutdown signal.
+pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
+    if args.list_tasks {
+        for name in Registry::global()?.names() {
+            println!("{name}");
+        }
+        return Ok(());
+    }
+    let mut builder = Worker::builder()
+        .broker_url(args.broker)
+        .queues(args.queues)
+        .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout.max(0.0)))
+        .max_message_size(args.max_message_size)
+        .ack_timeout((args.ack_timeout > 0).then(|| Duration::from_secs(args.ack_timeout)));
+    if let Some(concurrency) = args.concurrency {
+        builder = builder.concurrency(concurrency);
+    }
+    if let Some(prefetch) = args.prefetch {
+        builder = builder.prefetch(prefetch);
+    }
+    let worker = builder.build().await?;
+    tokio::spawn(shutdown::on_signal(worker.shutdown_handle()));
+    worker.run().await
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second initialisation (tests calling main twice) is harmless.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

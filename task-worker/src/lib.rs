@@ -1,0 +1,17 @@
+//! The worker side of task-core: a [`Worker`] consumes task queues, runs each
+//! message's registered `#[task]` and publishes its result; [`cli::main`] is
+//! the command line a worker binary calls.
+//!
+//! A worker runs the tasks linked into its binary: `inventory` only sees
+//! crates that are linked, so a worker binary must use the crate that defines
+//! its tasks (see ARCHITECTURE.md).
+
+pub mod cli;
+mod executor;
+mod rate_limiter;
+pub mod shutdown;
+mod worker;
+
+pub use worker::{
+    Worker, WorkerBuilder, WorkerError, DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
+};

@@ -1,0 +1,873 @@
+//! The broker contract: what the framework relies on from a [`Broker`],
+//! checked by the same test functions against RabbitMQ ([`AmqpBroker`], at
+//! `$TEST_BROKER_URL` / `$BROKER_URL` / 127.0.0.1:5672) and against the
+//! in-process broker ([`MemoryBroker`]).
+//!
+//! `contract_test!(name)` turns `async fn name(f: Fixture)` into the tests
+//! `name::amqp` and `name::memory`. Every test uses queues of its own
+//! (expiring on RabbitMQ should the test abort) and deletes them at the end.
+//! Tests wait on events (a delivery, with a timeout); they sleep only to
+//! show that something did not happen early.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use task_core::broker::amqp::AmqpBroker;
+use task_core::broker::memory::MemoryBroker;
+use task_core::broker::{
+    Broker, BrokerError, ConsumeOptions, Consumer, Delivery, Message, Properties, QueueSpec,
+};
+
+/// How long a test waits for any one event.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker under test and what to delete afterwards.
+struct Fixture {
+    broker: Arc<dyn Broker>,
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+}
+
+async fn amqp_fixture() -> Fixture {
+    let broker = AmqpBroker::connect(&common::broker_url())
+        .await
+        .expect("RabbitMQ must be running at TEST_BROKER_URL / BROKER_URL / 127.0.0.1:5672");
+    Fixture::new(Arc::new(broker))
+}
+
+fn memory_fixture() -> Fixture {
+    Fixture::new(Arc::new(MemoryBroker::new()))
+}
+
+impl Fixture {
+    fn new(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            broker,
+            queues: Vec::new(),
+            exchanges: Vec::new(),
+        }
+    }
+
+    /// A fresh queue name, deleted by [`Fixture::finish`].
+    fn name(&mut self, label: &str) -> String {
+        let name = common::unique_queue(label);
+        self.queues.push(name.clone());
+        name
+    }
+
+    /// A test queue (expiring on RabbitMQ) with these extra arguments.
+    fn spec(&self, name: &str, arguments: Value) -> QueueSpec {
+        let mut spec = common::test_queue_spec(name);
+        if let Value::Object(arguments) = arguments {
+            spec.arguments.extend(arguments);
+        }
+        spec
+    }
+
+    /// Declares a fresh test queue with these extra arguments.
+    async fn queue(&mut self, label: &str, arguments: Value) -> String {
+        let name = self.name(label);
+        let spec = self.spec(&name, arguments);
+        self.broker.declare_queue(&spec).await.expect("declared");
+        name
+    }
+
+    async fn publish(&self, queue: &str, message: &Message) {
+        self.broker
+            .publish("", queue, message)
+            .await
+            .expect("published");
+    }
+
+    async fn consume(&self, queues: &[&str], prefetch: u16) -> Consumer {
+        let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
+        self.broker
+            .consume(&queues, ConsumeOptions::manual_ack(prefetch))
+            .await
+            .expect("consuming")
+    }
+
+    async fn count(&self, queue: &str) -> u32 {
+        self.broker
+            .queue_message_count(queue)
+            .await
+            .expect("counted")
+    }
+
+    /// Waits until `queue` holds `expected` ready messages.
+    async fn wait_count(&self, queue: &str, expected: u32) {
+        let started = Instant::now();
+        loop {
+            let count = self.count(queue).await;
+            if count == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "queue {queue} still holds {count} messages, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) {
+        for queue in &self.queues {
+            self.broker
+                .delete_queue(queue)
+                .await
+                .expect("queue deleted");
+        }
+        for exchange in &self.exchanges {
+            self.broker
+                .delete_exchange(exchange)
+                .await
+                .expect("exchange deleted");
+        }
+        let _ = self.broker.close().await;
+    }
+}
+
+/// Runs each contract test on both brokers: `name::amqp` and `name::memory`.
+/// `contract_test!(name, amqp_ignore = "why")` marks the RabbitMQ case ignored.
+macro_rules! contract_test {
+    ($name:ident) => {
+        contract_test!(@expand $name, #[tokio::test]);
+    };
+    ($name:ident, amqp_ignore = $why:literal) => {
+        contract_test!(@expand $name, #[tokio::test] #[ignore = $why]);
+    };
+    (@expand $name:ident, $(#[$amqp_attr:meta])*) => {
+        mod $name {
+            $(#[$amqp_attr])*
+            async fn amqp() {
+                super::$name(super::amqp_fixture().await).await;
+            }
+
+            #[tokio::test]
+            async fn memory() {
+                super::$name(super::memory_fixture()).await;
+            }
+        }
+    };
+}
+
+fn message(body: &str) -> Message {
+    Message {
+        properties: Properties {
+            content_type: Some("text/plain".into()),
+            ..Properties::default()
+        },
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn body(delivery: &Delivery) -> &str {
+    std::str::from_utf8(&delivery.message.body).expect("UTF-8 body")
+}
+
+/// The next delivery, failing the test if none arrives in time.
+async fn next(consumer: &mut Consumer) -> Delivery {
+    match tokio::time::timeout(WAIT, consumer.deliveries.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(error))) => panic!("delivery failed: {error}"),
+        Ok(None) => panic!("the consumer ended"),
+        Err(_) => panic!("no delivery within {WAIT:?}"),
+    }
+}
+
+/// Waits for the consumer's stream to end.
+async fn ended(consumer: &mut Consumer) {
+    match tokio::time::timeout(WAIT, consumer.deliveries.next()).await {
+        Ok(None) => {}
+        Ok(Some(Ok(delivery))) => panic!("unexpected delivery {delivery:?}"),
+        Ok(Some(Err(error))) => panic!("delivery failed: {error}"),
+        Err(_) => panic!("the consumer did not end within {WAIT:?}"),
+    }
+}
+
+fn is_precondition_failed(error: &BrokerError) -> bool {
+    matches!(error, BrokerError::Operation { operation: "queue.declare", reason } if reason.contains("PRECONDITION_FAILED"))
+}
+
+contract_test!(declaring_is_idempotent_and_a_different_declaration_fails);
+async fn declaring_is_idempotent_and_a_different_declaration_fails(mut f: Fixture) {
+    let q = f.name("declare");
+    let spec = f.spec(&q, json!({"x-max-priority": 5}));
+    f.broker.declare_queue(&spec).await.unwrap();
+    f.publish(&q, &message("kept")).await;
+    f.broker.declare_queue(&spec).await.unwrap();
+    assert_eq!(f.count(&q).await, 1, "a re-declaration keeps the messages");
+
+    let mut not_durable = spec.clone();
+    not_durable.durable = false;
+    let mut other_priority = spec.clone();
+    other_priority
+        .arguments
+        .insert("x-max-priority".into(), json!(6));
+    let mut no_priority = spec.clone();
+    no_priority.arguments.remove("x-max-priority");
+    let mut with_ttl = spec.clone();
+    with_ttl
+        .arguments
+        .insert("x-message-ttl".into(), json!(1000));
+    for different in [not_durable, other_priority, no_priority, with_ttl] {
+        let error = f.broker.declare_queue(&different).await.unwrap_err();
+        assert!(is_precondition_failed(&error), "{error}");
+    }
+    let invalid_name = f.name("invalid");
+    let mut invalid = f.spec(&invalid_name, json!({"x-max-priority": 300}));
+    let error = f.broker.declare_queue(&invalid).await.unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
+    invalid.arguments = Map::from_iter([("x-dead-letter-routing-key".into(), json!("k"))]);
+    let error = f.broker.declare_queue(&invalid).await.unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
+
+    f.broker.declare_queue(&spec).await.unwrap();
+    assert_eq!(f.count(&q).await, 1);
+    f.finish().await;
+}
+
+contract_test!(round_trip_preserves_body_properties_and_every_header_type);
+async fn round_trip_preserves_body_properties_and_every_header_type(mut f: Fixture) {
+    let q = f.name("round-trip");
+    let mut spec = f.spec(&q, json!({}));
+    spec.bind_same_name_exchange = true;
+    f.exchanges.push(q.clone());
+    f.broker.declare_queue(&spec).await.unwrap();
+
+    let headers = json!({
+        "text": "Zoë ✓ 𝄞", "empty": "", "int": 42, "negative": -7, "zero": 0,
+        "big": 1u64 << 40, "min": i64::MIN, "float": 0.25, "huge": 1e300, "whole_float": 2.0,
+        "true": true, "false": false, "null": null,
+        "list": [1, "a", null, [true], {"k": -1.5}], "empty_list": [],
+        "object": {"nested": {"deeper": ["x"]}, "n": 3}, "empty_object": {}
+    });
+    let Value::Object(headers) = headers else {
+        unreachable!()
+    };
+    let full = Message {
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            content_encoding: Some("utf-8".into()),
+            correlation_id: Some("c0rr-é".into()),
+            reply_to: Some("somewhere".into()),
+            persistent: true,
+            priority: Some(7),
+            expiration: Some("60000".into()),
+            headers,
+        },
+        body: vec![0, 159, 146, 150, 255, b'{', 0],
+    };
+    let bare = Message::default();
+    f.broker.publish("", &q, &full).await.unwrap();
+    f.broker.publish(&q, &q, &bare).await.unwrap();
+
+    let mut consumer = f.consume(&[&q], 10).await;
+    let first = next(&mut consumer).await;
+    assert_eq!(first.message, full);
+    assert_eq!(first.queue, q);
+    assert!(!first.redelivered);
+    let second = next(&mut consumer).await;
+    assert_eq!(second.message, bare);
+    first.acker.ack().await.unwrap();
+    second.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(an_acked_message_is_gone);
+async fn an_acked_message_is_gone(mut f: Fixture) {
+    let q = f.queue("ack", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    let mut consumer = f.consume(&[&q], 10).await;
+    let a = next(&mut consumer).await;
+    a.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+
+    f.publish(&q, &message("b")).await;
+    let mut consumer = f.consume(&[&q], 10).await;
+    let b = next(&mut consumer).await;
+    assert_eq!((body(&b), b.redelivered), ("b", false));
+    b.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(a_requeued_message_comes_back_marked_redelivered);
+/// Only redelivery and its flag are the contract, not the position: RabbitMQ
+/// puts a requeued message back at its old place "if possible", but with a
+/// channel-wide (global) prefetch the freed credit can reach the queue before
+/// the requeue does, and `b` is then delivered first.
+async fn a_requeued_message_comes_back_marked_redelivered(mut f: Fixture) {
+    let q = f.queue("requeue", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    f.publish(&q, &message("b")).await;
+    let mut consumer = f.consume(&[&q], 1).await;
+    let a = next(&mut consumer).await;
+    assert_eq!((body(&a), a.redelivered), ("a", false));
+    a.acker.reject(true).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut consumer).await;
+        seen.push((body(&d).to_owned(), d.redelivered));
+        d.acker.ack().await.unwrap();
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("a".to_owned(), true), ("b".to_owned(), false)],
+        "the requeued `a` comes back once, marked redelivered; `b` is not"
+    );
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+    f.finish().await;
+}
+
+contract_test!(a_message_rejected_without_requeue_is_gone);
+async fn a_message_rejected_without_requeue_is_gone(mut f: Fixture) {
+    let q = f.queue("reject", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    f.publish(&q, &message("b")).await;
+    let mut consumer = f.consume(&[&q], 1).await;
+    let a = next(&mut consumer).await;
+    a.acker.reject(false).await.unwrap();
+    let b = next(&mut consumer).await;
+    assert_eq!((body(&b), b.redelivered), ("b", false));
+    b.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+    f.finish().await;
+}
+
+contract_test!(a_rejected_message_is_dead_lettered_when_the_queue_says_so);
+async fn a_rejected_message_is_dead_lettered_when_the_queue_says_so(mut f: Fixture) {
+    let target = f.queue("rejected-target", json!({})).await;
+    let q = f
+        .queue(
+            "rejecting",
+            json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": target}),
+        )
+        .await;
+    let mut sent = message("poison");
+    sent.properties.headers.insert("kept".into(), json!(1));
+    f.publish(&q, &sent).await;
+    let mut consumer = f.consume(&[&q], 1).await;
+    next(&mut consumer).await.acker.reject(false).await.unwrap();
+    let mut dead = f.consume(&[&target], 1).await;
+    let poison = next(&mut dead).await;
+    assert_eq!(body(&poison), "poison");
+    let headers = &poison.message.properties.headers;
+    assert_eq!(headers["kept"], 1);
+    assert_eq!(headers["x-death"][0]["reason"], "rejected");
+    assert_eq!(headers["x-death"][0]["queue"], q.as_str());
+    assert_eq!(headers["x-death"][0]["count"], 1);
+    assert_eq!(headers["x-first-death-reason"], "rejected");
+    poison.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    dead.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(unacked_messages_return_when_the_consumer_closes);
+async fn unacked_messages_return_when_the_consumer_closes(mut f: Fixture) {
+    let q = f.queue("close", json!({})).await;
+    for text in ["a", "b", "c"] {
+        f.publish(&q, &message(text)).await;
+    }
+    let mut consumer = f.consume(&[&q], 10).await;
+    let a = next(&mut consumer).await;
+    let b = next(&mut consumer).await;
+    let c = next(&mut consumer).await;
+    b.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    // Too late: `a` is back in the queue whatever this answers.
+    let _ = a.acker.ack().await;
+    drop(c);
+
+    let mut again = f.consume(&[&q], 10).await;
+    let first = next(&mut again).await;
+    let second = next(&mut again).await;
+    assert_eq!(
+        [
+            (body(&first), first.redelivered),
+            (body(&second), second.redelivered)
+        ],
+        [("a", true), ("c", true)]
+    );
+    first.acker.ack().await.unwrap();
+    second.acker.ack().await.unwrap();
+    again.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+    f.finish().await;
+}
+
+contract_test!(settling_twice_or_after_the_consumer_closed_is_an_error);
+async fn settling_twice_or_after_the_consumer_closed_is_an_error(mut f: Fixture) {
+    let q = f.queue("settle-errors", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    f.publish(&q, &message("b")).await;
+    let mut consumer = f.consume(&[&q], 10).await;
+    let a = next(&mut consumer).await;
+    let b = next(&mut consumer).await;
+    a.acker.ack().await.unwrap();
+    assert!(a.acker.ack().await.is_err(), "acked twice");
+    assert!(
+        a.acker.reject(true).await.is_err(),
+        "rejected after its ack"
+    );
+    consumer.cancel.close().await.unwrap();
+    assert!(
+        b.acker.ack().await.is_err(),
+        "acked after its consumer closed, when it is back in the queue"
+    );
+    assert_eq!(f.count(&q).await, 1);
+    f.finish().await;
+}
+
+contract_test!(unacked_messages_return_when_the_consumer_is_dropped);
+async fn unacked_messages_return_when_the_consumer_is_dropped(mut f: Fixture) {
+    let q = f.queue("drop", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    let mut consumer = f.consume(&[&q], 10).await;
+    let a = next(&mut consumer).await;
+    assert!(!a.redelivered);
+    drop(consumer);
+
+    let mut again = f.consume(&[&q], 10).await;
+    let returned = next(&mut again).await;
+    assert_eq!((body(&returned), returned.redelivered), ("a", true));
+    returned.acker.ack().await.unwrap();
+    again.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(cancel_stops_new_deliveries_and_keeps_the_unacked_ones);
+async fn cancel_stops_new_deliveries_and_keeps_the_unacked_ones(mut f: Fixture) {
+    let q = f.queue("cancel", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    let mut consumer = f.consume(&[&q], 10).await;
+    let a = next(&mut consumer).await;
+    consumer.cancel.cancel().await.unwrap();
+    ended(&mut consumer).await;
+    f.publish(&q, &message("b")).await;
+    assert_eq!(f.count(&q).await, 1, "b waits: nobody consumes");
+    a.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 1, "a was acked, not requeued");
+    f.finish().await;
+}
+
+contract_test!(prefetch_bounds_deliveries_in_flight_across_the_consumers_queues);
+async fn prefetch_bounds_deliveries_in_flight_across_the_consumers_queues(mut f: Fixture) {
+    let q1 = f.queue("prefetch-1", json!({})).await;
+    let q2 = f.queue("prefetch-2", json!({})).await;
+    for i in 0..3 {
+        f.publish(&q1, &message(&format!("1-{i}"))).await;
+        f.publish(&q2, &message(&format!("2-{i}"))).await;
+    }
+    let mut consumer = f.consume(&[&q1, &q2], 2).await;
+    let first = next(&mut consumer).await;
+    let _second = next(&mut consumer).await;
+    // Unacked deliveries are not ready: the other four wait in their queues.
+    assert_eq!(f.count(&q1).await + f.count(&q2).await, 4);
+    first.acker.ack().await.unwrap();
+    let _third = next(&mut consumer).await;
+    assert_eq!(f.count(&q1).await + f.count(&q2).await, 3);
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q1).await + f.count(&q2).await, 5);
+    f.finish().await;
+}
+
+contract_test!(no_ack_deliveries_are_forgotten_when_sent);
+async fn no_ack_deliveries_are_forgotten_when_sent(mut f: Fixture) {
+    let q = f.queue("no-ack", json!({})).await;
+    for text in ["a", "b", "c"] {
+        f.publish(&q, &message(text)).await;
+    }
+    let mut consumer = f
+        .broker
+        .consume(
+            std::slice::from_ref(&q),
+            ConsumeOptions {
+                prefetch: 1,
+                ..ConsumeOptions::no_ack()
+            },
+        )
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        bodies.push(body(&next(&mut consumer).await).to_owned());
+    }
+    assert_eq!(bodies, ["a", "b", "c"]);
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+    f.finish().await;
+}
+
+contract_test!(higher_priorities_come_first_in_publish_order_within_a_priority);
+async fn higher_priorities_come_first_in_publish_order_within_a_priority(mut f: Fixture) {
+    let q = f.queue("priority", json!({"x-max-priority": 10})).await;
+    // (body, priority): 20 counts as the maximum, 10; none counts as 0.
+    let sent = [
+        ("p1", Some(1)),
+        ("p5-first", Some(5)),
+        ("none", None),
+        ("p9", Some(9)),
+        ("p5-second", Some(5)),
+        ("p20", Some(20)),
+        ("p10", Some(10)),
+        ("p0", Some(0)),
+    ];
+    for (text, priority) in sent {
+        let mut m = message(text);
+        m.properties.priority = priority;
+        f.publish(&q, &m).await;
+    }
+    let mut consumer = f.consume(&[&q], 1).await;
+    let mut received = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = next(&mut consumer).await;
+        received.push(body(&delivery).to_owned());
+        delivery.acker.ack().await.unwrap();
+    }
+    assert_eq!(
+        received,
+        [
+            "p20",
+            "p10",
+            "p9",
+            "p5-first",
+            "p5-second",
+            "p1",
+            "none",
+            "p0"
+        ]
+    );
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(a_queue_ttl_dead_letters_to_the_target_queue_on_time);
+async fn a_queue_ttl_dead_letters_to_the_target_queue_on_time(mut f: Fixture) {
+    // Delayed delivery: a bucket queue nobody reads, whose TTL moves each
+    // message to the target queue.
+    const TTL: Duration = Duration::from_millis(600);
+    let target = f.queue("delay-target", json!({})).await;
+    let bucket = f
+        .queue(
+            "delay-bucket",
+            json!({
+                "x-message-ttl": TTL.as_millis() as u64,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": target,
+            }),
+        )
+        .await;
+    let mut consumer = f.consume(&[&target], 10).await;
+    let mut first = message("first");
+    first.properties.headers.insert("kept".into(), json!("yes"));
+    first.properties.correlation_id = Some("id-1".into());
+    let sent_first = Instant::now();
+    f.publish(&bucket, &first).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent_second = Instant::now();
+    f.publish(&bucket, &message("second")).await;
+    assert_eq!(f.count(&bucket).await, 2, "nothing leaves early");
+
+    let a = next(&mut consumer).await;
+    let a_after = sent_first.elapsed();
+    let b = next(&mut consumer).await;
+    let b_after = sent_second.elapsed();
+    assert_eq!((body(&a), body(&b)), ("first", "second"));
+    for after in [a_after, b_after] {
+        assert!(after >= TTL, "delivered early, after {after:?}");
+        assert!(
+            after < TTL + Duration::from_secs(3),
+            "delivered late, after {after:?}"
+        );
+    }
+    let properties = &a.message.properties;
+    assert_eq!(properties.correlation_id.as_deref(), Some("id-1"));
+    assert_eq!(properties.headers["kept"], "yes");
+    let death = &properties.headers["x-death"][0];
+    assert_eq!(
+        (
+            &death["reason"],
+            &death["queue"],
+            &death["count"],
+            &death["exchange"]
+        ),
+        (&json!("expired"), &json!(bucket), &json!(1), &json!(""))
+    );
+    assert_eq!(death["routing-keys"], json!([bucket]));
+    assert_eq!(properties.headers["x-first-death-queue"], bucket.as_str());
+    assert_eq!(f.count(&bucket).await, 0);
+    a.acker.ack().await.unwrap();
+    b.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(a_message_expiration_applies_at_the_head_of_the_queue);
+async fn a_message_expiration_applies_at_the_head_of_the_queue(mut f: Fixture) {
+    let target = f.queue("expired-target", json!({})).await;
+    let q = f
+        .queue(
+            "expiring",
+            json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": target}),
+        )
+        .await;
+    let mut dead = f.consume(&[&target], 10).await;
+
+    // Alone in its queue, it expires on time and is dead-lettered without
+    // its expiration (kept in x-death).
+    let mut short = message("short");
+    short.properties.expiration = Some("300".into());
+    let sent = Instant::now();
+    f.publish(&q, &short).await;
+    let expired = next(&mut dead).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "expired early"
+    );
+    assert_eq!(body(&expired), "short");
+    assert_eq!(expired.message.properties.expiration, None);
+    let death = &expired.message.properties.headers["x-death"][0];
+    assert_eq!(death["reason"], "expired");
+    assert_eq!(death["original-expiration"], "300");
+    expired.acker.ack().await.unwrap();
+
+    // Behind a message that does not expire, it waits for the head.
+    f.publish(&q, &message("long")).await;
+    let mut behind = message("behind");
+    behind.properties.expiration = Some("100".into());
+    f.publish(&q, &behind).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        f.count(&q).await,
+        2,
+        "an expired message behind the head stays"
+    );
+    let mut consumer = f.consume(&[&q], 10).await;
+    let long = next(&mut consumer).await;
+    assert_eq!(body(&long), "long");
+    let behind = next(&mut dead).await;
+    assert_eq!(body(&behind), "behind", "reaching the head, it expired");
+    long.acker.ack().await.unwrap();
+    behind.acker.ack().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+
+    // Without a dead-letter exchange, an expired message is dropped.
+    let plain = f.queue("expiring-plain", json!({})).await;
+    let mut gone = message("gone");
+    gone.properties.expiration = Some("50".into());
+    f.publish(&plain, &gone).await;
+    f.wait_count(&plain, 0).await;
+
+    consumer.cancel.close().await.unwrap();
+    dead.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(an_unroutable_publish_is_an_error);
+async fn an_unroutable_publish_is_an_error(mut f: Fixture) {
+    let missing = common::unique_queue("missing");
+    match f.broker.publish("", &missing, &message("x")).await {
+        Err(BrokerError::Unroutable {
+            exchange,
+            routing_key,
+        }) => assert_eq!(
+            (exchange.as_str(), routing_key.as_str()),
+            ("", missing.as_str())
+        ),
+        other => panic!("expected Unroutable, got {other:?}"),
+    }
+
+    let q = f.name("routed");
+    let mut spec = f.spec(&q, json!({}));
+    spec.bind_same_name_exchange = true;
+    f.exchanges.push(q.clone());
+    f.broker.declare_queue(&spec).await.unwrap();
+    f.broker.publish(&q, &q, &message("routed")).await.unwrap();
+    let error = f
+        .broker
+        .publish(&q, "another-key", &message("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::Unroutable { .. }), "{error}");
+    assert_eq!(f.count(&q).await, 1);
+
+    f.broker.delete_queue(&q).await.unwrap();
+    let error = f.broker.publish(&q, &q, &message("x")).await.unwrap_err();
+    assert!(
+        matches!(error, BrokerError::Unroutable { .. }),
+        "the exchange stays, its binding went with the queue: {error}"
+    );
+    // The broker goes on publishing after unroutable messages.
+    let other = f.queue("after-unroutable", json!({})).await;
+    f.publish(&other, &message("fine")).await;
+    assert_eq!(f.count(&other).await, 1);
+    f.finish().await;
+}
+
+contract_test!(invalid_publishes_fail_and_the_broker_goes_on);
+async fn invalid_publishes_fail_and_the_broker_goes_on(mut f: Fixture) {
+    let q = f.queue("invalid-publish", json!({})).await;
+    let mut bad = message("x");
+    bad.properties.expiration = Some("soon".into());
+    assert!(f.broker.publish("", &q, &bad).await.is_err());
+    let missing = common::unique_queue("no-exchange");
+    assert!(f
+        .broker
+        .publish(&missing, "k", &message("x"))
+        .await
+        .is_err());
+    f.publish(&q, &message("fine")).await;
+    assert_eq!(f.count(&q).await, 1);
+    f.finish().await;
+}
+
+contract_test!(message_counts_are_ready_messages);
+async fn message_counts_are_ready_messages(mut f: Fixture) {
+    let q = f.queue("count", json!({})).await;
+    assert_eq!(f.count(&q).await, 0);
+    for text in ["a", "b", "c"] {
+        f.publish(&q, &message(text)).await;
+    }
+    assert_eq!(f.count(&q).await, 3, "a confirmed publish is counted");
+    let mut consumer = f.consume(&[&q], 1).await;
+    let a = next(&mut consumer).await;
+    assert_eq!(f.count(&q).await, 2, "a delivery in flight is not ready");
+    consumer.cancel.cancel().await.unwrap();
+    a.acker.ack().await.unwrap();
+    assert_eq!(f.count(&q).await, 2);
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 2);
+
+    let error = f
+        .broker
+        .queue_message_count(&common::unique_queue("missing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::Operation { .. }), "{error}");
+    f.finish().await;
+}
+
+contract_test!(deleting_removes_queues_and_their_messages);
+async fn deleting_removes_queues_and_their_messages(mut f: Fixture) {
+    let q = f.queue("delete", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    f.publish(&q, &message("b")).await;
+    let mut consumer = f.consume(&[&q], 1).await;
+    let a = next(&mut consumer).await;
+    f.broker.delete_queue(&q).await.unwrap();
+    ended(&mut consumer).await;
+    drop(a);
+    assert!(f.broker.queue_message_count(&q).await.is_err());
+    let error = f.broker.publish("", &q, &message("x")).await.unwrap_err();
+    assert!(matches!(error, BrokerError::Unroutable { .. }), "{error}");
+
+    // A new queue of the same name starts empty, with new arguments.
+    let spec = f.spec(&q, json!({"x-max-priority": 3}));
+    f.broker.declare_queue(&spec).await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+
+    f.broker.delete_queue(&q).await.unwrap();
+    f.broker
+        .delete_queue(&common::unique_queue("never"))
+        .await
+        .unwrap();
+    f.broker
+        .delete_exchange(&common::unique_queue("never"))
+        .await
+        .unwrap();
+    f.finish().await;
+}
+
+contract_test!(consumers_of_one_queue_take_turns);
+async fn consumers_of_one_queue_take_turns(mut f: Fixture) {
+    let q = f.queue("turns", json!({})).await;
+    let mut one = f.consume(&[&q], 1).await;
+    let mut two = f.consume(&[&q], 1).await;
+    f.publish(&q, &message("a")).await;
+    f.publish(&q, &message("b")).await;
+    let first = next(&mut one).await;
+    let second = next(&mut two).await;
+    assert_eq!((body(&first), body(&second)), ("a", "b"));
+    first.acker.ack().await.unwrap();
+    second.acker.ack().await.unwrap();
+    one.cancel.close().await.unwrap();
+    two.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(an_auto_delete_queue_goes_with_its_last_consumer);
+async fn an_auto_delete_queue_goes_with_its_last_consumer(mut f: Fixture) {
+    // As the app's reply queue is declared.
+    let q = f.name("auto-delete");
+    f.broker
+        .declare_queue(&QueueSpec::reply_queue(q.clone()))
+        .await
+        .unwrap();
+    f.publish(&q, &message("a")).await;
+    let one = f.consume(&[&q], 0).await;
+    let two = f.consume(&[&q], 0).await;
+    one.cancel.cancel().await.unwrap();
+    f.publish(&q, &message("still there")).await;
+    two.cancel.cancel().await.unwrap();
+    let started = Instant::now();
+    while f.broker.queue_message_count(&q).await.is_ok() {
+        assert!(started.elapsed() < WAIT, "the queue outlived its consumers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.finish().await;
+}
+
+contract_test!(a_delayed_publish_reaches_its_queue_when_due_and_not_before);
+async fn a_delayed_publish_reaches_its_queue_when_due_and_not_before(mut f: Fixture) {
+    let q = f.queue("delayed", json!({})).await;
+    let mut consumer = f.consume(&[&q], 10).await;
+    let sent = Instant::now();
+    let mut later = message("later");
+    later
+        .properties
+        .headers
+        .insert("kept".into(), json!([1, "two"]));
+    f.broker
+        .publish_delayed(&q, &later, Duration::from_millis(700))
+        .await
+        .unwrap();
+    f.broker
+        .publish_delayed(&q, &message("sooner"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(f.count(&q).await, 0, "nothing arrives at once");
+    for (text, due) in [("sooner", 300), ("later", 700)] {
+        let delivery = next(&mut consumer).await;
+        let after = sent.elapsed();
+        assert_eq!(body(&delivery), text);
+        assert!(
+            after >= Duration::from_millis(due),
+            "{text} arrived early, after {after:?}"
+        );
+        assert!(
+            after < Duration::from_millis(due + 3000),
+            "{text} arrived late, after {after:?}"
+        );
+        if text == "later" {
+            assert_eq!(
+                delivery.message.properties.headers["kept"],
+                json!([1, "two"])
+            );
+        }
+        delivery.acker.ack().await.unwrap();
+    }
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}

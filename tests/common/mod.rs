@@ -1,0 +1,125 @@
+//! Shared fixtures for the integration tests: a client app and an in-process
+//! worker on queues of the test's own, against the real RabbitMQ at
+//! `$TEST_BROKER_URL` / `$BROKER_URL` (default 127.0.0.1:5672).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use task_core::broker::QueueSpec;
+use task_core::{App, DEFAULT_BROKER_URL};
+use task_worker::{Worker, WorkerError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for any single result before failing.
+pub const RESULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The broker the tests use.
+pub fn broker_url() -> String {
+    std::env::var("TEST_BROKER_URL")
+        .or_else(|_| std::env::var("BROKER_URL"))
+        .unwrap_or_else(|_| DEFAULT_BROKER_URL.to_owned())
+}
+
+/// A queue name no other test (or test run) uses.
+pub fn unique_queue(label: &str) -> String {
+    format!("test.{label}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// How test queues are declared: like task queues, but expiring two minutes
+/// after their last use, so an aborted test leaves nothing behind.
+pub fn test_queue_spec(name: &str) -> QueueSpec {
+    let mut arguments = Map::new();
+    arguments.insert("x-expires".into(), Value::from(120_000u32));
+    QueueSpec {
+        name: name.to_owned(),
+        durable: true,
+        auto_delete: false,
+        exclusive: false,
+        arguments,
+        bind_same_name_exchange: false,
+    }
+}
+
+/// A client app that declares `queues` as test queues. It does not become
+/// the process's default app, so tests running in parallel stay independent.
+pub async fn client(queues: &[&str]) -> App {
+    let mut builder = App::builder()
+        .broker_url(broker_url())
+        .set_as_default(false);
+    for queue in queues {
+        builder = builder.queue(test_queue_spec(queue));
+    }
+    builder
+        .connect()
+        .await
+        .expect("RabbitMQ must be running at TEST_BROKER_URL / BROKER_URL / 127.0.0.1:5672")
+}
+
+/// Shows the framework's logs when `RUST_LOG` is set (e.g. `RUST_LOG=debug`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A worker running in this process on the test's own queue.
+pub struct TestWorker {
+    /// The queue it consumes.
+    pub queue: String,
+    /// An app for calling tasks on that queue (shares the worker's connection).
+    pub app: App,
+    stop: CancellationToken,
+    running: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl TestWorker {
+    /// Starts a worker on a fresh queue.
+    pub async fn start(label: &str, concurrency: usize) -> Self {
+        init_logs();
+        let queue = unique_queue(label);
+        let app = client(&[&queue]).await;
+        let worker = Worker::builder()
+            .app(app.clone())
+            .queues([queue.clone()])
+            .concurrency(concurrency)
+            .build()
+            .await
+            .expect("worker starts");
+        let stop = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        Self {
+            queue,
+            app,
+            stop,
+            running,
+        }
+    }
+
+    /// Stops the worker gracefully, keeping its queue; returns the app and queue.
+    pub async fn halt(self) -> (App, String) {
+        self.stop.cancel();
+        self.running
+            .await
+            .expect("worker task does not panic")
+            .expect("worker stops cleanly");
+        (self.app, self.queue)
+    }
+
+    /// Stops the worker gracefully and deletes its queue.
+    pub async fn stop(self) {
+        let (app, queue) = self.halt().await;
+        let dead_letters = QueueSpec::dead_letter_queue(&queue).name;
+        for queue in [&queue, &dead_letters] {
+            app.broker()
+                .delete_queue(queue)
+                .await
+                .expect("queue deleted");
+        }
+        let _ = app.close().await;
+    }
+}

@@ -1,0 +1,566 @@
+//! Wire compatibility with the real Python Celery 5.7 (`rpc://` results), both
+//! ways, over the real RabbitMQ: Python clients call Rust tasks, Rust calls
+//! tasks run by a Python Celery worker.
+//!
+//! The venv with `celery==5.7.0` is built on first use by
+//! `scripts/ensure-python-celery.sh` (git-ignored `.venv-interop/`, reused).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use task_core::broker::QueueSpec;
+use task_core::{task, App, Error, Signature, TaskError};
+// Link the example tasks (tasks.add, ...) into this test binary.
+use task_examples as _;
+use task_worker::Worker;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python, built once per test binary.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let output = Command::new("bash")
+            .arg(repo().join("scripts/ensure-python-celery.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "could not build the celery venv");
+        PathBuf::from(String::from_utf8(output.stdout).expect("utf-8 path").trim())
+    })
+}
+
+#[task(name = "interop.echo_json")]
+async fn echo_json(value: Value) -> Result<Value, TaskError> {
+    Ok(value)
+}
+
+#[task(name = "interop.value_error")]
+async fn value_error(message: String) -> Result<i64, TaskError> {
+    Err(TaskError::new("ValueError", message))
+}
+
+/// A plain app: declares queues exactly as Celery does, like the Python peers.
+async fn plain_app() -> App {
+    App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ is running")
+}
+
+async fn cleanup(app: &App, queue: &str) {
+    app.broker().delete_queue(queue).await.unwrap();
+    let dead_letters = QueueSpec::dead_letter_queue(queue).name;
+    app.broker().delete_queue(&dead_letters).await.unwrap();
+    app.broker().delete_exchange(queue).await.unwrap();
+    app.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------- Python → Rust
+
+struct RustWorker {
+    app: App,
+    queue: String,
+    stop: CancellationToken,
+    running: JoinHandle<Result<(), task_worker::WorkerError>>,
+}
+
+impl RustWorker {
+    async fn start(label: &str) -> Self {
+        let queue = common::unique_queue(label);
+        let app = plain_app().await;
+        let worker = Worker::builder()
+            .app(app.clone())
+            .queues([queue.clone()])
+            .concurrency(4)
+            .build()
+            .await
+            .unwrap();
+        let stop = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        Self {
+            app,
+            queue,
+            stop,
+            running,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.running.await.unwrap().unwrap();
+        cleanup(&self.app, &self.queue).await;
+    }
+}
+
+/// Runs the Python client on `calls` and returns its per-call reports.
+async fn python_client(calls: Value) -> Vec<Value> {
+    let python = python().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo().join("tests/interop/py_client.py"))
+            .arg(calls.to_string())
+            .env("BROKER_URL", common::broker_url())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("python client runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        output.status
+    );
+    serde_json::from_slice(&output.stdout).expect("python client prints JSON")
+}
+
+#[tokio::test]
+async fn python_calls_rust_tasks_with_positional_and_keyword_arguments() {
+    let w = RustWorker::start("py2rs-args").await;
+    let nested = json!({
+        "text": "naïve café ✓ 日本",
+        "nested": {"list": [1, 2.5, null, true, {"deep": "é"}], "empty": {}},
+        "null": null,
+        "big": 4_611_686_018_427_387_904_i64,
+        "negative": -9_007_199_254_740_993_i64,
+        "float": 0.1,
+    });
+    let q = &w.queue;
+    let reports = python_client(json!([
+        {"name": "tasks.add", "queue": q, "args": [2, 3]},
+        {"name": "tasks.add", "queue": q, "kwargs": {"x": 2, "y": 40}},
+        {"name": "tasks.add", "queue": q, "args": [4_000_000_000_000_i64], "kwargs": {"y": 1}},
+        {"name": "tasks.hello", "queue": q, "args": ["Zoë ✓"]},
+        {"name": "interop.echo_json", "queue": q, "args": [nested]},
+        {"name": "interop.echo_json", "queue": q, "kwargs": {"value": null}},
+        {"name": "tasks.stats", "queue": q, "args": [[1.5, 2.5]]},
+    ]))
+    .await;
+    let values: Vec<&Value> = reports.iter().map(|r| &r["result"]).collect();
+    assert!(
+        reports.iter().all(|r| r["status"] == "SUCCESS"),
+        "{reports:#?}"
+    );
+    assert_eq!(values[0], &json!(5));
+    assert_eq!(values[1], &json!(42));
+    assert_eq!(values[2], &json!(4_000_000_000_001_i64));
+    assert_eq!(values[3], &json!("Hello, Zoë ✓!"));
+    assert_eq!(values[4], &nested);
+    assert_eq!(values[5], &Value::Null);
+    assert_eq!(values[6], &json!({"count": 2, "mean": 2.0, "max": 2.5}));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker() {
+    let w = RustWorker::start("py2rs-states").await;
+    let q = &w.queue;
+    let reports = python_client(json!([
+        {"name": "tasks.parse_int", "queue": q, "args": ["forty-two"]},
+        {"name": "interop.value_error", "queue": q, "args": ["bad value"]},
+        {"name": "tasks.add", "queue": q, "args": ["two", 3]},
+        {"name": "tasks.nope", "queue": q, "args": []},
+        {"name": "tasks.sleep", "queue": q, "args": [0.3], "watch_states": true},
+        {"name": "tasks.add", "queue": q, "args": [1, 2], "options": {"expires": -10}},
+    ]))
+    .await;
+
+    let rust_error = &reports[0];
+    assert_eq!(rust_error["status"], "FAILURE");
+    assert_eq!(rust_error["exc_type"], "ParseIntError");
+    assert_eq!(rust_error["message"], "invalid digit found in string");
+
+    let builtin = &reports[1];
+    assert_eq!(
+        (&builtin["exc_type"], &builtin["exc_module"]),
+        (&json!("ValueError"), &json!("builtins"))
+    );
+    assert_eq!(builtin["message"], "bad value");
+
+    let bad_args = &reports[2];
+    assert_eq!(bad_args["exc_type"], "TypeError");
+    assert!(
+        bad_args["message"]
+            .as_str()
+            .unwrap()
+            .contains("argument `x`"),
+        "{bad_args}"
+    );
+
+    let unknown = &reports[3];
+    assert_eq!(unknown["exc_type"], "NotRegistered");
+
+    let tracked = &reports[4];
+    assert_eq!(tracked["result"], json!(0.3));
+    let states: Vec<&str> = tracked["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"STARTED"), "states seen: {states:?}");
+    assert_eq!(states.last(), Some(&"SUCCESS"));
+
+    let expired = &reports[5];
+    assert_eq!(expired["status"], "REVOKED");
+    assert_eq!(expired["exc_type"], "TaskRevokedError");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn python_sees_the_rust_error_and_its_causes_as_the_traceback() {
+    let w = RustWorker::start("py2rs-traceback").await;
+    let reports = python_client(json!([
+        {"name": "interop.chained_error", "queue": &w.queue, "args": []},
+    ]))
+    .await;
+    assert_eq!(reports[0]["exc_type"], "ConfigError");
+    assert_eq!(reports[0]["message"], "could not load the configuration");
+    assert_eq!(
+        reports[0]["traceback"],
+        "ConfigError: could not load the configuration\nCaused by:\n    file not found: app.toml"
+    );
+    w.stop().await;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not load the configuration")]
+struct ConfigError(#[source] std::io::Error);
+
+#[task(name = "interop.chained_error")]
+async fn chained_error() -> Result<(), ConfigError> {
+    Err(ConfigError(std::io::Error::other(
+        "file not found: app.toml",
+    )))
+}
+
+#[tokio::test]
+async fn python_countdown_is_honoured_by_the_rust_worker() {
+    let w = RustWorker::start("py2rs-countdown").await;
+    let reports = python_client(json!([
+        {"name": "tasks.add", "queue": &w.queue, "args": [1, 1], "options": {"countdown": 1}},
+    ]))
+    .await;
+    assert_eq!(reports[0]["result"], json!(2));
+    let elapsed = reports[0]["elapsed"].as_f64().unwrap();
+    assert!(elapsed >= 1.0, "ran {elapsed} s after sending");
+    w.stop().await;
+}
+
+static PRIORITY_ORDER: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+#[task(name = "interop.record_priority")]
+async fn record_priority(priority: i64) -> Result<i64, TaskError> {
+    PRIORITY_ORDER.lock().unwrap().push(priority);
+    Ok(priority)
+}
+
+#[tokio::test]
+async fn python_priorities_order_a_rust_workers_priority_queue() {
+    let queue = common::unique_queue("py2rs-priority");
+    let spec = QueueSpec::task_queue(queue.clone()).max_priority(10);
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .queue(spec)
+        .connect()
+        .await
+        .unwrap();
+    app.ensure_queue(&queue).await.unwrap();
+    let priorities = [1, 9, 5, 3, 7];
+    let calls: Vec<Value> = priorities
+        .iter()
+        .map(|p| {
+            json!({"name": "interop.record_priority", "queue": &queue, "args": [p],
+                   "queue_arguments": {"x-max-priority": 10}, "options": {"priority": p}})
+        })
+        .collect();
+    // The client sends everything, then waits; the worker starts once all are queued.
+    let client = tokio::spawn(python_client(Value::Array(calls)));
+    let deadline = Instant::now() + TIMEOUT;
+    while app.broker().queue_message_count(&queue).await.unwrap() < priorities.len() as u32 {
+        assert!(
+            Instant::now() < deadline,
+            "the python client did not publish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let worker = Worker::builder()
+        .app(app.clone())
+        .queues([queue.clone()])
+        .concurrency(1)
+        .prefetch(1)
+        .build()
+        .await
+        .unwrap();
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let reports = client.await.unwrap();
+    assert!(
+        reports.iter().all(|r| r["status"] == "SUCCESS"),
+        "{reports:#?}"
+    );
+    assert_eq!(*PRIORITY_ORDER.lock().unwrap(), [9, 7, 5, 3, 1]);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    cleanup(&app, &queue).await;
+}
+
+#[tokio::test]
+async fn the_default_queue_is_declared_exactly_as_celery_declares_it() {
+    // Python declares `celery` as Celery does, then Rust, then Python again:
+    // any difference in flags or arguments would be a PRECONDITION_FAILED.
+    let declare_in_python = || {
+        let status = Command::new(python())
+            .args(["-c", "from pyapp import app\nwith app.connection() as c:\n    app.amqp.queues[app.conf.task_default_queue](c.default_channel).declare()"])
+            .current_dir(repo().join("tests/interop"))
+            .env("BROKER_URL", common::broker_url())
+            .status()
+            .expect("python runs");
+        assert!(status.success(), "Python could not declare `celery`");
+    };
+    tokio::task::spawn_blocking(declare_in_python)
+        .await
+        .unwrap();
+    let app = plain_app().await;
+    app.ensure_queue(task_core::DEFAULT_QUEUE)
+        .await
+        .expect("Rust declares `celery` like Celery");
+    tokio::task::spawn_blocking(declare_in_python)
+        .await
+        .unwrap();
+    app.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_python_and_a_rust_worker_share_one_queue() {
+    let queue = common::unique_queue("mixed-fleet");
+    let app = plain_app().await;
+    let _python = PythonWorker::start(&app, &queue).await;
+    let worker = Worker::builder()
+        .app(app.clone())
+        .queues([queue.clone()])
+        .concurrency(2)
+        .build()
+        .await
+        .unwrap();
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let sends = (0..40).map(|i| {
+        Signature::<i64>::new("tasks.add")
+            .arg(i)
+            .arg(1000)
+            .queue(queue.clone())
+            .apply_async_with(&app)
+    });
+    let pending = futures_util::future::try_join_all(sends).await.unwrap();
+    for (i, p) in pending.iter().enumerate() {
+        assert_eq!(p.get(TIMEOUT).await.unwrap(), i as i64 + 1000);
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    drop(_python);
+    cleanup(&app, &queue).await;
+}
+
+// ---------------------------------------------------------------- Rust → Python
+
+struct PythonWorker {
+    child: Child,
+}
+
+impl PythonWorker {
+    /// Starts a Python Celery worker on `queue` and waits until it answers.
+    async fn start(app: &App, queue: &str) -> Self {
+        app.ensure_queue(queue).await.unwrap();
+        let child = Command::new(python())
+            .args([
+                "-m", "celery", "-A", "pyapp", "worker", "-Q", queue, "-P", "prefork", "-c", "2",
+            ])
+            .args([
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "warning",
+            ])
+            .args(["-n", &format!("{queue}@%h")])
+            .current_dir(repo().join("tests/interop"))
+            .env("BROKER_URL", common::broker_url())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python celery worker starts");
+        let worker = Self { child };
+        // Ready when it answers a task (the event, not a sleep).
+        let ping = Signature::<i64>::new("py.add")
+            .arg(0)
+            .arg(0)
+            .queue(queue.to_owned());
+        let ping = ping.apply_async_with(app).await.unwrap();
+        assert_eq!(ping.get(TIMEOUT).await.unwrap(), 0);
+        worker
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn rust_calls_python_tasks_and_gets_values_and_errors() {
+    let queue = common::unique_queue("rs2py-values");
+    let app = plain_app().await;
+    let _python = PythonWorker::start(&app, &queue).await;
+    let call = |name: &'static str| Signature::<Value>::new(name).queue(queue.clone());
+
+    let sum = call("py.add")
+        .arg(2)
+        .arg(3)
+        .returning::<i64>()
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let nested = json!({"text": "naïve ✓ 日本", "list": [1, null, {"x": 2.5}], "big": 9_007_199_254_740_993_i64});
+    let echo = call("py.echo")
+        .arg("é")
+        .arg(Value::Null)
+        .arg(1u64 << 62)
+        .arg(-0.5)
+        .kwarg("nested", nested.clone())
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let failing = call("py.fail")
+        .arg("bad input ✗")
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let unknown = call("py.nope").apply_async_with(&app).await.unwrap();
+
+    assert_eq!(sum.get(TIMEOUT).await.unwrap(), 5);
+    assert_eq!(
+        echo.get(TIMEOUT).await.unwrap(),
+        json!({"args": ["é", null, 1u64 << 62, -0.5], "kwargs": {"nested": nested}})
+    );
+    match failing.get(TIMEOUT).await {
+        Err(Error::TaskFailed(failure)) => {
+            assert_eq!(failure.exc_type, "ValueError");
+            assert_eq!(failure.message, "bad input ✗");
+            assert!(
+                failure
+                    .traceback
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("Traceback"),
+                "{failure:?}"
+            );
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    match unknown.get(TIMEOUT).await {
+        Err(Error::TaskFailed(failure)) => assert_eq!(failure.exc_type, "NotRegistered"),
+        other => panic!("expected NotRegistered, got {other:?}"),
+    }
+    drop(_python);
+    cleanup(&app, &queue).await;
+}
+
+#[tokio::test]
+async fn python_workers_honour_rust_call_options() {
+    let queue = common::unique_queue("rs2py-options");
+    let app = plain_app().await;
+    let _python = PythonWorker::start(&app, &queue).await;
+    let call = |name: &'static str| Signature::<Value>::new(name).queue(queue.clone());
+
+    let eta = chrono::Utc::now() + chrono::Duration::milliseconds(1_500);
+    let sent = Instant::now();
+    let delayed = call("py.add")
+        .arg(1)
+        .arg(1)
+        .countdown(Duration::from_secs(1))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let expired = call("py.add")
+        .arg(1)
+        .arg(1)
+        .expires_at(chrono::Utc::now() - chrono::Duration::seconds(10))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let request = call("py.request")
+        .eta(eta)
+        .expires_in(Duration::from_secs(3600))
+        .priority(7)
+        .time_limit(Duration::from_secs(30))
+        .soft_time_limit(Duration::from_secs(20))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let hard = call("py.sleep")
+        .arg(10)
+        .time_limit(Duration::from_secs(1))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let soft = call("py.soft_limited")
+        .arg(10)
+        .soft_time_limit(Duration::from_millis(500))
+        .time_limit(Duration::from_secs(5))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+
+    assert_eq!(delayed.get(TIMEOUT).await.unwrap(), json!(2));
+    assert!(
+        sent.elapsed() >= Duration::from_secs(1),
+        "ran after {:?}",
+        sent.elapsed()
+    );
+    match expired.get(TIMEOUT).await {
+        Err(Error::Revoked { reason, .. }) => assert_eq!(reason, "expired"),
+        other => panic!("expected REVOKED, got {other:?}"),
+    }
+    let seen = request.get(TIMEOUT).await.unwrap();
+    assert!(chrono::Utc::now() >= eta, "ran before its eta");
+    let seen_eta = chrono::DateTime::parse_from_rfc3339(seen["eta"].as_str().unwrap()).unwrap();
+    assert_eq!(seen_eta.timestamp_micros(), eta.timestamp_micros());
+    assert!(
+        seen["expires"].as_str().unwrap().ends_with("+00:00"),
+        "{seen}"
+    );
+    assert_eq!(seen["timelimit"], json!([30.0, 20.0]));
+    assert_eq!(seen["priority"], json!(7));
+    assert_eq!(seen["root_id"], seen["id"]);
+    assert_eq!(seen["parent_id"], Value::Null);
+    assert_eq!(seen["argsrepr"], "()");
+    assert!(
+        seen["origin"].as_str().unwrap().starts_with("gen"),
+        "{seen}"
+    );
+    assert_eq!(seen["correlation_id"], seen["id"]);
+    match hard.get(TIMEOUT).await {
+        Err(Error::TaskFailed(failure)) => assert_eq!(failure.exc_type, "TimeLimitExceeded"),
+        other => panic!("expected TimeLimitExceeded, got {other:?}"),
+    }
+    assert_eq!(soft.get(TIMEOUT).await.unwrap(), json!("soft limit seen"));
+    drop(_python);
+    cleanup(&app, &queue).await;
+}
