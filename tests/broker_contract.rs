@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::types::DecimalValue;
 use serde_json::{json, Map, Value};
 use task_core::broker::amqp::AmqpBroker;
 use task_core::broker::memory::MemoryBroker;
 use task_core::broker::{
-    Broker, BrokerError, ConsumeOptions, Consumer, Delivery, Message, Properties, QueueSpec,
+    Broker, BrokerError, ConsumeOptions, Consumer, Delivery, HeaderValue, Headers, Message,
+    Properties, QueueSpec,
 };
 
 /// How long a test waits for any one event.
@@ -239,16 +241,39 @@ async fn round_trip_preserves_body_properties_and_every_header_type(mut f: Fixtu
     f.exchanges.push(q.clone());
     f.broker.declare_queue(&spec).await.unwrap();
 
-    let headers = json!({
+    let json = json!({
         "text": "Zoë ✓ 𝄞", "empty": "", "int": 42, "negative": -7, "zero": 0,
         "big": 1u64 << 40, "min": i64::MIN, "float": 0.25, "huge": 1e300, "whole_float": 2.0,
         "true": true, "false": false, "null": null,
         "list": [1, "a", null, [true], {"k": -1.5}], "empty_list": [],
         "object": {"nested": {"deeper": ["x"]}, "n": 3}, "empty_object": {}
     });
-    let Value::Object(headers) = headers else {
+    let Value::Object(json) = json else {
         unreachable!()
     };
+    let mut headers = Headers::from_json(&json);
+    // The AMQP types peers (py-amqp, RabbitMQ itself) write beyond those; a
+    // short string is stored as a long one (RabbitMQ reads `s` as an integer).
+    let mut nested = Headers::new();
+    nested.insert("short", HeaderValue::ShortString("s".into()));
+    for (key, value) in [
+        ("i8", HeaderValue::ShortShortInt(-8)),
+        ("i16", HeaderValue::ShortInt(-16)),
+        ("i64_small", HeaderValue::LongLongInt(64)),
+        ("f32", HeaderValue::Float(0.5)),
+        ("timestamp", HeaderValue::Timestamp(1_700_000_000)),
+        (
+            "decimal",
+            HeaderValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 150,
+            }),
+        ),
+        ("bytes", HeaderValue::LongString(vec![0xff, 0, 1].into())),
+        ("table", HeaderValue::FieldTable(nested.to_field_table())),
+    ] {
+        headers.insert(key, value);
+    }
     let full = Message {
         properties: Properties {
             content_type: Some("application/json".into()),
@@ -354,14 +379,14 @@ async fn a_rejected_message_is_dead_lettered_when_the_queue_says_so(mut f: Fixtu
         )
         .await;
     let mut sent = message("poison");
-    sent.properties.headers.insert("kept".into(), json!(1));
+    sent.properties.headers.insert_json("kept", &json!(1));
     f.publish(&q, &sent).await;
     let mut consumer = f.consume(&[&q], 1).await;
     next(&mut consumer).await.acker.reject(false).await.unwrap();
     let mut dead = f.consume(&[&target], 1).await;
     let poison = next(&mut dead).await;
     assert_eq!(body(&poison), "poison");
-    let headers = &poison.message.properties.headers;
+    let headers = poison.message.properties.headers.to_json();
     assert_eq!(headers["kept"], 1);
     assert_eq!(headers["x-death"][0]["reason"], "rejected");
     assert_eq!(headers["x-death"][0]["queue"], q.as_str());
@@ -571,7 +596,7 @@ async fn a_queue_ttl_dead_letters_to_the_target_queue_on_time(mut f: Fixture) {
         .await;
     let mut consumer = f.consume(&[&target], 10).await;
     let mut first = message("first");
-    first.properties.headers.insert("kept".into(), json!("yes"));
+    first.properties.headers.insert_str("kept", "yes");
     first.properties.correlation_id = Some("id-1".into());
     let sent_first = Instant::now();
     f.publish(&bucket, &first).await;
@@ -594,8 +619,9 @@ async fn a_queue_ttl_dead_letters_to_the_target_queue_on_time(mut f: Fixture) {
     }
     let properties = &a.message.properties;
     assert_eq!(properties.correlation_id.as_deref(), Some("id-1"));
-    assert_eq!(properties.headers["kept"], "yes");
-    let death = &properties.headers["x-death"][0];
+    let headers = properties.headers.to_json();
+    assert_eq!(headers["kept"], "yes");
+    let death = &headers["x-death"][0];
     assert_eq!(
         (
             &death["reason"],
@@ -606,7 +632,7 @@ async fn a_queue_ttl_dead_letters_to_the_target_queue_on_time(mut f: Fixture) {
         (&json!("expired"), &json!(bucket), &json!(1), &json!(""))
     );
     assert_eq!(death["routing-keys"], json!([bucket]));
-    assert_eq!(properties.headers["x-first-death-queue"], bucket.as_str());
+    assert_eq!(headers["x-first-death-queue"], bucket.as_str());
     assert_eq!(f.count(&bucket).await, 0);
     a.acker.ack().await.unwrap();
     b.acker.ack().await.unwrap();
@@ -638,7 +664,8 @@ async fn a_message_expiration_applies_at_the_head_of_the_queue(mut f: Fixture) {
     );
     assert_eq!(body(&expired), "short");
     assert_eq!(expired.message.properties.expiration, None);
-    let death = &expired.message.properties.headers["x-death"][0];
+    let headers = expired.message.properties.headers.to_json();
+    let death = &headers["x-death"][0];
     assert_eq!(death["reason"], "expired");
     assert_eq!(death["original-expiration"], "300");
     expired.acker.ack().await.unwrap();
@@ -838,7 +865,7 @@ async fn a_delayed_publish_reaches_its_queue_when_due_and_not_before(mut f: Fixt
     later
         .properties
         .headers
-        .insert("kept".into(), json!([1, "two"]));
+        .insert_json("kept", &json!([1, "two"]));
     f.broker
         .publish_delayed(&q, &later, Duration::from_millis(700))
         .await
@@ -862,7 +889,7 @@ async fn a_delayed_publish_reaches_its_queue_when_due_and_not_before(mut f: Fixt
         );
         if text == "later" {
             assert_eq!(
-                delivery.message.properties.headers["kept"],
+                delivery.message.properties.headers.to_json()["kept"],
                 json!([1, "two"])
             );
         }

@@ -120,7 +120,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
             .expect("every poison message reaches the dead-letter queue")
             .unwrap()
             .unwrap();
-        let headers = &delivery.message.properties.headers;
+        let headers = delivery.message.properties.headers.to_json();
         assert_eq!(
             headers[dead_letter_headers::QUEUE],
             Value::from(queue.as_str())

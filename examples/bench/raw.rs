@@ -23,9 +23,8 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::child::ChildProc;
@@ -58,33 +57,7 @@ fn header_template() -> Result<FieldTable> {
             parent_id: None,
         },
     )?;
-    let mut table = FieldTable::default();
-    for (key, value) in &message.properties.headers {
-        table.insert(ShortString::from(key.as_str()), to_amqp(value));
-    }
-    Ok(table)
-}
-
-fn to_amqp(value: &Value) -> AMQPValue {
-    match value {
-        Value::Null => AMQPValue::Void,
-        Value::Bool(b) => AMQPValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => AMQPValue::LongLongInt(i),
-            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
-        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
-            items.iter().map(to_amqp).collect::<Vec<_>>(),
-        )),
-        Value::Object(map) => {
-            let mut table = FieldTable::default();
-            for (k, v) in map {
-                table.insert(ShortString::from(k.as_str()), to_amqp(v));
-            }
-            AMQPValue::FieldTable(table)
-        }
-    }
+    Ok(message.properties.headers.to_field_table())
 }
 
 fn check(confirmation: Confirmation) -> Result<()> {

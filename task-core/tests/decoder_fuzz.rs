@@ -1,9 +1,10 @@
 //! Property tests of the task-message decoder: random and mutated messages
 //! never make it panic, and whatever it accepts can be turned into a call.
 
+use lapin::types::{ByteArray, DecimalValue, FieldArray};
 use proptest::prelude::*;
-use serde_json::{Map, Value};
-use task_core::broker::{Message, Properties};
+use serde_json::Value;
+use task_core::broker::{HeaderValue, Headers, Message, Properties};
 use task_core::protocol::task_message::{decode_task, encode_task, PartialRequest, TaskCall};
 use task_core::TaskArgs;
 
@@ -25,7 +26,46 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-fn headers() -> impl Strategy<Value = Map<String, Value>> {
+/// Any AMQP header value a peer could send: every numeric width, text that
+/// is or is not UTF-8, byte arrays, timestamps, decimals, arrays and tables.
+fn header_value() -> impl Strategy<Value = HeaderValue> {
+    let leaf = prop_oneof![
+        Just(HeaderValue::Void),
+        any::<bool>().prop_map(HeaderValue::Boolean),
+        any::<i8>().prop_map(HeaderValue::ShortShortInt),
+        any::<u8>().prop_map(HeaderValue::ShortShortUInt),
+        any::<i16>().prop_map(HeaderValue::ShortInt),
+        any::<u16>().prop_map(HeaderValue::ShortUInt),
+        any::<i32>().prop_map(HeaderValue::LongInt),
+        any::<u32>().prop_map(HeaderValue::LongUInt),
+        any::<i64>().prop_map(HeaderValue::LongLongInt),
+        any::<u64>().prop_map(HeaderValue::Timestamp),
+        any::<f32>().prop_map(HeaderValue::Float),
+        any::<f64>().prop_map(HeaderValue::Double),
+        (any::<u8>(), any::<u32>())
+            .prop_map(|(scale, value)| HeaderValue::DecimalValue(DecimalValue { scale, value })),
+        ".{0,20}".prop_map(|s: String| HeaderValue::ShortString(s.as_str().into())),
+        prop::collection::vec(any::<u8>(), 0..12).prop_map(|b| HeaderValue::LongString(b.into())),
+        ".{0,20}".prop_map(|s: String| HeaderValue::LongString(s.into())),
+        prop::collection::vec(any::<u8>(), 0..12)
+            .prop_map(|b| HeaderValue::ByteArray(ByteArray::from(b))),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4)
+                .prop_map(|items| HeaderValue::FieldArray(FieldArray::from(items))),
+            prop::collection::vec((".{0,8}", inner), 0..4).prop_map(|entries| {
+                let headers: Headers = entries
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                HeaderValue::FieldTable(headers.to_field_table())
+            }),
+        ]
+    })
+}
+
+fn headers() -> impl Strategy<Value = Vec<(&'static str, HeaderValue)>> {
     let known = prop::sample::select(vec![
         "task",
         "id",
@@ -44,8 +84,15 @@ fn headers() -> impl Strategy<Value = Map<String, Value>> {
         "shadow",
         "stamps",
     ]);
-    prop::collection::vec((known.prop_map(str::to_owned), json_value()), 0..10)
-        .prop_map(|pairs| pairs.into_iter().collect())
+    let value = prop_oneof![
+        header_value(),
+        json_value().prop_map(|json| {
+            let mut one = Headers::new();
+            one.insert_json("v", &json);
+            one.remove("v").unwrap_or(HeaderValue::Void)
+        }),
+    ];
+    prop::collection::vec((known, value), 0..10)
 }
 
 fn valid_message() -> Message {
@@ -101,7 +148,7 @@ proptest! {
         let message = Message {
             properties: Properties {
                 content_type: content_type.map(str::to_owned),
-                headers,
+                headers: headers.into_iter().collect(),
                 ..Properties::default()
             },
             body,
@@ -113,7 +160,9 @@ proptest! {
     fn random_json_bodies_never_panic(body in json_value(), headers in headers()) {
         let mut message = valid_message();
         message.body = serde_json::to_vec(&body).unwrap();
-        message.properties.headers.extend(headers);
+        for (key, value) in headers {
+            message.properties.headers.insert(key, value);
+        }
         exercise(&message);
     }
 

@@ -118,19 +118,10 @@ impl Executor {
         let mut copy = delivery.message.clone();
         copy.properties.persistent = true;
         let headers = &mut copy.properties.headers;
-        headers.insert(dead_letter_headers::REASON.into(), Value::from(reason));
-        headers.insert(
-            dead_letter_headers::QUEUE.into(),
-            Value::from(delivery.queue.as_str()),
-        );
-        headers.insert(
-            dead_letter_headers::AT.into(),
-            Value::from(format_time(Utc::now())),
-        );
-        headers.insert(
-            dead_letter_headers::WORKER.into(),
-            Value::from(process_name()),
-        );
+        headers.insert_str(dead_letter_headers::REASON, reason);
+        headers.insert_str(dead_letter_headers::QUEUE, &delivery.queue);
+        headers.insert_str(dead_letter_headers::AT, &format_time(Utc::now()));
+        headers.insert_str(dead_letter_headers::WORKER, process_name());
         let published = match self.app.ensure_declared(&spec).await {
             Ok(()) => self.app.broker().publish("", &spec.name, &copy).await,
             Err(error) => Err(error),
@@ -272,12 +263,12 @@ impl Executor {
         delay: Duration,
         settle: Settle,
     ) -> Settle {
-        let retries = request.headers.retries.unwrap_or(0) + 1;
+        let retries = request.retries().saturating_add(1);
         let mut again = delivery.message.clone();
         let headers = &mut again.properties.headers;
-        headers.insert("retries".into(), Value::from(retries));
+        headers.insert_json("retries", &Value::from(retries));
         let eta = Utc::now() + delay;
-        headers.insert("eta".into(), Value::from(format_time(eta)));
+        headers.insert_str("eta", &format_time(eta));
         let broker = self.app.broker();
         let published = if delay.is_zero() {
             broker.publish("", &delivery.queue, &again).await

@@ -26,10 +26,10 @@ use tokio::sync::OnceCell;
 pub use super::amqp_link::ReconnectPolicy;
 use super::amqp_link::{lost, Link, LinkKeeper};
 use super::delay_topology;
-use super::field_table::{json_to_table, table_to_json};
+use super::field_table::json_to_table;
 use super::{
-    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery, Message,
-    Properties, QueueSpec,
+    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery, Headers,
+    Message, Properties, QueueSpec,
 };
 
 /// A RabbitMQ connection used as the framework's broker. It reconnects by
@@ -509,7 +509,7 @@ fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Deliv
         persistent: *p.delivery_mode() == Some(2),
         priority: *p.priority(),
         expiration: text(p.expiration()),
-        headers: p.headers().as_ref().map(table_to_json).unwrap_or_default(),
+        headers: p.headers().as_ref().map(Headers::from).unwrap_or_default(),
     };
     Delivery {
         message: Message {
@@ -525,7 +525,7 @@ fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Deliv
 fn to_lapin_properties(p: &Properties) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(if p.persistent { 2 } else { 1 })
-        .with_headers(json_to_table(&p.headers));
+        .with_headers(p.headers.to_field_table());
     if let Some(v) = &p.content_type {
         properties = properties.with_content_type(v.as_str().into());
     }

@@ -87,13 +87,13 @@ pub fn next_exchange(k: u32) -> String {
 }
 
 /// Whether RabbitMQ recorded dead-lettering history in these headers.
-pub fn has_death_history(headers: &serde_json::Map<String, serde_json::Value>) -> bool {
-    headers.keys().any(|key| is_death_header(key))
+pub fn has_death_history(headers: &super::Headers) -> bool {
+    headers.iter().any(|(key, _)| is_death_header(key))
 }
 
 /// Removes RabbitMQ's dead-lettering history (`x-death`, `x-first-death-*`,
 /// `x-last-death-*`), so that the message may travel the levels again.
-pub fn strip_death_history(headers: &mut serde_json::Map<String, serde_json::Value>) {
+pub fn strip_death_history(headers: &mut super::Headers) {
     headers.retain(|key, _| !is_death_header(key));
 }
 

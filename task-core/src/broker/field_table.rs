@@ -68,7 +68,7 @@ pub fn json_to_table(map: &Map<String, Value>) -> FieldTable {
     table
 }
 
-fn short_string(text: &str) -> ShortString {
+pub(crate) fn short_string(text: &str) -> ShortString {
     let mut end = text.len().min(lapin::types::MAX_SHORT_STRING_LENGTH);
     while !text.is_char_boundary(end) {
         end -= 1;

@@ -448,7 +448,7 @@ mod tests {
         }
         let last = next(&mut consumer).await;
         assert_eq!(last.queue, "b");
-        let headers = &last.message.properties.headers;
+        let headers = last.message.properties.headers.to_json();
         let deaths: Vec<(String, u64)> = headers["x-death"]
             .as_array()
             .unwrap()

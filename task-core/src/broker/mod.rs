@@ -6,6 +6,7 @@ pub mod amqp;
 mod amqp_link;
 pub mod delay_topology;
 mod field_table;
+pub mod headers;
 pub mod memory;
 
 use std::fmt;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
+
+pub use headers::{HeaderValue, Headers};
 
 /// Errors from the broker connection.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +76,8 @@ pub struct Properties {
     pub priority: Option<u8>,
     /// Per-message TTL in milliseconds.
     pub expiration: Option<String>,
-    /// Application headers (Celery's task headers), as JSON values.
-    pub headers: Map<String, Value>,
+    /// Application headers (Celery's task headers), in AMQP's types.
+    pub headers: Headers,
 }
 
 /// A message to publish or a message received.

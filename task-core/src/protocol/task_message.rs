@@ -2,13 +2,14 @@
 //! `[args, kwargs, embed]` body, written by callers and read by workers.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use lapin::types::{FieldArray, FieldTable};
+use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::repr::{args_repr, kwargs_repr};
 use super::{format_time, parse_time, process_name, CONTENT_ENCODING_UTF8, CONTENT_TYPE_JSON};
-use crate::broker::{Message, Properties};
+use crate::broker::headers::text_value;
+use crate::broker::{HeaderValue, Headers, Message, Properties};
 
 /// Everything needed to write one task message.
 #[derive(Debug, Clone, Copy)]
@@ -43,99 +44,53 @@ pub struct TaskCall<'a> {
     pub parent_id: Option<&'a str>,
 }
 
-/// Celery's task headers. Unknown headers are kept in `extra`, so a message
-/// read and written again loses nothing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TaskHeaders {
-    /// Language of the producer (`py`, `rust`).
-    pub lang: Option<String>,
-    /// Task name.
-    pub task: Option<String>,
-    /// Task id.
-    pub id: Option<String>,
-    /// Name shown instead of `task` in logs.
-    pub shadow: Option<String>,
-    /// ISO-8601 time before which the task must not run.
-    pub eta: Option<String>,
-    /// ISO-8601 time after which the task must not run.
-    pub expires: Option<String>,
-    /// Group id, for group members.
-    pub group: Option<String>,
-    /// Position in the group.
-    pub group_index: Option<u64>,
-    /// Times retried.
-    pub retries: Option<u64>,
-    /// `[hard, soft]` time limits in seconds.
-    pub timelimit: Option<(Option<f64>, Option<f64>)>,
-    /// Root task id of the workflow.
-    pub root_id: Option<String>,
-    /// Parent task id.
-    pub parent_id: Option<String>,
-    /// Python repr of the positional arguments.
-    pub argsrepr: Option<String>,
-    /// Python repr of the keyword arguments.
-    pub kwargsrepr: Option<String>,
-    /// `gen<pid>@<host>` of the producer.
-    pub origin: Option<String>,
-    /// The producer does not want the result.
-    pub ignore_result: Option<bool>,
-    /// How many times the task was replaced.
-    pub replaced_task_nesting: Option<u64>,
-    /// Names of stamped headers (Celery's stamping API).
-    pub stamped_headers: Option<Value>,
-    /// Stamps.
-    pub stamps: Option<Value>,
-    /// Headers this framework does not interpret.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
 /// `gen<pid>@<host>`: this process as a producer.
 fn origin() -> &'static str {
     static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ORIGIN.get_or_init(|| format!("gen{}", process_name()))
 }
 
+/// An integer header value as py-amqp writes one: 32-bit when it fits.
+fn integer_value(n: i64) -> HeaderValue {
+    i32::try_from(n).map_or(HeaderValue::LongLongInt(n), HeaderValue::LongInt)
+}
+
 /// Writes the task message for `call`.
 pub fn encode_task(call: &TaskCall<'_>) -> Result<Message, serde_json::Error> {
-    // Built as a map directly (not through `TaskHeaders` and
-    // `serde_json::to_value`): this runs for every message published.
-    let optional_time =
-        |time: Option<DateTime<Utc>>| time.map_or(Value::Null, |t| Value::from(format_time(t)));
-    let optional_seconds = |s: Option<f64>| s.map_or(Value::Null, Value::from);
-    let mut headers = Map::new();
-    headers.insert("lang".into(), Value::from("rust"));
-    headers.insert("task".into(), Value::from(call.name));
-    headers.insert("id".into(), Value::from(call.id));
-    headers.insert("shadow".into(), Value::Null);
-    headers.insert("eta".into(), optional_time(call.eta));
-    headers.insert("expires".into(), optional_time(call.expires));
-    headers.insert("group".into(), Value::Null);
-    headers.insert("group_index".into(), Value::Null);
-    headers.insert("retries".into(), Value::from(call.retries));
-    headers.insert(
-        "timelimit".into(),
-        Value::Array(vec![
-            optional_seconds(call.time_limit),
-            optional_seconds(call.soft_time_limit),
-        ]),
-    );
-    headers.insert(
-        "root_id".into(),
-        Value::from(call.root_id.unwrap_or(call.id)),
-    );
-    headers.insert(
-        "parent_id".into(),
-        call.parent_id.map_or(Value::Null, Value::from),
-    );
-    headers.insert("argsrepr".into(), Value::from(args_repr(call.args)));
-    headers.insert("kwargsrepr".into(), Value::from(kwargs_repr(call.kwargs)));
-    headers.insert("origin".into(), Value::from(origin()));
-    headers.insert("ignore_result".into(), Value::from(call.ignore_result));
-    headers.insert("replaced_task_nesting".into(), Value::from(0));
-    headers.insert("stamped_headers".into(), Value::Null);
-    headers.insert("stamps".into(), Value::Object(Map::new()));
+    // The AMQP table is built directly: this runs for every message
+    // published, and the headers travel in exactly these types.
+    let optional_time = |time: Option<DateTime<Utc>>| {
+        time.map_or(HeaderValue::Void, |t| text_value(&format_time(t)))
+    };
+    let optional_seconds = |s: Option<f64>| s.map_or(HeaderValue::Void, HeaderValue::Double);
+    let optional_text = |text: Option<&str>| text.map_or(HeaderValue::Void, text_value);
+    let headers = Headers::from_iter([
+        ("lang", text_value("rust")),
+        ("task", text_value(call.name)),
+        ("id", text_value(call.id)),
+        ("shadow", HeaderValue::Void),
+        ("eta", optional_time(call.eta)),
+        ("expires", optional_time(call.expires)),
+        ("group", HeaderValue::Void),
+        ("group_index", HeaderValue::Void),
+        ("retries", integer_value(i64::from(call.retries))),
+        (
+            "timelimit",
+            HeaderValue::FieldArray(FieldArray::from(vec![
+                optional_seconds(call.time_limit),
+                optional_seconds(call.soft_time_limit),
+            ])),
+        ),
+        ("root_id", text_value(call.root_id.unwrap_or(call.id))),
+        ("parent_id", optional_text(call.parent_id)),
+        ("argsrepr", text_value(&args_repr(call.args))),
+        ("kwargsrepr", text_value(&kwargs_repr(call.kwargs))),
+        ("origin", text_value(origin())),
+        ("ignore_result", HeaderValue::Boolean(call.ignore_result)),
+        ("replaced_task_nesting", HeaderValue::LongInt(0)),
+        ("stamped_headers", HeaderValue::Void),
+        ("stamps", HeaderValue::FieldTable(FieldTable::default())),
+    ]);
     let body = encode_body(call.args, call.kwargs)?;
     Ok(Message {
         properties: Properties {
@@ -197,9 +152,14 @@ pub enum DecodeError {
     /// No `id` header and no `correlation_id`.
     #[error("the message has no task id")]
     MissingTaskId,
-    /// Headers of the wrong types.
-    #[error("malformed task headers: {0}")]
-    Headers(serde_json::Error),
+    /// A header this framework reads has the wrong type.
+    #[error("malformed task header `{name}`: expected {expected}")]
+    Header {
+        /// The header.
+        name: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+    },
     /// The body is not `[args, kwargs, embed]`.
     #[error("malformed body (expected a JSON array [args, kwargs, embed]): {0}")]
     Body(serde_json::Error),
@@ -232,26 +192,28 @@ pub struct TaskRequest {
     pub eta: Option<DateTime<Utc>>,
     /// Not after this time.
     pub expires: Option<DateTime<Utc>>,
-    /// Every header.
-    pub headers: TaskHeaders,
+    /// Times retried before this delivery.
+    retries: u32,
+    /// `[hard, soft]` limits in seconds.
+    time_limits: (Option<f64>, Option<f64>),
+    /// The caller wants no result.
+    ignore_result: bool,
 }
 
 impl TaskRequest {
     /// `[hard, soft]` limits in seconds, as sent.
     pub fn time_limits(&self) -> (Option<f64>, Option<f64>) {
-        self.headers.timelimit.unwrap_or((None, None))
+        self.time_limits
     }
 
     /// How many times the task was retried before this delivery.
     pub fn retries(&self) -> u32 {
-        self.headers
-            .retries
-            .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX))
+        self.retries
     }
 
     /// Whether the caller wants no result.
     pub fn ignore_result(&self) -> bool {
-        self.headers.ignore_result.unwrap_or(false)
+        self.ignore_result
     }
 }
 
@@ -270,19 +232,114 @@ pub struct PartialRequest {
 impl PartialRequest {
     /// Reads what it can from any message.
     pub fn of(message: &Message) -> Self {
-        let header = |key: &str| {
-            message
-                .properties
-                .headers
-                .get(key)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        let header = |key: &str| message.properties.headers.get_str(key).map(str::to_owned);
         Self {
             id: header("id").or_else(|| message.properties.correlation_id.clone()),
             name: header("task"),
             reply_to: message.properties.reply_to.clone(),
         }
+    }
+}
+
+/// Reads the headers a worker interprets, checking their types; the others
+/// (`argsrepr`, `origin`, `stamps`, ...) are informative and not checked.
+struct HeaderReader<'a>(&'a Headers);
+
+impl<'a> HeaderReader<'a> {
+    fn value(&self, name: &'static str) -> Option<&'a HeaderValue> {
+        self.0.get(name).filter(|v| !matches!(v, HeaderValue::Void))
+    }
+
+    fn text(&self, name: &'static str) -> Result<Option<&'a str>, DecodeError> {
+        let wrong = || DecodeError::Header {
+            name,
+            expected: "UTF-8 text",
+        };
+        match self.value(name) {
+            None => Ok(None),
+            Some(HeaderValue::LongString(text)) => std::str::from_utf8(text.as_bytes())
+                .map(Some)
+                .map_err(|_| wrong()),
+            Some(HeaderValue::ShortString(text)) => Ok(Some(text.as_str())),
+            Some(_) => Err(wrong()),
+        }
+    }
+
+    fn count(&self, name: &'static str) -> Result<u32, DecodeError> {
+        match self.value(name) {
+            None => Ok(0),
+            Some(value) => integer(value)
+                .and_then(|n| u64::try_from(n).ok())
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .ok_or(DecodeError::Header {
+                    name,
+                    expected: "a non-negative integer",
+                }),
+        }
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, DecodeError> {
+        match self.value(name) {
+            None => Ok(false),
+            Some(HeaderValue::Boolean(flag)) => Ok(*flag),
+            Some(_) => Err(DecodeError::Header {
+                name,
+                expected: "a boolean",
+            }),
+        }
+    }
+
+    fn time(&self, name: &'static str) -> Result<Option<DateTime<Utc>>, DecodeError> {
+        match self.text(name)? {
+            None => Ok(None),
+            Some(text) => parse_time(text).map(Some).ok_or_else(|| DecodeError::Time {
+                name,
+                value: text.to_owned(),
+            }),
+        }
+    }
+
+    /// `timelimit`: `[hard, soft]`, each seconds or null.
+    fn time_limits(&self) -> Result<(Option<f64>, Option<f64>), DecodeError> {
+        const NAME: &str = "timelimit";
+        let wrong = || DecodeError::Header {
+            name: NAME,
+            expected: "[hard, soft] (numbers of seconds or null)",
+        };
+        let seconds = |value: &HeaderValue| match value {
+            HeaderValue::Void => Ok(None),
+            other => number(other).map(Some).ok_or_else(wrong),
+        };
+        match self.value(NAME) {
+            None => Ok((None, None)),
+            Some(HeaderValue::FieldArray(items)) => match items.as_slice() {
+                [hard, soft] => Ok((seconds(hard)?, seconds(soft)?)),
+                _ => Err(wrong()),
+            },
+            Some(_) => Err(wrong()),
+        }
+    }
+}
+
+fn integer(value: &HeaderValue) -> Option<i64> {
+    Some(match *value {
+        HeaderValue::ShortShortInt(n) => i64::from(n),
+        HeaderValue::ShortShortUInt(n) => i64::from(n),
+        HeaderValue::ShortInt(n) => i64::from(n),
+        HeaderValue::ShortUInt(n) => i64::from(n),
+        HeaderValue::LongInt(n) => i64::from(n),
+        HeaderValue::LongUInt(n) => i64::from(n),
+        HeaderValue::LongLongInt(n) => n,
+        _ => return None,
+    })
+}
+
+fn number(value: &HeaderValue) -> Option<f64> {
+    match *value {
+        HeaderValue::Float(f) => Some(f64::from(f)),
+        HeaderValue::Double(f) => Some(f),
+        HeaderValue::DecimalValue(d) => Some(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        ref other => integer(other).map(|n| n as f64),
     }
 }
 
@@ -299,23 +356,20 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         }
         _ => {}
     }
-    let headers: TaskHeaders =
-        TaskHeaders::deserialize(&properties.headers).map_err(DecodeError::Headers)?;
-    let name = headers.task.clone().ok_or(DecodeError::MissingTaskName)?;
-    let id = headers
-        .id
-        .clone()
-        .or_else(|| properties.correlation_id.clone())
-        .ok_or(DecodeError::MissingTaskId)?;
-    let time = |name: &'static str, value: &Option<String>| match value {
-        None => Ok(None),
-        Some(text) => parse_time(text).map(Some).ok_or_else(|| DecodeError::Time {
-            name,
-            value: text.clone(),
-        }),
+    let headers = HeaderReader(&properties.headers);
+    let name = headers.text("task")?.ok_or(DecodeError::MissingTaskName)?;
+    let id = match headers.text("id")? {
+        Some(id) => id.to_owned(),
+        None => properties
+            .correlation_id
+            .clone()
+            .ok_or(DecodeError::MissingTaskId)?,
     };
-    let eta = time("eta", &headers.eta)?;
-    let expires = time("expires", &headers.expires)?;
+    let eta = headers.time("eta")?;
+    let expires = headers.time("expires")?;
+    let retries = headers.count("retries")?;
+    let time_limits = headers.time_limits()?;
+    let ignore_result = headers.flag("ignore_result")?;
     type Body = (
         Vec<Box<RawValue>>,
         indexmap_free::OrderedKwargs,
@@ -325,14 +379,16 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         serde_json::from_slice(&message.body).map_err(DecodeError::Body)?;
     Ok(TaskRequest {
         id,
-        name,
+        name: name.to_owned(),
         args,
         kwargs: kwargs.0,
         embed,
         reply_to: properties.reply_to.clone(),
         eta,
         expires,
-        headers,
+        retries,
+        time_limits,
+        ignore_result,
     })
 }
 
@@ -369,6 +425,7 @@ mod indexmap_free {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_owned()).unwrap()
@@ -403,7 +460,7 @@ mod tests {
             body,
             serde_json::json!([[2, 3], {"z": "é"}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
         );
-        let h = &message.properties.headers;
+        let h = message.properties.headers.to_json();
         assert_eq!(h["lang"], "rust");
         assert_eq!(h["task"], "tasks.add");
         assert_eq!(h["id"], "id-1");
@@ -413,6 +470,8 @@ mod tests {
         assert_eq!(h["argsrepr"], "(2, 3)");
         assert_eq!(h["kwargsrepr"], "{'z': 'é'}");
         assert!(h["origin"].as_str().unwrap().starts_with("gen"));
+        assert_eq!(h["retries"], 0);
+        assert_eq!(h["ignore_result"], false);
         assert_eq!(message.properties.correlation_id.as_deref(), Some("id-1"));
         assert!(message.properties.persistent);
     }
@@ -458,15 +517,29 @@ mod tests {
         assert!(matches!(decode_task(&m), Err(DecodeError::MissingTaskName)));
 
         let mut m = good.clone();
+        m.properties.headers.insert_str("retries", "many");
+        assert!(matches!(
+            decode_task(&m),
+            Err(DecodeError::Header {
+                name: "retries",
+                ..
+            })
+        ));
+
+        let mut m = good.clone();
         m.properties
             .headers
-            .insert("retries".into(), Value::from("many"));
-        assert!(matches!(decode_task(&m), Err(DecodeError::Headers(_))));
+            .insert_json("timelimit", &serde_json::json!([1.0]));
+        assert!(matches!(
+            decode_task(&m),
+            Err(DecodeError::Header {
+                name: "timelimit",
+                ..
+            })
+        ));
 
         let mut m = good;
-        m.properties
-            .headers
-            .insert("eta".into(), Value::from("soon"));
+        m.properties.headers.insert_str("eta", "soon");
         assert!(matches!(
             decode_task(&m),
             Err(DecodeError::Time { name: "eta", .. })

@@ -3,18 +3,20 @@
 
 use serde_json::{Map, Value};
 
+use crate::broker::Headers;
+
 /// Adds this death to a message's `x-death` headers as RabbitMQ does (the
 /// latest first, a repeated queue and reason counted), and returns the queues
 /// that would make a cycle of expiries (empty once a rejection is involved).
 pub(super) fn record_death(
-    headers: &mut Map<String, Value>,
+    headers: &mut Headers,
     queue: &str,
     reason: &str,
     exchange: &str,
     routing_key: &str,
     original_expiration: Option<String>,
 ) -> Vec<String> {
-    let mut deaths = match headers.remove("x-death") {
+    let mut deaths = match headers.get_json("x-death") {
         Some(Value::Array(deaths)) => deaths,
         _ => Vec::new(),
     };
@@ -47,7 +49,9 @@ pub(super) fn record_death(
         ("x-first-death-queue", queue),
         ("x-first-death-exchange", exchange),
     ] {
-        headers.entry(key).or_insert_with(|| Value::from(value));
+        if !headers.contains_key(key) {
+            headers.insert_str(key, value);
+        }
     }
     let rejected = deaths
         .iter()
@@ -57,7 +61,7 @@ pub(super) fn record_death(
     } else {
         deaths.iter().filter_map(|d| field(d, "queue")).collect()
     };
-    headers.insert("x-death".into(), Value::Array(deaths));
+    headers.insert_json("x-death", &Value::Array(deaths));
     cycle
 }
 

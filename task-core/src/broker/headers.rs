@@ -1,0 +1,243 @@
+//! Message headers as they travel: an AMQP field table.
+//!
+//! Headers keep AMQP's own value types from the publisher to the consumer,
+//! so a message crosses the framework without being converted (converting
+//! the ~20 Celery headers to JSON and back was the largest per-message cost).
+//! JSON views exist for tests, logs and callers that prefer them.
+
+use std::collections::BTreeMap;
+
+use lapin::types::{FieldArray, FieldTable, LongString, ShortString};
+use serde_json::{Map, Value};
+
+use super::field_table::{amqp_to_json, json_to_amqp, short_string};
+
+/// One header value: any AMQP field value (`LongString` for text, `LongInt`
+/// and `LongLongInt` for integers, `FieldArray`, `FieldTable`, `Void`, ...).
+pub use lapin::types::AMQPValue as HeaderValue;
+
+/// A message's application headers, keyed by name (at most 255 bytes each,
+/// as AMQP allows), in AMQP's value types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Headers(BTreeMap<ShortString, HeaderValue>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&HeaderValue> {
+        self.0.get(key)
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The value of `key` when it is text (a UTF-8 long or short string).
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        match self.get(key)? {
+            HeaderValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+            HeaderValue::ShortString(text) => Some(text.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The value of `key` as JSON (see [`Headers::to_json`] for the mapping).
+    pub fn get_json(&self, key: &str) -> Option<Value> {
+        self.get(key).map(amqp_to_json)
+    }
+
+    /// Sets `key` (cut to 255 bytes at a character boundary) to `value`.
+    ///
+    /// A `ShortString` value, at any depth, is stored as a `LongString`:
+    /// RabbitMQ reads the AMQP 0-9-1 `s` tag as a 16-bit integer, so a short
+    /// string would reach consumers as garbage (lapin 4.12 then spins forever
+    /// parsing the delivery).
+    pub fn insert(&mut self, key: &str, value: HeaderValue) -> Option<HeaderValue> {
+        let value = if has_short_string(&value) {
+            wire_safe(&value)
+        } else {
+            value
+        };
+        self.0.insert(short_string(key), value)
+    }
+
+    /// Sets `key` to a text value (an AMQP long string).
+    pub fn insert_str(&mut self, key: &str, text: &str) -> Option<HeaderValue> {
+        self.insert(key, text_value(text))
+    }
+
+    /// Sets `key` to a JSON value, written as py-amqp writes it (strings as
+    /// long strings, integers as 32- or 64-bit, `null` as void, ...).
+    pub fn insert_json(&mut self, key: &str, value: &Value) -> Option<HeaderValue> {
+        self.insert(key, json_to_amqp(value))
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<HeaderValue> {
+        self.0.remove(key)
+    }
+
+    /// Keeps only the headers for which `keep` answers true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &HeaderValue) -> bool) {
+        self.0.retain(|key, value| keep(key.as_str(), value));
+    }
+
+    /// The headers in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
+        self.0.iter().map(|(key, value)| (key.as_str(), value))
+    }
+
+    /// Every header as JSON: integers and floats as numbers, UTF-8 strings as
+    /// text (other byte strings as arrays of numbers), tables as objects,
+    /// timestamps as integers, void as `null`.
+    pub fn to_json(&self) -> Map<String, Value> {
+        self.iter()
+            .map(|(key, value)| (key.to_owned(), amqp_to_json(value)))
+            .collect()
+    }
+
+    /// Headers from a JSON object (see [`Headers::insert_json`]).
+    pub fn from_json(map: &Map<String, Value>) -> Self {
+        let mut headers = Self::new();
+        for (key, value) in map {
+            headers.insert_json(key, value);
+        }
+        headers
+    }
+
+    /// The headers as the AMQP table lapin publishes.
+    pub fn to_field_table(&self) -> FieldTable {
+        FieldTable::from(self.0.clone())
+    }
+}
+
+impl From<&FieldTable> for Headers {
+    fn from(table: &FieldTable) -> Self {
+        Self(table.inner().clone())
+    }
+}
+
+impl From<Map<String, Value>> for Headers {
+    fn from(map: Map<String, Value>) -> Self {
+        Self::from_json(&map)
+    }
+}
+
+impl<'a> FromIterator<(&'a str, HeaderValue)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, HeaderValue)>>(entries: I) -> Self {
+        let mut headers = Self::new();
+        for (key, value) in entries {
+            headers.insert(key, value);
+        }
+        headers
+    }
+}
+
+fn has_short_string(value: &HeaderValue) -> bool {
+    match value {
+        HeaderValue::ShortString(_) => true,
+        HeaderValue::FieldArray(items) => items.as_slice().iter().any(has_short_string),
+        HeaderValue::FieldTable(table) => table.inner().values().any(has_short_string),
+        _ => false,
+    }
+}
+
+/// `value` with every short string turned into a long string.
+fn wire_safe(value: &HeaderValue) -> HeaderValue {
+    match value {
+        HeaderValue::ShortString(text) => text_value(text.as_str()),
+        HeaderValue::FieldArray(items) => HeaderValue::FieldArray(FieldArray::from(
+            items.as_slice().iter().map(wire_safe).collect::<Vec<_>>(),
+        )),
+        HeaderValue::FieldTable(table) => HeaderValue::FieldTable(FieldTable::from(
+            table
+                .inner()
+                .iter()
+                .map(|(key, value)| (key.clone(), wire_safe(value)))
+                .collect::<BTreeMap<_, _>>(),
+        )),
+        other => other.clone(),
+    }
+}
+
+/// A text header value, as py-amqp writes strings (an AMQP long string).
+pub fn text_value(text: &str) -> HeaderValue {
+    HeaderValue::LongString(LongString::from(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_headers() {
+        let value = json!({
+            "s": "text", "n": 5, "big": 1u64 << 40, "neg": -7, "f": 0.25,
+            "b": false, "null": null, "list": [1, "a", null], "obj": {"x": [true]}
+        });
+        let Value::Object(map) = &value else {
+            unreachable!()
+        };
+        let headers = Headers::from_json(map);
+        assert_eq!(Value::Object(headers.to_json()), value);
+        assert_eq!(headers.get_str("s"), Some("text"));
+        assert_eq!(headers.get_str("n"), None);
+        assert_eq!(headers.get_json("list"), Some(json!([1, "a", null])));
+    }
+
+    #[test]
+    fn editing_headers() {
+        let mut headers = Headers::new();
+        headers.insert_str("a", "x");
+        headers.insert("b", HeaderValue::LongInt(1));
+        headers.insert("x-death", HeaderValue::Void);
+        assert_eq!(headers.len(), 3);
+        headers.retain(|key, _| !key.starts_with("x-"));
+        assert_eq!(headers.remove("b"), Some(HeaderValue::LongInt(1)));
+        assert!(headers.contains_key("a") && !headers.contains_key("b"));
+        let table = headers.to_field_table();
+        assert_eq!(Headers::from(&table), headers);
+    }
+
+    #[test]
+    fn short_strings_are_stored_as_long_strings_at_any_depth() {
+        let mut inner = FieldTable::default();
+        inner.insert("k".into(), HeaderValue::ShortString("deep".into()));
+        let mut headers = Headers::new();
+        headers.insert("top", HeaderValue::ShortString("s".into()));
+        headers.insert(
+            "nested",
+            HeaderValue::FieldArray(FieldArray::from(vec![HeaderValue::FieldTable(inner)])),
+        );
+        assert_eq!(headers.get("top"), Some(&text_value("s")));
+        assert!(!headers.iter().any(|(_, value)| has_short_string(value)));
+        assert_eq!(
+            headers.get_json("nested"),
+            Some(serde_json::json!([{"k": "deep"}]))
+        );
+    }
+
+    #[test]
+    fn long_keys_are_cut_at_a_char_boundary() {
+        let mut headers = Headers::new();
+        headers.insert_str(&"é".repeat(200), "v");
+        let (key, _) = headers.iter().next().unwrap();
+        assert!(key.len() <= 255 && key.chars().all(|c| c == 'é'));
+    }
+}
