@@ -501,7 +501,7 @@ fn not_settled_is_an_error(operation: &'static str, settled: bool) -> Result<(),
 fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Delivery {
     let p = &delivery.properties;
     let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-    let properties = Properties {
+    let mut properties = Properties {
         content_type: text(p.content_type()),
         content_encoding: text(p.content_encoding()),
         correlation_id: text(p.correlation_id()),
@@ -509,8 +509,11 @@ fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Deliv
         persistent: *p.delivery_mode() == Some(2),
         priority: *p.priority(),
         expiration: text(p.expiration()),
-        headers: p.headers().as_ref().map(Headers::from).unwrap_or_default(),
+        headers: Headers::new(),
     };
+    if p.headers().is_some() {
+        properties.headers = Headers::received(delivery.properties);
+    }
     Delivery {
         message: Message {
             properties,

@@ -6,6 +6,7 @@
 //! JSON views exist for tests, logs and callers that prefer them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use lapin::types::{FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Value};
@@ -18,8 +19,26 @@ pub use lapin::types::AMQPValue as HeaderValue;
 
 /// A message's application headers, keyed by name (at most 255 bytes each,
 /// as AMQP allows), in AMQP's value types.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Headers(BTreeMap<ShortString, HeaderValue>);
+#[derive(Clone, Default)]
+pub struct Headers(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Built or edited here.
+    Owned(BTreeMap<ShortString, HeaderValue>),
+    /// As lapin received them, inside the delivery's properties: read in
+    /// place, copied only when edited.
+    Received(Box<lapin::BasicProperties>),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Self::Owned(BTreeMap::new())
+    }
+}
+
+/// Shared by every `Received` delivery without headers.
+static NO_HEADERS: BTreeMap<ShortString, HeaderValue> = BTreeMap::new();
 
 impl Headers {
     /// No headers.
@@ -27,24 +46,62 @@ impl Headers {
         Self::default()
     }
 
+    /// The headers of a delivery lapin received, without copying them.
+    pub(crate) fn received(properties: lapin::BasicProperties) -> Self {
+        Self(Repr::Received(Box::new(properties)))
+    }
+
+    /// Headers from entries already sorted by key, with keys of at most
+    /// 255 bytes and no short-string values (the framework's own headers).
+    pub(crate) fn from_sorted<const N: usize>(entries: [(&'static str, HeaderValue); N]) -> Self {
+        debug_assert!(entries.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        debug_assert!(entries.iter().all(|(_, value)| !has_short_string(value)));
+        Self(Repr::Owned(
+            entries
+                .into_iter()
+                .map(|(key, value)| (ShortString::from(key), value))
+                .collect(),
+        ))
+    }
+
+    fn map(&self) -> &BTreeMap<ShortString, HeaderValue> {
+        match &self.0 {
+            Repr::Owned(map) => map,
+            Repr::Received(properties) => properties
+                .headers()
+                .as_ref()
+                .map_or(&NO_HEADERS, FieldTable::inner),
+        }
+    }
+
+    fn map_mut(&mut self) -> &mut BTreeMap<ShortString, HeaderValue> {
+        if let Repr::Received(_) = &self.0 {
+            self.0 = Repr::Owned(self.map().clone());
+        }
+        match &mut self.0 {
+            Repr::Owned(map) => map,
+            Repr::Received(_) => unreachable!("made owned just above"),
+        }
+    }
+
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.map().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.map().is_empty()
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&HeaderValue> {
-        self.0.get(key)
+        self.map().get(key)
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.map().contains_key(key)
     }
 
     /// The value of `key` when it is text (a UTF-8 long or short string).
@@ -73,7 +130,7 @@ impl Headers {
         } else {
             value
         };
-        self.0.insert(short_string(key), value)
+        self.map_mut().insert(short_string(key), value)
     }
 
     /// Sets `key` to a text value (an AMQP long string).
@@ -89,17 +146,18 @@ impl Headers {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<HeaderValue> {
-        self.0.remove(key)
+        self.map_mut().remove(key)
     }
 
     /// Keeps only the headers for which `keep` answers true.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &HeaderValue) -> bool) {
-        self.0.retain(|key, value| keep(key.as_str(), value));
+        self.map_mut()
+            .retain(|key, value| keep(key.as_str(), value));
     }
 
     /// The headers in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
-        self.0.iter().map(|(key, value)| (key.as_str(), value))
+        self.map().iter().map(|(key, value)| (key.as_str(), value))
     }
 
     /// Every header as JSON: integers and floats as numbers, UTF-8 strings as
@@ -122,13 +180,28 @@ impl Headers {
 
     /// The headers as the AMQP table lapin publishes.
     pub fn to_field_table(&self) -> FieldTable {
-        FieldTable::from(self.0.clone())
+        match &self.0 {
+            Repr::Owned(map) => FieldTable::from(map.clone()),
+            Repr::Received(properties) => properties.headers().clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.map() == other.map()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
 impl From<&FieldTable> for Headers {
     fn from(table: &FieldTable) -> Self {
-        Self(table.inner().clone())
+        Self(Repr::Owned(table.inner().clone()))
     }
 }
 
@@ -231,6 +304,20 @@ mod tests {
             headers.get_json("nested"),
             Some(serde_json::json!([{"k": "deep"}]))
         );
+    }
+
+    #[test]
+    fn received_headers_are_read_in_place_and_copied_when_edited() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), text_value("x"));
+        let properties = lapin::BasicProperties::default().with_headers(table.clone());
+        let mut headers = Headers::received(properties);
+        assert_eq!(headers, Headers::from(&table));
+        assert_eq!(headers.get_str("a"), Some("x"));
+        assert_eq!(headers.to_field_table(), table);
+        headers.insert_str("b", "y");
+        assert_eq!(headers.len(), 2);
+        assert!(Headers::received(lapin::BasicProperties::default()).is_empty());
     }
 
     #[test]

@@ -64,16 +64,26 @@ pub fn encode_task(call: &TaskCall<'_>) -> Result<Message, serde_json::Error> {
     };
     let optional_seconds = |s: Option<f64>| s.map_or(HeaderValue::Void, HeaderValue::Double);
     let optional_text = |text: Option<&str>| text.map_or(HeaderValue::Void, text_value);
-    let headers = Headers::from_iter([
-        ("lang", text_value("rust")),
-        ("task", text_value(call.name)),
-        ("id", text_value(call.id)),
-        ("shadow", HeaderValue::Void),
+    // In key order, as `Headers::from_sorted` requires.
+    let headers = Headers::from_sorted([
+        ("argsrepr", text_value(&args_repr(call.args))),
         ("eta", optional_time(call.eta)),
         ("expires", optional_time(call.expires)),
         ("group", HeaderValue::Void),
         ("group_index", HeaderValue::Void),
+        ("id", text_value(call.id)),
+        ("ignore_result", HeaderValue::Boolean(call.ignore_result)),
+        ("kwargsrepr", text_value(&kwargs_repr(call.kwargs))),
+        ("lang", text_value("rust")),
+        ("origin", text_value(origin())),
+        ("parent_id", optional_text(call.parent_id)),
+        ("replaced_task_nesting", HeaderValue::LongInt(0)),
         ("retries", integer_value(i64::from(call.retries))),
+        ("root_id", text_value(call.root_id.unwrap_or(call.id))),
+        ("shadow", HeaderValue::Void),
+        ("stamped_headers", HeaderValue::Void),
+        ("stamps", HeaderValue::FieldTable(FieldTable::default())),
+        ("task", text_value(call.name)),
         (
             "timelimit",
             HeaderValue::FieldArray(FieldArray::from(vec![
@@ -81,15 +91,6 @@ pub fn encode_task(call: &TaskCall<'_>) -> Result<Message, serde_json::Error> {
                 optional_seconds(call.soft_time_limit),
             ])),
         ),
-        ("root_id", text_value(call.root_id.unwrap_or(call.id))),
-        ("parent_id", optional_text(call.parent_id)),
-        ("argsrepr", text_value(&args_repr(call.args))),
-        ("kwargsrepr", text_value(&kwargs_repr(call.kwargs))),
-        ("origin", text_value(origin())),
-        ("ignore_result", HeaderValue::Boolean(call.ignore_result)),
-        ("replaced_task_nesting", HeaderValue::LongInt(0)),
-        ("stamped_headers", HeaderValue::Void),
-        ("stamps", HeaderValue::FieldTable(FieldTable::default())),
     ]);
     let body = encode_body(call.args, call.kwargs)?;
     Ok(Message {
