@@ -603,7 +603,12 @@ async fn a_queue_ttl_dead_letters_to_the_target_queue_on_time(mut f: Fixture) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent_second = Instant::now();
     f.publish(&bucket, &message("second")).await;
-    assert_eq!(f.count(&bucket).await, 2, "nothing leaves early");
+    let waiting = f.count(&bucket).await;
+    // Only meaningful if the count was taken before the first TTL ran out
+    // (a stalled test process must not turn into a failure).
+    if sent_first.elapsed() < TTL {
+        assert_eq!(waiting, 2, "nothing leaves early");
+    }
 
     let a = next(&mut consumer).await;
     let a_after = sent_first.elapsed();

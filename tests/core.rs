@@ -370,10 +370,12 @@ async fn track_started_shows_started_before_success() {
         .apply_async_with(&w.app)
         .await
         .unwrap();
-    let deadline = Instant::now() + RESULT_TIMEOUT;
-    while pending.state() == TaskState::Pending && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The task sleeps 300 ms: STARTED is the state until then.
+    let state = pending
+        .wait_for_state(|s| s != TaskState::Pending, RESULT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(state, TaskState::Started);
     assert_eq!(pending.state(), TaskState::Started);
     assert_eq!(pending.get(RESULT_TIMEOUT).await.unwrap(), 300);
     assert_eq!(pending.state(), TaskState::Success);

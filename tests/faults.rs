@@ -447,9 +447,8 @@ async fn dead_lettered(app: &App, queue: &str) -> u32 {
 /// Messages waiting in the broker's delay levels.
 async fn delayed_messages(app: &App) -> u32 {
     let mut total = 0;
-    for k in 0..task_core::broker::delay_topology::LEVELS {
-        let level = task_core::broker::delay_topology::level_name(k);
-        total += app.broker().queue_message_count(&level).await.unwrap_or(0);
+    for queue in task_core::broker::delay_topology::wait_queues() {
+        total += app.broker().queue_message_count(&queue).await.unwrap_or(0);
     }
     total
 }

@@ -194,11 +194,11 @@ async fn spawn_worker(cfg: &Config, admin: &lapin::Connection, queue: &str) -> R
     Ok(worker)
 }
 
-/// Messages in the 32 delay level queues, `None` if one is missing.
+/// Messages in the delay levels' queues, `None` if one is missing.
 async fn in_delay_levels(admin: &lapin::Connection) -> Result<Option<u64>> {
     let mut total = 0u64;
-    for k in 0..delay_topology::LEVELS {
-        match admin::queue_state(admin, &delay_topology::level_name(k)).await? {
+    for queue in delay_topology::wait_queues() {
+        match admin::queue_state(admin, &queue).await? {
             Some((ready, _)) => total += u64::from(ready),
             None => return Ok(None),
         }
@@ -222,7 +222,7 @@ fn rounded(seconds: f64) -> f64 {
 
 pub async fn bench(cfg: &Config, seed: u64) -> Result<DelayRun> {
     let admin = admin::connect(&cfg.broker).await?;
-    let delay_levels_existed = admin::queue_state(&admin, &delay_topology::level_name(0))
+    let delay_levels_existed = admin::queue_state(&admin, &delay_topology::wait_queue_name(0, 1))
         .await?
         .map(|_| true)
         .or(Some(false));

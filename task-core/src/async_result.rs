@@ -119,6 +119,62 @@ impl<R> AsyncResult<R> {
     pub fn ready(&self) -> bool {
         self.state().is_ready()
     }
+
+    /// Waits up to `timeout` until the task's latest known state satisfies
+    /// `reached` or the task is finished, and returns that state (without
+    /// polling: it wakes on each result message).
+    ///
+    /// Intermediate states arrive only when the worker sends them (STARTED
+    /// with `track_started`, RETRY on a retry), and states that follow each
+    /// other quickly may be seen only as the last of them, so a caller
+    /// waiting for `Started` should also expect a finished task:
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use task_core::{AsyncResult, TaskState};
+    /// # async fn demo(pending: AsyncResult<i64>) -> Result<(), task_core::Error> {
+    /// let state = pending
+    ///     .wait_for_state(|s| s == TaskState::Started, Duration::from_secs(5))
+    ///     .await?;
+    /// println!("the task is {state}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_state(
+        &self,
+        reached: impl Fn(TaskState) -> bool,
+        timeout: Duration,
+    ) -> Result<TaskState, Error> {
+        let Some(slot) = &self.slot else {
+            return Err(Error::ResultIgnored {
+                task_id: self.task_id.clone(),
+            });
+        };
+        let mut slot = slot.clone();
+        let waited = tokio::time::timeout(
+            timeout,
+            slot.wait_for(|s| match s {
+                Slot::Waiting(state) => reached(*state),
+                Slot::Ready(_) | Slot::Lost(_) => true,
+            }),
+        )
+        .await;
+        let lost = |reason: &str| Error::ResultLost {
+            task_id: self.task_id.clone(),
+            reason: reason.to_owned(),
+        };
+        match waited {
+            Err(_) => Err(Error::Timeout {
+                task_id: self.task_id.clone(),
+                waited: timeout,
+            }),
+            Ok(Err(_)) => Err(lost("the client's result table was dropped")),
+            Ok(Ok(state)) => match &*state {
+                Slot::Waiting(state) => Ok(*state),
+                Slot::Ready(body) => Ok(body.status),
+                Slot::Lost(reason) => Err(lost(reason)),
+            },
+        }
+    }
 }
 
 impl<R: DeserializeOwned> AsyncResult<R> {
@@ -204,6 +260,42 @@ mod tests {
         pending.deliver(body("a", r#""status": "SUCCESS", "result": 7"#));
         assert_eq!(handle.get(Duration::from_secs(1)).await.unwrap(), 7);
         assert_eq!(pending.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_state_wakes_on_it_or_on_the_end() {
+        let pending = Arc::new(PendingResults::default());
+        let handle = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")));
+        let started = |s| s == TaskState::Started;
+        let timeout = Duration::from_secs(5);
+        let sender = Arc::clone(&pending);
+        let deliver = tokio::spawn(async move {
+            sender.deliver(body("w", r#""status": "STARTED", "result": null"#));
+        });
+        assert_eq!(
+            handle.wait_for_state(started, timeout).await.unwrap(),
+            TaskState::Started
+        );
+        deliver.await.unwrap();
+        pending.deliver(body("w", r#""status": "SUCCESS", "result": 1"#));
+        // Finished without ever being in the awaited state: the end is returned.
+        assert_eq!(
+            handle
+                .wait_for_state(|s| s == TaskState::Retry, timeout)
+                .await
+                .unwrap(),
+            TaskState::Success
+        );
+
+        let silent = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")));
+        let error = silent
+            .wait_for_state(started, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Timeout { .. }), "{error}");
+        pending.fail_all("gone");
+        let error = silent.wait_for_state(started, timeout).await.unwrap_err();
+        assert!(matches!(error, Error::ResultLost { .. }), "{error}");
     }
 
     #[tokio::test]

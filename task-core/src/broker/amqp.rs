@@ -217,8 +217,12 @@ async fn consume_on(
         .await
         .map_err(|e| lost("channel.open", e))?;
     if options.prefetch > 0 {
+        // One window for all the queues needs RabbitMQ's channel-wide
+        // (global) prefetch, which costs the broker more per message; a
+        // single queue gets the same bound from the per-consumer one.
+        let global = queues.len() > 1;
         channel
-            .basic_qos(options.prefetch, BasicQosOptions { global: true })
+            .basic_qos(options.prefetch, BasicQosOptions { global })
             .await
             .map_err(|e| lost("basic.qos", e))?;
     }
@@ -288,33 +292,37 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
                 FieldTable::default(),
             )
             .await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1i64 << k));
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(next.as_str().into()),
-        );
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(level.clone(), durable, arguments)
-            .await?;
-        channel
-            .queue_bind(
-                level.clone(),
-                level.clone(),
-                delay_topology::level_pattern(k, true).into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for digit in delay_topology::WAITING_DIGITS {
+            let queue = ShortString::from(delay_topology::wait_queue_name(k, digit));
+            let ttl = i64::try_from(delay_topology::wait_ms(k, digit)).unwrap_or(i64::MAX);
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(next.as_str().into()),
+            );
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.clone(), durable, arguments)
+                .await?;
+            channel
+                .queue_bind(
+                    queue,
+                    level.clone(),
+                    delay_topology::level_pattern(k, digit).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .exchange_bind(
                 next,
                 level,
-                delay_topology::level_pattern(k, false).into(),
+                delay_topology::level_pattern(k, 0).into(),
                 ExchangeBindOptions::default(),
                 FieldTable::default(),
             )
