@@ -624,7 +624,7 @@ fn print_delays(summary: &DelaySummary, runs: &[Run]) {
         .collect();
     println!(
         "  (delay levels already declared before each run: {}; the first delayed publish of an app \
-         declares them all the same: 65 idempotent declarations and their bindings)",
+         declares them all the same: 129 idempotent declarations and their bindings)",
         existed.join(", ")
     );
     if let Some(last) = delay_runs.last() {
