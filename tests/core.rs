@@ -609,3 +609,52 @@ async fn early_ack_is_at_most_once_and_late_ack_is_at_least_once() {
         app.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn dropping_the_last_app_handle_closes_its_connection() {
+    let queue = common::unique_queue("dropped-app");
+    let app = common::client(&[&queue]).await;
+    // No worker: the call creates the app's reply queue, which is
+    // auto-delete and so goes away with the app's connection; its result is
+    // no longer awaited once its handle is dropped.
+    let awaited = add
+        .s(1, 1)
+        .queue(queue.clone())
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    drop(awaited);
+    let reply_queue = app.reply_queue_name().unwrap().to_owned();
+    let observer = common::client(&[]).await;
+    assert!(observer
+        .broker()
+        .queue_message_count(&reply_queue)
+        .await
+        .is_ok());
+    let clone = app.clone();
+    drop(app);
+    assert!(
+        observer
+            .broker()
+            .queue_message_count(&reply_queue)
+            .await
+            .is_ok(),
+        "a remaining clone keeps the app connected"
+    );
+    drop(clone);
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    while observer
+        .broker()
+        .queue_message_count(&reply_queue)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped app's connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    observer.broker().delete_queue(&queue).await.unwrap();
+    observer.close().await.unwrap();
+}

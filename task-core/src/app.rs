@@ -45,6 +45,30 @@ struct AppInner {
     eager: bool,
 }
 
+impl Drop for AppInner {
+    /// The last handle of an app closes its broker connection (in the
+    /// background, on the current runtime), unless someone else still holds
+    /// the broker (a clone of [`App::broker`], or one given to
+    /// [`AppBuilder::build_with`]) or a result is still awaited (an
+    /// `AsyncResult` outlives its app, e.g. a default app replaced by a newer
+    /// one; its results keep arriving). The reply consumer's task holds one
+    /// reference of its own, and ends once the connection is closed.
+    fn drop(&mut self) {
+        let own_references = 1 + usize::from(self.reply_queue.get().is_some());
+        if Arc::strong_count(&self.broker) > own_references || self.pending.awaited() > 0 {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let broker = Arc::clone(&self.broker);
+            runtime.spawn(async move {
+                if let Err(error) = broker.close().await {
+                    tracing::debug!(%error, "closing a dropped app's broker connection");
+                }
+            });
+        }
+    }
+}
+
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
@@ -325,12 +349,18 @@ impl App {
             .map(String::as_str)
     }
 
+    /// The name of this app's reply queue, once its first call created it.
+    pub fn reply_queue_name(&self) -> Option<&str> {
+        self.inner.reply_queue.get().map(String::as_str)
+    }
+
     /// How many results this app is still waiting for.
     pub fn pending_results(&self) -> usize {
         self.inner.pending.len()
     }
 
-    /// Closes the broker connection.
+    /// Closes the broker connection (dropping the last handle of an app
+    /// does it too, in the background).
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.broker.close().await.map_err(Error::from)
     }

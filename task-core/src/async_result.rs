@@ -75,6 +75,14 @@ impl PendingResults {
         self.lock().len()
     }
 
+    /// How many results still have an `AsyncResult` waiting for them.
+    pub(crate) fn awaited(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|sender| sender.receiver_count() > 0)
+            .count()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Slot>>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }

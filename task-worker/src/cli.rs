@@ -100,10 +100,21 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     worker.run().await
 }
 
+/// lapin logs every message the broker returns (a result whose caller's
+/// reply queue is gone) at WARN with its whole body; the executor already
+/// logs that case once, at DEBUG, without the body. `RUST_LOG` or a
+/// `--loglevel` that names `lapin` itself overrides this.
+const QUIET_RETURNS: &str = "lapin::returned_messages=error";
+
 fn init_logging(level: &str) {
+    let with_quiet_returns = if level.contains("lapin") {
+        level.to_owned()
+    } else {
+        format!("{level},{QUIET_RETURNS}")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(with_quiet_returns))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_RETURNS}")));
     // A second initialisation (tests calling main twice) is harmless.
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }

@@ -297,7 +297,7 @@ impl Executor {
     /// Publishes a result to the caller's queue. A caller that is gone (its
     /// queue no longer exists) is not an error: Celery drops such results too.
     async fn publish_result(&self, reply_to: &str, message: Message) {
-        match self.app.broker().publish("", reply_to, &message).await {
+        match self.app.broker().publish_reply(reply_to, &message).await {
             Ok(()) => {}
             Err(BrokerError::Unroutable { .. }) => {
                 tracing::debug!(%reply_to, "result dropped: the caller's reply queue is gone");

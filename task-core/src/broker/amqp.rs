@@ -350,6 +350,14 @@ impl Broker for AmqpBroker {
             .await
     }
 
+    async fn publish_reply(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
+        self.link
+            .run_awaiting_queues(|link| async move {
+                publish_on(&link.publisher, "", queue, message).await
+            })
+            .await
+    }
+
     async fn publish_delayed(
         &self,
         queue: &str,

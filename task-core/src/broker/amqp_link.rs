@@ -42,7 +42,8 @@ impl Default for ReconnectPolicy {
 }
 
 /// How often a publish that found no queue is tried again while the broker's
-/// queues may still be coming back after a reconnection (see [`LinkKeeper::run`]).
+/// queues may still be coming back after a reconnection (see
+/// [`LinkKeeper::run_awaiting_queues`]).
 const UNROUTABLE_RETRY: Duration = Duration::from_millis(250);
 
 /// One connection and its publishing channel (in confirm mode).
@@ -84,15 +85,38 @@ impl LinkKeeper {
 
     /// Runs `operation` on the current link; if the connection is lost, waits
     /// for a new one and runs it again, until the operation deadline.
-    ///
-    /// Right after a reconnection, a publish that no queue receives is tried
-    /// again for a while instead of failing at once: after a broker restart
-    /// the queues that are not durable, or are auto-delete (a caller's
-    /// `rpc://` reply queue), exist again only once their owner has
+    pub(crate) async fn run<T, F, Fut>(&self, operation: F) -> Result<T, BrokerError>
+    where
+        F: FnMut(Arc<Link>) -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        self.run_inner(operation, false).await
+    }
+
+    /// [`LinkKeeper::run`] for a publish to a queue that another client
+    /// declares (a caller's `rpc://` reply queue): right after a
+    /// reconnection, a publish that no queue receives is tried again for a
+    /// while instead of failing at once. After a broker restart, auto-delete
+    /// and non-durable queues exist again only once their owner has
     /// reconnected and declared them, and a worker that came back first
     /// would otherwise drop the results of its callers. The owner is given
     /// twice the longest reconnection backoff.
-    pub(crate) async fn run<T, F, Fut>(&self, mut operation: F) -> Result<T, BrokerError>
+    pub(crate) async fn run_awaiting_queues<T, F, Fut>(
+        &self,
+        operation: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: FnMut(Arc<Link>) -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        self.run_inner(operation, true).await
+    }
+
+    async fn run_inner<T, F, Fut>(
+        &self,
+        mut operation: F,
+        await_queues: bool,
+    ) -> Result<T, BrokerError>
     where
         F: FnMut(Arc<Link>) -> Fut,
         Fut: Future<Output = Result<T, BrokerError>>,
@@ -114,7 +138,7 @@ impl LinkKeeper {
                 Err(BrokerError::Unroutable {
                     exchange,
                     routing_key,
-                }) if self.queues_may_be_coming_back(&link, deadline) => {
+                }) if await_queues && self.queues_may_be_coming_back(&link, deadline) => {
                     tracing::debug!(%exchange, %routing_key, "unroutable just after a reconnection; trying again");
                     tokio::time::sleep(UNROUTABLE_RETRY).await;
                 }

@@ -263,6 +263,15 @@ pub trait Broker: Send + Sync + 'static {
         message: &Message,
     ) -> Result<(), BrokerError>;
 
+    /// Publishes a result to a client's reply queue (default exchange). After
+    /// a reconnection, a reply queue (auto-delete) exists again only once its
+    /// owner has reconnected and declared it, so an implementation may try an
+    /// unroutable reply again for a while before reporting
+    /// [`BrokerError::Unroutable`]; a plain [`Broker::publish`] fails at once.
+    async fn publish_reply(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
+        self.publish("", queue, message).await
+    }
+
     /// Publishes `message` so that it reaches `queue` once `delay` has passed,
     /// kept by the broker meanwhile (not by any consumer), and returns once
     /// the broker has taken responsibility for it.
