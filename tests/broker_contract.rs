@@ -392,6 +392,22 @@ async fn a_rejected_message_is_dead_lettered_when_the_queue_says_so(mut f: Fixtu
     assert_eq!(headers["x-death"][0]["queue"], q.as_str());
     assert_eq!(headers["x-death"][0]["count"], 1);
     assert_eq!(headers["x-first-death-reason"], "rejected");
+    // In RabbitMQ's own AMQP types: a 64-bit count and a timestamp.
+    let Some(HeaderValue::FieldArray(deaths)) = poison.message.properties.headers.get("x-death")
+    else {
+        panic!("x-death is an array")
+    };
+    let Some(HeaderValue::FieldTable(death)) = deaths.as_slice().first() else {
+        panic!("x-death holds tables")
+    };
+    assert_eq!(
+        death.inner().get("count"),
+        Some(&HeaderValue::LongLongInt(1))
+    );
+    assert!(matches!(
+        death.inner().get("time"),
+        Some(HeaderValue::Timestamp(_))
+    ));
     poison.acker.ack().await.unwrap();
     consumer.cancel.close().await.unwrap();
     dead.cancel.close().await.unwrap();

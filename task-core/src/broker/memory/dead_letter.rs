@@ -1,9 +1,12 @@
 //! RabbitMQ's record of dead-lettering: the `x-death` and
-//! `x-first-death-*` headers of a dead-lettered message.
+//! `x-first-death-*` headers of a dead-lettered message, in the AMQP types
+//! RabbitMQ writes (`count` a 64-bit integer, `time` a timestamp, text as
+//! long strings).
 
-use serde_json::{Map, Value};
+use lapin::types::{FieldArray, FieldTable};
 
-use crate::broker::Headers;
+use crate::broker::headers::text_value;
+use crate::broker::{HeaderValue, Headers};
 
 /// Adds this death to a message's `x-death` headers as RabbitMQ does (the
 /// latest first, a repeated queue and reason counted), and returns the queues
@@ -16,34 +19,43 @@ pub(super) fn record_death(
     routing_key: &str,
     original_expiration: Option<String>,
 ) -> Vec<String> {
-    let mut deaths = match headers.get_json("x-death") {
-        Some(Value::Array(deaths)) => deaths,
+    let mut deaths: Vec<FieldTable> = match headers.get("x-death") {
+        Some(HeaderValue::FieldArray(items)) => items
+            .as_slice()
+            .iter()
+            .filter_map(|item| match item {
+                HeaderValue::FieldTable(death) => Some(death.clone()),
+                _ => None,
+            })
+            .collect(),
         _ => Vec::new(),
     };
-    let field =
-        |death: &Value, key: &str| death.get(key).and_then(Value::as_str).map(str::to_owned);
-    let previous = deaths.iter().position(|d| {
-        field(d, "queue").as_deref() == Some(queue) && field(d, "reason").as_deref() == Some(reason)
-    });
+    let previous = deaths
+        .iter()
+        .position(|d| field(d, "queue") == Some(queue) && field(d, "reason") == Some(reason));
     let count = previous
         .map(|i| deaths.remove(i))
-        .and_then(|d| d.get("count").and_then(Value::as_u64))
+        .and_then(|d| match d.inner().get("count") {
+            Some(HeaderValue::LongLongInt(n)) => Some(*n),
+            Some(HeaderValue::LongInt(n)) => Some(i64::from(*n)),
+            _ => None,
+        })
         .unwrap_or(0)
         + 1;
-    let mut death = Map::new();
-    death.insert("count".into(), Value::from(count));
-    death.insert("reason".into(), Value::from(reason));
-    death.insert("queue".into(), Value::from(queue));
-    death.insert("time".into(), Value::from(unix_seconds()));
-    death.insert("exchange".into(), Value::from(exchange));
+    let mut death = FieldTable::default();
+    death.insert("count".into(), HeaderValue::LongLongInt(count));
+    death.insert("reason".into(), text_value(reason));
+    death.insert("queue".into(), text_value(queue));
+    death.insert("time".into(), HeaderValue::Timestamp(unix_seconds()));
+    death.insert("exchange".into(), text_value(exchange));
     death.insert(
         "routing-keys".into(),
-        Value::Array(vec![Value::from(routing_key)]),
+        HeaderValue::FieldArray(FieldArray::from(vec![text_value(routing_key)])),
     );
     if let Some(expiration) = original_expiration {
-        death.insert("original-expiration".into(), Value::from(expiration));
+        death.insert("original-expiration".into(), text_value(&expiration));
     }
-    deaths.insert(0, Value::Object(death));
+    deaths.insert(0, death);
     for (key, value) in [
         ("x-first-death-reason", reason),
         ("x-first-death-queue", queue),
@@ -55,14 +67,34 @@ pub(super) fn record_death(
     }
     let rejected = deaths
         .iter()
-        .any(|d| field(d, "reason").as_deref() == Some("rejected"));
+        .any(|d| field(d, "reason") == Some("rejected"));
     let cycle = if rejected {
         Vec::new()
     } else {
-        deaths.iter().filter_map(|d| field(d, "queue")).collect()
+        deaths
+            .iter()
+            .filter_map(|d| field(d, "queue").map(str::to_owned))
+            .collect()
     };
-    headers.insert_json("x-death", &Value::Array(deaths));
+    headers.insert(
+        "x-death",
+        HeaderValue::FieldArray(FieldArray::from(
+            deaths
+                .into_iter()
+                .map(HeaderValue::FieldTable)
+                .collect::<Vec<_>>(),
+        )),
+    );
     cycle
+}
+
+/// A text field of one `x-death` entry.
+fn field<'a>(death: &'a FieldTable, key: &str) -> Option<&'a str> {
+    match death.inner().get(key)? {
+        HeaderValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+        HeaderValue::ShortString(text) => Some(text.as_str()),
+        _ => None,
+    }
 }
 
 fn unix_seconds() -> u64 {
