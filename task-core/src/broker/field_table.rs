@@ -154,11 +154,9 @@ mod tests {
     }
 
     #[test]
-    fn json_round_trips_through_amqp() {
-        let value = json!({
-            "s": "text", "n": 5, "big": 1u64 << 40, "neg": -7, "f": 0.25,
-            "b": false, "null": null, "list": [1, "a", null], "obj": {"x": [true]}
-        });
+    fn queue_arguments_round_trip() {
+        let value =
+            json!({"x-max-priority": 10, "x-expires": 86_400_000u64, "x-dead-letter-exchange": ""});
         let Value::Object(map) = &value else {
             unreachable!()
         };
