@@ -781,6 +781,38 @@ async fn invalid_publishes_fail_and_the_broker_goes_on(mut f: Fixture) {
     f.finish().await;
 }
 
+contract_test!(names_and_text_properties_over_255_bytes_are_refused);
+async fn names_and_text_properties_over_255_bytes_are_refused(mut f: Fixture) {
+    let q = f.queue("too-long", json!({})).await;
+    let long = "é".repeat(128);
+    let too_long = |result: Result<(), BrokerError>| {
+        matches!(result, Err(BrokerError::TooLong { len: 256, .. }))
+    };
+    let mut long_id = message("x");
+    long_id.properties.correlation_id = Some(long.clone());
+    assert!(too_long(f.broker.publish("", &q, &long_id).await));
+    assert!(too_long(f.broker.publish("", &long, &message("x")).await));
+    assert!(too_long(f.broker.publish(&long, &q, &message("x")).await));
+    assert!(too_long(f.broker.publish_reply(&long, &message("x")).await));
+    assert!(too_long(
+        f.broker
+            .declare_queue(&QueueSpec::task_queue(long.clone()))
+            .await
+    ));
+    let consumed = f
+        .broker
+        .consume(&[long.clone()], ConsumeOptions::manual_ack(1))
+        .await;
+    assert!(matches!(consumed, Err(BrokerError::TooLong { .. })));
+    assert!(matches!(
+        f.broker.queue_message_count(&long).await,
+        Err(BrokerError::TooLong { .. })
+    ));
+    f.publish(&q, &message("fine")).await;
+    assert_eq!(f.count(&q).await, 1);
+    f.finish().await;
+}
+
 contract_test!(message_counts_are_ready_messages);
 async fn message_counts_are_ready_messages(mut f: Fixture) {
     let q = f.queue("count", json!({})).await;

@@ -658,3 +658,30 @@ async fn dropping_the_last_app_handle_closes_its_connection() {
     observer.broker().delete_queue(&queue).await.unwrap();
     observer.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_task_id_too_long_for_amqp_is_a_typed_error_not_a_panic() {
+    let queue = common::unique_queue("long-id");
+    let app = common::client(&[&queue]).await;
+    let error = add
+        .s(1, 1)
+        .queue(queue.clone())
+        .task_id("x".repeat(300))
+        .apply_async_with(&app)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Broker(task_core::broker::BrokerError::TooLong {
+                what: "correlation_id",
+                len: 300,
+                ..
+            })
+        ),
+        "{error}"
+    );
+    assert_eq!(app.pending_results(), 0, "nothing left waiting");
+    app.broker().delete_queue(&queue).await.unwrap();
+    app.close().await.unwrap();
+}

@@ -28,8 +28,8 @@ use super::amqp_link::{lost, Link, LinkKeeper};
 use super::delay_topology;
 use super::field_table::json_to_table;
 use super::{
-    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery, Headers,
-    Message, Properties, QueueSpec,
+    check_publish, check_queue_names, check_short, Acknowledger, Broker, BrokerError,
+    ConsumeOptions, Consumer, ConsumerCancel, Delivery, Headers, Message, Properties, QueueSpec,
 };
 
 /// A RabbitMQ connection used as the framework's broker. It reconnects by
@@ -334,6 +334,7 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        check_short("queue name", &spec.name)?;
         self.on_own_channel("queue.declare", |channel| declare_on(channel, spec))
             .await
             .map_err(|e| in_context(e, || format!("queue `{}`", spec.name)))
@@ -345,12 +346,14 @@ impl Broker for AmqpBroker {
         routing_key: &str,
         message: &Message,
     ) -> Result<(), BrokerError> {
+        check_publish(exchange, routing_key, &message.properties)?;
         self.link
             .run(|link| async move { publish_on(&link.publisher, exchange, routing_key, message).await })
             .await
     }
 
     async fn publish_reply(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
+        check_publish("", queue, &message.properties)?;
         self.link
             .run_awaiting_queues(|link| async move {
                 publish_on(&link.publisher, "", queue, message).await
@@ -364,6 +367,12 @@ impl Broker for AmqpBroker {
         message: &Message,
         delay: Duration,
     ) -> Result<(), BrokerError> {
+        check_short("queue name", queue)?;
+        check_short(
+            "delayed routing key (16 bytes + queue name)",
+            &delay_topology::delivery_pattern(queue),
+        )?;
+        check_publish("", queue, &message.properties)?;
         self.ensure_delay_levels().await?;
         self.ensure_delay_target(queue).await?;
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -385,12 +394,14 @@ impl Broker for AmqpBroker {
         queues: &[String],
         options: ConsumeOptions,
     ) -> Result<Consumer, BrokerError> {
+        check_queue_names(queues)?;
         self.link
             .run(|link| async move { consume_on(&link, queues, options).await })
             .await
     }
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        check_short("queue name", name)?;
         self.on_own_channel("queue.delete", |channel| async move {
             channel
                 .queue_delete(name.into(), QueueDeleteOptions::default())
@@ -402,6 +413,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        check_short("exchange name", name)?;
         self.on_own_channel("exchange.delete", |channel| async move {
             channel
                 .exchange_delete(name.into(), ExchangeDeleteOptions::default())
@@ -412,6 +424,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
+        check_short("queue name", name)?;
         self.on_own_channel("queue.declare(passive)", |channel| async move {
             let passive = QueueDeclareOptions {
                 passive: true,

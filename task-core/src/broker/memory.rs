@@ -54,7 +54,10 @@ use tokio::time::Instant;
 use self::declaration::parse_expiration;
 use self::handles::{MemoryConsumerCancel, MemoryDeliveries};
 use self::state::State;
-use super::{Broker, BrokerError, ConsumeOptions, Consumer, Message, QueueSpec};
+use super::{
+    check_publish, check_queue_names, check_short, Broker, BrokerError, ConsumeOptions, Consumer,
+    Message, QueueSpec,
+};
 
 /// The URL scheme of the in-process broker.
 pub const SCHEME: &str = "memory";
@@ -165,6 +168,7 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        check_short("queue name", &spec.name)?;
         self.open()?
             .declare(spec)
             .map_err(|reason| BrokerError::Operation {
@@ -179,6 +183,7 @@ impl Broker for MemoryBroker {
         routing_key: &str,
         message: &Message,
     ) -> Result<(), BrokerError> {
+        check_publish(exchange, routing_key, &message.properties)?;
         let expiration = parse_expiration(message)?;
         self.open()?
             .publish(&self.core, exchange, routing_key, message, expiration)
@@ -193,6 +198,7 @@ impl Broker for MemoryBroker {
         if delay.is_zero() {
             return self.publish("", queue, message).await;
         }
+        check_publish("", queue, &message.properties)?;
         parse_expiration(message)?;
         self.open()?
             .publish_delayed(&self.core, queue, message, delay)
@@ -203,6 +209,7 @@ impl Broker for MemoryBroker {
         queues: &[String],
         options: ConsumeOptions,
     ) -> Result<Consumer, BrokerError> {
+        check_queue_names(queues)?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
         let id = self.open()?.add_consumer(
@@ -230,6 +237,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
+        check_short("queue name", name)?;
         self.open()?.ready_count(&self.core, name)
     }
 

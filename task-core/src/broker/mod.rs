@@ -49,6 +49,17 @@ pub enum BrokerError {
         /// The routing key used.
         routing_key: String,
     },
+    /// A name (queue, exchange, routing key) or a text property is longer
+    /// than the 255 bytes AMQP allows; nothing was sent.
+    #[error("{what} is {len} bytes long, over AMQP's limit of 255: `{preview}`")]
+    TooLong {
+        /// What it is (`"queue name"`, `"correlation_id"`, ...).
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// Its first characters.
+        preview: String,
+    },
     /// The broker answered an operation with an error (e.g. PRECONDITION_FAILED).
     #[error("broker operation `{operation}` failed: {reason}")]
     Operation {
@@ -87,6 +98,53 @@ pub struct Message {
     pub properties: Properties,
     /// The body bytes.
     pub body: Vec<u8>,
+}
+
+/// AMQP's limit for names and text properties ("short strings"), in bytes.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Refuses `value` if it is longer than AMQP allows for `what`.
+pub(crate) fn check_short(what: &'static str, value: &str) -> Result<(), BrokerError> {
+    if value.len() <= MAX_SHORT_STRING {
+        return Ok(());
+    }
+    Err(BrokerError::TooLong {
+        what,
+        len: value.len(),
+        preview: value.chars().take(40).chain("…".chars()).collect(),
+    })
+}
+
+/// Refuses a publish whose exchange, routing key or text properties are too
+/// long for AMQP.
+pub(crate) fn check_publish(
+    exchange: &str,
+    routing_key: &str,
+    properties: &Properties,
+) -> Result<(), BrokerError> {
+    check_short("exchange name", exchange)?;
+    check_short("routing key", routing_key)?;
+    for (what, value) in [
+        ("content_type", &properties.content_type),
+        ("content_encoding", &properties.content_encoding),
+        ("correlation_id", &properties.correlation_id),
+        ("reply_to", &properties.reply_to),
+        ("expiration", &properties.expiration),
+    ] {
+        if let Some(value) = value {
+            check_short(what, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses queue names too long for AMQP.
+pub(crate) fn check_queue_names<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), BrokerError> {
+    names
+        .into_iter()
+        .try_for_each(|name| check_short("queue name", name))
 }
 
 /// The suffix of a task queue's dead-letter queue.
