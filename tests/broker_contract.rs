@@ -801,7 +801,7 @@ async fn names_and_text_properties_over_255_bytes_are_refused(mut f: Fixture) {
     ));
     let consumed = f
         .broker
-        .consume(&[long.clone()], ConsumeOptions::manual_ack(1))
+        .consume(std::slice::from_ref(&long), ConsumeOptions::manual_ack(1))
         .await;
     assert!(matches!(consumed, Err(BrokerError::TooLong { .. })));
     assert!(matches!(
