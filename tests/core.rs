@@ -631,17 +631,7 @@ async fn dropping_the_last_app_handle_closes_its_connection() {
         .queue_message_count(&reply_queue)
         .await
         .is_ok());
-    let clone = app.clone();
     drop(app);
-    assert!(
-        observer
-            .broker()
-            .queue_message_count(&reply_queue)
-            .await
-            .is_ok(),
-        "a remaining clone keeps the app connected"
-    );
-    drop(clone);
     let deadline = Instant::now() + RESULT_TIMEOUT;
     while observer
         .broker()
@@ -684,4 +674,44 @@ async fn a_task_id_too_long_for_amqp_is_a_typed_error_not_a_panic() {
     assert_eq!(app.pending_results(), 0, "nothing left waiting");
     app.broker().delete_queue(&queue).await.unwrap();
     app.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_awaited() {
+    let queue = common::unique_queue("kept-app");
+    let observer = common::client(&[&queue]).await;
+    observer.ensure_queue(&queue).await.unwrap();
+
+    // A broker handle kept elsewhere: dropping the app must not close it.
+    let app = common::client(&[&queue]).await;
+    let shared = std::sync::Arc::clone(app.broker());
+    drop(app);
+    // A close would have been spawned by the drop: let it start; it would
+    // refuse every operation of the shared handle from then on.
+    tokio::task::yield_now().await;
+    assert_eq!(shared.queue_message_count(&queue).await.unwrap(), 0);
+    shared.close().await.unwrap();
+
+    // A result still awaited: it must still arrive after the app is gone.
+    let app = common::client(&[&queue]).await;
+    let awaited = add
+        .s(1, 1)
+        .queue(queue.clone())
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let reply_queue = app.reply_queue_name().unwrap().to_owned();
+    drop(app);
+    tokio::task::yield_now().await;
+    let value = serde_json::value::to_raw_value(&2).unwrap();
+    let result = task_core::protocol::result_message::success(awaited.id(), &value);
+    observer
+        .broker()
+        .publish_reply(&reply_queue, &result)
+        .await
+        .unwrap();
+    assert_eq!(awaited.get(RESULT_TIMEOUT).await.unwrap(), 2);
+
+    observer.broker().delete_queue(&queue).await.unwrap();
+    observer.close().await.unwrap();
 }

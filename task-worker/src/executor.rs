@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::Value;
+use task_core::broker::headers::integer_value;
 use task_core::broker::{dead_letter_headers, BrokerError, Delivery, Message, QueueSpec};
 use task_core::protocol::result_message::{self, ExceptionInfo, TaskState};
 use task_core::protocol::task_message::{decode_task, PartialRequest, TaskRequest};
@@ -266,7 +266,7 @@ impl Executor {
         let retries = request.retries().saturating_add(1);
         let mut again = delivery.message.clone();
         let headers = &mut again.properties.headers;
-        headers.insert_json("retries", &Value::from(retries));
+        headers.insert("retries", integer_value(i64::from(retries)));
         let eta = Utc::now() + delay;
         headers.insert_str("eta", &format_time(eta));
         let broker = self.app.broker();

@@ -7,6 +7,8 @@
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
 
+use super::headers::{as_number, integer_value};
+
 /// Every AMQP value, as JSON. Byte strings become text when they are UTF-8
 /// and arrays of numbers otherwise; decimals and floats become JSON numbers
 /// (non-finite floats become `null`); timestamps become integers.
@@ -23,7 +25,7 @@ pub fn amqp_to_json(value: &AMQPValue) -> Value {
         AMQPValue::Timestamp(n) => Value::from(*n),
         AMQPValue::Float(f) => float(f64::from(*f)),
         AMQPValue::Double(f) => float(*f),
-        AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::DecimalValue(_) => float(as_number(value).unwrap_or(f64::NAN)),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
         AMQPValue::LongString(s) => bytes_to_json(s.as_bytes()),
         AMQPValue::ByteArray(b) => bytes_to_json(b.as_slice()),
@@ -78,10 +80,7 @@ pub(crate) fn short_string(text: &str) -> ShortString {
 
 fn number_to_amqp(n: &Number) -> AMQPValue {
     if let Some(i) = n.as_i64() {
-        match i32::try_from(i) {
-            Ok(small) => AMQPValue::LongInt(small),
-            Err(_) => AMQPValue::LongLongInt(i),
-        }
+        integer_value(i)
     } else if let Some(u) = n.as_u64() {
         // Above i64::MAX: AMQP has no unsigned 64-bit type RabbitMQ accepts.
         AMQPValue::Double(u as f64)

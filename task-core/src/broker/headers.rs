@@ -104,13 +104,9 @@ impl Headers {
         self.map().contains_key(key)
     }
 
-    /// The value of `key` when it is text (a UTF-8 long or short string).
+    /// The value of `key` when it is text (see [`as_text`]).
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        match self.get(key)? {
-            HeaderValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
-            HeaderValue::ShortString(text) => Some(text.as_str()),
-            _ => None,
-        }
+        self.get(key).and_then(as_text)
     }
 
     /// The value of `key` as JSON (see [`Headers::to_json`] for the mapping).
@@ -205,12 +201,6 @@ impl From<&FieldTable> for Headers {
     }
 }
 
-impl From<Map<String, Value>> for Headers {
-    fn from(map: Map<String, Value>) -> Self {
-        Self::from_json(&map)
-    }
-}
-
 impl<'a> FromIterator<(&'a str, HeaderValue)> for Headers {
     fn from_iter<I: IntoIterator<Item = (&'a str, HeaderValue)>>(entries: I) -> Self {
         let mut headers = Self::new();
@@ -251,6 +241,44 @@ fn wire_safe(value: &HeaderValue) -> HeaderValue {
 /// A text header value, as py-amqp writes strings (an AMQP long string).
 pub fn text_value(text: &str) -> HeaderValue {
     HeaderValue::LongString(LongString::from(text.as_bytes()))
+}
+
+/// An integer header value as py-amqp writes one: 32-bit when it fits.
+pub fn integer_value(n: i64) -> HeaderValue {
+    i32::try_from(n).map_or(HeaderValue::LongLongInt(n), HeaderValue::LongInt)
+}
+
+/// A value as text: a long string that is UTF-8, or a short string.
+pub fn as_text(value: &HeaderValue) -> Option<&str> {
+    match value {
+        HeaderValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+        HeaderValue::ShortString(text) => Some(text.as_str()),
+        _ => None,
+    }
+}
+
+/// A value as an integer: any of AMQP's signed or unsigned integer widths.
+pub fn as_integer(value: &HeaderValue) -> Option<i64> {
+    Some(match *value {
+        HeaderValue::ShortShortInt(n) => i64::from(n),
+        HeaderValue::ShortShortUInt(n) => i64::from(n),
+        HeaderValue::ShortInt(n) => i64::from(n),
+        HeaderValue::ShortUInt(n) => i64::from(n),
+        HeaderValue::LongInt(n) => i64::from(n),
+        HeaderValue::LongUInt(n) => i64::from(n),
+        HeaderValue::LongLongInt(n) => n,
+        _ => return None,
+    })
+}
+
+/// A value as a number: floats, decimals and integers.
+pub fn as_number(value: &HeaderValue) -> Option<f64> {
+    match *value {
+        HeaderValue::Float(f) => Some(f64::from(f)),
+        HeaderValue::Double(f) => Some(f),
+        HeaderValue::DecimalValue(d) => Some(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        ref other => as_integer(other).map(|n| n as f64),
+    }
 }
 
 #[cfg(test)]

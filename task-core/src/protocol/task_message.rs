@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::repr::{args_repr, kwargs_repr};
 use super::{format_time, parse_time, process_name, CONTENT_ENCODING_UTF8, CONTENT_TYPE_JSON};
-use crate::broker::headers::text_value;
+use crate::broker::headers::{as_integer, as_number, as_text, integer_value, text_value};
 use crate::broker::{HeaderValue, Headers, Message, Properties};
 
 /// Everything needed to write one task message.
@@ -48,11 +48,6 @@ pub struct TaskCall<'a> {
 fn origin() -> &'static str {
     static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ORIGIN.get_or_init(|| format!("gen{}", process_name()))
-}
-
-/// An integer header value as py-amqp writes one: 32-bit when it fits.
-fn integer_value(n: i64) -> HeaderValue {
-    i32::try_from(n).map_or(HeaderValue::LongLongInt(n), HeaderValue::LongInt)
 }
 
 /// Writes the task message for `call`.
@@ -256,20 +251,15 @@ impl<'a> HeaderReader<'a> {
             name,
             expected: "UTF-8 text",
         };
-        match self.value(name) {
-            None => Ok(None),
-            Some(HeaderValue::LongString(text)) => std::str::from_utf8(text.as_bytes())
-                .map(Some)
-                .map_err(|_| wrong()),
-            Some(HeaderValue::ShortString(text)) => Ok(Some(text.as_str())),
-            Some(_) => Err(wrong()),
-        }
+        self.value(name)
+            .map(|value| as_text(value).ok_or_else(wrong))
+            .transpose()
     }
 
     fn count(&self, name: &'static str) -> Result<u32, DecodeError> {
         match self.value(name) {
             None => Ok(0),
-            Some(value) => integer(value)
+            Some(value) => as_integer(value)
                 .and_then(|n| u64::try_from(n).ok())
                 .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
                 .ok_or(DecodeError::Header {
@@ -309,7 +299,7 @@ impl<'a> HeaderReader<'a> {
         };
         let seconds = |value: &HeaderValue| match value {
             HeaderValue::Void => Ok(None),
-            other => number(other).map(Some).ok_or_else(wrong),
+            other => as_number(other).map(Some).ok_or_else(wrong),
         };
         match self.value(NAME) {
             None => Ok((None, None)),
@@ -319,28 +309,6 @@ impl<'a> HeaderReader<'a> {
             },
             Some(_) => Err(wrong()),
         }
-    }
-}
-
-fn integer(value: &HeaderValue) -> Option<i64> {
-    Some(match *value {
-        HeaderValue::ShortShortInt(n) => i64::from(n),
-        HeaderValue::ShortShortUInt(n) => i64::from(n),
-        HeaderValue::ShortInt(n) => i64::from(n),
-        HeaderValue::ShortUInt(n) => i64::from(n),
-        HeaderValue::LongInt(n) => i64::from(n),
-        HeaderValue::LongUInt(n) => i64::from(n),
-        HeaderValue::LongLongInt(n) => n,
-        _ => return None,
-    })
-}
-
-fn number(value: &HeaderValue) -> Option<f64> {
-    match *value {
-        HeaderValue::Float(f) => Some(f64::from(f)),
-        HeaderValue::Double(f) => Some(f),
-        HeaderValue::DecimalValue(d) => Some(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
-        ref other => integer(other).map(|n| n as f64),
     }
 }
 

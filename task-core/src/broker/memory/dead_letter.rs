@@ -5,7 +5,7 @@
 
 use lapin::types::{FieldArray, FieldTable};
 
-use crate::broker::headers::text_value;
+use crate::broker::headers::{as_integer, as_text, text_value};
 use crate::broker::{HeaderValue, Headers};
 
 /// Adds this death to a message's `x-death` headers as RabbitMQ does (the
@@ -35,11 +35,7 @@ pub(super) fn record_death(
         .position(|d| field(d, "queue") == Some(queue) && field(d, "reason") == Some(reason));
     let count = previous
         .map(|i| deaths.remove(i))
-        .and_then(|d| match d.inner().get("count") {
-            Some(HeaderValue::LongLongInt(n)) => Some(*n),
-            Some(HeaderValue::LongInt(n)) => Some(i64::from(*n)),
-            _ => None,
-        })
+        .and_then(|d| d.inner().get("count").and_then(as_integer))
         .unwrap_or(0)
         + 1;
     let mut death = FieldTable::default();
@@ -90,11 +86,7 @@ pub(super) fn record_death(
 
 /// A text field of one `x-death` entry.
 fn field<'a>(death: &'a FieldTable, key: &str) -> Option<&'a str> {
-    match death.inner().get(key)? {
-        HeaderValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
-        HeaderValue::ShortString(text) => Some(text.as_str()),
-        _ => None,
-    }
+    death.inner().get(key).and_then(as_text)
 }
 
 fn unix_seconds() -> u64 {
