@@ -10,5 +10,5 @@
 use task_examples as _;
 
 fn main() -> std::process::ExitCode {
-    task_worker::cli::main()
+    task_worker::cli::main_for(task_worker::binary_info!())
 }

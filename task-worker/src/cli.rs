@@ -1,29 +1,38 @@
-//! The worker's command line (`-Q`, `-c`, `--prefetch`, `--broker`), for the
-//! binaries that link a set of tasks and call [`main`].
+//! The worker's command line, for the binaries that link a set of tasks and
+//! call [`main`] (or [`main_for`] with [`binary_info!`](crate::binary_info)):
+//! running a worker (`-Q`, `-c`, `--prefetch`, `--broker`, ...) and reading
+//! or replaying its dead-letter queues (`dead-letters list|show|replay|discard`).
 
+use std::io::Write;
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use task_core::{Registry, DEFAULT_BROKER_URL};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use task_core::broker::DeadLetterRetention;
+use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
+use crate::dead_letters::{DeadLetter, DeadLetterQueue, Selection};
+use crate::logging::{self, LogFilter, LogFormat};
 use crate::{shutdown, Worker};
 
 /// Runs registered tasks from RabbitMQ queues.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(about)]
 pub struct WorkerArgs {
     /// Broker URL.
-    #[arg(long, env = "BROKER_URL", default_value = DEFAULT_BROKER_URL, hide_env_values = true)]
+    #[arg(long, env = "BROKER_URL", default_value = DEFAULT_BROKER_URL, hide_env_values = true, global = true)]
     pub broker: String,
-    /// Queues to consume, comma-separated.
-    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+    /// Queues to consume, comma-separated (default: `celery` and every queue
+    /// a registered task names).
+    #[arg(short = 'Q', long, value_delimiter = ',')]
     pub queues: Vec<String>,
-    /// Tasks run at once (default: number of CPUs).
+    /// Tasks run at once, at least 1 (default: number of CPUs).
     #[arg(short = 'c', long)]
-    pub concurrency: Option<usize>,
-    /// Unacknowledged messages the broker may send ahead (default: 4 × concurrency).
-    #[arg(long)]
+    pub concurrency: Option<NonZeroUsize>,
+    /// Unacknowledged messages the broker may send ahead, at least 1
+    /// (default: 4 × concurrency).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
     /// Seconds running tasks get to finish after SIGTERM / Ctrl-C.
     #[arg(long, default_value_t = 30.0)]
@@ -36,16 +45,118 @@ pub struct WorkerArgs {
     /// `consumer_timeout` (30 min by default).
     #[arg(long, default_value_t = crate::worker::DEFAULT_ACK_TIMEOUT.as_secs())]
     pub ack_timeout: u64,
-    /// Log filter (`info`, `debug`, `task_worker=debug`, ...); `RUST_LOG` wins if set.
-    #[arg(short = 'l', long, default_value = "info")]
-    pub loglevel: String,
-    /// Print the registered tasks and exit.
+    /// Most messages a dead-letter queue keeps (the oldest go first); 0: no limit.
+    #[arg(long, default_value_t = 10_000)]
+    pub dead_letter_max_messages: u32,
+    /// Most body bytes a dead-letter queue keeps; 0: no limit.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub dead_letter_max_bytes: u64,
+    /// Days a dead-lettered message is kept (at most 49); 0: no limit.
+    #[arg(long, default_value_t = 14.0)]
+    pub dead_letter_max_age_days: f64,
+    /// Log level as Celery spells it (`DEBUG`, `INFO`, `WARNING`, `ERROR`,
+    /// `CRITICAL`, any case) or tracing directives (`info,task_worker=debug`);
+    /// `RUST_LOG` wins if set.
+    #[arg(short = 'l', long, default_value = "info", global = true)]
+    pub loglevel: LogFilter,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Print the registered tasks (name and default queue) and exit.
     #[arg(long)]
     pub list_tasks: bool,
+    /// Instead of running a worker: another command.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
-/// Parses the command line, runs a worker until SIGTERM / Ctrl-C and
-/// returns the process's exit code. A worker binary is:
+/// Commands other than running the worker.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Inspect and replay the messages workers could not process.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+/// `dead-letters ...`: the dead-letter queue of one task queue.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead-lettered messages, oldest first: task id, task, when, why.
+    List(DeadLetterTarget),
+    /// Print one dead-lettered message whole: headers and body.
+    Show {
+        #[command(flatten)]
+        target: DeadLetterTarget,
+        /// The task id of the message.
+        task_id: String,
+    },
+    /// Publish messages back to the queue they came from, as they were
+    /// before they were dead-lettered; each leaves the dead-letter queue
+    /// once its copy is confirmed.
+    Replay {
+        #[command(flatten)]
+        target: DeadLetterTarget,
+        /// Task ids to replay.
+        #[arg(required_unless_present = "all")]
+        task_ids: Vec<String>,
+        /// Replay every message (up to `--limit`).
+        #[arg(long, conflicts_with = "task_ids")]
+        all: bool,
+    },
+    /// Remove messages for good.
+    Discard {
+        #[command(flatten)]
+        target: DeadLetterTarget,
+        /// Task ids to remove.
+        #[arg(required_unless_present = "all")]
+        task_ids: Vec<String>,
+        /// Remove every message (up to `--limit`).
+        #[arg(long, conflicts_with = "task_ids")]
+        all: bool,
+    },
+}
+
+/// Which dead-letter queue, and how many of its messages to look at.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterTarget {
+    /// The task queue whose dead-letter queue (`<queue>.dead_letter`) to use.
+    #[arg(short = 'Q', long, default_value = "celery")]
+    pub queue: String,
+    /// Look at no more than this many messages (oldest first).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// Names the worker binary in `--version` and its startup log line: make
+/// one with [`binary_info!`](crate::binary_info) in the binary's own crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinaryInfo {
+    /// The binary's package name.
+    pub name: &'static str,
+    /// The binary's package version.
+    pub version: &'static str,
+}
+
+/// The [`BinaryInfo`] of the crate this is written in (its
+/// `CARGO_PKG_NAME` and `CARGO_PKG_VERSION`):
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     task_worker::cli::main_for(task_worker::binary_info!())
+/// }
+/// ```
+#[macro_export]
+macro_rules! binary_info {
+    () => {
+        $crate::cli::BinaryInfo {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    };
+}
+
+/// [`main_for`], naming the binary by its file name (its version unknown).
+/// A worker binary is:
 ///
 /// ```no_run
 /// // Link the crate (or module) that defines your #[task]s, then:
@@ -54,19 +165,56 @@ pub struct WorkerArgs {
 /// }
 /// ```
 pub fn main() -> ExitCode {
-    let args = WorkerArgs::parse();
-    init_logging(&args.loglevel);
+    let name = std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name)
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "worker".to_owned());
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    main_for(BinaryInfo {
+        name,
+        version: "(version unknown)",
+    })
+}
+
+/// Parses the command line, runs a worker until SIGTERM / Ctrl-C (or the
+/// command given) and returns the process's exit code. `binary` names the
+/// binary in `--version` and in the startup log line.
+pub fn main_for(binary: BinaryInfo) -> ExitCode {
+    let version: &'static str = Box::leak(
+        format!(
+            "{} (task-worker {})",
+            binary.version,
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_boxed_str(),
+    );
+    let command = WorkerArgs::command().name(binary.name).version(version);
+    let args = match WorkerArgs::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
+    logging::init(&args.loglevel, args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("cannot start the tokio runtime: {error}");
+            tracing::error!("cannot start the tokio runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    tracing::debug!(binary = binary.name, version, "starting");
+    let outcome = runtime.block_on(async {
+        match args.command.clone() {
+            Some(Command::DeadLetters(command)) => dead_letters(&args.broker, command).await,
+            None => run(args).await.map_err(|error| error.to_string()),
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -78,19 +226,37 @@ pub fn main() -> ExitCode {
 /// Runs a worker configured by `args` until a shutdown signal.
 pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     if args.list_tasks {
-        for name in Registry::global()?.names() {
-            println!("{name}");
+        let registry = Registry::global()?;
+        let mut out = std::io::stdout().lock();
+        for name in registry.names() {
+            let queue = registry.get(name).and_then(|task| task.options.queue);
+            // A closed stdout (`| head`) ends the listing, not the process.
+            let written = match queue {
+                Some(queue) => writeln!(out, "{name}\tqueue={queue}"),
+                None => writeln!(out, "{name}"),
+            };
+            if written.is_err() {
+                break;
+            }
         }
         return Ok(());
     }
+    let limit = |n: u64| (n > 0).then_some(n);
+    let max_age_ms = (args.dead_letter_max_age_days.max(0.0) * 86_400_000.0) as u64;
+    let retention = DeadLetterRetention {
+        max_messages: (args.dead_letter_max_messages > 0).then_some(args.dead_letter_max_messages),
+        max_bytes: limit(args.dead_letter_max_bytes),
+        max_age: limit(max_age_ms).map(Duration::from_millis),
+    };
     let mut builder = Worker::builder()
         .broker_url(args.broker)
         .queues(args.queues)
         .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout.max(0.0)))
         .max_message_size(args.max_message_size)
-        .ack_timeout((args.ack_timeout > 0).then(|| Duration::from_secs(args.ack_timeout)));
+        .ack_timeout((args.ack_timeout > 0).then(|| Duration::from_secs(args.ack_timeout)))
+        .dead_letter_retention(retention);
     if let Some(concurrency) = args.concurrency {
-        builder = builder.concurrency(concurrency);
+        builder = builder.concurrency(concurrency.get());
     }
     if let Some(prefetch) = args.prefetch {
         builder = builder.prefetch(prefetch);
@@ -100,21 +266,174 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     worker.run().await
 }
 
-/// lapin logs every message the broker returns (a result whose caller's
-/// reply queue is gone) at WARN with its whole body; the executor already
-/// logs that case once, at DEBUG, without the body. `RUST_LOG` or a
-/// `--loglevel` that names `lapin` itself overrides this.
-const QUIET_RETURNS: &str = "lapin::returned_messages=error";
+/// Runs a `dead-letters` command; its output goes to stdout.
+async fn dead_letters(broker: &str, command: DeadLetterCommand) -> Result<(), String> {
+    let app = App::builder()
+        .broker_url(broker)
+        .set_as_default(false)
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    let outcome = run_dead_letters(&app, command).await;
+    let _ = app.close().await;
+    outcome
+}
 
-fn init_logging(level: &str) {
-    let with_quiet_returns = if level.contains("lapin") {
-        level.to_owned()
-    } else {
-        format!("{level},{QUIET_RETURNS}")
+async fn run_dead_letters(app: &App, command: DeadLetterCommand) -> Result<(), String> {
+    let selection = |task_ids: Vec<String>, all: bool| {
+        if all {
+            Selection::All
+        } else {
+            Selection::TaskIds(task_ids)
+        }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(with_quiet_returns))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_RETURNS}")));
-    // A second initialisation (tests calling main twice) is harmless.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let mut out = std::io::stdout().lock();
+    match command {
+        DeadLetterCommand::List(target) => {
+            let queue = DeadLetterQueue::of(app, &target.queue);
+            let letters = queue.list(target.limit).await.map_err(|e| e.to_string())?;
+            let _ = writeln!(out, "{} message(s) in {}", letters.len(), queue.name());
+            for letter in &letters {
+                let _ = writeln!(out, "{}", summary(letter));
+            }
+        }
+        DeadLetterCommand::Show { target, task_id } => {
+            let queue = DeadLetterQueue::of(app, &target.queue);
+            let letters = queue.list(target.limit).await.map_err(|e| e.to_string())?;
+            let letter = letters
+                .iter()
+                .find(|letter| letter.task_id.as_deref() == Some(task_id.as_str()))
+                .ok_or_else(|| {
+                    format!(
+                        "no message of task id `{task_id}` among the first {} in {}",
+                        target.limit,
+                        queue.name()
+                    )
+                })?;
+            let properties = &letter.message.properties;
+            let headers = serde_json::Value::Object(properties.headers.to_json());
+            let _ = writeln!(out, "{}", summary(letter));
+            let _ = writeln!(
+                out,
+                "content_type: {}\nreply_to: {}\nheaders: {}\nbody ({} bytes):\n{}",
+                properties.content_type.as_deref().unwrap_or("-"),
+                properties.reply_to.as_deref().unwrap_or("-"),
+                serde_json::to_string_pretty(&headers).unwrap_or_default(),
+                letter.message.body.len(),
+                String::from_utf8_lossy(&letter.message.body)
+            );
+        }
+        DeadLetterCommand::Replay {
+            target,
+            task_ids,
+            all,
+        } => {
+            let queue = DeadLetterQueue::of(app, &target.queue);
+            let settled = queue
+                .replay(&selection(task_ids, all), target.limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(
+                out,
+                "replayed {} message(s); {} left in {}",
+                settled.done,
+                settled.kept,
+                queue.name()
+            );
+        }
+        DeadLetterCommand::Discard {
+            target,
+            task_ids,
+            all,
+        } => {
+            let queue = DeadLetterQueue::of(app, &target.queue);
+            let settled = queue
+                .discard(&selection(task_ids, all), target.limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(
+                out,
+                "discarded {} message(s); {} left in {}",
+                settled.done,
+                settled.kept,
+                queue.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One line about a dead letter: id, task, origin, when, size, why.
+fn summary(letter: &DeadLetter) -> String {
+    format!(
+        "{}\t{}\tfrom={}\tat={}\tbytes={}\treason={}",
+        letter.task_id.as_deref().unwrap_or("?"),
+        letter.task.as_deref().unwrap_or("?"),
+        letter.origin_queue,
+        letter.dead_lettered_at.as_deref().unwrap_or("?"),
+        letter.message.body.len(),
+        letter.reason.as_deref().unwrap_or("?"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<WorkerArgs, clap::Error> {
+        WorkerArgs::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn zero_concurrency_and_zero_prefetch_are_refused() {
+        for args in [&["-c", "0"][..], &["--prefetch", "0"]] {
+            let error = parse(args).expect_err("refused");
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        }
+        let args = parse(&["-c", "3", "--prefetch", "1"]).unwrap();
+        assert_eq!(args.concurrency.map(NonZeroUsize::get), Some(3));
+        assert_eq!(args.prefetch, Some(1));
+    }
+
+    #[test]
+    fn celery_log_levels_parse_and_unknown_ones_are_refused() {
+        assert_eq!(
+            parse(&["-l", "WARNING"]).unwrap().loglevel.to_string(),
+            "warn"
+        );
+        let error = parse(&["-l", "verbose"]).expect_err("refused");
+        assert!(
+            error.to_string().contains("unknown log level `verbose`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn no_queue_option_leaves_the_choice_to_the_builder() {
+        assert!(parse(&[]).unwrap().queues.is_empty());
+        assert_eq!(parse(&["-Q", "a,b"]).unwrap().queues, ["a", "b"]);
+    }
+
+    #[test]
+    fn dead_letter_commands_parse() {
+        let args = parse(&["dead-letters", "replay", "-Q", "orders", "id-1", "id-2"]).unwrap();
+        match args.command {
+            Some(Command::DeadLetters(DeadLetterCommand::Replay {
+                target,
+                task_ids,
+                all,
+            })) => {
+                assert_eq!(target.queue, "orders");
+                assert_eq!(task_ids, ["id-1", "id-2"]);
+                assert!(!all);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["dead-letters", "replay"]).is_err(),
+            "ids or --all required"
+        );
+        assert!(parse(&["dead-letters", "discard", "--all", "x"]).is_err());
+        assert!(parse(&["--broker", "memory://", "dead-letters", "list"]).is_ok());
+    }
 }

@@ -8,18 +8,22 @@
 //! callers, when known, still get a FAILURE.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use task_core::broker::headers::integer_value;
-use task_core::broker::{dead_letter_headers, BrokerError, Delivery, Message, QueueSpec};
+use task_core::broker::{
+    dead_letter_headers, BrokerError, DeadLetterRetention, Delivery, Message, QueueSpec,
+};
 use task_core::protocol::result_message::{self, ExceptionInfo, TaskState};
 use task_core::protocol::task_message::{decode_task, PartialRequest, TaskRequest};
 use task_core::protocol::{format_time, process_name};
 use task_core::{App, Registry, TaskArgs, TaskContext, TaskError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::logging::Throttle;
 use crate::rate_limiter::RateLimiter;
 
 /// What the executor needs from its worker.
@@ -31,6 +35,58 @@ pub(crate) struct Executor {
     pub(crate) max_message_size: usize,
     /// Rate limiters of the rate-limited tasks, by task name.
     pub(crate) rate_limiters: Arc<HashMap<&'static str, RateLimiter>>,
+    /// How much the dead-letter queues keep.
+    pub(crate) dead_letter_retention: DeadLetterRetention,
+    /// Spaces out messages returned to their queue after a failure.
+    pub(crate) requeue_backoff: Arc<RequeueBackoff>,
+    /// Warnings that could repeat for every message.
+    pub(crate) warnings: Arc<Warnings>,
+}
+
+/// Warnings that a stream of messages could repeat: at most one line per
+/// kind every ten seconds, with a count of the ones held back.
+#[derive(Debug)]
+pub(crate) struct Warnings {
+    dropped_result: Throttle,
+    dead_letter_settings: Throttle,
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        let every = Duration::from_secs(10);
+        Self {
+            dropped_result: Throttle::new(every),
+            dead_letter_settings: Throttle::new(every),
+        }
+    }
+}
+
+/// How long to hold a message before returning it to its queue after the
+/// worker failed to settle it otherwise (could not dead-letter it or publish
+/// its retry): the broker would hand it straight back, and a tight loop of
+/// redeliveries helps nobody. Doubles with each consecutive failure, from
+/// 100 ms to 30 s; any success resets it.
+#[derive(Debug, Default)]
+pub(crate) struct RequeueBackoff {
+    consecutive_failures: AtomicU32,
+}
+
+impl RequeueBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// Counts a failure and returns how long to wait before requeueing.
+    pub(crate) fn failed(&self) -> Duration {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        Self::FIRST
+            .saturating_mul(1u32 << failures.min(16))
+            .min(Self::MAX)
+    }
+
+    /// A message was settled as intended: the next failure starts over.
+    pub(crate) fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
 }
 
 /// A task whose ETA is less than this far away waits in the worker; a later
@@ -114,7 +170,7 @@ impl Executor {
     /// the queue's dead-letter queue, then acks the original. If the copy
     /// cannot be published, the original goes back to its queue.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
-        let spec = QueueSpec::dead_letter_queue(&delivery.queue);
+        let spec = QueueSpec::dead_letter_queue_with(&delivery.queue, &self.dead_letter_retention);
         let mut copy = delivery.message.clone();
         copy.properties.persistent = true;
         let headers = &mut copy.properties.headers;
@@ -122,17 +178,42 @@ impl Executor {
         headers.insert_str(dead_letter_headers::QUEUE, &delivery.queue);
         headers.insert_str(dead_letter_headers::AT, &format_time(Utc::now()));
         headers.insert_str(dead_letter_headers::WORKER, process_name());
-        let published = match self.app.ensure_declared(&spec).await {
+        let declared = match self.app.ensure_declared(&spec).await {
+            // Declared before with other settings (by an earlier version, or
+            // with other retention): use it as it is.
+            Err(error) if error.is_precondition_failed() => {
+                if let Some(suppressed) = self.warnings.dead_letter_settings.allow() {
+                    tracing::warn!(queue = %spec.name, %error, suppressed,
+                        "the dead-letter queue exists with other settings; using it as it is \
+                         (its retention limits are not applied: delete it once empty to apply them)");
+                }
+                Ok(())
+            }
+            other => other,
+        };
+        let published = match declared {
             Ok(()) => self.app.broker().publish("", &spec.name, &copy).await,
             Err(error) => Err(error),
         };
         match published {
-            Ok(()) => delivery.acker.ack().await,
+            Ok(()) => {
+                self.requeue_backoff.succeeded();
+                delivery.acker.ack().await
+            }
             Err(error) => {
-                tracing::error!(%error, queue = %spec.name, "could not dead-letter a message; returning it to its queue");
-                delivery.acker.reject(true).await
+                let wait = self.requeue_backoff.failed();
+                tracing::error!(%error, queue = %spec.name, ?wait,
+                    "could not dead-letter a message; returning it to its queue after a pause");
+                self.requeue_later(delivery, wait).await
             }
         }
+    }
+
+    /// Returns a delivery to its queue after `wait`, holding it meanwhile so
+    /// that the broker does not hand it straight back.
+    async fn requeue_later(&self, delivery: &Delivery, wait: Duration) -> Result<(), BrokerError> {
+        tokio::time::sleep(wait).await;
+        delivery.acker.reject(true).await
     }
 
     async fn handle_request(
@@ -156,6 +237,37 @@ impl Executor {
             .reply_to
             .as_deref()
             .filter(|_| !request.ignore_result());
+
+        // Canvas is not implemented yet: running the task and dropping the
+        // rest of the workflow would lose work in silence. Keep the message
+        // (dead-lettered, so it can be replayed later) and tell the caller.
+        let canvas = request.canvas_parts();
+        if !canvas.is_empty() {
+            let parts = canvas.join(", ");
+            tracing::warn!(task_id = %request.id, task = %request.name, %parts,
+                "this worker cannot run canvas (chain, group callbacks, chord) yet: \
+                 not running the task, dead-lettering it");
+            let reason = format!(
+                "this Rust worker does not run canvas yet: the message carries {parts}; \
+                 the task was not run and was moved to the queue's dead-letter queue"
+            );
+            // As Celery fails a chain: this task and every remaining step,
+            // so that whoever waits on the chain's last id hears of it.
+            let failure = TaskError::new("NotImplementedError", reason.clone());
+            let steps = request
+                .chain_step_ids()
+                .into_iter()
+                .map(|(id, reply_to)| (id, reply_to.or_else(|| request.reply_to.clone())));
+            for (id, reply_to) in
+                std::iter::once((request.id.clone(), request.reply_to.clone())).chain(steps)
+            {
+                if let Some(reply_to) = reply_to {
+                    self.publish_result(&reply_to, result_message::failure(&id, &failure))
+                        .await;
+                }
+            }
+            return Settle::DeadLetter(format!("NotImplementedError: {reason}"));
+        }
 
         if request.expires.is_some_and(|expires| expires <= Utc::now()) {
             tracing::warn!(task_id = %request.id, task = %request.name, "discarding an expired task");
@@ -276,14 +388,17 @@ impl Executor {
             broker.publish_delayed(&delivery.queue, &again, delay).await
         };
         if let Err(publish_error) = published {
-            tracing::error!(task_id = %request.id, %publish_error, "could not publish a retry; returning the task to its queue");
+            let wait = self.requeue_backoff.failed();
+            tracing::error!(task_id = %request.id, %publish_error, ?wait,
+                "could not publish a retry; returning the task to its queue after a pause");
             if matches!(settle, Settle::Ack) {
-                if let Err(error) = delivery.acker.reject(true).await {
+                if let Err(error) = self.requeue_later(delivery, wait).await {
                     tracing::warn!(%error, "could not requeue the task");
                 }
             }
             return Settle::AlreadyAcked;
         }
+        self.requeue_backoff.succeeded();
         tracing::warn!(task_id = %request.id, task = %request.name, retries, ?delay, %error, "task will be retried");
         if let Some(reply_to) = reply_to {
             let info = ExceptionInfo::from(error);
@@ -295,14 +410,41 @@ impl Executor {
     }
 
     /// Publishes a result to the caller's queue. A caller that is gone (its
-    /// queue no longer exists) is not an error: Celery drops such results too.
+    /// queue no longer exists) is not an error, Celery drops such results
+    /// too, but it is reported (at most once every ten seconds).
     async fn publish_result(&self, reply_to: &str, message: Message) {
         match self.app.broker().publish_reply(reply_to, &message).await {
             Ok(()) => {}
             Err(BrokerError::Unroutable { .. }) => {
-                tracing::debug!(%reply_to, "result dropped: the caller's reply queue is gone");
+                if let Some(suppressed) = self.warnings.dropped_result.allow() {
+                    let task_id = message.properties.correlation_id.as_deref().unwrap_or("?");
+                    tracing::warn!(%task_id, %reply_to, suppressed,
+                        "result dropped: the caller's reply queue no longer exists \
+                         (the caller is gone or its reply queue expired)");
+                }
             }
             Err(error) => tracing::error!(%reply_to, %error, "could not publish a result"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_backoff_doubles_up_to_its_cap_and_resets_on_success() {
+        let backoff = RequeueBackoff::default();
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.failed()).collect();
+        assert_eq!(waits[0], Duration::from_millis(100));
+        assert_eq!(waits[1], Duration::from_millis(200));
+        assert_eq!(waits[4], Duration::from_millis(1600));
+        assert!(waits.windows(2).all(|pair| pair[0] <= pair[1]), "{waits:?}");
+        assert_eq!(waits[11], RequeueBackoff::MAX);
+        for _ in 0..100 {
+            assert_eq!(backoff.failed(), RequeueBackoff::MAX, "no overflow");
+        }
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Duration::from_millis(100));
     }
 }

@@ -7,7 +7,9 @@
 //! its tasks (see ARCHITECTURE.md).
 
 pub mod cli;
+pub mod dead_letters;
 mod executor;
+pub mod logging;
 mod rate_limiter;
 pub mod shutdown;
 mod worker;

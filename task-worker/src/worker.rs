@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use task_core::broker::{BrokerError, ConsumeOptions};
+use task_core::broker::{check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention};
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::executor::{Executor, Slot};
+use crate::executor::{Executor, RequeueBackoff, Slot, Warnings};
 use crate::rate_limiter;
 
 /// Why a worker could not start or stopped early.
@@ -31,6 +31,24 @@ pub enum WorkerError {
     /// The worker was given no queue to consume.
     #[error("the worker has no queue to consume")]
     NoQueues,
+    /// A queue cannot be a task queue: its name, or a name derived from it
+    /// (its dead-letter queue, its delayed-delivery routing key), is too
+    /// long for AMQP.
+    #[error("queue `{queue}` cannot be consumed: {source}")]
+    InvalidQueue {
+        /// The queue given.
+        queue: String,
+        /// What does not fit.
+        source: BrokerError,
+    },
+    /// A setting is out of range.
+    #[error("invalid worker setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting (`concurrency`, `prefetch`).
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Configures a [`Worker`].
@@ -44,6 +62,7 @@ pub struct WorkerBuilder {
     shutdown_timeout: Duration,
     max_message_size: usize,
     ack_timeout: Option<Duration>,
+    dead_letter_retention: DeadLetterRetention,
 }
 
 /// How long a task may keep its message unacknowledged by default: a day,
@@ -65,6 +84,7 @@ impl Default for WorkerBuilder {
             shutdown_timeout: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
+            dead_letter_retention: DeadLetterRetention::default(),
         }
     }
 }
@@ -82,7 +102,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Consume these queues (default: the app's default queue, `celery`).
+    /// Consume these queues (default: the app's default queue, `celery`,
+    /// and every queue a registered task names as its default, as
+    /// `#[task(queue = "...")]`).
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -93,13 +115,16 @@ impl WorkerBuilder {
     }
 
     /// Run at most this many tasks at once (default: the number of CPUs).
+    /// Zero is refused by [`WorkerBuilder::build`].
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
+        self.concurrency = concurrency;
         self
     }
 
     /// Let the broker send this many unacknowledged messages ahead (default:
-    /// four per concurrency slot, as Celery's prefetch multiplier).
+    /// four per concurrency slot, as Celery's prefetch multiplier). Zero,
+    /// which AMQP reads as "no limit" (the broker would push the whole queue
+    /// into the worker), is refused by [`WorkerBuilder::build`].
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Some(prefetch);
         self
@@ -126,9 +151,39 @@ impl WorkerBuilder {
         self
     }
 
-    /// Connects, checks the task registry and declares the queues.
+    /// How much the dead-letter queues of this worker's queues keep (default
+    /// [`DeadLetterRetention::default`]: 10,000 messages, 1 GiB, 14 days).
+    pub fn dead_letter_retention(mut self, retention: DeadLetterRetention) -> Self {
+        self.dead_letter_retention = retention;
+        self
+    }
+
+    /// Connects, checks the settings, the task registry and the queue names,
+    /// and declares the queues.
     pub async fn build(self) -> Result<Worker, WorkerError> {
+        if self.concurrency == 0 {
+            return Err(WorkerError::InvalidSetting {
+                setting: "concurrency",
+                reason: "must be at least 1",
+            });
+        }
+        if self.prefetch == Some(0) {
+            return Err(WorkerError::InvalidSetting {
+                setting: "prefetch",
+                reason: "must be at least 1 (0 would mean no limit: the broker would push \
+                         the whole queue into this worker)",
+            });
+        }
         let registry = Registry::global()?;
+        let mut queues = self.queues;
+        queues.retain(|queue| !queue.is_empty());
+        for queue in &queues {
+            check_task_queue_name(queue).map_err(|source| WorkerError::InvalidQueue {
+                queue: queue.clone(),
+                source,
+            })?;
+        }
+        let explicit_queues = !queues.is_empty();
         let app = match self.app {
             Some(app) => app,
             None => {
@@ -140,14 +195,19 @@ impl WorkerBuilder {
                 builder.connect().await?
             }
         };
-        let queues = if self.queues.is_empty() {
-            vec![app.default_queue().to_owned()]
-        } else {
-            self.queues
-        };
-        if queues.iter().all(|q| q.is_empty()) {
+        if !explicit_queues {
+            queues = default_queues(app.default_queue(), registry);
+            for queue in &queues {
+                check_task_queue_name(queue).map_err(|source| WorkerError::InvalidQueue {
+                    queue: queue.clone(),
+                    source,
+                })?;
+            }
+        }
+        if queues.is_empty() {
             return Err(WorkerError::NoQueues);
         }
+        warn_about_unreachable_tasks(registry, &queues);
         for queue in &queues {
             app.ensure_queue(queue).await?;
         }
@@ -163,8 +223,53 @@ impl WorkerBuilder {
             shutdown_timeout: self.shutdown_timeout,
             max_message_size: self.max_message_size,
             ack_timeout: self.ack_timeout,
+            dead_letter_retention: self.dead_letter_retention,
             shutdown: CancellationToken::new(),
         })
+    }
+}
+
+/// The queues a worker consumes when it is not told: the app's default
+/// queue and each queue a registered task names, in name order.
+fn default_queues(default_queue: &str, registry: &Registry) -> Vec<String> {
+    let mut queues = vec![default_queue.to_owned()];
+    for name in registry.names() {
+        if let Some(queue) = registry.get(name).and_then(|task| task.options.queue) {
+            if !queues.iter().any(|known| known == queue) {
+                queues.push(queue.to_owned());
+            }
+        }
+    }
+    queues
+}
+
+/// Warns about what would otherwise fail in silence: a worker with no task
+/// at all (its binary does not link the crate that defines them), and tasks
+/// whose default queue this worker does not consume (their callers would
+/// wait for a result that no worker here produces).
+fn warn_about_unreachable_tasks(registry: &Registry, queues: &[String]) {
+    if registry.is_empty() {
+        tracing::warn!(
+            "no task is registered in this worker binary: every message will fail with \
+             NotRegistered; link the crate that defines the tasks (`use my_tasks as _;`)"
+        );
+        return;
+    }
+    let unconsumed: Vec<String> = registry
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let queue = registry.get(name)?.options.queue?;
+            (!queues.iter().any(|consumed| consumed == queue)).then(|| format!("{name} → {queue}"))
+        })
+        .collect();
+    if !unconsumed.is_empty() {
+        tracing::warn!(
+            tasks = ?unconsumed,
+            consumed = ?queues,
+            "these tasks are sent to queues this worker does not consume; add them with -Q \
+             (or leave -Q out to consume every queue the tasks name)"
+        );
     }
 }
 
@@ -196,6 +301,7 @@ pub struct Worker {
     shutdown_timeout: Duration,
     max_message_size: usize,
     ack_timeout: Option<Duration>,
+    dead_letter_retention: DeadLetterRetention,
     shutdown: CancellationToken,
 }
 
@@ -238,6 +344,9 @@ impl Worker {
             registry: self.registry,
             max_message_size: self.max_message_size,
             rate_limiters: Arc::new(rate_limiter::limiters(self.registry)),
+            dead_letter_retention: self.dead_letter_retention,
+            requeue_backoff: Arc::new(RequeueBackoff::default()),
+            warnings: Arc::new(Warnings::default()),
         };
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let running = TaskTracker::new();
@@ -316,5 +425,68 @@ impl Worker {
     async fn consume(&self) -> Result<task_core::broker::Consumer, BrokerError> {
         let options = ConsumeOptions::manual_ack(self.prefetch).with_ack_timeout(self.ack_timeout);
         self.app.broker().consume(&self.queues, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::BoxFuture;
+    use task_core::registry::{TaskOutcome, TaskRegistration};
+    use task_core::{TaskArgs, TaskOptions};
+    use tracing_subscriber::EnvFilter;
+
+    use super::*;
+    use crate::logging::capture;
+
+    fn never_run(_: TaskArgs) -> BoxFuture<'static, TaskOutcome> {
+        Box::pin(async { unreachable!("not run in these tests") })
+    }
+
+    static PLAIN: TaskRegistration = TaskRegistration {
+        name: "tests.plain",
+        params: &[],
+        options: TaskOptions::DEFAULT,
+        handler: never_run,
+    };
+    static ORDERS: TaskRegistration = TaskRegistration {
+        name: "tests.orders",
+        params: &[],
+        options: TaskOptions::DEFAULT.with_queue("orders"),
+        handler: never_run,
+    };
+
+    fn registry(tasks: &[&'static TaskRegistration]) -> Registry {
+        Registry::from_registrations(tasks.iter().copied()).unwrap()
+    }
+
+    fn warnings(registry: &Registry, queues: &[&str]) -> String {
+        let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
+        capture(EnvFilter::new("warn"), || {
+            warn_about_unreachable_tasks(registry, &queues);
+        })
+    }
+
+    #[test]
+    fn without_queues_a_worker_consumes_the_default_and_every_task_queue() {
+        let queues = default_queues("celery", &registry(&[&PLAIN, &ORDERS]));
+        assert_eq!(queues, ["celery", "orders"]);
+        assert_eq!(default_queues("orders", &registry(&[&ORDERS])), ["orders"]);
+    }
+
+    #[test]
+    fn a_worker_without_tasks_says_so() {
+        let logged = warnings(&registry(&[]), &["celery"]);
+        assert!(logged.contains("no task is registered"), "{logged}");
+    }
+
+    #[test]
+    fn a_task_whose_queue_is_not_consumed_is_named() {
+        let logged = warnings(&registry(&[&PLAIN, &ORDERS]), &["celery"]);
+        assert!(logged.contains("tests.orders → orders"), "{logged}");
+        assert!(!logged.contains("tests.plain"), "{logged}");
+        assert_eq!(
+            warnings(&registry(&[&PLAIN, &ORDERS]), &["celery", "orders"]),
+            ""
+        );
     }
 }

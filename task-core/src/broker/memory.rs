@@ -15,7 +15,9 @@
 //!   consumer requeues every message it has not settled;
 //! - queue arguments `x-max-priority`, `x-message-ttl`,
 //!   `x-dead-letter-exchange` and `x-dead-letter-routing-key`, and per-message
-//!   `expiration`, are honoured; dead-lettered messages carry RabbitMQ's
+//!   `expiration`, are honoured, as are `x-max-length` and `x-max-length-bytes`
+//!   with `x-overflow` `drop-head` (the oldest ready messages are dropped;
+//!   dropped, not dead-lettered); dead-lettered messages carry RabbitMQ's
 //!   `x-death` headers. `x-expires` is checked but not enforced; `exclusive`
 //!   is compared on re-declaration but not enforced.
 //!

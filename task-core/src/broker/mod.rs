@@ -61,6 +61,7 @@ pub enum BrokerError {
         preview: String,
     },
     /// The broker answered an operation with an error (e.g. PRECONDITION_FAILED).
+    /// (See [`BrokerError::is_precondition_failed`].)
     #[error("broker operation `{operation}` failed: {reason}")]
     Operation {
         /// The operation attempted.
@@ -68,6 +69,14 @@ pub enum BrokerError {
         /// The broker's or client's explanation.
         reason: String,
     },
+}
+
+impl BrokerError {
+    /// Whether the broker refused a declaration because the object exists
+    /// with other settings (AMQP's 406 `PRECONDITION_FAILED`).
+    pub fn is_precondition_failed(&self) -> bool {
+        matches!(self, BrokerError::Operation { reason, .. } if reason.contains("PRECONDITION_FAILED"))
+    }
 }
 
 /// AMQP-style message properties, in the framework's own terms.
@@ -150,6 +159,60 @@ pub(crate) fn check_queue_names<'a>(
 /// The suffix of a task queue's dead-letter queue.
 pub const DEAD_LETTER_SUFFIX: &str = ".dead_letter";
 
+/// The longest message TTL RabbitMQ accepts (`x-message-ttl`), in milliseconds.
+pub const MAX_MESSAGE_TTL_MS: u64 = u32::MAX as u64;
+
+/// Checks that `queue` can be a task queue: its name and every name derived
+/// from it (its dead-letter queue, the routing key that carries its delayed
+/// messages) fit in AMQP's 255 bytes. A worker refuses at start a queue that
+/// fails this, rather than finding out on the first message it cannot
+/// dead-letter or delay.
+pub fn check_task_queue_name(queue: &str) -> Result<(), BrokerError> {
+    check_short("queue name", queue)?;
+    check_short(
+        "dead-letter queue name",
+        &format!("{queue}{DEAD_LETTER_SUFFIX}"),
+    )?;
+    check_short(
+        "delayed-delivery routing key",
+        &delay_topology::routing_key(delay_topology::MAX_DELAY_MS, queue),
+    )
+}
+
+/// How much a dead-letter queue keeps. Beyond a limit the oldest messages
+/// are dropped, so a flood of poison messages cannot fill the broker's disk;
+/// `None` lifts a limit. Applied when the worker declares the queue: a queue
+/// that exists already with other settings keeps them (the worker warns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterRetention {
+    /// The most messages kept (default 10,000).
+    pub max_messages: Option<u32>,
+    /// The most body bytes kept (default 1 GiB).
+    pub max_bytes: Option<u64>,
+    /// How long a message is kept (default 14 days; RabbitMQ's limit is
+    /// about 49 days).
+    pub max_age: Option<Duration>,
+}
+
+impl Default for DeadLetterRetention {
+    fn default() -> Self {
+        Self {
+            max_messages: Some(10_000),
+            max_bytes: Some(1 << 30),
+            max_age: Some(Duration::from_secs(14 * 24 * 3600)),
+        }
+    }
+}
+
+impl DeadLetterRetention {
+    /// No limit at all: every dead-lettered message stays until removed.
+    pub const UNBOUNDED: DeadLetterRetention = DeadLetterRetention {
+        max_messages: None,
+        max_bytes: None,
+        max_age: None,
+    };
+}
+
 /// Headers a worker adds to a dead-lettered message.
 pub mod dead_letter_headers {
     /// Why the message could not be processed.
@@ -211,14 +274,37 @@ impl QueueSpec {
 
     /// Where a worker puts the messages of `queue` that it cannot process
     /// (malformed, oversized, unknown task): `<queue>.dead_letter`, durable,
-    /// no arguments.
+    /// keeping what the default [`DeadLetterRetention`] allows.
     pub fn dead_letter_queue(queue: &str) -> Self {
+        Self::dead_letter_queue_with(queue, &DeadLetterRetention::default())
+    }
+
+    /// [`QueueSpec::dead_letter_queue`] with its own retention: the limits
+    /// become the queue arguments `x-max-length`, `x-max-length-bytes` and
+    /// `x-message-ttl`, with `x-overflow` `drop-head` (the oldest go first).
+    pub fn dead_letter_queue_with(queue: &str, retention: &DeadLetterRetention) -> Self {
+        let mut arguments = Map::new();
+        if let Some(max) = retention.max_messages {
+            arguments.insert("x-max-length".into(), Value::from(max));
+        }
+        if let Some(max) = retention.max_bytes {
+            arguments.insert("x-max-length-bytes".into(), Value::from(max));
+        }
+        if let Some(age) = retention.max_age {
+            let ms = u64::try_from(age.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, MAX_MESSAGE_TTL_MS);
+            arguments.insert("x-message-ttl".into(), Value::from(ms));
+        }
+        if !arguments.is_empty() {
+            arguments.insert("x-overflow".into(), Value::from("drop-head"));
+        }
         Self {
             name: format!("{queue}{DEAD_LETTER_SUFFIX}"),
             durable: true,
             auto_delete: false,
             exclusive: false,
-            arguments: Map::new(),
+            arguments,
             bind_same_name_exchange: false,
         }
     }

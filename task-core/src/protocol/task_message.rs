@@ -211,6 +211,84 @@ impl TaskRequest {
     pub fn ignore_result(&self) -> bool {
         self.ignore_result
     }
+
+    /// Which canvas parts the message's `embed` carries (`callbacks`,
+    /// `errbacks`, `chain`, `chord`: those present and neither `null` nor
+    /// empty), in that order. An `embed` that is not a JSON object carries
+    /// none.
+    pub fn canvas_parts(&self) -> Vec<&'static str> {
+        #[derive(serde::Deserialize)]
+        struct Embed<'a> {
+            #[serde(borrow, default)]
+            callbacks: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            errbacks: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            chain: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            chord: Option<&'a RawValue>,
+        }
+        let Some(embed) = &self.embed else {
+            return Vec::new();
+        };
+        let Ok(embed) = serde_json::from_str::<Embed<'_>>(embed.get()) else {
+            return Vec::new();
+        };
+        let carries = |part: Option<&RawValue>| {
+            part.is_some_and(|raw| {
+                let text: String = raw.get().chars().filter(|c| !c.is_whitespace()).collect();
+                !matches!(text.as_str(), "null" | "[]" | "{}")
+            })
+        };
+        [
+            ("callbacks", embed.callbacks),
+            ("errbacks", embed.errbacks),
+            ("chain", embed.chain),
+            ("chord", embed.chord),
+        ]
+        .into_iter()
+        .filter(|(_, part)| carries(*part))
+        .map(|(name, _)| name)
+        .collect()
+    }
+
+    /// The `(task_id, reply_to)` of each remaining step of the message's
+    /// `embed.chain` that has them (Celery freezes chain steps, so each
+    /// carries its id and its caller's reply queue), next step first.
+    pub fn chain_step_ids(&self) -> Vec<(String, Option<String>)> {
+        #[derive(serde::Deserialize)]
+        struct Embed {
+            #[serde(default)]
+            chain: Option<Vec<Step>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Step {
+            #[serde(default)]
+            options: Option<StepOptions>,
+        }
+        #[derive(serde::Deserialize)]
+        struct StepOptions {
+            #[serde(default)]
+            task_id: Option<String>,
+            #[serde(default)]
+            reply_to: Option<String>,
+        }
+        let Some(embed) = &self.embed else {
+            return Vec::new();
+        };
+        let Ok(Embed { chain: Some(steps) }) = serde_json::from_str::<Embed>(embed.get()) else {
+            return Vec::new();
+        };
+        // Stored in reverse: the next step is the last element.
+        steps
+            .into_iter()
+            .rev()
+            .filter_map(|step| {
+                let options = step.options?;
+                Some((options.task_id?, options.reply_to))
+            })
+            .collect()
+    }
 }
 
 /// What can be read of a message that is not a valid task: enough to log it
@@ -443,6 +521,49 @@ mod tests {
         assert_eq!(h["ignore_result"], false);
         assert_eq!(message.properties.correlation_id.as_deref(), Some("id-1"));
         assert!(message.properties.persistent);
+    }
+
+    #[test]
+    fn canvas_parts_name_what_the_embed_carries() {
+        let with_embed = |embed: &str| {
+            let mut message = encode_task(&call(&[], &[])).unwrap();
+            message.body = format!("[[], {{}}, {embed}]").into_bytes();
+            decode_task(&message).unwrap()
+        };
+        assert!(with_embed("null").canvas_parts().is_empty());
+        assert!(
+            with_embed(r#"{"callbacks": null, "errbacks": [], "chain": null, "chord": null}"#)
+                .canvas_parts()
+                .is_empty()
+        );
+        let chain = r#"{"callbacks": null, "errbacks": null, "chord": null,
+            "chain": [{"task": "tasks.add", "args": [10], "kwargs": {}, "options": {}}]}"#;
+        assert_eq!(with_embed(chain).canvas_parts(), ["chain"]);
+        let all = r#"{"callbacks": [{"task": "a"}], "errbacks": [{"task": "b"}],
+            "chain": [{"task": "c"}], "chord": {"task": "d"}}"#;
+        assert_eq!(
+            with_embed(all).canvas_parts(),
+            ["callbacks", "errbacks", "chain", "chord"]
+        );
+        assert!(encode_and_decode_plain().canvas_parts().is_empty());
+        assert_eq!(
+            with_embed(all).chain_step_ids(),
+            Vec::<(String, Option<String>)>::new()
+        );
+        let frozen = r#"{"chain": [
+            {"task": "add", "options": {"task_id": "last", "reply_to": "r1"}},
+            {"task": "mul", "options": {"task_id": "next"}}]}"#;
+        assert_eq!(
+            with_embed(frozen).chain_step_ids(),
+            [
+                ("next".to_owned(), None),
+                ("last".to_owned(), Some("r1".to_owned()))
+            ]
+        );
+    }
+
+    fn encode_and_decode_plain() -> TaskRequest {
+        decode_task(&encode_task(&call(&[], &[])).unwrap()).unwrap()
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub(super) struct Declaration {
     pub(super) message_ttl: Option<Duration>,
     pub(super) dead_letter_exchange: Option<String>,
     pub(super) dead_letter_routing_key: Option<String>,
+    /// `x-max-length`: the most ready messages kept (the oldest are dropped).
+    pub(super) max_length: Option<usize>,
+    /// `x-max-length-bytes`: the most body bytes kept in ready messages.
+    pub(super) max_length_bytes: Option<usize>,
 }
 
 impl Declaration {
@@ -92,6 +96,28 @@ impl Declaration {
                 "routing_key_but_no_dlx_defined",
             ));
         }
+        let size = |key: &str| -> Result<Option<usize>, String> {
+            integer(key)?
+                .map(|n| usize::try_from(n).map_err(|_| invalid(key, "max_value_exceeded")))
+                .transpose()
+        };
+        let max_length = size("x-max-length")?;
+        let max_length_bytes = size("x-max-length-bytes")?;
+        match text("x-overflow")?.as_deref() {
+            None | Some("drop-head") => {}
+            Some("reject-publish" | "reject-publish-dlx") => {
+                return Err(invalid(
+                    "x-overflow",
+                    "not supported by memory:// (only drop-head)",
+                ))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "x-overflow",
+                    &format!("unknown overflow behaviour '{other}'"),
+                ))
+            }
+        }
         Ok(Self {
             durable: spec.durable,
             auto_delete: spec.auto_delete,
@@ -101,6 +127,8 @@ impl Declaration {
             message_ttl,
             dead_letter_exchange,
             dead_letter_routing_key,
+            max_length,
+            max_length_bytes,
         })
     }
 

@@ -64,6 +64,8 @@ struct Queue {
     /// Ready messages by priority level (one level without `x-max-priority`).
     levels: Vec<VecDeque<Entry>>,
     ready_len: usize,
+    /// The body bytes of the ready messages (for `x-max-length-bytes`).
+    ready_bytes: usize,
     /// Consumers, in round-robin order.
     consumers: Vec<u64>,
     next_consumer: usize,
@@ -77,6 +79,7 @@ impl Queue {
     /// Appends a ready message at the tail of its priority level.
     fn push_back(&mut self, entry: Entry) {
         let level = self.declaration.level(&entry.message);
+        self.ready_bytes += entry.message.body.len();
         self.levels[level].push_back(entry);
         self.ready_len += 1;
     }
@@ -84,6 +87,7 @@ impl Queue {
     /// Puts a message back at the head of its priority level.
     fn push_front(&mut self, entry: Entry) {
         let level = self.declaration.level(&entry.message);
+        self.ready_bytes += entry.message.body.len();
         self.levels[level].push_front(entry);
         self.ready_len += 1;
     }
@@ -92,7 +96,25 @@ impl Queue {
     fn pop(&mut self) -> Option<Entry> {
         let entry = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
         self.ready_len -= 1;
+        self.ready_bytes -= entry.message.body.len();
         Some(entry)
+    }
+
+    /// Drops the oldest ready messages while the queue holds more than its
+    /// `x-max-length` / `x-max-length-bytes` allow (RabbitMQ's `drop-head`).
+    fn drop_overflow(&mut self) {
+        let limits = &self.declaration;
+        while limits.max_length.is_some_and(|max| self.ready_len > max)
+            || limits
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes > max)
+        {
+            let Some(entry) = self.levels.iter_mut().find_map(VecDeque::pop_front) else {
+                return;
+            };
+            self.ready_len -= 1;
+            self.ready_bytes -= entry.message.body.len();
+        }
     }
 
     /// Removes the messages at the heads of the levels whose time has come.
@@ -104,6 +126,7 @@ impl Queue {
             {
                 if let Some(entry) = level.pop_front() {
                     self.ready_len -= 1;
+                    self.ready_bytes -= entry.message.body.len();
                     expired.push(entry);
                 }
             }
@@ -378,6 +401,7 @@ impl State {
                         declaration,
                         levels: (0..levels).map(|_| VecDeque::new()).collect(),
                         ready_len: 0,
+                        ready_bytes: 0,
                         consumers: Vec::new(),
                         next_consumer: 0,
                         had_consumer: false,
@@ -440,6 +464,7 @@ impl State {
         };
         entry.expires_at = ttl.map(|ttl| now + ttl);
         queue.push_back(entry);
+        queue.drop_overflow();
     }
 
     /// Brings queues up to date after a change: expires (and dead-letters)
