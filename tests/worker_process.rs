@@ -4,7 +4,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
 use common::RESULT_TIMEOUT;
 use task_core::App;
@@ -32,6 +33,19 @@ struct ChildWorker(Child);
 
 impl ChildWorker {
     fn spawn(queue: &str) -> Self {
+        Self::spawn_with(queue, "warn", false)
+    }
+
+    /// Starts the worker on `queue` at `loglevel`; with `piped`, its stdout
+    /// and stderr are pipes whose read ends the caller can take.
+    fn spawn_with(queue: &str, loglevel: &str, piped: bool) -> Self {
+        let output = || {
+            if piped {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            }
+        };
         let child = Command::new(worker_binary())
             .args([
                 "--broker",
@@ -41,22 +55,50 @@ impl ChildWorker {
                 "-c",
                 "2",
                 "--loglevel",
-                "warn",
+                loglevel,
             ])
             .stdin(Stdio::null())
+            .stdout(output())
+            .stderr(output())
             .spawn()
             .expect("worker binary starts");
         Self(child)
     }
 
-    /// Sends SIGTERM and returns the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and returns the exit status, or `None` if the worker
+    /// did not exit within `patience`.
+    fn terminate_within(mut self, patience: Duration) -> Option<ExitStatus> {
         let pid = i32::try_from(self.0.id()).expect("pid fits i32");
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        self.0.wait().expect("worker exits")
+        let deadline = std::time::Instant::now() + patience;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().expect("worker status") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    fn terminate(self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(60))
+            .expect("the worker exits after SIGTERM")
     }
 }
+
+/// Runs the worker binary with `args` to the end (it must exit by itself).
+fn run_worker(args: &[&str]) -> Output {
+    Command::new(worker_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("worker binary runs")
+}
+
+/// An AMQP URL where nothing listens.
+const NOWHERE: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 
 impl Drop for ChildWorker {
     fn drop(&mut self) {
@@ -106,6 +148,180 @@ async fn the_worker_binary_runs_tasks_and_exits_cleanly_on_sigterm() {
     let status = worker.terminate();
     assert!(status.success(), "worker exited with {status}");
     app.broker().delete_queue(&queue).await.unwrap();
+    app.broker().delete_exchange(&queue).await.unwrap();
+    app.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_whose_log_pipe_is_closed_keeps_working_and_stops_on_sigterm() {
+    let queue = common::unique_queue("closed-pipe");
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ is running");
+    app.ensure_queue(&queue).await.unwrap();
+    // `worker 2>&1 | head -1`: the reader goes away; every log line written
+    // after that fails with EPIPE.
+    let mut worker = ChildWorker::spawn_with(&queue, "debug", true);
+    drop(worker.0.stdout.take());
+    drop(worker.0.stderr.take());
+
+    let mut pending = Vec::new();
+    for i in 0..16 {
+        pending.push(
+            add.s(i, 1)
+                .queue(queue.clone())
+                .apply_async_with(&app)
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, result) in (0..).zip(&pending) {
+        assert_eq!(result.get(RESULT_TIMEOUT).await.unwrap(), i + 1);
+    }
+    let status = worker
+        .terminate_within(Duration::from_secs(30))
+        .expect("the worker obeys SIGTERM although it cannot log");
+    assert!(status.success(), "worker exited with {status}");
+    assert_eq!(app.broker().queue_message_count(&queue).await.unwrap(), 0);
+    app.broker().delete_queue(&queue).await.unwrap();
+    app.broker().delete_exchange(&queue).await.unwrap();
+    app.close().await.unwrap();
+}
+
+#[test]
+fn celery_log_levels_keep_fatal_errors_visible() {
+    for level in ["warning", "WARNING", "ERROR", "critical"] {
+        let output = run_worker(&["--broker", NOWHERE, "-l", level]);
+        assert_eq!(output.status.code(), Some(1), "{level}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("ERROR"), "{level}: {stderr:?}");
+    }
+}
+
+#[test]
+fn unknown_log_levels_and_zero_settings_are_refused_with_a_reason() {
+    for (args, reason) in [
+        (&["-l", "nonsense"][..], "unknown log level `nonsense`"),
+        (&["-l", "verbose"], "unknown log level `verbose`"),
+        (&["-c", "0"], "-c"),
+        (&["--prefetch", "0"], "--prefetch"),
+    ] {
+        let output = run_worker(&[&["--broker", NOWHERE][..], args].concat());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr:?}");
+    }
+}
+
+#[test]
+fn version_names_the_worker_binary() {
+    let output = run_worker(&["--version"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "task-examples {} (task-worker {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
+fn logs_go_to_stderr_without_colour_codes_and_as_json_lines_on_request() {
+    let text = run_worker(&["--broker", NOWHERE]);
+    assert!(text.stdout.is_empty(), "logs are not on stdout");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("ERROR"), "{stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no escape codes in a pipe: {stderr:?}"
+    );
+
+    let json = run_worker(&["--broker", NOWHERE, "--log-format", "json"]);
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line["level"] == "ERROR"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_dead_letters_command_lists_shows_and_replays() {
+    use task_core::broker::{dead_letter_headers, QueueSpec};
+    use task_core::protocol::task_message::{encode_task, TaskCall};
+
+    let queue = common::unique_queue("dlq-cli");
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ is running");
+    app.ensure_queue(&queue).await.unwrap();
+    let spec = QueueSpec::dead_letter_queue(&queue);
+    app.broker().declare_queue(&spec).await.unwrap();
+    let mut message = encode_task(&TaskCall {
+        id: "cli-1",
+        name: "tasks.gone",
+        args: &[],
+        kwargs: &[],
+        reply_to: None,
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: true,
+        retries: 0,
+        root_id: None,
+        parent_id: None,
+    })
+    .unwrap();
+    let headers = &mut message.properties.headers;
+    headers.insert_str(
+        dead_letter_headers::REASON,
+        "NotRegistered: no task `tasks.gone`",
+    );
+    headers.insert_str(dead_letter_headers::QUEUE, &queue);
+    app.broker()
+        .publish("", &spec.name, &message)
+        .await
+        .unwrap();
+
+    let broker = common::broker_url();
+    let cli = |args: &[&str]| {
+        let output = run_worker(&[&["--broker", &broker, "dead-letters"][..], args].concat());
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed = cli(&["list", "-Q", &queue]);
+    assert!(listed.starts_with("1 message(s)"), "{listed}");
+    assert!(listed.contains("cli-1\ttasks.gone"), "{listed}");
+    assert!(listed.contains("reason=NotRegistered"), "{listed}");
+    let shown = cli(&["show", "-Q", &queue, "cli-1"]);
+    assert!(shown.contains("\"x-dead-letter-reason\""), "{shown}");
+    let replayed = cli(&["replay", "-Q", &queue, "cli-1"]);
+    assert!(
+        replayed.starts_with("replayed 1 message(s); 0 left"),
+        "{replayed}"
+    );
+    assert_eq!(app.broker().queue_message_count(&queue).await.unwrap(), 1);
+    assert_eq!(
+        app.broker().queue_message_count(&spec.name).await.unwrap(),
+        0
+    );
+    for name in [&queue, &spec.name] {
+        app.broker().delete_queue(name).await.unwrap();
+    }
     app.broker().delete_exchange(&queue).await.unwrap();
     app.close().await.unwrap();
 }
