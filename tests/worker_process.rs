@@ -88,6 +88,11 @@ impl ChildWorker {
     }
 }
 
+/// `target/<profile>/examples/<name>`, built by `cargo test` with the tests.
+fn example_binary(name: &str) -> PathBuf {
+    worker_binary().with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
 /// Runs the worker binary with `args` to the end (it must exit by itself).
 fn run_worker(args: &[&str]) -> Output {
     Command::new(worker_binary())
@@ -322,6 +327,39 @@ async fn the_dead_letters_command_lists_shows_and_replays() {
     for name in [&queue, &spec.name] {
         app.broker().delete_queue(name).await.unwrap();
     }
+    app.broker().delete_exchange(&queue).await.unwrap();
+    app.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_client_example_calls_a_worker_in_another_process() {
+    let queue = common::unique_queue("client-example");
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ is running");
+    app.ensure_queue(&queue).await.unwrap();
+    let worker = ChildWorker::spawn(&queue);
+    let mut command = Command::new(example_binary("client"));
+    command
+        .args(["-Q", &queue, "--name", "Zoë", "40", "2"])
+        .env("BROKER_URL", common::broker_url());
+    let client = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("client runs");
+    let stdout = String::from_utf8_lossy(&client.stdout);
+    assert!(client.status.success(), "{client:?}");
+    assert!(stdout.contains("tasks.add(40, 2) = 42"), "{stdout}");
+    assert!(stdout.contains("\"Hello, Zoë!\""), "{stdout}");
+    assert!(
+        stdout.contains("failed as expected: ParseIntError"),
+        "{stdout}"
+    );
+    assert!(worker.terminate().success());
+    app.broker().delete_queue(&queue).await.unwrap();
     app.broker().delete_exchange(&queue).await.unwrap();
     app.close().await.unwrap();
 }
