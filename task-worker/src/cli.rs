@@ -1,10 +1,12 @@
 //! The worker's command line (`-Q`, `-c`, `--prefetch`, `--broker`), for the
 //! binaries that link a set of tasks and call [`main`].
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use task_core::broker::TlsOptions;
 use task_core::{Registry, DEFAULT_BROKER_URL};
 
 use crate::{shutdown, Worker};
@@ -36,6 +38,17 @@ pub struct WorkerArgs {
     /// `consumer_timeout` (30 min by default).
     #[arg(long, default_value_t = crate::worker::DEFAULT_ACK_TIMEOUT.as_secs())]
     pub ack_timeout: u64,
+    /// PEM file of the CA that signed the broker's certificate, trusted
+    /// besides the system's roots (`amqps://` URLs).
+    #[arg(long, env = "BROKER_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (`amqps://`;
+    /// needs `--tls-key`).
+    #[arg(long, env = "BROKER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "BROKER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log filter (`info`, `debug`, `task_worker=debug`, ...); `RUST_LOG` wins if set.
     #[arg(short = 'l', long, default_value = "info")]
     pub loglevel: String,
@@ -95,16 +108,44 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     if let Some(prefetch) = args.prefetch {
         builder = builder.prefetch(prefetch);
     }
+    if let Some(tls) = tls_options(args.tls_ca_file, args.tls_cert, args.tls_key) {
+        builder = builder.tls(tls);
+    }
     let worker = builder.build().await?;
     tokio::spawn(shutdown::on_signal(worker.shutdown_handle()));
     worker.run().await
 }
 
+/// The TLS settings the `--tls-*` flags ask for, if any.
+fn tls_options(
+    ca_file: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Option<TlsOptions> {
+    if ca_file.is_none() && cert.is_none() && key.is_none() {
+        return None;
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca_file) = ca_file {
+        tls = tls.ca_file(ca_file);
+    }
+    if let (Some(cert), Some(key)) = (cert, key) {
+        tls = tls.client_cert(cert, key);
+    }
+    Some(tls)
+}
+
 /// lapin logs every message the broker returns (a result whose caller's
 /// reply queue is gone) at WARN with its whole body; the executor already
-/// logs that case once, at DEBUG, without the body. `RUST_LOG` or a
-/// `--loglevel` that names `lapin` itself overrides this.
-const QUIET_RETURNS: &str = "lapin::returned_messages=error";
+/// logs that case once, at DEBUG, without the body. lapin's connection
+/// internals (`lapin::channel`, `lapin::channels`, `lapin::io_loop`) log
+/// ERROR lines for a failed or lost connection ("Exponential backoff
+/// attempts exhausted", parser errors) that the broker reports once itself,
+/// readably: a typed error for a first connection, a warning for a lost
+/// one. `RUST_LOG` or a `--loglevel` that names `lapin` itself overrides
+/// this.
+const QUIET_RETURNS: &str = "lapin::returned_messages=error,\
+                             lapin::channel=off,lapin::channels=off,lapin::io_loop=off";
 
 fn init_logging(level: &str) {
     let with_quiet_returns = if level.contains("lapin") {
