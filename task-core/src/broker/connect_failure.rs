@@ -34,7 +34,9 @@ pub enum ConnectFailure {
     /// The TLS handshake failed.
     Tls(TlsFailure),
     /// The peer closed the connection during the handshake without saying
-    /// why.
+    /// why. Over TLS 1.3 this is also how a refused client certificate may
+    /// show: the broker checks it after the client's side of the handshake
+    /// is done, and its alert can be lost in the reset.
     Closed,
     /// Anything else, with lapin's explanation.
     Other(String),
@@ -158,6 +160,14 @@ pub(crate) fn describe(url: &str, address: &str, failure: &ConnectFailure) -> St
              (5671 by default)? A plaintext port needs amqp://"
         ),
         ConnectFailure::Tls(tls) => format!("TLS handshake with {address} failed: {tls}"),
+        // In TLS 1.3 the broker checks a client certificate after the
+        // client's side of the handshake is done: its refusal can arrive as
+        // a reset rather than as an alert.
+        ConnectFailure::Closed if url.starts_with("amqps://") => format!(
+            "the peer at {address} closed the TLS connection during the handshake: if the \
+             broker requires a client certificate, check that one is given and signed by a CA \
+             the broker trusts; else check the broker's log"
+        ),
         ConnectFailure::Closed => format!(
             "the peer at {address} closed the connection during the handshake: \
              check the broker's log"
