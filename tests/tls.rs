@@ -38,10 +38,17 @@ impl Ca {
     }
 
     /// A certificate for `names` (DNS names) and its key, both PEM.
-    fn issue(&self, common_name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    fn issue(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names).expect("certificate params");
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("key");
         let certificate = params.signed_by(&key, &self.issuer).expect("certificate");
@@ -105,7 +112,11 @@ async fn single_connection_is_tls(node: &PrivateBroker) -> bool {
     let listed = node
         .ctl(&["list_connections", "ssl", "--quiet", "--no-table-headers"])
         .await;
-    let rows: Vec<&str> = listed.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let rows: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     println!("[tls] list_connections ssl: {rows:?}");
     rows == ["true"]
 }
@@ -114,7 +125,11 @@ async fn single_connection_is_tls(node: &PrivateBroker) -> bool {
 async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_back_to_plaintext() {
     common::init_logs();
     let ca = Ca::new("task-core test CA");
-    let (cert_pem, key_pem) = ca.issue("localhost", &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert_pem, key_pem) = ca.issue(
+        "localhost",
+        &["localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
     let node = PrivateBroker::start_with_tls(
         "tls-server",
         NodeTls {
@@ -130,9 +145,12 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
 
     // A certificate signed by the trusted CA, for the URL's host: TLS, and
     // the broker says so.
-    let app = connect(&node.tls_url("localhost"), TlsOptions::new().ca_file(&ca_file))
-        .await
-        .expect("a good certificate connects");
+    let app = connect(
+        &node.tls_url("localhost"),
+        TlsOptions::new().ca_file(&ca_file),
+    )
+    .await
+    .expect("a good certificate connects");
     assert!(
         single_connection_is_tls(&node).await,
         "the broker does not report the connection as ssl"
@@ -142,13 +160,19 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
     // The same certificate from a CA the client does not trust.
     let other_ca = files.write("other-ca.pem", &Ca::new("some other CA").pem());
     let (unknown, message) = failure(
-        connect(&node.tls_url("localhost"), TlsOptions::new().ca_file(&other_ca)).await,
+        connect(
+            &node.tls_url("localhost"),
+            TlsOptions::new().ca_file(&other_ca),
+        )
+        .await,
         "unknown CA",
     );
     assert_eq!(unknown, ConnectFailure::Tls(TlsFailure::UnknownIssuer));
     assert!(
-        message.starts_with(&format!("TLS handshake with localhost:{} failed: ", node.tls_port()))
-            && message.contains("not signed by a trusted CA"),
+        message.starts_with(&format!(
+            "TLS handshake with localhost:{} failed: ",
+            node.tls_port()
+        )) && message.contains("not signed by a trusted CA"),
         "{message}"
     );
     // Nor do the system's roots alone.
@@ -160,7 +184,11 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
 
     // The right CA, a host name the certificate does not name.
     let (wrong_host, message) = failure(
-        connect(&node.tls_url("127.0.0.1"), TlsOptions::new().ca_file(&ca_file)).await,
+        connect(
+            &node.tls_url("127.0.0.1"),
+            TlsOptions::new().ca_file(&ca_file),
+        )
+        .await,
         "wrong host name",
     );
     assert_eq!(
@@ -169,7 +197,10 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
             host: "127.0.0.1".into()
         })
     );
-    assert!(message.contains("not valid for the host name `127.0.0.1`"), "{message}");
+    assert!(
+        message.contains("not valid for the host name `127.0.0.1`"),
+        "{message}"
+    );
 
     // amqps:// at the plaintext AMQP port: an error, not a plaintext connection.
     let plaintext_port = node.url().replace("amqp://", "amqps://");
@@ -179,7 +210,9 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
     );
     assert_eq!(not_tls, ConnectFailure::NotTls);
     assert!(message.contains("does not speak TLS"), "{message}");
-    let listed = node.ctl(&["list_connections", "ssl", "--quiet", "--no-table-headers"]).await;
+    let listed = node
+        .ctl(&["list_connections", "ssl", "--quiet", "--no-table-headers"])
+        .await;
     assert!(
         listed.trim().is_empty(),
         "a refused connection is still open: {listed}"
@@ -191,7 +224,11 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
 async fn a_broker_that_requires_a_client_certificate_accepts_one_signed_by_its_ca() {
     common::init_logs();
     let ca = Ca::new("task-core test CA");
-    let (cert_pem, key_pem) = ca.issue("localhost", &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert_pem, key_pem) = ca.issue(
+        "localhost",
+        &["localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
     let node = PrivateBroker::start_with_tls(
         "tls-client",
         NodeTls {
@@ -204,13 +241,18 @@ async fn a_broker_that_requires_a_client_certificate_accepts_one_signed_by_its_c
     .await;
     let files = Files::new("client");
     let ca_file = files.write("ca.pem", &ca.pem());
-    let (client_pem, client_key) = ca.issue("task-worker", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let (client_pem, client_key) =
+        ca.issue("task-worker", &[], ExtendedKeyUsagePurpose::ClientAuth);
     let client_cert = files.write("client.pem", &client_pem);
     let client_key = files.write("client.key", &client_key);
 
     // Without a certificate: refused, and the error says a certificate is needed.
     let (required, message) = failure(
-        connect(&node.tls_url("localhost"), TlsOptions::new().ca_file(&ca_file)).await,
+        connect(
+            &node.tls_url("localhost"),
+            TlsOptions::new().ca_file(&ca_file),
+        )
+        .await,
         "no client certificate",
     );
     // TLS 1.3: the node checks the client's certificate after the client's
@@ -238,9 +280,17 @@ async fn a_broker_that_requires_a_client_certificate_accepts_one_signed_by_its_c
         "the broker does not report the connection as ssl"
     );
     let subject = node
-        .ctl(&["list_connections", "peer_cert_subject", "--quiet", "--no-table-headers"])
+        .ctl(&[
+            "list_connections",
+            "peer_cert_subject",
+            "--quiet",
+            "--no-table-headers",
+        ])
         .await;
-    assert!(subject.contains("task-worker"), "peer certificate: {subject}");
+    assert!(
+        subject.contains("task-worker"),
+        "peer certificate: {subject}"
+    );
     app.close().await.expect("closed");
 
     // A certificate from a CA the node does not trust: refused.

@@ -358,7 +358,10 @@ mod tests {
         let connecting = LinkKeeper::connect(&url, ReconnectPolicy::default(), None);
         let (connected, first) = tokio::join!(connecting, peer);
         let first = first.unwrap();
-        assert_ne!(&first, b"AMQ", "an amqps:// URL sent the plaintext AMQP header");
+        assert_ne!(
+            &first, b"AMQ",
+            "an amqps:// URL sent the plaintext AMQP header"
+        );
         // 0x16: a TLS handshake record; 0x03: TLS's major version.
         assert_eq!(first[..2], [0x16, 0x03], "not a TLS ClientHello: {first:?}");
         assert!(

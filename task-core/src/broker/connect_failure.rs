@@ -180,7 +180,9 @@ pub(crate) fn describe(url: &str, address: &str, failure: &ConnectFailure) -> St
 pub(crate) fn classify(target: &Target, error: &lapin::Error) -> ConnectFailure {
     match error.kind() {
         ErrorKind::IOError(io) => classify_io(target, io),
-        ErrorKind::ParsingError(_) | ErrorKind::InvalidProtocolVersion(_) => ConnectFailure::NotAmqp,
+        ErrorKind::ParsingError(_) | ErrorKind::InvalidProtocolVersion(_) => {
+            ConnectFailure::NotAmqp
+        }
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
                 ConnectFailure::AuthenticationFailed
@@ -266,7 +268,9 @@ mod tests {
 
     #[test]
     fn the_target_names_user_host_port_and_vhost_but_no_password() {
-        let uri: AMQPUri = "amqps://worker:s3cret@broker.example:5671/%2f".parse().unwrap();
+        let uri: AMQPUri = "amqps://worker:s3cret@broker.example:5671/%2f"
+            .parse()
+            .unwrap();
         let target = Target::of(&uri);
         assert_eq!(target.url, "amqps://worker@broker.example:5671/%2f");
         assert_eq!(target.address, "broker.example:5671");

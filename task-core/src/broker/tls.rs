@@ -56,7 +56,11 @@ impl TlsOptions {
     /// intermediate certificates) with its private key (PEM: PKCS#8,
     /// PKCS#1 or SEC1, unencrypted), for brokers that require one
     /// (`ssl_options.fail_if_no_peer_cert = true`).
-    pub fn client_cert(mut self, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+    pub fn client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
         self.client_cert = Some(ClientCert {
             cert_file: cert_file.into(),
             key_file: key_file.into(),
@@ -89,9 +93,8 @@ impl TlsOptions {
                 let pem = read_pem(cert_file)?;
                 certificates(cert_file, &pem)?;
                 let key = read_pem(key_file)?;
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| {
-                    tls_file(key_file, format!("no usable private key (PEM): {e}"))
-                })?;
+                PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .map_err(|e| tls_file(key_file, format!("no usable private key (PEM): {e}")))?;
                 Some(OwnedIdentity::PKCS8 {
                     pem: pem.into_bytes(),
                     key: key.into_bytes(),
@@ -146,10 +149,7 @@ mod tests {
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let error = TlsOptions::new().ca_file(&empty).load().unwrap_err();
-        assert!(
-            error.to_string().contains("no PEM certificate"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
