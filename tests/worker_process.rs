@@ -363,3 +363,47 @@ async fn the_client_example_calls_a_worker_in_another_process() {
     app.broker().delete_exchange(&queue).await.unwrap();
     app.close().await.unwrap();
 }
+
+/// A wrong password: the worker exits at once, non-zero, with one ERROR
+/// line that names the problem (and not the password), none of lapin's.
+#[test]
+fn the_worker_binary_reports_a_wrong_password_in_one_error_line() {
+    let good: lapin::uri::AMQPUri = common::broker_url().parse().expect("the test broker URL");
+    let user = &good.authority.userinfo.username;
+    let url = format!(
+        "amqp://{user}:not-the-password@{}:{}/%2f",
+        good.authority.host, good.authority.port
+    );
+    let output = Command::new(worker_binary())
+        .args([
+            "--broker",
+            &url,
+            "-Q",
+            &common::unique_queue("wrong-password"),
+        ])
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the worker binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|line| line.contains("ERROR"))
+        .collect();
+    assert!(
+        !output.status.success(),
+        "the worker exited with {}",
+        output.status
+    );
+    assert_eq!(errors.len(), 1, "stderr:\n{stderr}\nstdout:\n{stdout}");
+    assert!(
+        errors[0].contains(&format!("authentication refused by amqp://{user}@"))
+            && errors[0].contains("check the user name and password"),
+        "{}",
+        errors[0]
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}

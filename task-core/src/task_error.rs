@@ -128,7 +128,7 @@ impl TaskError {
     }
 
     /// The module a Python client looks the exception type up in: `builtins`
-    /// for Python's own exception names, [`RUST_EXCEPTION_MODULE`] otherwise.
+    /// for Python's own exception names, `"rust"` otherwise.
     pub fn exc_module(&self) -> &'static str {
         if PYTHON_BUILTIN_EXCEPTIONS.contains(&self.exc_type.as_ref()) {
             "builtins"

@@ -5,11 +5,12 @@
 
 use std::io::Write;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use task_core::broker::DeadLetterRetention;
+use task_core::broker::{DeadLetterRetention, TlsOptions};
 use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
 use crate::dead_letters::{DeadLetter, DeadLetterQueue, Selection};
@@ -45,6 +46,17 @@ pub struct WorkerArgs {
     /// `consumer_timeout` (30 min by default).
     #[arg(long, default_value_t = crate::worker::DEFAULT_ACK_TIMEOUT.as_secs())]
     pub ack_timeout: u64,
+    /// PEM file of the CA that signed the broker's certificate, trusted
+    /// besides the system's roots (`amqps://` URLs).
+    #[arg(long, env = "BROKER_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (`amqps://`;
+    /// needs `--tls-key`).
+    #[arg(long, env = "BROKER_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "BROKER_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
     /// Most messages a dead-letter queue keeps (the oldest go first); 0: no limit.
     #[arg(long, default_value_t = 10_000)]
     pub dead_letter_max_messages: u32,
@@ -210,7 +222,7 @@ pub fn main_for(binary: BinaryInfo) -> ExitCode {
     tracing::debug!(binary = binary.name, version, "starting");
     let outcome = runtime.block_on(async {
         match args.command.clone() {
-            Some(Command::DeadLetters(command)) => dead_letters(&args.broker, command).await,
+            Some(Command::DeadLetters(command)) => dead_letters(&args, command).await,
             None => run(args).await.map_err(|error| error.to_string()),
         }
     });
@@ -241,6 +253,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
         }
         return Ok(());
     }
+    let tls = tls_options(&args);
     let limit = |n: u64| (n > 0).then_some(n);
     let max_age_ms = (args.dead_letter_max_age_days.max(0.0) * 86_400_000.0) as u64;
     let retention = DeadLetterRetention {
@@ -261,19 +274,38 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     if let Some(prefetch) = args.prefetch {
         builder = builder.prefetch(prefetch);
     }
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
     let worker = builder.build().await?;
     tokio::spawn(shutdown::on_signal(worker.shutdown_handle()));
     worker.run().await
 }
 
+/// The TLS settings the `--tls-*` flags ask for, if any.
+fn tls_options(args: &WorkerArgs) -> Option<TlsOptions> {
+    if args.tls_ca_file.is_none() && args.tls_cert.is_none() && args.tls_key.is_none() {
+        return None;
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca_file) = &args.tls_ca_file {
+        tls = tls.ca_file(ca_file.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls = tls.client_cert(cert.clone(), key.clone());
+    }
+    Some(tls)
+}
+
 /// Runs a `dead-letters` command; its output goes to stdout.
-async fn dead_letters(broker: &str, command: DeadLetterCommand) -> Result<(), String> {
-    let app = App::builder()
-        .broker_url(broker)
-        .set_as_default(false)
-        .connect()
-        .await
-        .map_err(|error| error.to_string())?;
+async fn dead_letters(args: &WorkerArgs, command: DeadLetterCommand) -> Result<(), String> {
+    let mut builder = App::builder()
+        .broker_url(args.broker.clone())
+        .set_as_default(false);
+    if let Some(tls) = tls_options(args) {
+        builder = builder.tls(tls);
+    }
+    let app = builder.connect().await.map_err(|error| error.to_string())?;
     let outcome = run_dead_letters(&app, command).await;
     let _ = app.close().await;
     outcome

@@ -19,8 +19,14 @@ use tracing_subscriber::EnvFilter;
 
 /// lapin logs every message the broker returns (a result whose caller's
 /// reply queue is gone) at WARN with its whole body; the executor logs that
-/// case itself, without the body. A filter that names `lapin` overrides this.
-const QUIET_RETURNS: &str = "lapin::returned_messages=error";
+/// case itself, without the body. lapin's connection internals
+/// (`lapin::channel`, `lapin::channels`, `lapin::io_loop`) log ERROR lines
+/// for a failed or lost connection ("Exponential backoff attempts
+/// exhausted", parser errors) that the broker layer reports once itself,
+/// readably: a typed error for a first connection, a warning for a lost one.
+/// A filter that names `lapin` overrides this.
+const QUIET_RETURNS: &str = "lapin::returned_messages=error,\
+                             lapin::channel=off,lapin::channels=off,lapin::io_loop=off";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

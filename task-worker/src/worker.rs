@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use task_core::broker::{check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention};
+use task_core::broker::{
+    check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, TlsOptions,
+};
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry};
 use tokio::sync::Semaphore;
@@ -56,6 +58,7 @@ pub enum WorkerError {
 pub struct WorkerBuilder {
     app: Option<App>,
     broker_url: Option<String>,
+    tls: Option<TlsOptions>,
     queues: Vec<String>,
     concurrency: usize,
     prefetch: Option<u16>,
@@ -78,6 +81,7 @@ impl Default for WorkerBuilder {
         Self {
             app: None,
             broker_url: None,
+            tls: None,
             queues: Vec::new(),
             concurrency: std::thread::available_parallelism().map_or(4, usize::from),
             prefetch: None,
@@ -93,6 +97,14 @@ impl WorkerBuilder {
     /// Connect to this broker (default: `$BROKER_URL`, else the local RabbitMQ).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_url = Some(url.into());
+        self
+    }
+
+    /// TLS settings for an `amqps://` broker URL (see
+    /// [`AppBuilder::tls`](task_core::AppBuilder::tls)); not used with
+    /// [`WorkerBuilder::app`], whose app is connected already.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -190,6 +202,10 @@ impl WorkerBuilder {
                 let builder = App::builder();
                 let builder = match self.broker_url {
                     Some(url) => builder.broker_url(url),
+                    None => builder,
+                };
+                let builder = match self.tls {
+                    Some(tls) => builder.tls(tls),
                     None => builder,
                 };
                 builder.connect().await?

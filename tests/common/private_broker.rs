@@ -104,11 +104,29 @@ const NODE_ENVIRONMENT: [&str; 10] = [
     "RABBITMQ_ALLOW_INPUT",
 ];
 
+/// A TLS listener for a private node (`listeners.ssl.default`): the node's
+/// certificate and key and the CA it verifies client certificates with, all
+/// PEM.
+#[derive(Debug, Clone)]
+pub struct NodeTls {
+    /// The CA that signs client certificates (`ssl_options.cacertfile`).
+    pub ca_pem: String,
+    /// The node's certificate (`ssl_options.certfile`).
+    pub cert_pem: String,
+    /// The node's private key (`ssl_options.keyfile`).
+    pub key_pem: String,
+    /// Refuse clients without a valid certificate (`verify_peer` and
+    /// `fail_if_no_peer_cert`); otherwise `verify_none`.
+    pub require_client_cert: bool,
+}
+
 /// Where a node lives and how to reach it (no ownership of its process).
 #[derive(Debug, Clone)]
 struct Node {
     name: String,
     port: u16,
+    /// The TLS listener's port, if the node has one.
+    tls_port: Option<u16>,
     dir: PathBuf,
     tools: Tools,
 }
@@ -189,19 +207,28 @@ impl PrivateBroker {
     /// Boots a fresh node (5-20 s) on free ports. Panics with the node's
     /// output if it cannot boot.
     pub async fn start(label: &str) -> PrivateBroker {
+        Self::start_with(label, None).await
+    }
+
+    /// Boots a fresh node that also has a TLS listener ([`PrivateBroker::tls_port`]).
+    pub async fn start_with_tls(label: &str, tls: NodeTls) -> PrivateBroker {
+        Self::start_with(label, Some(tls)).await
+    }
+
+    async fn start_with(label: &str, tls: Option<NodeTls>) -> PrivateBroker {
         let label = label.to_owned();
-        tokio::task::spawn_blocking(move || Self::start_blocking(&label))
+        tokio::task::spawn_blocking(move || Self::start_blocking(&label, tls.as_ref()))
             .await
             .expect("the broker start does not panic")
     }
 
-    fn start_blocking(label: &str) -> PrivateBroker {
+    fn start_blocking(label: &str, tls: Option<&NodeTls>) -> PrivateBroker {
         let tools = Tools::find();
         reap_orphans(&tools);
         let mut failures = Vec::new();
         // A port picked free can be taken before the node binds it: retry.
         for _ in 0..3 {
-            match Self::boot(label, &tools) {
+            match Self::boot(label, &tools, tls) {
                 Ok(broker) => return broker,
                 Err(failure) => {
                     eprintln!("[private broker] boot failed, retrying: {failure}");
@@ -216,10 +243,12 @@ impl PrivateBroker {
         );
     }
 
-    fn boot(label: &str, tools: &Tools) -> Result<PrivateBroker, String> {
+    fn boot(label: &str, tools: &Tools, tls: Option<&NodeTls>) -> Result<PrivateBroker, String> {
         let n = NODES_STARTED.fetch_add(1, Ordering::SeqCst);
         let name = format!("{NODE_PREFIX}{}_{n}", std::process::id());
-        let (port, dist_port) = two_free_ports();
+        let ports = free_ports(3);
+        let (port, dist_port) = (ports[0], ports[1]);
+        let tls_port = tls.map(|_| ports[2]);
         // As root the node runs as `rabbitmq`: its directory must be
         // reachable by that user, whatever TMPDIR says.
         let base = if tools.owner.is_some() {
@@ -230,6 +259,7 @@ impl PrivateBroker {
         let node = Node {
             name: format!("{name}@localhost"),
             port,
+            tls_port,
             dir: base.join(format!("{name}-{label}")),
             tools: tools.clone(),
         };
@@ -241,15 +271,44 @@ impl PrivateBroker {
             fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
         }
         let config = dir.join("rabbitmq.conf");
-        fs::write(
-            &config,
-            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
-        )
-        .map_err(|e| e.to_string())?;
+        let mut settings =
+            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n");
+        let mut tls_files = Vec::new();
+        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+            for (file, pem) in [
+                ("ca.pem", &tls.ca_pem),
+                ("cert.pem", &tls.cert_pem),
+                ("key.pem", &tls.key_pem),
+            ] {
+                let path = dir.join(file);
+                fs::write(&path, pem).map_err(|e| format!("write {}: {e}", path.display()))?;
+                tls_files.push(path);
+            }
+            let (verify, fail_if_no_peer_cert) = if tls.require_client_cert {
+                ("verify_peer", true)
+            } else {
+                ("verify_none", false)
+            };
+            settings.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {fail_if_no_peer_cert}\n",
+                tls_files[0].display(),
+                tls_files[1].display(),
+                tls_files[2].display(),
+            ));
+        }
+        fs::write(&config, settings).map_err(|e| e.to_string())?;
         let plugins = dir.join("enabled_plugins");
         fs::write(&plugins, "[].\n").map_err(|e| e.to_string())?;
         if let Some((uid, gid)) = tools.owner {
-            for path in [dir, &mnesia, &log, &config, &plugins] {
+            for path in [dir, &mnesia, &log, &config, &plugins]
+                .into_iter()
+                .chain(&tls_files)
+            {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid))
                     .map_err(|e| format!("chown {}: {e}", path.display()))?;
             }
@@ -300,6 +359,31 @@ impl PrivateBroker {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.node.port)
+    }
+
+    /// The TLS listener's port (nodes started with
+    /// [`PrivateBroker::start_with_tls`]).
+    pub fn tls_port(&self) -> u16 {
+        self.node.tls_port.expect("the node was started with TLS")
+    }
+
+    /// `amqps://guest:guest@<host>:<tls port>/%2f`: `host` is the name the
+    /// client checks the node's certificate against.
+    pub fn tls_url(&self, host: &str) -> String {
+        format!("amqps://guest:guest@{host}:{}/%2f", self.tls_port())
+    }
+
+    /// Runs `rabbitmqctl <args>` against the node and returns its output.
+    pub async fn ctl(&self, args: &[&str]) -> String {
+        let node = self.node.clone();
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            node.ctl(&args)
+        })
+        .await
+        .expect("rabbitmqctl does not panic")
+        .unwrap_or_else(|reason| panic!("{reason}"))
     }
 
     /// The node name (`taskfaults_<pid>_<n>@localhost`).
@@ -423,16 +507,15 @@ fn is_our_node(pid: i32, node: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Two distinct ports free right now (held together so they differ).
-fn two_free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let ports = (
-        a.local_addr().expect("local address").port(),
-        b.local_addr().expect("local address").port(),
-    );
-    drop((a, b));
-    ports
+/// `n` distinct ports free right now (held together so they differ).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local address").port())
+        .collect()
 }
 
 fn user_ids(user: &str) -> Option<(u32, u32)> {

@@ -30,6 +30,7 @@ use super::field_table::json_to_table;
 use super::{
     check_publish, check_queue_names, check_short, Acknowledger, Broker, BrokerError,
     ConsumeOptions, Consumer, ConsumerCancel, Delivery, Headers, Message, Properties, QueueSpec,
+    TlsOptions,
 };
 
 /// A RabbitMQ connection used as the framework's broker. It reconnects by
@@ -50,9 +51,29 @@ impl AmqpBroker {
     }
 
     /// Connects to `url`, recovering from lost connections as `policy` says.
+    /// An `amqps://` URL verifies the broker against the system's roots.
     pub async fn connect_with(url: &str, policy: ReconnectPolicy) -> Result<Self, BrokerError> {
+        Self::connect_inner(url, policy, None).await
+    }
+
+    /// Connects to an `amqps://` `url` with these TLS settings (CA file,
+    /// client certificate). A TLS configuration with an `amqp://` URL is
+    /// refused ([`BrokerError::InvalidUrl`]): it would not be used.
+    pub async fn connect_with_tls(
+        url: &str,
+        policy: ReconnectPolicy,
+        tls: &TlsOptions,
+    ) -> Result<Self, BrokerError> {
+        Self::connect_inner(url, policy, Some(tls)).await
+    }
+
+    async fn connect_inner(
+        url: &str,
+        policy: ReconnectPolicy,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Self, BrokerError> {
         Ok(Self {
-            link: LinkKeeper::connect(url, policy).await?,
+            link: LinkKeeper::connect(url, policy, tls).await?,
             delay_levels: OnceCell::new(),
             delay_targets: Mutex::new(HashSet::new()),
         })

@@ -13,11 +13,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
 use super::amqp::redact;
-use super::BrokerError;
+use super::connect_failure::{connect_error, Target};
+use super::{BrokerError, TlsOptions};
 
 /// How a broker connection recovers from RabbitMQ going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +61,7 @@ pub(crate) struct Link {
 
 /// Holds the current [`Link`] and replaces it when it is lost.
 pub(crate) struct LinkKeeper {
-    url: String,
+    endpoint: Endpoint,
     policy: ReconnectPolicy,
     current: RwLock<Arc<Link>>,
     reconnecting: tokio::sync::Mutex<()>,
@@ -66,11 +69,19 @@ pub(crate) struct LinkKeeper {
 }
 
 impl LinkKeeper {
-    /// Connects for the first time (no retry: a wrong URL fails at once).
-    pub(crate) async fn connect(url: &str, policy: ReconnectPolicy) -> Result<Self, BrokerError> {
-        let link = open(url, 0).await?;
+    /// Connects for the first time (no retry: a wrong URL fails at once,
+    /// with a [`BrokerError::Connect`] saying why). `tls` applies to
+    /// `amqps://` URLs (default: the system's roots); giving it with an
+    /// `amqp://` URL is refused rather than ignored.
+    pub(crate) async fn connect(
+        url: &str,
+        policy: ReconnectPolicy,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Self, BrokerError> {
+        let endpoint = Endpoint::new(url, tls)?;
+        let link = endpoint.open(0).await?;
         Ok(Self {
-            url: url.to_owned(),
+            endpoint,
             policy,
             current: RwLock::new(Arc::new(link)),
             reconnecting: tokio::sync::Mutex::new(()),
@@ -164,7 +175,16 @@ impl LinkKeeper {
             if self.is_closed() {
                 return Err(closed());
             }
-            match open(&self.url, current.generation + 1).await {
+            // A failed attempt is a lost connection still (callers retry
+            // those), with the readable reason.
+            match self
+                .endpoint
+                .open(current.generation + 1)
+                .await
+                .map_err(|e| match e {
+                    BrokerError::Connect { .. } => BrokerError::Connection(e.to_string()),
+                    other => other,
+                }) {
                 Ok(link) => {
                     tracing::info!(generation = link.generation, "reconnected to the broker");
                     *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(link);
@@ -209,12 +229,60 @@ impl LinkKeeper {
     }
 }
 
-async fn open(url: &str, generation: u64) -> Result<Link, BrokerError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("task-core pid={}", std::process::id()).into());
-    let connection = Connection::connect(url, properties)
+/// Where and how to connect: the parsed URL and, for `amqps://`, the TLS
+/// configuration (its files read once, at the first connection).
+struct Endpoint {
+    uri: AMQPUri,
+    target: Target,
+    tls: OwnedTLSConfig,
+}
+
+impl Endpoint {
+    fn new(url: &str, tls: Option<&TlsOptions>) -> Result<Self, BrokerError> {
+        let uri: AMQPUri = url.parse().map_err(|reason| BrokerError::InvalidUrl {
+            url: redact(url),
+            reason,
+        })?;
+        let tls = match (&uri.scheme, tls) {
+            (AMQPScheme::AMQPS, Some(tls)) => tls.load()?,
+            (AMQPScheme::AMQPS, None) => OwnedTLSConfig::default(),
+            (AMQPScheme::AMQP, None) => OwnedTLSConfig::default(),
+            (AMQPScheme::AMQP, Some(_)) => {
+                return Err(BrokerError::InvalidUrl {
+                    url: redact(url),
+                    reason: "TLS options were given but the URL is amqp:// (plaintext): \
+                             use amqps://"
+                        .into(),
+                })
+            }
+        };
+        Ok(Self {
+            target: Target::of(&uri),
+            uri,
+            tls,
+        })
+    }
+
+    /// Opens a connection; an `amqps://` one is TLS or fails (lapin is built
+    /// with rustls: see the workspace Cargo.toml).
+    async fn open(&self, generation: u64) -> Result<Link, BrokerError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("task-core pid={}", std::process::id()).into());
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| connect_error(&self.target, e))?;
+        let connection = Connection::connect_uri_with_config(
+            self.uri.clone(),
+            properties,
+            self.tls.clone(),
+            runtime,
+        )
         .await
-        .map_err(|e| BrokerError::Connection(format!("{}: {e}", redact(url))))?;
+        .map_err(|e| connect_error(&self.target, e))?;
+        open_channels(connection, generation).await
+    }
+}
+
+async fn open_channels(connection: Connection, generation: u64) -> Result<Link, BrokerError> {
     let publisher = connection
         .create_channel()
         .await
@@ -263,6 +331,60 @@ pub(crate) fn lost(operation: &'static str, error: lapin::Error) -> BrokerError 
         BrokerError::Operation {
             operation,
             reason: error.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// lapin without a TLS backend connects `amqps://` URLs in plaintext;
+    /// this pins that ours is built with one: the first bytes an `amqps://`
+    /// connection sends are a TLS handshake record, never AMQP's header.
+    #[tokio::test]
+    async fn an_amqps_url_never_connects_in_plaintext() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 3];
+            socket.read_exact(&mut first).await.unwrap();
+            first
+        });
+        let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
+        let connecting = LinkKeeper::connect(&url, ReconnectPolicy::default(), None);
+        let (connected, first) = tokio::join!(connecting, peer);
+        let first = first.unwrap();
+        assert_ne!(
+            &first, b"AMQ",
+            "an amqps:// URL sent the plaintext AMQP header"
+        );
+        // 0x16: a TLS handshake record; 0x03: TLS's major version.
+        assert_eq!(first[..2], [0x16, 0x03], "not a TLS ClientHello: {first:?}");
+        assert!(
+            connected.is_err(),
+            "the peer closed without a TLS handshake, yet the connection opened"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_options_with_an_amqp_url_are_refused() {
+        let refused = LinkKeeper::connect(
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+            ReconnectPolicy::default(),
+            Some(&TlsOptions::new()),
+        )
+        .await;
+        match refused {
+            Err(BrokerError::InvalidUrl { url, reason }) => {
+                assert_eq!(url, "amqp://guest:***@127.0.0.1:1/%2f");
+                assert!(reason.contains("use amqps://"), "{reason}");
+            }
+            Err(other) => panic!("expected InvalidUrl, got {other}"),
+            Ok(_) => panic!("connected in plaintext with TLS options"),
         }
     }
 }

@@ -4,10 +4,12 @@
 
 pub mod amqp;
 mod amqp_link;
+mod connect_failure;
 pub mod delay_topology;
 mod field_table;
 pub mod headers;
 pub mod memory;
+mod tls;
 
 use std::fmt;
 use std::time::Duration;
@@ -16,7 +18,9 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
 
+pub use connect_failure::{ConnectFailure, TlsFailure};
 pub use headers::{HeaderValue, Headers};
+pub use tls::TlsOptions;
 
 /// Errors from the broker connection.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +34,33 @@ pub enum BrokerError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The connection to the broker failed or was lost.
+    /// The connection to the broker was lost (or could not be replaced
+    /// within the reconnection deadline).
     #[error("broker connection error: {0}")]
     Connection(String),
+    /// The first connection to the broker could not be opened: what failed,
+    /// where, and what to check, in one line.
+    #[error("{}", connect_failure::describe(.url, .address, .failure))]
+    Connect {
+        /// The URL without its password (`amqp://user@host:port/vhost`).
+        url: String,
+        /// `host:port`.
+        address: String,
+        /// Why it failed.
+        failure: ConnectFailure,
+        /// The client library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A TLS file ([`TlsOptions`]) could not be read or holds no usable
+    /// certificate or key; nothing was sent.
+    #[error("TLS file `{}`: {reason}", .path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The broker refused the message (publisher confirm `nack`).
     #[error("the broker refused (nack) the message published to `{routing_key}`")]
     Nacked {
