@@ -283,20 +283,45 @@ fn handler(krate: &Path, task: &TaskFn) -> TokenStream {
     let ret_span = task.output.span();
     let returned = Ident::new("returned", Span::mixed_site());
     let body = Ident::new("body", Span::mixed_site());
+    let error = Ident::new("error", Span::mixed_site());
+    // A rejected error type is reported at it when the return type spells
+    // it (`Result<T, E>`), else at the return type (an alias).
+    let error_span = error_type(&task.output).map_or(ret_span, Spanned::span);
+    // The error's conversion is picked where its concrete type is known:
+    // `CeleryException` (its own `exc_type`) before any `IntoTaskError`
+    // (autoref specialization, see `task_core::__private::ViaException`).
+    let convert = locate(
+        quote! {
+            |#error| {
+                use #krate::__private::{ViaConversion as _, ViaException as _};
+                (&#error).__task_error_kind().convert(#error)
+            }
+        },
+        error_span,
+    );
     let call = if task.is_async {
         let encode = locate(
-            quote!(#krate::__private::encode_output(#returned)),
+            quote!(#krate::__private::encode_output::<#ident, _, _>),
             ret_span,
         );
+        let args = delimited(
+            Delimiter::Parenthesis,
+            quote!(#returned, #convert),
+            ret_span,
+        );
+        let encode = quote!(#encode #args);
         quote! {
             let #returned = #ident.run(#(#locals),*).await;
             #encode
         }
     } else {
         let run_blocking = locate(
-            quote!(#krate::__private::run_blocking(#body).await),
+            quote!(#krate::__private::run_blocking::<#ident, _, _, _>),
             ret_span,
         );
+        let args = delimited(Delimiter::Parenthesis, quote!(#body, #convert), ret_span);
+        let await_ = locate(quote!(.await), ret_span);
+        let run_blocking = quote!(#run_blocking #args #await_);
         quote! {
             let #body = move || #ident.run(#(#locals),*);
             #run_blocking
@@ -323,6 +348,28 @@ fn handler(krate: &Path, task: &TaskFn) -> TokenStream {
         ) -> #krate::__private::BoxFuture<'static, #krate::registry::TaskOutcome> {
             #box_pin #future
         }
+    }
+}
+
+/// `E` in a return type written `Result<T, E>` (any path ending in `Result`).
+fn error_type(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(_), Some(error), None) => Some(error),
+        _ => None,
     }
 }
 
