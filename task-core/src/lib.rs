@@ -60,6 +60,12 @@ pub mod __private {
     pub use futures_util::future::BoxFuture;
     pub use inventory;
 
+    /// The bound `s` and `delay` put on their result type (`DeserializeOwned`
+    /// under a name of this crate's own).
+    pub trait TaskResult: serde::de::DeserializeOwned {}
+
+    impl<T: serde::de::DeserializeOwned> TaskResult for T {}
+
     use crate::registry::TaskOutcome;
     use crate::{CeleryException, IntoTaskError, Task, TaskError, TaskReturn};
 

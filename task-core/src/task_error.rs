@@ -4,6 +4,10 @@
 //! `std::error::Error` converts into it with `?`, keeping the error's type name
 //! (which becomes Celery's `exc_type`), its message and its chain of causes
 //! (which becomes the traceback the caller sees).
+//!
+//! [`IntoTaskError`] lists every error type a task may return (`TaskError`,
+//! std errors, `String`, `Box<dyn Error>`, `anyhow::Error`), and
+//! [`CeleryException`] lets an error type name its own `exc_type`.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -87,7 +87,16 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
     let ret = &task.output;
     let ret_span = ret.span();
     let output = locate(quote!(<#ret as #krate::TaskReturn>::Output), ret_span);
-    let task_output = locate(quote!(<Self as #krate::Task>::Output), ret_span);
+    // `s` and `delay` are generic over their result type `R`, pinned to the
+    // task's output by their `where` clause (so `add.s(2, 3)` infers it):
+    // naming `<Self as Task>::Output` in their signatures would report a
+    // return type that is not `TaskReturn` once more for each of them.
+    let result = Ident::new("R", Span::mixed_site());
+    let task_output = quote!(#result);
+    let result_bound = locate(
+        quote!(where Self: #krate::Task<Output = #result>, #result: #krate::__private::TaskResult),
+        ret_span,
+    );
     let of_task = quote!(#krate::Signature::of_task::<Self>());
     let s_ret = locate(quote!(#krate::Signature<#task_output>), ret_span);
     let delay_ret = locate(
@@ -183,16 +192,16 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
         impl #ident {
             #[doc = #s_doc]
             #[allow(dead_code)]
-            #vis fn s(&self, #(#arg_idents: #arg_types),*) -> #s_ret {
+            #vis fn s<#result>(&self, #(#arg_idents: #arg_types),*) -> #s_ret #result_bound {
                 #of_task #(.arg(#arg_idents))*
             }
 
             #[doc = #delay_doc]
             #[allow(dead_code)]
-            #vis async fn delay(
+            #vis async fn delay<#result>(
                 &self,
                 #(#arg_idents: #arg_types),*
-            ) -> #delay_ret {
+            ) -> #delay_ret #result_bound {
                 #of_task #(.arg(#arg_idents))* .apply_async().await
             }
         }
