@@ -51,6 +51,7 @@ pub use signature::{CallOptions, Expiry, Signature};
 pub use task::{Task, TaskOptions, TaskReturn};
 pub use task_error::{
     kind as error_kind, CeleryException, IntoTaskError, RetryRequest, TaskError, GENERIC_EXCEPTION,
+    RUST_EXCEPTION_MODULE,
 };
 pub use task_macros::task;
 
