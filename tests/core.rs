@@ -715,3 +715,126 @@ async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_aw
     observer.broker().delete_queue(&queue).await.unwrap();
     observer.close().await.unwrap();
 }
+
+#[task(name = "test.core.fails_std")]
+async fn fails_std(text: String) -> Result<i64, std::num::ParseIntError> {
+    text.parse()
+}
+
+#[task(name = "test.core.fails_string")]
+async fn fails_string() -> Result<i64, String> {
+    Err("no luck".to_owned())
+}
+
+#[task(name = "test.core.fails_boxed")]
+async fn fails_boxed() -> Result<i64, Box<dyn std::error::Error + Send + Sync>> {
+    let cause = "x".parse::<i64>().unwrap_err();
+    Err(Box::new(Wrapped(cause)))
+}
+
+#[task(name = "test.core.fails_anyhow")]
+async fn fails_anyhow() -> anyhow::Result<i64> {
+    use anyhow::Context as _;
+    let number = "x".parse::<i64>().context("reading the count")?;
+    Ok(number)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("wrapped")]
+struct Wrapped(#[source] std::num::ParseIntError);
+
+/// One Python exception per variant.
+#[derive(Debug, thiserror::Error)]
+enum LookupFailure {
+    #[error("no such key: {0}")]
+    NotFound(String),
+    #[error("invalid key: {0}")]
+    Invalid(String),
+}
+
+impl task_core::CeleryException for LookupFailure {
+    fn exc_type(&self) -> &str {
+        match self {
+            LookupFailure::NotFound(_) => "KeyError",
+            LookupFailure::Invalid(_) => "ValueError",
+        }
+    }
+}
+
+#[task(name = "test.core.fails_lookup")]
+async fn fails_lookup(key: String) -> Result<i64, LookupFailure> {
+    Err(if key.is_empty() {
+        LookupFailure::Invalid(key)
+    } else {
+        LookupFailure::NotFound(key)
+    })
+}
+
+#[task(name = "test.core.fails_lookup_blocking")]
+fn fails_lookup_blocking(key: String) -> Result<i64, LookupFailure> {
+    Err(LookupFailure::NotFound(key))
+}
+
+fn eager_app() -> task_core::App {
+    task_core::App::builder()
+        .eager(true)
+        .set_as_default(false)
+        .build_with(std::sync::Arc::new(
+            task_core::broker::memory::MemoryBroker::new(),
+        ))
+}
+
+/// Runs `signature` on an eager app and returns its failure.
+async fn eager_failure(signature: Signature<i64>) -> task_core::TaskFailure {
+    let app = eager_app();
+    let result = signature.apply_async_with(&app).await.unwrap();
+    failure(result.get(RESULT_TIMEOUT).await.unwrap_err())
+}
+
+#[tokio::test]
+async fn each_task_error_kind_reaches_the_caller_with_its_exc_type() {
+    let std_error = eager_failure(fails_std.s("x".into())).await;
+    assert_eq!(
+        (std_error.exc_type.as_str(), std_error.message.as_str()),
+        ("ParseIntError", "invalid digit found in string")
+    );
+    assert_eq!(std_error.exc_module.as_deref(), Some("rust"));
+
+    let string = eager_failure(fails_string.s()).await;
+    assert_eq!(
+        (string.exc_type.as_str(), string.message.as_str()),
+        ("Exception", "no luck")
+    );
+    assert_eq!(string.exc_module.as_deref(), Some("builtins"));
+
+    let boxed = eager_failure(fails_boxed.s()).await;
+    assert_eq!(
+        (boxed.exc_type.as_str(), boxed.message.as_str()),
+        ("Exception", "wrapped")
+    );
+    assert_eq!(
+        boxed.traceback.as_deref(),
+        Some("Exception: wrapped\nCaused by:\n    invalid digit found in string")
+    );
+
+    let anyhow = eager_failure(fails_anyhow.s()).await;
+    assert_eq!(
+        (anyhow.exc_type.as_str(), anyhow.message.as_str()),
+        ("Exception", "reading the count")
+    );
+    assert_eq!(
+        anyhow.traceback.as_deref(),
+        Some("Exception: reading the count\nCaused by:\n    invalid digit found in string")
+    );
+
+    let not_found = eager_failure(fails_lookup.s("k".into())).await;
+    assert_eq!(
+        (not_found.exc_type.as_str(), not_found.message.as_str()),
+        ("KeyError", "no such key: k")
+    );
+    assert_eq!(not_found.exc_module.as_deref(), Some("builtins"));
+    let invalid = eager_failure(fails_lookup.s(String::new())).await;
+    assert_eq!(invalid.exc_type, "ValueError");
+    let blocking = eager_failure(fails_lookup_blocking.s("k".into())).await;
+    assert_eq!(blocking.exc_type, "KeyError");
+}

@@ -1027,7 +1027,8 @@ async fn delay_during_an_outage_retries_then_fails_with_a_typed_error() {
     // consumes) fails with a typed error too, instead of waiting its whole
     // timeout.
     let parked = app
-        .signature::<i64>("tasks.add")
+        .signature("tasks.add")
+        .returning::<i64>()
         .arg(1)
         .arg(2)
         .queue(parked_queue.clone())

@@ -295,9 +295,23 @@ impl App {
             .contains(queue)
     }
 
-    /// Starts a call of the task registered as `name` (any language), whose
-    /// result will be read as `R`.
-    pub fn signature<R>(&self, name: impl Into<std::borrow::Cow<'static, str>>) -> Signature<R> {
+    /// Starts a call of the task registered as `name` (any language). Its
+    /// result is untyped, a [`serde_json::Value`]; say which type to read it
+    /// as with [`Signature::returning`]:
+    ///
+    /// ```no_run
+    /// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
+    /// use std::time::Duration;
+    /// let untyped = app.signature("tasks.add").arg(2).arg(3);
+    /// let value: serde_json::Value = untyped.apply_async_with(&app).await?.get(Duration::from_secs(5)).await?;
+    /// let typed = app.signature("tasks.add").arg(2).arg(3).returning::<i64>();
+    /// let sum: i64 = typed.apply_async_with(&app).await?.get(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// (A result type left to inference would otherwise become `()` when
+    /// the result is not used, and fail to decode.)
+    pub fn signature(&self, name: impl Into<std::borrow::Cow<'static, str>>) -> Signature {
         Signature::new(name)
     }
 

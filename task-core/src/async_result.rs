@@ -223,7 +223,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             TaskState::Success => serde_json::from_str(raw).map_err(|e| Error::DecodeResult {
                 task_id: self.task_id.clone(),
                 expected: std::any::type_name::<R>(),
-                reason: e.to_string(),
+                reason: crate::args::explain_json_error(raw, &e),
             }),
             TaskState::Revoked => Err(Error::Revoked {
                 task_id: self.task_id.clone(),
@@ -340,6 +340,20 @@ mod tests {
             wrong.get(Duration::from_secs(1)).await,
             Err(Error::DecodeResult { .. })
         ));
+        // A Python big integer (2**70) for an i64 result names the integer.
+        let big = AsyncResult::<i64>::new("b".into(), Some(pending.expect("b")));
+        pending.deliver(body(
+            "b",
+            r#""status": "SUCCESS", "result": 1180591620717411303424"#,
+        ));
+        match big.get(Duration::from_secs(1)).await {
+            Err(Error::DecodeResult { reason, .. }) => assert_eq!(
+                reason,
+                "the integer 1180591620717411303424 does not fit in i64 \
+                 (from -9223372036854775808 to 9223372036854775807)"
+            ),
+            other => panic!("expected DecodeResult, got {other:?}"),
+        }
         let revoked = AsyncResult::<i64>::new("r".into(), Some(pending.expect("r")));
         pending.deliver(body(
             "r",

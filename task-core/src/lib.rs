@@ -49,7 +49,10 @@ pub use registry::{Registry, TaskRegistration};
 pub use retry::RetryPolicy;
 pub use signature::{CallOptions, Expiry, Signature};
 pub use task::{Task, TaskOptions, TaskReturn};
-pub use task_error::{RetryRequest, TaskError};
+pub use task_error::{
+    kind as error_kind, CeleryException, IntoTaskError, RetryRequest, TaskError, GENERIC_EXCEPTION,
+    RUST_EXCEPTION_MODULE,
+};
 pub use task_macros::task;
 
 /// Items used by the code `#[task]` generates. Not a public API.
@@ -58,12 +61,45 @@ pub mod __private {
     pub use futures_util::future::BoxFuture;
     pub use inventory;
 
-    use crate::registry::TaskOutcome;
-    use crate::{TaskError, TaskReturn};
+    /// The bound `s` and `delay` put on their result type (`DeserializeOwned`
+    /// under a name of this crate's own).
+    pub trait TaskResult: serde::de::DeserializeOwned {}
 
-    /// Encodes a task body's return value into the outcome sent to the caller.
-    pub fn encode_output<R: TaskReturn>(returned: R) -> TaskOutcome {
-        let value = returned.into_task_result()?;
+    impl<T: serde::de::DeserializeOwned> TaskResult for T {}
+
+    use crate::registry::TaskOutcome;
+    use crate::{CeleryException, IntoTaskError, Task, TaskError, TaskReturn};
+
+    /// `R` is a [`TaskReturn`] whose output is `O`. The handler `#[task]`
+    /// generates asks for `R: Returns<<Task as Task>::Output>` rather than
+    /// `R: TaskReturn`: when the return type is not a `TaskReturn`, the
+    /// `Task` impl already reports it, its `Output` is then an error type,
+    /// and the compiler reports nothing more here (one diagnostic, not two).
+    pub trait Returns<O> {
+        /// [`TaskReturn::Error`].
+        type Error;
+        /// [`TaskReturn::into_result`].
+        fn into_result(self) -> Result<O, Self::Error>;
+    }
+
+    impl<R: TaskReturn> Returns<R::Output> for R {
+        type Error = R::Error;
+
+        fn into_result(self) -> Result<R::Output, R::Error> {
+            TaskReturn::into_result(self)
+        }
+    }
+
+    /// Encodes the return value of task `T`'s body into the outcome sent to
+    /// the caller; `convert` turns its error into a [`TaskError`] (see
+    /// [`ViaException`]).
+    pub fn encode_output<T, R, C>(returned: R, convert: C) -> TaskOutcome
+    where
+        T: Task,
+        R: Returns<T::Output>,
+        C: FnOnce(R::Error) -> TaskError,
+    {
+        let value = returned.into_result().map_err(convert)?;
         serde_json::value::to_raw_value(&value).map_err(|error| {
             TaskError::new(
                 "EncodeError",
@@ -72,17 +108,65 @@ pub mod __private {
         })
     }
 
+    /// How the error of a task body is converted, chosen where the generated
+    /// handler knows its concrete type (autoref specialization):
+    /// `(&error).__task_error_kind().convert(error)` finds this trait's
+    /// method without autoref when the error is a [`CeleryException`], and
+    /// [`ViaConversion`]'s (with one more `&`) otherwise.
+    pub trait ViaException {
+        /// Picks [`ExceptionTag`].
+        fn __task_error_kind(&self) -> ExceptionTag {
+            ExceptionTag
+        }
+    }
+
+    impl<E: CeleryException> ViaException for E {}
+
+    /// The fallback of [`ViaException`]: any [`IntoTaskError`].
+    pub trait ViaConversion {
+        /// Picks [`ConversionTag`].
+        fn __task_error_kind(&self) -> ConversionTag {
+            ConversionTag
+        }
+    }
+
+    impl<E> ViaConversion for &E {}
+
+    /// Converts a [`CeleryException`], with its own `exc_type`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct ExceptionTag;
+
+    impl ExceptionTag {
+        /// [`TaskError::from_exception`].
+        pub fn convert<E: CeleryException>(self, error: E) -> TaskError {
+            TaskError::from_exception(error)
+        }
+    }
+
+    /// Converts any [`IntoTaskError`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct ConversionTag;
+
+    impl ConversionTag {
+        /// [`IntoTaskError::into_task_error`].
+        pub fn convert<E: IntoTaskError<K>, K>(self, error: E) -> TaskError {
+            error.into_task_error()
+        }
+    }
+
     /// Runs a blocking task body on tokio's blocking pool; a panic becomes a
     /// FAILURE like in async tasks.
-    pub async fn run_blocking<R, F>(body: F) -> TaskOutcome
+    pub async fn run_blocking<T, R, F, C>(body: F, convert: C) -> TaskOutcome
     where
-        R: TaskReturn,
+        T: Task,
+        R: Returns<T::Output>,
         F: FnOnce() -> R + Send + 'static,
+        C: FnOnce(R::Error) -> TaskError + Send + 'static,
     {
         let context = crate::current_task();
         let run = move || match context {
-            Some(context) => context.scope_blocking(|| encode_output(body())),
-            None => encode_output(body()),
+            Some(context) => context.scope_blocking(|| encode_output::<T, R, C>(body(), convert)),
+            None => encode_output::<T, R, C>(body(), convert),
         };
         match tokio::task::spawn_blocking(run).await {
             Ok(outcome) => outcome,

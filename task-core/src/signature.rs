@@ -129,7 +129,8 @@ impl<R> Signature<R> {
         &self.options
     }
 
-    /// Changes the result type (for calls by name).
+    /// Changes the result type (for calls by name, which start untyped:
+    /// [`App::signature`] gives a `Signature<serde_json::Value>`).
     pub fn returning<T>(self) -> Signature<T> {
         Signature {
             name: self.name,

@@ -4,6 +4,10 @@
 //! `std::error::Error` converts into it with `?`, keeping the error's type name
 //! (which becomes Celery's `exc_type`), its message and its chain of causes
 //! (which becomes the traceback the caller sees).
+//!
+//! [`IntoTaskError`] lists every error type a task may return (`TaskError`,
+//! std errors, `String`, `Box<dyn Error>`, `anyhow::Error`), and
+//! [`CeleryException`] lets an error type name its own `exc_type`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -143,6 +147,28 @@ impl TaskError {
         Self::new("TypeError", message)
     }
 
+    /// An error of a type that names its own exception type
+    /// ([`CeleryException`]): its `exc_type`, message and causes.
+    pub fn from_exception<E: CeleryException>(error: E) -> Self {
+        Self {
+            exc_type: Cow::Owned(error.exc_type().to_owned()),
+            message: error.to_string(),
+            traceback: causes(error.source()),
+            retry: None,
+        }
+    }
+
+    /// An error whose type is not known (a `dyn Error`): reported as
+    /// [`GENERIC_EXCEPTION`], with its message and causes.
+    pub fn from_dyn(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self {
+            exc_type: Cow::Borrowed(GENERIC_EXCEPTION),
+            message: error.to_string(),
+            traceback: causes(error.source()),
+            retry: None,
+        }
+    }
+
     /// A task that panicked. The panic payload becomes the message.
     pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
         let message = if let Some(text) = payload.downcast_ref::<&'static str>() {
@@ -161,22 +187,180 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     fn from(error: E) -> Self {
-        let mut causes = String::new();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            if causes.is_empty() {
-                causes.push_str("Caused by:");
-            }
-            causes.push_str("\n    ");
-            causes.push_str(&cause.to_string());
-            source = cause.source();
-        }
         Self {
             exc_type: Cow::Borrowed(short_type_name(std::any::type_name::<E>())),
             message: error.to_string(),
-            traceback: (!causes.is_empty()).then_some(causes),
+            traceback: causes(error.source()),
             retry: None,
         }
+    }
+}
+
+/// `"Caused by:"` and one indented line per cause, or `None` without causes.
+fn causes(mut source: Option<&(dyn std::error::Error + 'static)>) -> Option<String> {
+    let mut causes = String::new();
+    while let Some(cause) = source {
+        if causes.is_empty() {
+            causes.push_str("Caused by:");
+        }
+        causes.push_str("\n    ");
+        causes.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    (!causes.is_empty()).then_some(causes)
+}
+
+/// The `exc_type` of failures whose Rust type is not known: a `String` or
+/// `&str` message, a `Box<dyn Error>` and an `anyhow::Error`. It is Python's
+/// base `Exception`, which a Python client raises as the built-in class.
+pub const GENERIC_EXCEPTION: &str = "Exception";
+
+/// An error type that names the exception it is reported as (Celery's
+/// `exc_type`), for example one name per variant.
+///
+/// A task whose return type is `Result<T, E>` with `E: CeleryException`
+/// reports `E::exc_type` instead of the Rust type's name; the message is the
+/// error's `Display` and the traceback its causes, as for any error. Python's
+/// built-in exception names (`KeyError`, `ValueError`, ...) are raised as the
+/// built-in class by a Python Celery client.
+///
+/// ```
+/// use task_core::{CeleryException, TaskError};
+///
+/// #[derive(Debug)]
+/// enum LookupError {
+///     NotFound(String),
+///     Invalid(String),
+/// }
+///
+/// impl std::fmt::Display for LookupError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         match self {
+///             LookupError::NotFound(key) => write!(f, "no such key: {key}"),
+///             LookupError::Invalid(key) => write!(f, "invalid key: {key}"),
+///         }
+///     }
+/// }
+///
+/// impl std::error::Error for LookupError {}
+///
+/// impl CeleryException for LookupError {
+///     fn exc_type(&self) -> &str {
+///         match self {
+///             LookupError::NotFound(_) => "KeyError",
+///             LookupError::Invalid(_) => "ValueError",
+///         }
+///     }
+/// }
+///
+/// let err = TaskError::from_exception(LookupError::NotFound("a".into()));
+/// assert_eq!(err.exc_type(), "KeyError");
+/// assert_eq!(err.exc_module(), "builtins");
+/// ```
+///
+/// The choice is made where `#[task]` converts the body's error; inside a
+/// body that returns `Result<T, TaskError>`, `?` goes through the generic
+/// `From<std::error::Error>` conversion, which keeps the type name: use
+/// `.map_err(TaskError::from_exception)` there.
+pub trait CeleryException: std::error::Error {
+    /// The exception type name this error is reported as.
+    fn exc_type(&self) -> &str;
+}
+
+/// Markers that tell apart the [`IntoTaskError`] conversions (so that they
+/// can coexist with the one for every `std::error::Error`). Only
+/// [`Custom`](kind::Custom) is meant to be named, by user implementations.
+pub mod kind {
+    /// [`TaskError`](crate::TaskError) itself.
+    #[derive(Debug)]
+    pub enum Own {}
+    /// Any `std::error::Error + Send + Sync + 'static`.
+    #[derive(Debug)]
+    pub enum StdError {}
+    /// A `String` or `&'static str` message.
+    #[derive(Debug)]
+    pub enum Message {}
+    /// A boxed `dyn std::error::Error`.
+    #[derive(Debug)]
+    pub enum Boxed {}
+    /// An `anyhow::Error` (with the `anyhow` feature).
+    #[derive(Debug)]
+    pub enum Anyhow {}
+    /// A user type that implements [`IntoTaskError`](crate::IntoTaskError)
+    /// itself (it must not also implement `std::error::Error`).
+    #[derive(Debug)]
+    pub enum Custom {}
+}
+
+/// An error type a task body may fail with: the `E` of a task's
+/// `Result<T, E>`.
+///
+/// Implemented for:
+///
+/// | `E` | `exc_type` | message | traceback |
+/// | --- | --- | --- | --- |
+/// | [`TaskError`] | its own | its own | its own |
+/// | any `std::error::Error + Send + Sync + 'static` | the type's name (`ParseIntError`), or [`CeleryException::exc_type`] | `Display` | the chain of `source()`s |
+/// | `String`, `&'static str` | `Exception` | the text | none |
+/// | `Box<dyn Error + Send + Sync>`, `Box<dyn Error + Send>` | `Exception` (the boxed type is not known) | `Display` | the chain of `source()`s |
+/// | `anyhow::Error` (feature `anyhow`) | `Exception` (the root cause's type is not known) | `Display` (the outermost context) | the rest of the chain |
+///
+/// The `Kind` parameter only keeps these implementations apart; it is
+/// inferred. A type of your own that does not implement `std::error::Error`
+/// can implement `IntoTaskError<kind::Custom>`.
+#[diagnostic::on_unimplemented(
+    message = "a task cannot fail with `{Self}`: it does not convert into `TaskError`",
+    label = "this is the task's error type, `{Self}`",
+    note = "a task's error type may be any `std::error::Error + Send + Sync + 'static`, `TaskError`, `String`, `&'static str`, `Box<dyn Error + Send + Sync>`, or `anyhow::Error` (task-core's `anyhow` feature)"
+)]
+pub trait IntoTaskError<Kind> {
+    /// Converts the error, keeping what can be kept of its type, message and causes.
+    fn into_task_error(self) -> TaskError;
+}
+
+impl IntoTaskError<kind::Own> for TaskError {
+    fn into_task_error(self) -> TaskError {
+        self
+    }
+}
+
+impl<E> IntoTaskError<kind::StdError> for E
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn into_task_error(self) -> TaskError {
+        TaskError::from(self)
+    }
+}
+
+impl IntoTaskError<kind::Message> for String {
+    fn into_task_error(self) -> TaskError {
+        TaskError::new(GENERIC_EXCEPTION, self)
+    }
+}
+
+impl IntoTaskError<kind::Message> for &'static str {
+    fn into_task_error(self) -> TaskError {
+        TaskError::new(GENERIC_EXCEPTION, self)
+    }
+}
+
+impl IntoTaskError<kind::Boxed> for Box<dyn std::error::Error + Send + Sync> {
+    fn into_task_error(self) -> TaskError {
+        TaskError::from_dyn(self.as_ref())
+    }
+}
+
+impl IntoTaskError<kind::Boxed> for Box<dyn std::error::Error + Send> {
+    fn into_task_error(self) -> TaskError {
+        TaskError::from_dyn(self.as_ref())
+    }
+}
+
+#[cfg(feature = "anyhow")]
+impl IntoTaskError<kind::Anyhow> for anyhow::Error {
+    fn into_task_error(self) -> TaskError {
+        TaskError::from_dyn(&*self)
     }
 }
 
@@ -225,6 +409,107 @@ mod tests {
         assert_eq!(err.exc_type(), "Outer");
         assert_eq!(err.traceback(), Some("Caused by:\n    disk gone"));
         assert_eq!(err.exc_module(), RUST_EXCEPTION_MODULE);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Lookup {
+        #[error("no such key: {0}")]
+        NotFound(String),
+        #[error("invalid key")]
+        Invalid(#[source] std::num::ParseIntError),
+    }
+
+    impl CeleryException for Lookup {
+        fn exc_type(&self) -> &str {
+            match self {
+                Lookup::NotFound(_) => "KeyError",
+                Lookup::Invalid(_) => "ValueError",
+            }
+        }
+    }
+
+    fn convert<E: IntoTaskError<K>, K>(error: E) -> TaskError {
+        error.into_task_error()
+    }
+
+    #[test]
+    fn each_error_kind_converts_with_its_exc_type_message_and_traceback() {
+        let err = convert(TaskError::new("KeyError", "k").with_traceback("tb"));
+        assert_eq!(
+            (err.exc_type(), err.message(), err.traceback()),
+            ("KeyError", "k", Some("tb"))
+        );
+
+        let err = convert(Outer(std::io::Error::other("disk gone")));
+        assert_eq!(
+            (err.exc_type(), err.message(), err.traceback()),
+            ("Outer", "outer failed", Some("Caused by:\n    disk gone"))
+        );
+
+        let err = convert(String::from("no luck"));
+        assert_eq!(
+            (err.exc_type(), err.message(), err.traceback()),
+            ("Exception", "no luck", None)
+        );
+        assert_eq!(err.exc_module(), "builtins");
+        let err = convert("static text");
+        assert_eq!(
+            (err.exc_type(), err.message()),
+            ("Exception", "static text")
+        );
+
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(Outer(std::io::Error::other("disk gone")));
+        let err = convert(boxed);
+        assert_eq!(
+            (err.exc_type(), err.message(), err.traceback()),
+            (
+                "Exception",
+                "outer failed",
+                Some("Caused by:\n    disk gone")
+            )
+        );
+        let boxed: Box<dyn std::error::Error + Send> = Box::new(std::io::Error::other("plain"));
+        let boxed_message = convert(boxed);
+        assert_eq!(
+            (boxed_message.exc_type(), boxed_message.message()),
+            ("Exception", "plain")
+        );
+    }
+
+    #[cfg(feature = "anyhow")]
+    #[test]
+    fn anyhow_errors_report_the_outermost_context_and_the_chain_below() {
+        use anyhow::Context as _;
+        let error = Err::<(), _>(std::io::Error::other("disk gone"))
+            .context("reading the config")
+            .context("starting up")
+            .unwrap_err();
+        let err = convert(error);
+        assert_eq!(err.exc_type(), "Exception");
+        assert_eq!(err.message(), "starting up");
+        assert_eq!(
+            err.traceback(),
+            Some("Caused by:\n    reading the config\n    disk gone")
+        );
+    }
+
+    #[test]
+    fn celery_exceptions_name_their_type_per_variant() {
+        let err = TaskError::from_exception(Lookup::NotFound("a".into()));
+        assert_eq!(
+            (err.exc_type(), err.message(), err.exc_module()),
+            ("KeyError", "no such key: a", "builtins")
+        );
+        let cause = "x".parse::<i64>().unwrap_err();
+        let err = TaskError::from_exception(Lookup::Invalid(cause));
+        assert_eq!(err.exc_type(), "ValueError");
+        assert_eq!(
+            err.traceback(),
+            Some("Caused by:\n    invalid digit found in string")
+        );
+        // The generic conversion (`?` into `TaskError`) keeps the type name.
+        assert_eq!(convert(Lookup::NotFound("a".into())).exc_type(), "Lookup");
     }
 
     #[test]

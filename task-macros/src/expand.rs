@@ -87,7 +87,16 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
     let ret = &task.output;
     let ret_span = ret.span();
     let output = locate(quote!(<#ret as #krate::TaskReturn>::Output), ret_span);
-    let task_output = locate(quote!(<Self as #krate::Task>::Output), ret_span);
+    // `s` and `delay` are generic over their result type `R`, pinned to the
+    // task's output by their `where` clause (so `add.s(2, 3)` infers it):
+    // naming `<Self as Task>::Output` in their signatures would report a
+    // return type that is not `TaskReturn` once more for each of them.
+    let result = Ident::new("R", Span::mixed_site());
+    let task_output = quote!(#result);
+    let result_bound = locate(
+        quote!(where Self: #krate::Task<Output = #result>, #result: #krate::__private::TaskResult),
+        ret_span,
+    );
     let of_task = quote!(#krate::Signature::of_task::<Self>());
     let s_ret = locate(quote!(#krate::Signature<#task_output>), ret_span);
     let delay_ret = locate(
@@ -183,16 +192,16 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
         impl #ident {
             #[doc = #s_doc]
             #[allow(dead_code)]
-            #vis fn s(&self, #(#arg_idents: #arg_types),*) -> #s_ret {
+            #vis fn s<#result>(&self, #(#arg_idents: #arg_types),*) -> #s_ret #result_bound {
                 #of_task #(.arg(#arg_idents))*
             }
 
             #[doc = #delay_doc]
             #[allow(dead_code)]
-            #vis async fn delay(
+            #vis async fn delay<#result>(
                 &self,
                 #(#arg_idents: #arg_types),*
-            ) -> #delay_ret {
+            ) -> #delay_ret #result_bound {
                 #of_task #(.arg(#arg_idents))* .apply_async().await
             }
         }
@@ -283,20 +292,45 @@ fn handler(krate: &Path, task: &TaskFn) -> TokenStream {
     let ret_span = task.output.span();
     let returned = Ident::new("returned", Span::mixed_site());
     let body = Ident::new("body", Span::mixed_site());
+    let error = Ident::new("error", Span::mixed_site());
+    // A rejected error type is reported at it when the return type spells
+    // it (`Result<T, E>`), else at the return type (an alias).
+    let error_span = error_type(&task.output).map_or(ret_span, Spanned::span);
+    // The error's conversion is picked where its concrete type is known:
+    // `CeleryException` (its own `exc_type`) before any `IntoTaskError`
+    // (autoref specialization, see `task_core::__private::ViaException`).
+    let convert = locate(
+        quote! {
+            |#error| {
+                use #krate::__private::{ViaConversion as _, ViaException as _};
+                (&#error).__task_error_kind().convert(#error)
+            }
+        },
+        error_span,
+    );
     let call = if task.is_async {
         let encode = locate(
-            quote!(#krate::__private::encode_output(#returned)),
+            quote!(#krate::__private::encode_output::<#ident, _, _>),
             ret_span,
         );
+        let args = delimited(
+            Delimiter::Parenthesis,
+            quote!(#returned, #convert),
+            ret_span,
+        );
+        let encode = quote!(#encode #args);
         quote! {
             let #returned = #ident.run(#(#locals),*).await;
             #encode
         }
     } else {
         let run_blocking = locate(
-            quote!(#krate::__private::run_blocking(#body).await),
+            quote!(#krate::__private::run_blocking::<#ident, _, _, _>),
             ret_span,
         );
+        let args = delimited(Delimiter::Parenthesis, quote!(#body, #convert), ret_span);
+        let await_ = locate(quote!(.await), ret_span);
+        let run_blocking = quote!(#run_blocking #args #await_);
         quote! {
             let #body = move || #ident.run(#(#locals),*);
             #run_blocking
@@ -323,6 +357,28 @@ fn handler(krate: &Path, task: &TaskFn) -> TokenStream {
         ) -> #krate::__private::BoxFuture<'static, #krate::registry::TaskOutcome> {
             #box_pin #future
         }
+    }
+}
+
+/// `E` in a return type written `Result<T, E>` (any path ending in `Result`).
+fn error_type(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(_), Some(error), None) => Some(error),
+        _ => None,
     }
 }
 
