@@ -222,6 +222,44 @@ async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker()
 }
 
 #[tokio::test]
+async fn python_canvas_sent_to_a_rust_worker_fails_fast_instead_of_being_half_run() {
+    let w = RustWorker::start("py2rs-canvas").await;
+    let q = &w.queue;
+    // chain(add.s(2, 3), add.s(10), add.s(100)): the Python caller waits on
+    // the last step's id; before, the first step ran and the rest vanished.
+    let reports = python_client(json!([
+        {"name": "tasks.add", "queue": q, "args": [2, 3],
+         "chain": [{"name": "tasks.add", "args": [10]}, {"name": "tasks.add", "args": [100]}]},
+        {"name": "tasks.add", "queue": q, "args": [1, 1], "link": {"name": "tasks.add", "args": [5]}},
+        {"name": "tasks.add", "queue": q, "args": [2, 2]},
+    ]))
+    .await;
+    // (For the chain, Celery raises the first failed parent's error.)
+    assert_eq!(reports[1]["status"], "FAILURE", "{:#}", reports[1]);
+    for report in &reports[..2] {
+        assert_eq!(report["exc_type"], "NotImplementedError", "{report:#}");
+        assert_eq!(report["exc_module"], "builtins", "{report:#}");
+    }
+    assert!(reports[0]["message"].as_str().unwrap().contains("chain"));
+    assert!(reports[1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("callbacks"));
+    assert_eq!(reports[2]["result"], json!(4), "plain calls still run");
+    // Both canvas messages are kept, unrun, for a replay.
+    let dead_letters = QueueSpec::dead_letter_queue(q).name;
+    assert_eq!(
+        w.app
+            .broker()
+            .queue_message_count(&dead_letters)
+            .await
+            .unwrap(),
+        2
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn python_sees_the_rust_error_and_its_causes_as_the_traceback() {
     let w = RustWorker::start("py2rs-traceback").await;
     let reports = python_client(json!([

@@ -1,8 +1,10 @@
 """A Python Celery 5.7 client for the interop tests.
 
 argv[1] is a JSON list of calls {name, queue, queue_arguments, args, kwargs,
-options, watch_states}; every call is sent with `send_task`, then every result is
-awaited. Prints one JSON list: per call, the value or the raised exception
+options, watch_states, link, chain}; every call is sent with `send_task` (with
+`link`: a callback signature {name, args}; with `chain`: a list of further
+steps {name, args}, sent as `chain(call, *steps).apply_async()`), then every
+result is awaited (for a chain: the last step's). Prints one JSON list: per call, the value or the raised exception
 (type, module, message, traceback) and, with watch_states, every state
 message received for it."""
 
@@ -12,7 +14,7 @@ import sys
 
 import time
 
-from celery import Celery
+from celery import Celery, chain
 from kombu import Exchange, Queue
 
 app = Celery("pyclient", broker=os.environ["BROKER_URL"], backend="rpc://")
@@ -26,16 +28,27 @@ def queue(call):
     return Queue(name, Exchange(name), routing_key=name, queue_arguments=call["queue_arguments"])
 
 
-calls = json.loads(sys.argv[1])
-sent = []
-for c in calls:
-    sent.append((time.monotonic(), app.send_task(
+def send(c):
+    options = dict(c.get("options", {}))
+    if "link" in c:
+        options["link"] = app.signature(c["link"]["name"], args=c["link"].get("args", []), queue=queue(c))
+    if "chain" in c:
+        first = app.signature(c["name"], args=c.get("args", []), kwargs=c.get("kwargs", {}), queue=queue(c))
+        steps = [app.signature(s["name"], args=s.get("args", []), queue=queue(c)) for s in c["chain"]]
+        return chain(first, *steps).apply_async(**options)
+    return app.send_task(
         c["name"],
         args=c.get("args", []),
         kwargs=c.get("kwargs", {}),
         queue=queue(c),
-        **c.get("options", {}),
-    )))
+        **options,
+    )
+
+
+calls = json.loads(sys.argv[1])
+sent = []
+for c in calls:
+    sent.append((time.monotonic(), send(c)))
 out = []
 for call, (sent_at, result) in zip(calls, sent):
     states = []
