@@ -24,7 +24,7 @@ use task_core::{App, Registry, TaskArgs, TaskContext, TaskError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::logging::Throttle;
-use crate::rate_limiter::RateLimiter;
+use crate::rate_limiter::{RateLimiter, Turn};
 
 /// What the executor needs from its worker.
 #[derive(Clone)]
@@ -93,6 +93,12 @@ impl RequeueBackoff {
 /// one is handed back to the broker's delay levels.
 const PARK_THRESHOLD: Duration = Duration::from_millis(50);
 
+/// A rate-limited task whose turn is less than this far away waits in the
+/// worker (unacknowledged, its concurrency slot given back); a later one is
+/// handed back to the broker's delay levels until its turn, so that waiting
+/// deliveries do not fill the prefetch window that other task types need.
+const RATE_LIMIT_HORIZON: Duration = Duration::from_secs(1);
+
 /// A worker's concurrency slot, which a task gives back while it waits for
 /// its rate limit so that other tasks can run meanwhile.
 pub(crate) struct Slot {
@@ -101,9 +107,19 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    async fn wait_for_turn(&mut self, limiter: &RateLimiter) {
+    /// Gives the concurrency slot back for good: what is left to do with
+    /// this delivery is broker I/O (parking it), not running a task.
+    fn release(&mut self) {
         self.permit = None;
-        limiter.acquire().await;
+    }
+
+    /// Waits until `turn` without holding a concurrency slot.
+    async fn wait_until(&mut self, turn: tokio::time::Instant) {
+        if turn <= tokio::time::Instant::now() {
+            return;
+        }
+        self.permit = None;
+        tokio::time::sleep_until(turn).await;
         self.permit = Arc::clone(&self.slots).acquire_owned().await.ok();
     }
 }
@@ -112,8 +128,8 @@ impl Slot {
 enum Settle {
     /// Done: acknowledge it.
     Ack,
-    /// Already acknowledged before the task ran.
-    AlreadyAcked,
+    /// Already settled (acknowledged before the task ran, or requeued).
+    AlreadySettled,
     /// It can never be processed: move it to the dead-letter queue.
     DeadLetter(String),
 }
@@ -140,7 +156,7 @@ impl Executor {
         };
         let settled = match settle {
             Settle::Ack => delivery.acker.ack().await,
-            Settle::AlreadyAcked => Ok(()),
+            Settle::AlreadySettled => Ok(()),
             Settle::DeadLetter(reason) => self.dead_letter(&delivery, &reason).await,
         };
         if let Err(error) = settled {
@@ -269,32 +285,38 @@ impl Executor {
             return Settle::DeadLetter(format!("NotImplementedError: {reason}"));
         }
 
-        if request.expires.is_some_and(|expires| expires <= Utc::now()) {
-            tracing::warn!(task_id = %request.id, task = %request.name, "discarding an expired task");
-            if let Some(reply_to) = reply_to {
-                self.publish_result(reply_to, result_message::revoked(&request.id, "expired"))
-                    .await;
-            }
+        if self.expired(&request, reply_to).await {
             return Settle::Ack;
         }
         if let Some(eta) = request.eta {
             if let Ok(wait) = (eta - Utc::now()).to_std() {
-                if wait > PARK_THRESHOLD && self.park(delivery, wait).await {
-                    return Settle::Ack;
+                if wait > PARK_THRESHOLD {
+                    slot.release();
+                    return self.park(delivery, wait).await;
                 }
                 tokio::time::sleep(wait).await;
             }
         }
         if let Some(limiter) = self.rate_limiters.get(task.name) {
-            slot.wait_for_turn(limiter).await;
+            match limiter.reserve(RATE_LIMIT_HORIZON) {
+                Turn::At(turn) => slot.wait_until(turn).await,
+                Turn::Park(wait) => {
+                    slot.release();
+                    return self.park(delivery, wait).await;
+                }
+            }
+        }
+        // The waits above may have outlived the task's expiry.
+        if self.expired(&request, reply_to).await {
+            return Settle::Ack;
         }
 
         let settle = if task.options.early_ack {
             if let Err(error) = delivery.acker.ack().await {
                 tracing::warn!(task_id = %request.id, %error, "early ack failed; not running the task");
-                return Settle::AlreadyAcked;
+                return Settle::AlreadySettled;
             }
-            Settle::AlreadyAcked
+            Settle::AlreadySettled
         } else {
             Settle::Ack
         };
@@ -345,20 +367,46 @@ impl Executor {
         settle
     }
 
-    /// Hands a task that is not due yet back to the broker's delay levels
-    /// (e.g. a Python producer's ETA, or one longer than the levels reach).
-    /// Returns false if that failed: the caller then waits in the worker.
-    async fn park(&self, delivery: &Delivery, wait: Duration) -> bool {
+    /// Whether the task's `expires` has passed; if so its caller is told
+    /// REVOKED and the message can be acked.
+    async fn expired(&self, request: &TaskRequest, reply_to: Option<&str>) -> bool {
+        if request.expires.is_none_or(|expires| expires > Utc::now()) {
+            return false;
+        }
+        tracing::warn!(task_id = %request.id, task = %request.name, "discarding an expired task");
+        if let Some(reply_to) = reply_to {
+            self.publish_result(reply_to, result_message::revoked(&request.id, "expired"))
+                .await;
+        }
+        true
+    }
+
+    /// Hands a task that may not run yet (its ETA, e.g. a Python producer's
+    /// or one longer than the levels reach, or its rate-limit turn) back to
+    /// the broker's delay levels, due after `wait`, and acks the original
+    /// once the copy is confirmed. If the broker refuses, the task is not
+    /// held in the worker for its whole wait (a concurrency slot and an
+    /// unacked delivery for as long as the ETA): it goes back to its queue
+    /// after a backoff pause.
+    async fn park(&self, delivery: &Delivery, wait: Duration) -> Settle {
         match self
             .app
             .broker()
             .publish_delayed(&delivery.queue, &delivery.message, wait)
             .await
         {
-            Ok(()) => true,
+            Ok(()) => {
+                self.requeue_backoff.succeeded();
+                Settle::Ack
+            }
             Err(error) => {
-                tracing::warn!(%error, "could not park a task in the broker; waiting for its ETA in the worker");
-                false
+                let pause = self.requeue_backoff.failed();
+                tracing::warn!(%error, ?pause,
+                    "could not park a task in the broker until it is due; returning it to its queue after a pause");
+                if let Err(error) = self.requeue_later(delivery, pause.min(wait)).await {
+                    tracing::warn!(%error, "could not requeue the task");
+                }
+                Settle::AlreadySettled
             }
         }
     }
@@ -396,7 +444,7 @@ impl Executor {
                     tracing::warn!(%error, "could not requeue the task");
                 }
             }
-            return Settle::AlreadyAcked;
+            return Settle::AlreadySettled;
         }
         self.requeue_backoff.succeeded();
         tracing::warn!(task_id = %request.id, task = %request.name, retries, ?delay, %error, "task will be retried");

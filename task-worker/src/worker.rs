@@ -345,7 +345,11 @@ impl Worker {
     /// Consumes until the shutdown handle is cancelled (reconnecting and
     /// resuming whenever the broker goes away), then stops consuming,
     /// lets running tasks finish (up to the shutdown timeout), returns the
-    /// prefetched but unstarted messages to their queues and returns.
+    /// prefetched but unstarted messages to their queues and returns. Tasks
+    /// still running at the timeout are stopped (their futures dropped, their
+    /// messages returned to the queue), so that none runs on beside a
+    /// redelivered copy; a blocking (`fn`) task's thread cannot be stopped
+    /// and finishes its body, without publishing or acknowledging.
     pub async fn run(self) -> Result<(), WorkerError> {
         let mut consumer = self.consume().await?;
         tracing::info!(
@@ -366,6 +370,9 @@ impl Worker {
         };
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let running = TaskTracker::new();
+        // Cancelled when the shutdown timeout runs out: the tasks still
+        // running are dropped, so none runs on after `run` returned.
+        let abandon = CancellationToken::new();
         'consuming: loop {
             let lost = loop {
                 let slot = tokio::select! {
@@ -386,7 +393,15 @@ impl Worker {
                             permit: Some(slot),
                             slots: Arc::clone(&slots),
                         };
-                        running.spawn(async move { executor.handle(delivery, slot).await });
+                        let abandon = abandon.clone();
+                        running.spawn(async move {
+                            // Dropped unsettled, the delivery goes back to its
+                            // queue when the channel closes.
+                            tokio::select! {
+                                _ = abandon.cancelled() => {}
+                                () = executor.handle(delivery, slot) => {}
+                            }
+                        });
                     }
                     Some(Err(error)) => break error.to_string(),
                     None => break "the broker closed the consumer".to_owned(),
@@ -427,8 +442,10 @@ impl Worker {
         {
             tracing::warn!(
                 still_running = running.len(),
-                "shutdown timeout reached; unfinished tasks go back to the queue"
+                "shutdown timeout reached; stopping the unfinished tasks, their messages go back to the queue"
             );
+            abandon.cancel();
+            running.wait().await;
         }
         // Closing the channel returns every unacknowledged message to its queue.
         if let Err(error) = consumer.cancel.close().await {
