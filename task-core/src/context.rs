@@ -1,5 +1,8 @@
 //! The running task's request, readable from inside its body (Celery's
-//! `self.request`): id, name, retries, and the soft time limit.
+//! `self.request`): id, name, retries, the soft time limit, where the task
+//! sits in its workflow (`root_id`, `parent_id`, group) and how it was
+//! delivered. A call made from inside a running task inherits its `root_id`
+//! and gets it as `parent_id`.
 //!
 //! ```
 //! use task_core::{task, TaskError};
@@ -29,13 +32,41 @@ pub struct TaskContext {
     inner: Arc<ContextInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ContextInner {
     id: String,
     name: String,
     queue: String,
     retries: u32,
     soft_deadline: Option<Instant>,
+    lineage: Lineage,
+    delivery: DeliveryInfo,
+}
+
+/// Where a task sits in its workflow, as its message says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The first task of the workflow (`None`: this task is the first).
+    pub root_id: Option<String>,
+    /// The task whose worker sent this one.
+    pub parent_id: Option<String>,
+    /// The group it is a member of.
+    pub group_id: Option<String>,
+    /// Its position in that group.
+    pub group_index: Option<u32>,
+}
+
+/// How the task's message reached the worker (Celery's `delivery_info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The exchange it was published to (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// The broker delivered it before (to a consumer that did not ack it).
+    pub redelivered: bool,
+    /// Its priority, if it had one.
+    pub priority: Option<u8>,
 }
 
 impl TaskContext {
@@ -55,8 +86,57 @@ impl TaskContext {
                 queue,
                 retries,
                 soft_deadline,
+                lineage: Lineage::default(),
+                delivery: DeliveryInfo::default(),
             }),
         }
+    }
+
+    /// This context, with the task's place in its workflow.
+    pub fn with_lineage(self, lineage: Lineage) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.lineage = lineage;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// This context, with how the task's message was delivered.
+    pub fn with_delivery(self, delivery: DeliveryInfo) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.delivery = delivery;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The first task of the workflow: the `root_id` the message carried,
+    /// or this task's own id.
+    pub fn root_id(&self) -> &str {
+        self.inner
+            .lineage
+            .root_id
+            .as_deref()
+            .unwrap_or(&self.inner.id)
+    }
+
+    /// The task whose worker sent this one, if any.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.inner.lineage.parent_id.as_deref()
+    }
+
+    /// The group this task is a member of, and its position in it.
+    pub fn group(&self) -> Option<(&str, Option<u32>)> {
+        let lineage = &self.inner.lineage;
+        lineage
+            .group_id
+            .as_deref()
+            .map(|group| (group, lineage.group_index))
+    }
+
+    /// How the task's message was delivered.
+    pub fn delivery(&self) -> &DeliveryInfo {
+        &self.inner.delivery
     }
 
     /// The task id.

@@ -29,7 +29,9 @@ use crate::broker::Message;
 use crate::protocol::result_message::{self, ExceptionInfo, ResultBody, TaskState};
 use crate::protocol::task_message::{decode_task, PartialRequest};
 use crate::signature::EncodedCall;
-use crate::{App, AsyncResult, Error, Registry, Signature, TaskArgs, TaskContext, TaskError};
+use crate::{
+    App, AsyncResult, DeliveryInfo, Error, Registry, Signature, TaskArgs, TaskContext, TaskError,
+};
 
 /// The `reply_to` of an eager call's message: results never leave the process.
 const EAGER_REPLY_TO: &str = "eager";
@@ -107,7 +109,7 @@ fn receive(pending: &PendingResults, task_id: &str, result: &Message) {
 /// What a worker does with the task message, minus the broker: the result
 /// messages it would publish, in order.
 async fn execute(message: &Message, queue: &str) -> Vec<Message> {
-    let request = match decode_task(message) {
+    let mut request = match decode_task(message) {
         Ok(request) => request,
         Err(error) => {
             let id = PartialRequest::of(message).id.unwrap_or_default();
@@ -133,6 +135,13 @@ async fn execute(message: &Message, queue: &str) -> Vec<Message> {
         results.push(result_message::started(&request.id));
     }
     let (hard, soft) = task.limits(&request);
+    let lineage = request.take_lineage();
+    // As if published to the default exchange with the queue as routing key.
+    let delivery = DeliveryInfo {
+        routing_key: queue.to_owned(),
+        priority: message.properties.priority,
+        ..DeliveryInfo::default()
+    };
     let mut retries = request.retries();
     let first_retry = retries;
     loop {
@@ -142,7 +151,9 @@ async fn execute(message: &Message, queue: &str) -> Vec<Message> {
             queue.to_owned(),
             retries,
             soft.map(|soft| tokio::time::Instant::now() + soft),
-        );
+        )
+        .with_lineage(lineage.clone())
+        .with_delivery(delivery.clone());
         let args = TaskArgs::new(task.name, request.args.clone(), request.kwargs.clone());
         match task.run(args, context, hard).await {
             Ok(value) => {

@@ -21,7 +21,7 @@ mod task_error;
 pub use app::{App, AppBuilder, DEFAULT_BROKER_URL, DEFAULT_QUEUE};
 pub use args::TaskArgs;
 pub use async_result::AsyncResult;
-pub use context::{current_task, TaskContext};
+pub use context::{current_task, DeliveryInfo, Lineage, TaskContext};
 pub use error::{Error, TaskFailure};
 pub use protocol::result_message::TaskState;
 pub use rate_limit::{InvalidRateLimit, RateLimit};

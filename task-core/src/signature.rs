@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::broker::Message;
 use crate::protocol::task_message::{encode_task, TaskCall};
-use crate::{App, AsyncResult, Error, Task};
+use crate::{App, AsyncResult, Error, Task, TaskContext};
 
 /// When a task stops being worth running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +246,8 @@ impl<R> Signature<R> {
     /// `reply_to` (ignored when the call ignores its result), resolving
     /// `countdown` and relative expiry against the current time.
     pub(crate) fn encode_call(&self, reply_to: Option<&str>) -> Result<EncodedCall, Error> {
+        // A call made from inside a running task joins its workflow.
+        let parent = crate::current_task();
         let encode_error = |reason: String| Error::EncodeArguments {
             task: self.name.to_string(),
             reason,
@@ -279,8 +281,8 @@ impl<R> Signature<R> {
             soft_time_limit: options.soft_time_limit.map(|d| d.as_secs_f64()),
             ignore_result: options.ignore_result,
             retries: 0,
-            root_id: None,
-            parent_id: None,
+            root_id: parent.as_ref().map(TaskContext::root_id),
+            parent_id: parent.as_ref().map(TaskContext::id),
         })
         .map_err(|e| encode_error(e.to_string()))?;
         Ok(EncodedCall {
@@ -301,5 +303,49 @@ impl<R: DeserializeOwned> Signature<R> {
     /// Publishes the call through `app`.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<R>, Error> {
         app.send(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Lineage, TaskContext};
+
+    fn lineage_headers(call: &EncodedCall) -> (Option<String>, Option<String>) {
+        let headers = &call.message.properties.headers;
+        let text = |key| headers.get_str(key).map(str::to_owned);
+        (text("root_id"), text("parent_id"))
+    }
+
+    #[tokio::test]
+    async fn a_call_from_inside_a_task_joins_its_workflow() {
+        let signature = Signature::<i64>::new("tests.child").task_id("child-1");
+        let top = signature.encode_call(None).unwrap();
+        assert_eq!(
+            lineage_headers(&top),
+            (Some("child-1".to_owned()), None),
+            "a top-level call is its own root"
+        );
+
+        let first = TaskContext::new("parent-1".into(), "t".into(), "q".into(), 0, None);
+        let from_first = first.scope(async { signature.encode_call(None) }).await;
+        assert_eq!(
+            lineage_headers(&from_first.unwrap()),
+            (Some("parent-1".to_owned()), Some("parent-1".to_owned()))
+        );
+
+        let deeper = TaskContext::new("parent-2".into(), "t".into(), "q".into(), 0, None)
+            .with_lineage(Lineage {
+                root_id: Some("root-0".into()),
+                parent_id: Some("parent-1".into()),
+                ..Lineage::default()
+            });
+        let from_deeper = deeper
+            .scope_blocking(|| signature.encode_call(None))
+            .unwrap();
+        assert_eq!(
+            lineage_headers(&from_deeper),
+            (Some("root-0".to_owned()), Some("parent-2".to_owned()))
+        );
     }
 }

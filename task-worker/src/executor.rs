@@ -20,7 +20,7 @@ use task_core::broker::{
 use task_core::protocol::result_message::{self, ExceptionInfo, TaskState};
 use task_core::protocol::task_message::{decode_task, PartialRequest, TaskRequest};
 use task_core::protocol::{format_time, process_name};
-use task_core::{App, Registry, TaskArgs, TaskContext, TaskError};
+use task_core::{App, DeliveryInfo, Lineage, Registry, TaskArgs, TaskContext, TaskError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::logging::Throttle;
@@ -336,7 +336,20 @@ impl Executor {
             delivery.queue.clone(),
             request.retries(),
             soft.map(|soft| tokio::time::Instant::now() + soft),
-        );
+        )
+        // (Field by field: `reply_to` still borrows the request.)
+        .with_lineage(Lineage {
+            root_id: request.root_id.take(),
+            parent_id: request.parent_id.take(),
+            group_id: request.group_id.take(),
+            group_index: request.group_index,
+        })
+        .with_delivery(DeliveryInfo {
+            exchange: delivery.exchange.clone(),
+            routing_key: delivery.routing_key.clone(),
+            redelivered: delivery.redelivered,
+            priority: delivery.message.properties.priority,
+        });
         let args = TaskArgs::new(
             task.name,
             std::mem::take(&mut request.args),

@@ -570,6 +570,8 @@ fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Deliv
             body: delivery.data,
         },
         queue: queue.to_owned(),
+        exchange: delivery.exchange.as_str().to_owned(),
+        routing_key: delivery.routing_key.as_str().to_owned(),
         redelivered: delivery.redelivered,
         acker: Box::new(AmqpAcker(delivery.acker)),
     }

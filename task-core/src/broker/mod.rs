@@ -391,6 +391,10 @@ pub struct Delivery {
     pub message: Message,
     /// The queue it was consumed from.
     pub queue: String,
+    /// The exchange it was published to (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
     /// The broker delivered it before, to a consumer that did not ack it.
     pub redelivered: bool,
     /// Settles the message with the broker.
@@ -402,6 +406,8 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("queue", &self.queue)
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
             .field("redelivered", &self.redelivered)
             .finish_non_exhaustive()
     }

@@ -526,6 +526,7 @@ impl State {
                 return;
             };
             let redelivered = entry.redelivered;
+            let (exchange, routing_key) = (entry.exchange.clone(), entry.routing_key.clone());
             let (message, acker): (Message, Box<dyn Acknowledger>) = if consumer.no_ack {
                 (entry.message, Box::new(NoAck))
             } else {
@@ -542,6 +543,8 @@ impl State {
             let delivery = Delivery {
                 message,
                 queue: name.to_owned(),
+                exchange,
+                routing_key,
                 redelivered,
                 acker,
             };

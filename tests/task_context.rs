@@ -1,0 +1,107 @@
+//! What a running task sees of its request (`current_task()`), against the
+//! real RabbitMQ: its place in the workflow (`root_id`, `parent_id`, group)
+//! as the message carried it, and how the message was delivered.
+
+mod common;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use task_core::broker::ConsumeOptions;
+use task_core::protocol::task_message::{encode_task, TaskCall};
+use task_core::{current_task, task, TaskError};
+
+/// Reports what the task sees of its own request.
+#[task(name = "tests.context.report")]
+async fn report() -> Result<Value, TaskError> {
+    let task = current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    let delivery = task.delivery();
+    Ok(json!({
+        "id": task.id(),
+        "root_id": task.root_id(),
+        "parent_id": task.parent_id(),
+        "group": task.group().map(|(id, index)| json!([id, index])),
+        "exchange": delivery.exchange,
+        "routing_key": delivery.routing_key,
+        "redelivered": delivery.redelivered,
+        "priority": delivery.priority,
+    }))
+}
+
+#[tokio::test]
+async fn a_task_sees_its_lineage_group_and_delivery() {
+    let worker = common::TestWorker::start("context", 2).await;
+    let queue = worker.queue.clone();
+
+    // A top-level call: its own root, no parent, no group.
+    let top = report
+        .s()
+        .queue(queue.clone())
+        .priority(3)
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    let seen = top.get(common::RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(seen["root_id"], seen["id"]);
+    assert_eq!(seen["parent_id"], Value::Null);
+    assert_eq!(seen["group"], Value::Null);
+    assert_eq!(seen["exchange"], "");
+    assert_eq!(seen["routing_key"], queue.as_str());
+    assert_eq!(seen["redelivered"], false);
+    assert_eq!(seen["priority"], 3);
+
+    // A group member deep in a workflow, as a Python worker sends it.
+    let replies = common::unique_queue("context-replies");
+    worker
+        .app
+        .broker()
+        .declare_queue(&common::test_queue_spec(&replies))
+        .await
+        .unwrap();
+    let mut results = worker
+        .app
+        .broker()
+        .consume(std::slice::from_ref(&replies), ConsumeOptions::no_ack())
+        .await
+        .unwrap();
+    let mut message = encode_task(&TaskCall {
+        id: "member-1",
+        name: "tests.context.report",
+        args: &[],
+        kwargs: &[],
+        reply_to: Some(&replies),
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: false,
+        retries: 0,
+        root_id: Some("root-0"),
+        parent_id: Some("parent-1"),
+    })
+    .unwrap();
+    let headers = &mut message.properties.headers;
+    headers.insert_str("group", "group-7");
+    headers.insert_json("group_index", &json!(2));
+    worker
+        .app
+        .broker()
+        .publish("", &queue, &message)
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(common::RESULT_TIMEOUT, results.deliveries.next())
+        .await
+        .expect("a result")
+        .unwrap()
+        .unwrap();
+    results.cancel.close().await.unwrap();
+    let body: Value = serde_json::from_slice(&result.message.body).unwrap();
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    let seen = &body["result"];
+    assert_eq!(seen["id"], "member-1");
+    assert_eq!(seen["root_id"], "root-0");
+    assert_eq!(seen["parent_id"], "parent-1");
+    assert_eq!(seen["group"], json!(["group-7", 2]));
+    worker.app.broker().delete_queue(&replies).await.unwrap();
+    worker.stop().await;
+}
