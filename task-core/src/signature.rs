@@ -46,6 +46,9 @@ pub struct CallOptions {
     pub soft_time_limit: Option<Duration>,
     /// Do not publish or wait for a result.
     pub ignore_result: bool,
+    /// Extra message headers (Celery's custom headers and stamps), in the
+    /// order set; they cannot replace a protocol header.
+    pub headers: Vec<(String, serde_json::Value)>,
 }
 
 /// A task call, typed by the value it returns: built by `task.s(..)` for
@@ -206,6 +209,20 @@ impl<R> Signature<R> {
         self
     }
 
+    /// Adds a message header that the task's worker can read (Celery's
+    /// `apply_async(headers=...)`). A name that is one of the protocol's own
+    /// headers (`id`, `task`, `eta`, ...) makes the call fail to encode,
+    /// as does a value that is not JSON.
+    pub fn header(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(value) => self.options.headers.push((name.into(), value)),
+            Err(error) => {
+                self.encode_error.get_or_insert_with(|| error.to_string());
+            }
+        }
+        self
+    }
+
     /// Sets the message priority.
     pub fn priority(mut self, priority: u8) -> Self {
         self.options.priority = Some(priority);
@@ -268,7 +285,7 @@ impl<R> Signature<R> {
             Expiry::At(time) => time,
             Expiry::After(after) => now + after,
         });
-        let message = encode_task(&TaskCall {
+        let mut message = encode_task(&TaskCall {
             id: &task_id,
             name: &self.name,
             args: &self.args,
@@ -285,6 +302,15 @@ impl<R> Signature<R> {
             parent_id: parent.as_ref().map(TaskContext::id),
         })
         .map_err(|e| encode_error(e.to_string()))?;
+        let headers = &mut message.properties.headers;
+        for (name, value) in &options.headers {
+            if headers.contains_key(name) {
+                return Err(encode_error(format!(
+                    "`{name}` is a protocol header: set it through its call option"
+                )));
+            }
+            headers.insert_json(name, value);
+        }
         Ok(EncodedCall {
             task_id,
             message,
@@ -315,6 +341,29 @@ mod tests {
         let headers = &call.message.properties.headers;
         let text = |key| headers.get_str(key).map(str::to_owned);
         (text("root_id"), text("parent_id"))
+    }
+
+    #[test]
+    fn extra_headers_travel_and_cannot_replace_protocol_headers() {
+        let call = Signature::<i64>::new("tests.h")
+            .header("tenant", "acme")
+            .header("trace", serde_json::json!({"span": 7}))
+            .encode_call(None)
+            .unwrap();
+        let headers = call.message.properties.headers.to_json();
+        assert_eq!(headers["tenant"], "acme");
+        assert_eq!(headers["trace"], serde_json::json!({"span": 7}));
+        assert_eq!(headers["task"], "tests.h");
+        let refused = Signature::<i64>::new("tests.h")
+            .header("task", "other")
+            .encode_call(None);
+        match refused {
+            Err(Error::EncodeArguments { reason, .. }) => {
+                assert!(reason.contains("`task` is a protocol header"), "{reason}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("the protocol header was replaced"),
+        }
     }
 
     #[tokio::test]
