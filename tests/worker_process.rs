@@ -407,3 +407,72 @@ fn the_worker_binary_reports_a_wrong_password_in_one_error_line() {
     );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_result_whose_reply_queue_is_gone_is_reported_at_warn() {
+    use std::io::BufRead;
+    use task_core::protocol::task_message::{encode_task, TaskCall};
+
+    let queue = common::unique_queue("dropped-result");
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ is running");
+    app.ensure_queue(&queue).await.unwrap();
+    let mut worker = ChildWorker::spawn_with(&queue, "WARNING", true);
+    drop(worker.0.stdout.take());
+    let stderr = worker.0.stderr.take().expect("piped stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let gone = common::unique_queue("gone-replies");
+    let message = encode_task(&TaskCall {
+        id: "orphan-1",
+        name: "tasks.add",
+        args: &[
+            serde_json::value::to_raw_value(&1).unwrap(),
+            serde_json::value::to_raw_value(&2).unwrap(),
+        ],
+        kwargs: &[],
+        reply_to: Some(&gone),
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: false,
+        retries: 0,
+        root_id: None,
+        parent_id: None,
+    })
+    .unwrap();
+    app.broker().publish("", &queue, &message).await.unwrap();
+    let warning = tokio::task::spawn_blocking(move || {
+        seen.iter()
+            .find(|line| line.contains("result dropped"))
+            .expect("a warning before stderr closes")
+    });
+    let warning = tokio::time::timeout(RESULT_TIMEOUT, warning)
+        .await
+        .expect("the dropped result is reported")
+        .unwrap();
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("orphan-1") && warning.contains(&gone),
+        "{warning}"
+    );
+    assert!(worker.terminate().success());
+    app.broker().delete_queue(&queue).await.unwrap();
+    app.broker().delete_exchange(&queue).await.unwrap();
+    app.close().await.unwrap();
+}
