@@ -26,7 +26,7 @@ pub use error::{Error, TaskFailure};
 pub use protocol::result_message::TaskState;
 pub use rate_limit::{InvalidRateLimit, RateLimit};
 pub use registry::{Registry, TaskRegistration};
-pub use retry::RetryPolicy;
+pub use retry::{ErrorType, RetryPolicy};
 pub use signature::{CallOptions, Expiry, Signature};
 pub use task::{Task, TaskOptions, TaskReturn};
 pub use task_error::{
@@ -118,7 +118,7 @@ pub mod __private {
 
     impl ExceptionTag {
         /// [`TaskError::from_exception`].
-        pub fn convert<E: CeleryException>(self, error: E) -> TaskError {
+        pub fn convert<E: CeleryException + 'static>(self, error: E) -> TaskError {
             TaskError::from_exception(error)
         }
     }

@@ -99,7 +99,7 @@ impl TaskRegistration {
         let policy = &self.options.retry;
         let countdown = match error.retry_request() {
             Some(retry) => retry.countdown,
-            None if policy.retries_automatically(error.exc_type()) => None,
+            None if policy.retries_automatically(error) => None,
             None => return None,
         };
         if !policy.allows_retry(retries) {
@@ -175,5 +175,47 @@ impl Registry {
     /// Whether no task is registered.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task;
+
+    #[task(name = "test.registry.io_retry", autoretry_for = [std::io::Error])]
+    async fn io_retry() -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn registration() -> &'static TaskRegistration {
+        Registry::global()
+            .expect("no duplicate task names")
+            .get("test.registry.io_retry")
+            .expect("the task is registered")
+    }
+
+    #[test]
+    fn autoretry_for_a_path_retries_that_type_only() {
+        let registration = registration();
+        let io: TaskError = std::io::Error::other("disk gone").into();
+        assert!(
+            registration.retry_delay(&io, 0, 0.5).is_some(),
+            "an io::Error is retried"
+        );
+        let json: TaskError = serde_json::from_str::<u8>("x").unwrap_err().into();
+        assert_eq!(json.exc_type(), "Error", "same short name as io::Error");
+        assert_eq!(
+            registration.retry_delay(&json, 0, 0.5),
+            None,
+            "a serde_json::Error is not retried"
+        );
+        let fmt: TaskError = std::fmt::Error.into();
+        assert_eq!(registration.retry_delay(&fmt, 0, 0.5), None);
+        // A hand-made error named like the type is not the type.
+        let named = TaskError::new("Error", "not an io::Error");
+        assert_eq!(registration.retry_delay(&named, 0, 0.5), None);
+        let generic = TaskError::new(crate::GENERIC_EXCEPTION, "text");
+        assert_eq!(registration.retry_delay(&generic, 0, 0.5), None);
     }
 }

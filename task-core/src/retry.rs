@@ -2,7 +2,54 @@
 //! `max_retries`, `default_retry_delay`, `retry_backoff`, `retry_backoff_max`,
 //! `retry_jitter`, `autoretry_for`).
 
+use std::any::TypeId;
+use std::fmt;
 use std::time::Duration;
+
+use crate::TaskError;
+
+/// An error type named by path in `autoretry_for = [...]`, matched by type
+/// identity ([`TypeId`]) against the error a task failed with
+/// ([`TaskError::source_is`]), never by its name.
+#[derive(Clone, Copy)]
+pub struct ErrorType {
+    id: fn() -> TypeId,
+    name: fn() -> &'static str,
+}
+
+impl ErrorType {
+    /// The error type `T` (usable in `const` context).
+    pub const fn of<T: std::error::Error + 'static>() -> Self {
+        Self {
+            id: TypeId::of::<T>,
+            name: std::any::type_name::<T>,
+        }
+    }
+
+    /// The type's [`TypeId`].
+    pub fn type_id(&self) -> TypeId {
+        (self.id)()
+    }
+
+    /// The type's full name (`std::io::error::Error`), for messages only.
+    pub fn name(&self) -> &'static str {
+        (self.name)()
+    }
+}
+
+impl PartialEq for ErrorType {
+    fn eq(&self, other: &Self) -> bool {
+        self.type_id() == other.type_id()
+    }
+}
+
+impl Eq for ErrorType {}
+
+impl fmt::Debug for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A task's retry settings, declared with `#[task(...)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +67,14 @@ pub struct RetryPolicy {
     /// Full jitter: the delay is drawn uniformly from `[0, computed delay]`
     /// so that failing tasks do not retry in lockstep.
     pub jitter: bool,
-    /// Error type names (`TaskError::exc_type`) that retry automatically.
+    /// Exception names (`TaskError::exc_type`) that retry automatically: the
+    /// string entries of `autoretry_for`, e.g. `"TimeoutError"` for
+    /// `TaskError::new("TimeoutError", ..)`.
     pub autoretry_for: &'static [&'static str],
+    /// Error types that retry automatically: the path entries of
+    /// `autoretry_for`, matched by type identity with the error the body
+    /// returned (or converted with `?`), not by name.
+    pub autoretry_types: &'static [ErrorType],
 }
 
 impl RetryPolicy {
@@ -34,6 +87,7 @@ impl RetryPolicy {
         backoff_max: Duration::from_secs(600),
         jitter: true,
         autoretry_for: &[],
+        autoretry_types: &[],
     };
 
     /// Sets [`RetryPolicy::max_retries`] (`None`: unlimited; usable in `const` context).
@@ -76,9 +130,22 @@ impl RetryPolicy {
         self
     }
 
-    /// Whether an error of type `exc_type` retries automatically.
-    pub fn retries_automatically(&self, exc_type: &str) -> bool {
-        self.autoretry_for.contains(&exc_type)
+    /// Sets [`RetryPolicy::autoretry_types`] (usable in `const` context).
+    pub const fn with_autoretry_types(mut self, autoretry_types: &'static [ErrorType]) -> Self {
+        self.autoretry_types = autoretry_types;
+        self
+    }
+
+    /// Whether `error` retries automatically: its `exc_type` is one of
+    /// [`RetryPolicy::autoretry_for`], or the error it was converted from is
+    /// of one of the types in [`RetryPolicy::autoretry_types`].
+    pub fn retries_automatically(&self, error: &TaskError) -> bool {
+        self.autoretry_for.contains(&error.exc_type())
+            || error.source_type_id().is_some_and(|id| {
+                self.autoretry_types
+                    .iter()
+                    .any(|retried| retried.type_id() == id)
+            })
     }
 
     /// Whether a task already retried `retries` times may retry again.
@@ -149,8 +216,8 @@ mod tests {
             ..policy
         }
         .allows_retry(u32::MAX));
-        assert!(policy.retries_automatically("IoError"));
-        assert!(!policy.retries_automatically("ValueError"));
+        assert!(policy.retries_automatically(&TaskError::new("IoError", "x")));
+        assert!(!policy.retries_automatically(&TaskError::new("ValueError", "x")));
         assert_eq!(RetryPolicy::DEFAULT.delay(0, 0.9), Duration::from_secs(162));
     }
 }

@@ -9,6 +9,7 @@
 //! std errors, `String`, `Box<dyn Error>`, `anyhow::Error`), and
 //! [`CeleryException`] lets an error type name its own `exc_type`.
 
+use std::any::TypeId;
 use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct TaskError {
     message: String,
     traceback: Option<String>,
     retry: Option<RetryRequest>,
+    /// The type of the Rust error this was converted from, when known.
+    source_type: Option<TypeId>,
 }
 
 /// A task's request to be run again (Celery's `self.retry(...)`).
@@ -74,6 +77,7 @@ impl TaskError {
             message: message.into(),
             traceback: None,
             retry: None,
+            source_type: None,
         }
     }
 
@@ -116,6 +120,27 @@ impl TaskError {
         self
     }
 
+    /// Whether this error was converted from a Rust error of type `T` (with
+    /// `?`, `From`, [`TaskError::from_exception`] or as the task's own error
+    /// type). Errors built by hand, from a message, a `Box<dyn Error>` or an
+    /// `anyhow::Error` have no known source type.
+    ///
+    /// ```
+    /// use task_core::TaskError;
+    /// let err = TaskError::from(std::io::Error::other("disk gone"));
+    /// assert!(err.source_is::<std::io::Error>());
+    /// assert!(!err.source_is::<std::fmt::Error>());
+    /// ```
+    pub fn source_is<T: 'static>(&self) -> bool {
+        self.source_type == Some(TypeId::of::<T>())
+    }
+
+    /// The [`TypeId`] of the Rust error this was converted from, if known
+    /// (see [`TaskError::source_is`]).
+    pub fn source_type_id(&self) -> Option<TypeId> {
+        self.source_type
+    }
+
     /// The exception type name reported to the caller (Celery's `exc_type`).
     pub fn exc_type(&self) -> &str {
         &self.exc_type
@@ -149,12 +174,13 @@ impl TaskError {
 
     /// An error of a type that names its own exception type
     /// ([`CeleryException`]): its `exc_type`, message and causes.
-    pub fn from_exception<E: CeleryException>(error: E) -> Self {
+    pub fn from_exception<E: CeleryException + 'static>(error: E) -> Self {
         Self {
             exc_type: Cow::Owned(error.exc_type().to_owned()),
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
+            source_type: Some(TypeId::of::<E>()),
         }
     }
 
@@ -166,6 +192,7 @@ impl TaskError {
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
+            source_type: None,
         }
     }
 
@@ -192,6 +219,7 @@ where
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
+            source_type: Some(TypeId::of::<E>()),
         }
     }
 }

@@ -86,10 +86,11 @@ pub(crate) struct Seconds {
 /// The error types of `autoretry_for = [...]`.
 #[derive(Default)]
 pub(crate) struct AutoretryFor {
-    /// The type names, as `TaskError::exc_type` reports them, in order and
-    /// without duplicates.
+    /// The entries given as strings: exception names, as
+    /// `TaskError::exc_type` reports them, in order and without duplicates.
     pub(crate) names: Vec<String>,
-    /// The entries given as paths, which must name types.
+    /// The entries given as paths: error types, matched by type identity, in
+    /// order and without duplicates (as written).
     pub(crate) paths: Vec<Path>,
 }
 
@@ -513,7 +514,7 @@ fn parse_autoretry_for(cx: &Ctxt, input: ParseStream<'_>) -> syn::Result<Autoret
     }
     let mut autoretry_for = AutoretryFor::default();
     for entry in elems {
-        let name = match entry {
+        match entry {
             Expr::Lit(ExprLit {
                 lit: Lit::Str(name),
                 ..
@@ -523,28 +524,42 @@ fn parse_autoretry_for(cx: &Ctxt, input: ParseStream<'_>) -> syn::Result<Autoret
                     cx.error_spanned_by(entry, "an error type name must not be empty");
                     continue;
                 }
-                if let Some((_, last)) = name.rsplit_once("::") {
+                if name.contains("::") {
                     cx.error_spanned_by(
                         entry,
-                        format!(
-                            "error types are matched by their name without its path: write \
-                             `\"{last}\"`, or the path itself without quotes"
-                        ),
+                        "a string entry is an exception name, as `TaskError::exc_type` \
+                         reports it, without a path: write the type's path without quotes to \
+                         match the Rust type",
                     );
                     continue;
                 }
-                name
+                if autoretry_for.names.contains(&name) {
+                    cx.error_spanned_by(
+                        entry,
+                        format!("`\"{name}\"` is already in `autoretry_for`"),
+                    );
+                    continue;
+                }
+                autoretry_for.names.push(name);
             }
             Expr::Path(ExprPath {
                 attrs,
                 qself: None,
                 path,
             }) if attrs.is_empty() => {
-                let Some(last) = path.segments.last() else {
+                let written = path_text(path);
+                if autoretry_for
+                    .paths
+                    .iter()
+                    .any(|seen| path_text(seen) == written)
+                {
+                    cx.error_spanned_by(
+                        entry,
+                        format!("`{written}` is already in `autoretry_for`"),
+                    );
                     continue;
-                };
+                }
                 autoretry_for.paths.push(path.clone());
-                last.ident.unraw().to_string()
             }
             _ => {
                 cx.error_spanned_by(
@@ -552,22 +567,15 @@ fn parse_autoretry_for(cx: &Ctxt, input: ParseStream<'_>) -> syn::Result<Autoret
                     "an `autoretry_for` entry must be an error type's name as a string \
                      literal, like `\"IoError\"`, or a path to the type, like `std::io::Error`",
                 );
-                continue;
             }
-        };
-        if autoretry_for.names.contains(&name) {
-            cx.error_spanned_by(
-                entry,
-                format!(
-                    "`{name}` is already in `autoretry_for` (error types are matched by their \
-                     name, without its path)"
-                ),
-            );
-            continue;
         }
-        autoretry_for.names.push(name);
     }
     Ok(autoretry_for)
+}
+
+/// A path as written, without spaces: `std::io::Error`.
+fn path_text(path: &Path) -> String {
+    path.to_token_stream().to_string().replace(' ', "")
 }
 
 /// Celery's rate notation, parsed like `task_core::RateLimit`'s `FromStr`:

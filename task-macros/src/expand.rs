@@ -154,10 +154,6 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
             ))
         });
     }
-    // The `autoretry_for` entries given as paths must name types: a typo is
-    // reported at it, and an import used only there is used.
-    let error_types = attr.autoretry_for.iter().flat_map(|retry| &retry.paths);
-
     let handler = handler(&krate, task);
 
     quote! {
@@ -218,7 +214,6 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
         #(#cfg)*
         #[allow(deprecated)]
         const _: () = {
-            #(let _ = ::core::marker::PhantomData::<#error_types>;)*
             #handler
             #krate::__private::inventory::submit! {
                 #krate::TaskRegistration::of::<#ident>(__task_handler)
@@ -259,7 +254,18 @@ fn retry_policy(krate: &Path, attr: &TaskAttr) -> Option<TokenStream> {
     }
     if let Some(autoretry_for) = &attr.autoretry_for {
         let names = &autoretry_for.names;
-        retry.extend(quote!(.with_autoretry_for(&[#(#names),*])));
+        if !names.is_empty() {
+            retry.extend(quote!(.with_autoretry_for(&[#(#names),*])));
+        }
+        // Each path must name an error type: a typo, or a type that is not
+        // an error, is reported at it (and an import used only there is used).
+        let types = autoretry_for
+            .paths
+            .iter()
+            .map(|path| quote_spanned!(path.span()=> #krate::ErrorType::of::<#path>()));
+        if !autoretry_for.paths.is_empty() {
+            retry.extend(quote!(.with_autoretry_types(&[#(#types),*])));
+        }
     }
     (!retry.is_empty()).then(|| quote!(#krate::RetryPolicy::DEFAULT #retry))
 }

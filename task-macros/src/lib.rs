@@ -107,15 +107,19 @@ use proc_macro::TokenStream;
 ///
 /// ## Matching `autoretry_for`
 ///
-/// Errors are matched by type name: an entry is the name `TaskError::exc_type`
-/// reports, which for a Rust error converted with `?` is its type's name
-/// without path or generics (`std::io::Error` is reported as `Error`), and
-/// for a `TaskError::new("TimeoutError", ...)` the name given. A string entry
-/// is such a name; a path entry stands for the last segment of the path (so
-/// `std::io::Error` is `"Error"`, and matches every error type named `Error`),
-/// and must name a type, so that a typo is an error. Use the type's own name
-/// rather than an alias from `use ... as`, which the reported name does not
-/// know.
+/// A path entry (`std::io::Error`, `MyError`) is a Rust error type, matched by
+/// type identity (`TypeId`): it retries failures converted from that very
+/// type (returned as the task's error type, or converted into `TaskError`
+/// with `?` / `From`, or with `TaskError::from_exception`), and no other type
+/// of the same name (`std::io::Error` does not match `serde_json::Error`). It
+/// must name a type implementing `std::error::Error`, so that a typo is a
+/// compile error. Errors whose Rust type is not known (a `Box<dyn Error>`, an
+/// `anyhow::Error`, a `String`, a `TaskError::new(...)`) match no path entry.
+///
+/// A string entry (`"TimeoutError"`) is an exception name, matched against
+/// what `TaskError::exc_type` reports: the name given to
+/// `TaskError::new("TimeoutError", ...)`, a `CeleryException`'s own name, or
+/// `"Exception"` for messages and boxed errors.
 ///
 /// # Arguments
 ///

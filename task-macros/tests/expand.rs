@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use task_core::{
-    task, Error, RateLimit, Registry, RetryPolicy, Task, TaskArgs, TaskError, TaskOptions,
+    task, Error, ErrorType, RateLimit, Registry, RetryPolicy, Task, TaskArgs, TaskError,
+    TaskOptions,
 };
 
 /// Adds.
@@ -146,6 +147,8 @@ fn task_impl_describes_the_task() {
     );
 }
 
+const PARSE_INT_ERROR: &[ErrorType] = &[ErrorType::of::<std::num::ParseIntError>()];
+
 #[test]
 fn options_keys_fill_the_task_options() {
     let options = <fetch as Task>::OPTIONS;
@@ -160,9 +163,10 @@ fn options_keys_fill_the_task_options() {
     assert_eq!(options.retry.backoff, Some(Duration::from_millis(500)));
     assert_eq!(options.retry.backoff_max, Duration::from_secs(120));
     assert!(!options.retry.jitter);
+    assert_eq!(options.retry.autoretry_for, ["IoError", "TimeoutError"]);
     assert_eq!(
-        options.retry.autoretry_for,
-        ["IoError", "TimeoutError", "ParseIntError"]
+        options.retry.autoretry_types,
+        [ErrorType::of::<std::num::ParseIntError>()]
     );
     assert_eq!(
         options.rate_limit,
@@ -183,15 +187,26 @@ fn options_keys_fill_the_task_options() {
                     .with_backoff_ms(Some(500))
                     .with_backoff_max_ms(120_000)
                     .with_jitter(false)
-                    .with_autoretry_for(&["IoError", "TimeoutError", "ParseIntError"])
+                    .with_autoretry_for(&["IoError", "TimeoutError"])
+                    .with_autoretry_types(PARSE_INT_ERROR)
             )
             .with_rate_limit(RateLimit::new(10, Duration::from_secs(1)))
     );
 
-    // The name a converted error reports is what a path entry stands for.
+    // A path entry matches the type itself, a string entry the name.
     let parse_error: TaskError = "x".parse::<i64>().unwrap_err().into();
-    assert!(options.retry.retries_automatically(parse_error.exc_type()));
-    assert!(!options.retry.retries_automatically("ValueError"));
+    assert!(options.retry.retries_automatically(&parse_error));
+    let float_error: TaskError = "x".parse::<f64>().unwrap_err().into();
+    assert!(!options.retry.retries_automatically(&float_error));
+    assert!(!options
+        .retry
+        .retries_automatically(&TaskError::new("ParseIntError", "by name only")));
+    assert!(options
+        .retry
+        .retries_automatically(&TaskError::new("TimeoutError", "slow")));
+    assert!(!options
+        .retry
+        .retries_automatically(&TaskError::new("ValueError", "v")));
     // Backoff doubles from the factor, without jitter.
     assert_eq!(options.retry.delay(2, 0.5), Duration::from_secs(2));
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 // Imported only to be named in `autoretry_for`: the import counts as used.
 use std::num::ParseIntError;
 
-use task_core::{task, RateLimit, RetryPolicy, Task, TaskError, TaskOptions};
+use task_core::{task, ErrorType, RateLimit, RetryPolicy, Task, TaskError, TaskOptions};
 
 #[derive(Debug)]
 struct FlakyError;
@@ -68,10 +68,17 @@ fn main() {
     assert_eq!(retry.backoff, Some(Duration::from_millis(1500)));
     assert_eq!(retry.backoff_max, Duration::from_secs(60));
     assert!(!retry.jitter);
+    assert_eq!(retry.autoretry_for, ["IoError"]);
     assert_eq!(
-        retry.autoretry_for,
-        ["IoError", "Error", "ParseIntError", "FlakyError"]
+        retry.autoretry_types,
+        [
+            ErrorType::of::<std::io::Error>(),
+            ErrorType::of::<ParseIntError>(),
+            ErrorType::of::<FlakyError>(),
+        ]
     );
+    assert!(retry.retries_automatically(&TaskError::from(FlakyError)));
+    assert!(!retry.retries_automatically(&TaskError::from(std::fmt::Error)));
     assert_eq!(
         options.rate_limit,
         Some(RateLimit::new(10, Duration::from_secs(60)))
@@ -102,7 +109,10 @@ fn main() {
     assert_eq!(options.retry.autoretry_for, ["TimeoutError"]);
     assert_eq!(options.soft_time_limit, Some(Duration::from_secs(10)));
     assert_eq!(options.time_limit, None);
-    assert!(options.retry.retries_automatically("TimeoutError"));
+    assert!(options.retry.autoretry_types.is_empty());
+    assert!(options
+        .retry
+        .retries_automatically(&TaskError::new("TimeoutError", "slow")));
     assert_eq!(
         options.retry.max_retries,
         RetryPolicy::DEFAULT.max_retries
