@@ -10,6 +10,7 @@ pub mod broker;
 mod context;
 mod eager;
 mod error;
+pub mod pipeline;
 pub mod protocol;
 mod rate_limit;
 pub mod registry;

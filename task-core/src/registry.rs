@@ -122,9 +122,17 @@ pub struct DuplicateTaskName {
 }
 
 /// Every task linked into this binary, by name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     by_name: HashMap<&'static str, &'static TaskRegistration>,
+    /// A task chosen by a name two linked tasks share.
+    duplicate: Option<DuplicateTaskName>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
 }
 
 impl Registry {
@@ -140,6 +148,58 @@ impl Registry {
             .map_err(Clone::clone)
     }
 
+    /// A registry of the chosen tasks only (a worker that runs a subset of
+    /// the linked tasks), by their `#[task]` values:
+    ///
+    /// ```
+    /// use task_core::{task, Registry, TaskError};
+    ///
+    /// #[task(name = "doc.registry.add")]
+    /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
+    /// #[task(name = "doc.registry.mul")]
+    /// async fn mul(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x * y) }
+    ///
+    /// let registry = Registry::new().with(add).with(mul);
+    /// assert_eq!(registry.names(), ["doc.registry.add", "doc.registry.mul"]);
+    /// ```
+    pub fn new() -> Registry {
+        Registry {
+            by_name: HashMap::new(),
+            duplicate: None,
+        }
+    }
+
+    /// This registry with task `T` (found among the linked `#[task]`s by its
+    /// name). A task whose name two linked tasks share is recorded, and reported by [`Registry::check`] (which a worker
+    /// calls before it starts) rather than run as the wrong function.
+    #[must_use]
+    pub fn with<T: Task>(mut self, task: T) -> Registry {
+        let _ = task;
+        let mut found = inventory::iter::<TaskRegistration>
+            .into_iter()
+            .filter(|registration| registration.name == T::NAME);
+        // `#[task]` always submits its registration next to the type.
+        let Some(registration) = found.next() else {
+            unreachable!("task `{}` has no registration", T::NAME)
+        };
+        if found.next().is_some() {
+            self.duplicate
+                .get_or_insert(DuplicateTaskName { name: T::NAME });
+        }
+        self.by_name.insert(registration.name, registration);
+        self
+    }
+
+    /// Whether this registry is fit to run: no task was chosen by a name
+    /// that two linked tasks share ([`Registry::with`] records it; a worker
+    /// refuses to start with such a registry).
+    pub fn check(&self) -> Result<(), DuplicateTaskName> {
+        match &self.duplicate {
+            Some(duplicate) => Err(duplicate.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Builds a registry from explicit registrations.
     pub fn from_registrations(
         registrations: impl IntoIterator<Item = &'static TaskRegistration>,
@@ -152,7 +212,10 @@ impl Registry {
                 });
             }
         }
-        Ok(Registry { by_name })
+        Ok(Registry {
+            by_name,
+            duplicate: None,
+        })
     }
 
     /// The task registered under `name`.

@@ -8,14 +8,17 @@ use futures_util::StreamExt;
 use task_core::broker::{
     check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, TlsOptions,
 };
+use task_core::pipeline::{CanvasRefusal, Expiry, Pipeline, Slot};
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::executor::{Executor, RequeueBackoff, Slot, Warnings};
+use crate::executor::Executor;
 use crate::rate_limiter;
+use crate::settle::{BrokerResults, RequeueBackoff, Settler, Warnings};
+use crate::stages;
 
 /// Why a worker could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,7 @@ pub struct WorkerBuilder {
     max_message_size: usize,
     ack_timeout: Option<Duration>,
     dead_letter_retention: DeadLetterRetention,
+    registry: Option<Registry>,
 }
 
 /// How long a task may keep its message unacknowledged by default: a day,
@@ -89,6 +93,7 @@ impl Default for WorkerBuilder {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
             dead_letter_retention: DeadLetterRetention::default(),
+            registry: None,
         }
     }
 }
@@ -170,6 +175,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Run only the tasks of `registry` (default: every `#[task]` linked into
+    /// the binary, [`Registry::global`]): e.g. a worker for a chosen subset,
+    /// built with [`Registry::of`]. Messages for other tasks are answered
+    /// `NotRegistered` and dead-lettered, as for an unknown name.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
     /// Connects, checks the settings, the task registry and the queue names,
     /// and declares the queues.
     pub async fn build(self) -> Result<Worker, WorkerError> {
@@ -186,7 +200,11 @@ impl WorkerBuilder {
                          the whole queue into this worker)",
             });
         }
-        let registry = Registry::global()?;
+        let registry = match self.registry {
+            Some(registry) => registry,
+            None => Registry::global()?.clone(),
+        };
+        registry.check()?;
         let mut queues = self.queues;
         queues.retain(|queue| !queue.is_empty());
         for queue in &queues {
@@ -212,7 +230,7 @@ impl WorkerBuilder {
             }
         };
         if !explicit_queues {
-            queues = default_queues(app.default_queue(), registry);
+            queues = default_queues(app.default_queue(), &registry);
             for queue in &queues {
                 check_task_queue_name(queue).map_err(|source| WorkerError::InvalidQueue {
                     queue: queue.clone(),
@@ -223,7 +241,7 @@ impl WorkerBuilder {
         if queues.is_empty() {
             return Err(WorkerError::NoQueues);
         }
-        warn_about_unreachable_tasks(registry, &queues);
+        warn_about_unreachable_tasks(&registry, &queues);
         for queue in &queues {
             app.ensure_queue(queue).await?;
         }
@@ -310,7 +328,7 @@ fn warn_about_unreachable_tasks(registry: &Registry, queues: &[String]) {
 #[derive(Debug)]
 pub struct Worker {
     app: App,
-    registry: &'static Registry,
+    registry: Registry,
     queues: Vec<String>,
     concurrency: usize,
     prefetch: u16,
@@ -342,6 +360,24 @@ impl Worker {
         &self.app
     }
 
+    /// The worker's pipeline: the shared steps with the worker's stages, in
+    /// order (see `task_core::pipeline`).
+    fn pipeline(&self) -> Pipeline {
+        Pipeline::builder(self.registry.clone())
+            .max_message_size(self.max_message_size)
+            .stage(CanvasRefusal)
+            .stage(Expiry)
+            .stage(stages::Eta)
+            .stage(stages::RateLimited::new(rate_limiter::limiters(
+                &self.registry,
+            )))
+            // The waits above may have outlived the task's expiry.
+            .stage(Expiry)
+            .stage(stages::EarlyAck)
+            .stage(stages::TaskLog)
+            .build()
+    }
+
     /// Consumes until the shutdown handle is cancelled (reconnecting and
     /// resuming whenever the broker goes away), then stops consuming,
     /// lets running tasks finish (up to the shutdown timeout), returns the
@@ -360,13 +396,16 @@ impl Worker {
             "worker ready"
         );
         let executor = Executor {
-            app: self.app.clone(),
-            registry: self.registry,
-            max_message_size: self.max_message_size,
-            rate_limiters: Arc::new(rate_limiter::limiters(self.registry)),
-            dead_letter_retention: self.dead_letter_retention,
-            requeue_backoff: Arc::new(RequeueBackoff::default()),
-            warnings: Arc::new(Warnings::default()),
+            pipeline: self.pipeline(),
+            settler: Settler {
+                app: self.app.clone(),
+                dead_letter_retention: self.dead_letter_retention,
+                requeue_backoff: Arc::new(RequeueBackoff::default()),
+                results: Arc::new(BrokerResults {
+                    app: self.app.clone(),
+                    warnings: Warnings::default(),
+                }),
+            },
         };
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let running = TaskTracker::new();
@@ -389,10 +428,7 @@ impl Worker {
                 match delivery {
                     Some(Ok(delivery)) => {
                         let executor = executor.clone();
-                        let slot = Slot {
-                            permit: Some(slot),
-                            slots: Arc::clone(&slots),
-                        };
+                        let slot = Slot::new(slot, Arc::clone(&slots));
                         let abandon = abandon.clone();
                         running.spawn(async move {
                             // Dropped unsettled, the delivery goes back to its
