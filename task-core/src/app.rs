@@ -15,7 +15,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
-use crate::{AsyncResult, Error, Signature};
+use crate::{AsyncResult, Error, Signature, States};
 
 /// The broker URL used when none is configured.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -43,6 +43,8 @@ struct AppInner {
     reply_queue: OnceCell<String>,
     pending: Arc<PendingResults>,
     eager: bool,
+    /// What eager runs give `State<T>` parameters.
+    states: Arc<States>,
 }
 
 impl Drop for AppInner {
@@ -88,6 +90,7 @@ pub struct AppBuilder {
     eager: bool,
     reconnect: ReconnectPolicy,
     tls: Option<TlsOptions>,
+    states: States,
 }
 
 impl Default for AppBuilder {
@@ -100,6 +103,7 @@ impl Default for AppBuilder {
             eager: false,
             reconnect: ReconnectPolicy::default(),
             tls: None,
+            states: States::new(),
         }
     }
 }
@@ -159,6 +163,15 @@ impl AppBuilder {
         self
     }
 
+    /// Provides `value` to the tasks an eager app runs that take a
+    /// [`State<T>`](crate::State) of its type (a worker has
+    /// `WorkerBuilder::state` for the same). Ignored by an app that is not
+    /// eager: its calls run on workers.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
     /// Connects to the broker the URL's scheme names: `amqp://` or `amqps://`
     /// (RabbitMQ; `amqps://` is TLS, see [`AppBuilder::tls`]), or
     /// `memory://[name]` (the in-process broker of that name, shared by every
@@ -201,6 +214,7 @@ impl AppBuilder {
                 reply_queue: OnceCell::new(),
                 pending: Arc::new(PendingResults::default()),
                 eager: self.eager,
+                states: Arc::new(self.states),
             }),
         };
         if self.set_as_default {
@@ -321,8 +335,14 @@ impl App {
         signature: Signature<R>,
     ) -> Result<AsyncResult<R>, Error> {
         if self.inner.eager {
-            return crate::eager::apply(&self.inner.pending, &self.inner.default_queue, signature)
-                .await;
+            let inner = &self.inner;
+            return crate::eager::apply(
+                &inner.pending,
+                &inner.states,
+                &inner.default_queue,
+                signature,
+            )
+            .await;
         }
         let queue = signature
             .options

@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::state::{State, States};
+
 /// What a worker knows of the task it is running.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
@@ -41,6 +43,7 @@ struct ContextInner {
     soft_deadline: Option<Instant>,
     lineage: Lineage,
     delivery: DeliveryInfo,
+    states: Arc<States>,
 }
 
 /// Where a task sits in its workflow, as its message says.
@@ -88,6 +91,33 @@ impl TaskContext {
                 soft_deadline,
                 lineage: Lineage::default(),
                 delivery: DeliveryInfo::default(),
+                states: Arc::default(),
+            }),
+        }
+    }
+
+    /// A context with every part at once (one allocation; the pipeline's).
+    #[allow(clippy::too_many_arguments)] // each part has its own type and name
+    pub(crate) fn of_parts(
+        id: String,
+        name: String,
+        queue: String,
+        retries: u32,
+        soft_deadline: Option<Instant>,
+        lineage: Lineage,
+        delivery: DeliveryInfo,
+        states: Arc<States>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                id,
+                name,
+                queue,
+                retries,
+                soft_deadline,
+                lineage,
+                delivery,
+                states,
             }),
         }
     }
@@ -108,6 +138,22 @@ impl TaskContext {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// This context, with the shared values its task can take as
+    /// [`State<T>`](crate::State) parameters.
+    pub fn with_states(self, states: Arc<States>) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.states = states;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The shared value of type `T` the worker provides, if it does (what a
+    /// `State<T>` parameter receives).
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
+        self.inner.states.get::<T>()
     }
 
     /// The first task of the workflow: the `root_id` the message carried,

@@ -31,7 +31,7 @@ use crate::protocol::result_message::{self, ResultBody};
 use crate::protocol::task_message::{retried_copy, PartialRequest};
 use crate::registry::DuplicateTaskName;
 use crate::signature::EncodedCall;
-use crate::{App, AsyncResult, DeliveryInfo, Error, Registry, Signature, TaskError};
+use crate::{App, AsyncResult, DeliveryInfo, Error, Registry, Signature, States, TaskError};
 
 /// The `reply_to` of an eager call's message: results never leave the process.
 const EAGER_REPLY_TO: &str = "eager";
@@ -91,6 +91,7 @@ fn pipeline() -> Result<&'static Pipeline, DuplicateTaskName> {
 /// `default_queue`), and returns its ready result.
 pub(crate) async fn apply<R: DeserializeOwned>(
     pending: &PendingResults,
+    states: &Arc<States>,
     default_queue: &str,
     signature: Signature<R>,
 ) -> Result<AsyncResult<R>, Error> {
@@ -99,7 +100,7 @@ pub(crate) async fn apply<R: DeserializeOwned>(
     } = signature.encode_call(Some(EAGER_REPLY_TO))?;
     let queue = signature.options.queue.as_deref().unwrap_or(default_queue);
     let slot = (!signature.options.ignore_result).then(|| pending.expect(&task_id));
-    execute(message, queue, &EagerResults { pending }).await;
+    execute(message, queue, &EagerResults { pending }, states).await;
     Ok(AsyncResult::new(task_id, slot))
 }
 
@@ -127,7 +128,12 @@ impl ResultSink for EagerResults<'_> {
 /// What a worker does with the task message, through the same pipeline,
 /// with eager mode's settlement: results go to the caller, and a retry runs
 /// again at once.
-async fn execute(mut message: Message, queue: &str, results: &EagerResults<'_>) {
+async fn execute(
+    mut message: Message,
+    queue: &str,
+    results: &EagerResults<'_>,
+    states: &Arc<States>,
+) {
     let pipeline = match pipeline() {
         Ok(pipeline) => pipeline,
         Err(duplicate) => {
@@ -154,6 +160,7 @@ async fn execute(mut message: Message, queue: &str, results: &EagerResults<'_>) 
             acker: None,
             slot: None,
             results,
+            states,
         };
         let Processed { job, outcome } = pipeline.process(input).await;
         if let Outcome::Rejected(rejection) = &outcome {

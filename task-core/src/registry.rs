@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 
 use crate::protocol::task_message::TaskRequest;
-use crate::{Task, TaskArgs, TaskContext, TaskError, TaskOptions};
+use crate::{StateType, Task, TaskArgs, TaskContext, TaskError, TaskOptions};
 
 /// What running a task produces: the JSON-encoded return value, or the error.
 pub type TaskOutcome = Result<Box<RawValue>, TaskError>;
@@ -31,6 +31,8 @@ pub struct TaskRegistration {
     pub params: &'static [&'static str],
     /// The task's declared defaults.
     pub options: TaskOptions,
+    /// The shared values its `State<T>` parameters take.
+    pub states: &'static [StateType],
     /// Runs one call.
     pub handler: TaskHandler,
 }
@@ -42,6 +44,7 @@ impl TaskRegistration {
             name: T::NAME,
             params: T::PARAMS,
             options: T::OPTIONS,
+            states: T::STATES,
             handler,
         }
     }

@@ -2,9 +2,11 @@
 //! outcome, the [`Settler`] publishes what the outcome calls for and settles
 //! the message with the broker.
 
+use std::sync::Arc;
+
 use task_core::broker::Delivery;
 use task_core::pipeline::{Input, Pipeline, Slot};
-use task_core::DeliveryInfo;
+use task_core::{DeliveryInfo, States};
 
 use crate::settle::Settler;
 
@@ -15,6 +17,8 @@ pub(crate) struct Executor {
     pub(crate) pipeline: Pipeline,
     /// Turns outcomes into publishes and acks.
     pub(crate) settler: Settler,
+    /// The shared values tasks take as `State<T>`.
+    pub(crate) states: Arc<States>,
 }
 
 impl Executor {
@@ -32,6 +36,7 @@ impl Executor {
             acker: Some(delivery.acker.as_ref()),
             slot: Some(&mut slot),
             results: self.settler.results.as_ref(),
+            states: &self.states,
         };
         let processed = self.pipeline.process(input).await;
         self.settler.settle(&delivery, processed).await;

@@ -30,6 +30,7 @@ mod canvas_refusal;
 mod expiry;
 mod outcome;
 mod result_sink;
+mod settings;
 mod slot;
 mod stage;
 
@@ -38,8 +39,10 @@ use std::time::{Duration, Instant};
 
 pub use canvas_refusal::CanvasRefusal;
 pub use expiry::Expiry;
+pub use futures_util::future::BoxFuture;
 pub use outcome::{Outcome, Rejection};
 pub use result_sink::ResultSink;
+pub use settings::{TaskOverride, TaskSettings};
 pub use slot::Slot;
 pub use stage::{Stage, Step};
 
@@ -47,7 +50,7 @@ use crate::broker::{Acknowledger, Message};
 use crate::protocol::result_message;
 use crate::protocol::task_message::{decode_task, PartialRequest, TaskRequest};
 use crate::registry::TaskRegistration;
-use crate::{DeliveryInfo, Lineage, Registry, TaskArgs, TaskContext, TaskError};
+use crate::{DeliveryInfo, Lineage, Registry, States, TaskArgs, TaskContext, TaskError};
 
 /// One message on its way through a [`Pipeline`]: what a consumer hands in.
 pub struct Input<'m> {
@@ -64,6 +67,8 @@ pub struct Input<'m> {
     pub slot: Option<&'m mut Slot>,
     /// Where results for the caller go (STARTED, and what settlement sends).
     pub results: &'m dyn ResultSink,
+    /// The shared values tasks take as `State<T>` parameters.
+    pub states: &'m Arc<States>,
 }
 
 /// A decoded task message with its task, as the stages see it.
@@ -85,6 +90,8 @@ pub struct Job<'m> {
     pub slot: Option<&'m mut Slot>,
     /// Where results for the caller go.
     pub results: &'m dyn ResultSink,
+    /// The shared values tasks take as `State<T>` parameters.
+    pub states: &'m Arc<States>,
     /// How long the body ran (set by the run step).
     pub runtime: Option<Duration>,
     settled: bool,
@@ -133,6 +140,7 @@ pub struct Processed<'m> {
 #[derive(Clone)]
 pub struct Pipeline {
     registry: Registry,
+    settings: Arc<TaskSettings>,
     max_message_size: Option<usize>,
     stages: Arc<[Arc<dyn Stage>]>,
     unit_random: fn() -> f64,
@@ -141,6 +149,7 @@ pub struct Pipeline {
 /// Builds a [`Pipeline`].
 pub struct PipelineBuilder {
     registry: Registry,
+    settings: Arc<TaskSettings>,
     max_message_size: Option<usize>,
     stages: Vec<Arc<dyn Stage>>,
     unit_random: fn() -> f64,
@@ -150,6 +159,13 @@ impl PipelineBuilder {
     /// Rejects message bodies larger than this, unread.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Reads the tasks' time limits from `settings`, which can change while
+    /// the pipeline runs (default: the declared limits, unchangeable).
+    pub fn settings(mut self, settings: Arc<TaskSettings>) -> Self {
+        self.settings = settings;
         self
     }
 
@@ -176,6 +192,7 @@ impl PipelineBuilder {
     pub fn build(self) -> Pipeline {
         Pipeline {
             registry: self.registry,
+            settings: self.settings,
             max_message_size: self.max_message_size,
             stages: self.stages.into(),
             unit_random: self.unit_random,
@@ -188,6 +205,7 @@ impl Pipeline {
     pub fn builder(registry: Registry) -> PipelineBuilder {
         PipelineBuilder {
             registry,
+            settings: Arc::default(),
             max_message_size: None,
             stages: Vec::new(),
             unit_random: fastrand::f64,
@@ -209,6 +227,7 @@ impl Pipeline {
             acker,
             slot,
             results,
+            states,
         } = input;
         if let Some(limit) = self.max_message_size.filter(|l| message.body.len() > *l) {
             let reason = format!(
@@ -239,6 +258,7 @@ impl Pipeline {
             acker,
             slot,
             results,
+            states,
             runtime: None,
             settled: false,
         };
@@ -279,7 +299,7 @@ impl Pipeline {
         if task.options.track_started {
             job.report(result_message::started(&job.request.id)).await;
         }
-        let (hard, soft) = task.limits(&job.request);
+        let (hard, soft) = self.settings.limits(task, &job.request);
         let request = &mut job.request;
         let lineage = Lineage {
             root_id: request.root_id.take(),
@@ -287,15 +307,16 @@ impl Pipeline {
             group_id: request.group_id.take(),
             group_index: request.group_index,
         };
-        let context = TaskContext::new(
+        let context = TaskContext::of_parts(
             request.id.clone(),
             request.name.clone(),
             job.queue.to_owned(),
             request.retries(),
             soft.map(|soft| tokio::time::Instant::now() + soft),
-        )
-        .with_lineage(lineage)
-        .with_delivery(job.delivery.clone());
+            lineage,
+            job.delivery.clone(),
+            Arc::clone(job.states),
+        );
         let args = TaskArgs::new(
             task.name,
             std::mem::take(&mut request.args),

@@ -113,6 +113,7 @@ async fn process(pipeline: &Pipeline, message: &Message, results: &Recorded) -> 
         acker: None,
         slot: None,
         results,
+        states: &Arc::default(),
     };
     pipeline.process(input).await.outcome
 }
