@@ -558,6 +558,57 @@ mod tests {
         .expect("the memory broker takes the call")
     }
 
+    /// Celery result bodies with the REJECTED and IGNORED states, as a
+    /// Python worker could send them, fed to the app's reply queue: the
+    /// caller gets a typed answer rather than waiting out its timeout.
+    #[tokio::test]
+    async fn rejected_and_ignored_results_on_the_reply_queue_reach_the_caller() {
+        let (app, _) = observed_app();
+        let rejected = unanswered(&app).await;
+        let ignored = unanswered(&app).await;
+        let reply_queue = app
+            .reply_queue_name()
+            .expect("the calls made it")
+            .to_owned();
+        let bodies = [
+            format!(
+                r#"{{"task_id": "{}", "status": "REJECTED", "result": "no room", "traceback": null, "children": [], "date_done": null}}"#,
+                rejected.id()
+            ),
+            format!(
+                r#"{{"task_id": "{}", "status": "IGNORED", "result": null, "traceback": null, "children": [], "date_done": null}}"#,
+                ignored.id()
+            ),
+        ];
+        for body in bodies {
+            let message = Message {
+                properties: crate::broker::Properties {
+                    content_type: Some("application/json".into()),
+                    ..Default::default()
+                },
+                body: body.into_bytes(),
+            };
+            app.broker()
+                .publish_reply(&reply_queue, &message)
+                .await
+                .expect("the reply queue exists");
+        }
+        match rejected.get(WAIT).await {
+            Err(Error::Rejected { task_id, reason }) => {
+                assert_eq!(
+                    (task_id.as_str(), reason.as_str()),
+                    (rejected.id(), "no room")
+                )
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        match ignored.get(WAIT).await {
+            Err(Error::Ignored { task_id }) => assert_eq!(task_id, ignored.id()),
+            other => panic!("expected Ignored, got {other:?}"),
+        }
+        assert_eq!(app.pending_results(), 0);
+    }
+
     #[tokio::test]
     async fn a_dropped_result_handle_is_no_longer_awaited() {
         let (app, _) = observed_app();

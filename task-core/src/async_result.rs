@@ -251,7 +251,7 @@ impl<R> AsyncResult<R> {
 
 impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits up to `timeout` for the final state: the value on SUCCESS, a
-    /// typed error on FAILURE, REVOKED, timeout or a lost result queue.
+    /// typed error on FAILURE, REVOKED, REJECTED, IGNORED, timeout or a lost result queue.
     pub async fn get(&self, timeout: Duration) -> Result<R, Error> {
         let Some(slot) = &self.slot else {
             return Err(Error::ResultIgnored {
@@ -291,9 +291,14 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             }),
             TaskState::Revoked => Err(Error::Revoked {
                 task_id: self.task_id.clone(),
-                reason: serde_json::from_str::<ExceptionInfo>(raw)
-                    .map(|info| info.message())
-                    .unwrap_or_else(|_| raw.to_owned()),
+                reason: reason(raw),
+            }),
+            TaskState::Rejected => Err(Error::Rejected {
+                task_id: self.task_id.clone(),
+                reason: reason(raw),
+            }),
+            TaskState::Ignored => Err(Error::Ignored {
+                task_id: self.task_id.clone(),
             }),
             _ => {
                 let info = serde_json::from_str::<ExceptionInfo>(raw).unwrap_or(ExceptionInfo {
@@ -310,6 +315,19 @@ impl<R: DeserializeOwned> AsyncResult<R> {
                 })))
             }
         }
+    }
+}
+
+/// The reason a REVOKED or REJECTED result gives: its exception's message,
+/// else its text, else the JSON as sent.
+fn reason(raw: &str) -> String {
+    if let Ok(info) = serde_json::from_str::<ExceptionInfo>(raw) {
+        return info.message();
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(serde_json::Value::Null) => "no reason given".to_owned(),
+        _ => raw.to_owned(),
     }
 }
 
@@ -433,6 +451,34 @@ mod tests {
         assert_eq!(pending.len(), 1);
         pending.deliver(body("same", r#""status": "SUCCESS", "result": 8"#));
         assert_eq!(again.get(Duration::from_secs(1)).await.unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn rejected_and_ignored_results_are_typed_errors() {
+        let pending = PendingResults::default();
+        let rejected = AsyncResult::<i64>::new("rj".into(), Some(pending.expect("rj")));
+        pending.deliver(body(
+            "rj",
+            r#""status": "REJECTED", "result": {"exc_type": "Reject", "exc_message": ["no room", false], "exc_module": "celery.exceptions"}"#,
+        ));
+        match rejected.get(Duration::from_secs(1)).await {
+            Err(Error::Rejected { task_id, reason }) => {
+                assert_eq!(
+                    (task_id.as_str(), reason.as_str()),
+                    ("rj", "no room, false")
+                )
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(rejected.state(), TaskState::Rejected);
+        let ignored = AsyncResult::<i64>::new("ig".into(), Some(pending.expect("ig")));
+        pending.deliver(body("ig", r#""status": "IGNORED", "result": null"#));
+        match ignored.get(Duration::from_secs(1)).await {
+            Err(Error::Ignored { task_id }) => assert_eq!(task_id, "ig"),
+            other => panic!("expected Ignored, got {other:?}"),
+        }
+        assert!(ignored.ready());
+        assert_eq!(pending.len(), 0, "both waiters are done");
     }
 
     #[tokio::test]
