@@ -241,7 +241,10 @@ impl App {
             .ok_or(Error::NoDefaultApp)
     }
 
-    /// Makes this app the process's default app, replacing any other.
+    /// Makes this app the process's default app, replacing any other. A
+    /// replaced default app whose last handle that was is closed, and its
+    /// results still awaited end with [`Error::ResultLost`]: keep a clone of
+    /// an app while its results matter.
     pub fn set_as_default(&self) {
         *DEFAULT_APP.write().unwrap_or_else(PoisonError::into_inner) = Some(self.clone());
     }
