@@ -677,7 +677,7 @@ async fn a_task_id_too_long_for_amqp_is_a_typed_error_not_a_panic() {
 }
 
 #[tokio::test]
-async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_awaited() {
+async fn a_dropped_app_stays_connected_while_its_broker_is_shared() {
     let queue = common::unique_queue("kept-app");
     let observer = common::client(&[&queue]).await;
     observer.ensure_queue(&queue).await.unwrap();
@@ -692,8 +692,15 @@ async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_aw
     assert_eq!(shared.queue_message_count(&queue).await.unwrap(), 0);
     shared.close().await.unwrap();
 
-    // A result still awaited: it must still arrive after the app is gone.
+    observer.broker().delete_queue(&queue).await.unwrap();
+    observer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_last_app_handle_while_a_result_is_awaited_closes_it_and_ends_the_wait() {
+    let queue = common::unique_queue("awaited-app");
     let app = common::client(&[&queue]).await;
+    // No worker: the result never comes.
     let awaited = add
         .s(1, 1)
         .queue(queue.clone())
@@ -701,17 +708,28 @@ async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_aw
         .await
         .unwrap();
     let reply_queue = app.reply_queue_name().unwrap().to_owned();
+    let observer = common::client(&[]).await;
     drop(app);
-    tokio::task::yield_now().await;
-    let value = serde_json::value::to_raw_value(&2).unwrap();
-    let result = task_core::protocol::result_message::success(awaited.id(), &value);
-    observer
-        .broker()
-        .publish_reply(&reply_queue, &result)
+    // The waiter ends at once with a typed error (not after its timeout).
+    let error = tokio::time::timeout(RESULT_TIMEOUT, awaited.get(Duration::from_secs(3600)))
         .await
-        .unwrap();
-    assert_eq!(awaited.get(RESULT_TIMEOUT).await.unwrap(), 2);
-
+        .expect("the waiter was woken, not left to hang")
+        .unwrap_err();
+    assert!(matches!(error, Error::ResultLost { .. }), "{error}");
+    // The connection closes: the auto-delete reply queue goes with it.
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    while observer
+        .broker()
+        .queue_message_count(&reply_queue)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped app's connection stayed open while a result was awaited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     observer.broker().delete_queue(&queue).await.unwrap();
     observer.close().await.unwrap();
 }

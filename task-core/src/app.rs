@@ -51,15 +51,20 @@ impl Drop for AppInner {
     /// The last handle of an app closes its broker connection (in the
     /// background, on the current runtime), unless someone else still holds
     /// the broker (a clone of [`App::broker`], or one given to
-    /// [`AppBuilder::build_with`]) or a result is still awaited (an
-    /// `AsyncResult` outlives its app, e.g. a default app replaced by a newer
-    /// one; its results keep arriving). The reply consumer's task holds one
-    /// reference of its own, and ends once the connection is closed.
+    /// [`AppBuilder::build_with`]): its reply consumer then keeps routing
+    /// results. Results still awaited when the connection closes can no
+    /// longer arrive: their [`AsyncResult`]s end at once with
+    /// [`Error::ResultLost`] (a result handle does not keep its app
+    /// connected). The reply consumer's task holds one reference of its own,
+    /// and ends once the connection is closed.
     fn drop(&mut self) {
         let own_references = 1 + usize::from(self.reply_queue.get().is_some());
-        if Arc::strong_count(&self.broker) > own_references || self.pending.awaited() > 0 {
+        if Arc::strong_count(&self.broker) > own_references {
             return;
         }
+        self.pending.fail_all(
+            "the app was dropped (its last handle went away), which closed its connection",
+        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let broker = Arc::clone(&self.broker);
             runtime.spawn(async move {
@@ -250,7 +255,10 @@ impl App {
             .ok_or(Error::NoDefaultApp)
     }
 
-    /// Makes this app the process's default app, replacing any other.
+    /// Makes this app the process's default app, replacing any other. A
+    /// replaced default app whose last handle that was is closed, and its
+    /// results still awaited end with [`Error::ResultLost`]: keep a clone of
+    /// an app while its results matter.
     pub fn set_as_default(&self) {
         *DEFAULT_APP.write().unwrap_or_else(PoisonError::into_inner) = Some(self.clone());
     }
@@ -361,6 +369,8 @@ impl App {
             eta,
         } = signature.encode_call(reply_to)?;
         let slot = reply_to.map(|_| self.inner.pending.expect(&task_id));
+        // Dropped unpublished, the handle stops expecting the result.
+        let result = AsyncResult::new(task_id, slot);
         // A future ETA is kept by the broker (delay levels), not by a worker.
         let delay = eta
             .and_then(|eta| (eta - Utc::now()).to_std().ok())
@@ -374,11 +384,10 @@ impl App {
             }
             None => self.inner.broker.publish("", queue, &message).await,
         };
-        if let Err(error) = published {
-            self.inner.pending.forget(&task_id);
-            return Err(error.into());
+        match published {
+            Ok(()) => Ok(result),
+            Err(error) => Err(error.into()),
         }
-        Ok(AsyncResult::new(task_id, slot))
     }
 
     /// The name of this app's reply queue, declared and consumed on first use.
@@ -488,5 +497,167 @@ async fn route_results(
                 }
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::broker::{Consumer, Message};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// An in-process broker that signals when it is closed.
+    struct ObservedBroker {
+        inner: MemoryBroker,
+        closed: Arc<Notify>,
+    }
+
+    #[async_trait]
+    impl Broker for ObservedBroker {
+        async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+            self.inner.declare_queue(spec).await
+        }
+
+        async fn publish(
+            &self,
+            exchange: &str,
+            routing_key: &str,
+            message: &Message,
+        ) -> Result<(), BrokerError> {
+            self.inner.publish(exchange, routing_key, message).await
+        }
+
+        async fn consume(
+            &self,
+            queues: &[String],
+            options: ConsumeOptions,
+        ) -> Result<Consumer, BrokerError> {
+            self.inner.consume(queues, options).await
+        }
+
+        async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+            self.inner.delete_queue(name).await
+        }
+
+        async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+            self.inner.delete_exchange(name).await
+        }
+
+        async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
+            self.inner.queue_message_count(name).await
+        }
+
+        async fn close(&self) -> Result<(), BrokerError> {
+            self.closed.notify_one();
+            self.inner.close().await
+        }
+    }
+
+    fn observed_app() -> (App, Arc<Notify>) {
+        let closed = Arc::new(Notify::new());
+        let broker = ObservedBroker {
+            inner: MemoryBroker::new(),
+            closed: Arc::clone(&closed),
+        };
+        let app = App::builder()
+            .set_as_default(false)
+            .build_with(Arc::new(broker));
+        (app, closed)
+    }
+
+    /// A call no worker will ever run (nobody consumes its queue).
+    async fn unanswered(app: &App) -> AsyncResult<serde_json::Value> {
+        app.send(
+            app.signature("test.app.never_runs")
+                .queue("test.app.nobody"),
+        )
+        .await
+        .expect("the memory broker takes the call")
+    }
+
+    /// Celery result bodies with the REJECTED and IGNORED states, as a
+    /// Python worker could send them, fed to the app's reply queue: the
+    /// caller gets a typed answer rather than waiting out its timeout.
+    #[tokio::test]
+    async fn rejected_and_ignored_results_on_the_reply_queue_reach_the_caller() {
+        let (app, _) = observed_app();
+        let rejected = unanswered(&app).await;
+        let ignored = unanswered(&app).await;
+        let reply_queue = app
+            .reply_queue_name()
+            .expect("the calls made it")
+            .to_owned();
+        let bodies = [
+            format!(
+                r#"{{"task_id": "{}", "status": "REJECTED", "result": "no room", "traceback": null, "children": [], "date_done": null}}"#,
+                rejected.id()
+            ),
+            format!(
+                r#"{{"task_id": "{}", "status": "IGNORED", "result": null, "traceback": null, "children": [], "date_done": null}}"#,
+                ignored.id()
+            ),
+        ];
+        for body in bodies {
+            let message = Message {
+                properties: crate::broker::Properties {
+                    content_type: Some("application/json".into()),
+                    ..Default::default()
+                },
+                body: body.into_bytes(),
+            };
+            app.broker()
+                .publish_reply(&reply_queue, &message)
+                .await
+                .expect("the reply queue exists");
+        }
+        match rejected.get(WAIT).await {
+            Err(Error::Rejected { task_id, reason }) => {
+                assert_eq!(
+                    (task_id.as_str(), reason.as_str()),
+                    (rejected.id(), "no room")
+                )
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        match ignored.get(WAIT).await {
+            Err(Error::Ignored { task_id }) => assert_eq!(task_id, ignored.id()),
+            other => panic!("expected Ignored, got {other:?}"),
+        }
+        assert_eq!(app.pending_results(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_result_handle_is_no_longer_awaited() {
+        let (app, _) = observed_app();
+        let awaited = unanswered(&app).await;
+        assert_eq!(app.pending_results(), 1);
+        drop(awaited);
+        assert_eq!(
+            app.pending_results(),
+            0,
+            "the dropped handle's waiter leaked"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_app_handle_closes_the_broker_even_while_a_result_is_awaited() {
+        let (app, closed) = observed_app();
+        let awaited = unanswered(&app).await;
+        drop(app);
+        tokio::time::timeout(WAIT, closed.notified())
+            .await
+            .expect("the dropped app closed its broker connection");
+        // The waiter ends at once with a typed error rather than waiting out its timeout.
+        let error = tokio::time::timeout(WAIT, awaited.get(Duration::from_secs(3600)))
+            .await
+            .expect("the waiter was woken")
+            .unwrap_err();
+        assert!(matches!(error, Error::ResultLost { .. }), "{error}");
     }
 }

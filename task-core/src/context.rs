@@ -227,11 +227,25 @@ impl TaskContext {
     }
 
     /// Runs the blocking `body` on this thread with this context as current.
+    /// The thread's previous context (usually none) is restored when `body`
+    /// returns or unwinds, so a pool thread reused after a panicking task
+    /// never reports that task's context.
     pub fn scope_blocking<R>(self, body: impl FnOnce() -> R) -> R {
-        BLOCKING_CURRENT.with(|current| *current.borrow_mut() = Some(self));
-        let result = body();
-        BLOCKING_CURRENT.with(|current| current.borrow_mut().take());
-        result
+        let previous = BLOCKING_CURRENT.with(|current| current.replace(Some(self)));
+        let _restore = RestoreBlocking(previous);
+        body()
+    }
+}
+
+/// Puts a thread's previous blocking context back when dropped, also during
+/// unwinding.
+struct RestoreBlocking(Option<TaskContext>);
+
+impl Drop for RestoreBlocking {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        // `try_with`: the thread-local may already be gone at thread exit.
+        let _ = BLOCKING_CURRENT.try_with(|current| current.replace(previous));
     }
 }
 
@@ -287,6 +301,31 @@ mod tests {
         let context = TaskContext::new("b".into(), "t".into(), "q".into(), 0, None);
         let id = context.scope_blocking(|| current_task().map(|c| c.id().to_owned()));
         assert_eq!(id.as_deref(), Some("b"));
+        assert!(current_task().is_none());
+    }
+
+    #[test]
+    fn a_panicking_blocking_body_leaves_no_context_on_its_thread() {
+        let context = TaskContext::new("p".into(), "t".into(), "q".into(), 0, None);
+        let unwound = std::panic::catch_unwind(|| context.scope_blocking(|| panic!("boom")));
+        assert!(unwound.is_err(), "the body panicked");
+        assert!(
+            current_task().is_none(),
+            "the next code on this thread saw {:?}",
+            current_task().map(|c| c.id().to_owned())
+        );
+    }
+
+    #[test]
+    fn a_nested_blocking_scope_restores_the_outer_context() {
+        let outer = TaskContext::new("outer".into(), "t".into(), "q".into(), 0, None);
+        let inner = TaskContext::new("inner".into(), "t".into(), "q".into(), 0, None);
+        let seen = outer.scope_blocking(|| {
+            let unwound = std::panic::catch_unwind(|| inner.scope_blocking(|| panic!("boom")));
+            assert!(unwound.is_err());
+            current_task().map(|c| c.id().to_owned())
+        });
+        assert_eq!(seen.as_deref(), Some("outer"));
         assert!(current_task().is_none());
     }
 }

@@ -254,6 +254,55 @@ mod tests {
         Ok(())
     }
 
+    #[task(name = "test.registry.blocking_panics")]
+    fn blocking_panics() -> Result<(), TaskError> {
+        panic!("the blocking body gives up")
+    }
+
+    /// A blocking task that panics, then the next closure on the same
+    /// blocking thread (the pool has one): it must not see the task's context.
+    #[test]
+    fn a_blocking_thread_reused_after_a_panic_reports_no_context() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let registration = Registry::global()
+                .expect("no duplicate task names")
+                .get("test.registry.blocking_panics")
+                .expect("the task is registered");
+            let args = TaskArgs::new(registration.name, Vec::new(), Vec::new());
+            let context = TaskContext::new(
+                "panicked".into(),
+                registration.name.into(),
+                "q".into(),
+                0,
+                None,
+            );
+            let outcome = registration.run(args, context, None).await;
+            let error = outcome.expect_err("the panic is a failure");
+            assert!(error.message().contains("gives up"), "{error}");
+            let (thread, seen) = tokio::task::spawn_blocking(|| {
+                (
+                    std::thread::current().id(),
+                    crate::current_task().map(|c| c.id().to_owned()),
+                )
+            })
+            .await
+            .expect("the probe runs");
+            let again = tokio::task::spawn_blocking(|| std::thread::current().id())
+                .await
+                .expect("the probe runs");
+            assert_eq!(thread, again, "one blocking thread, reused");
+            assert_eq!(
+                seen, None,
+                "a reused blocking thread kept a dead task's context"
+            );
+        });
+    }
+
     fn registration() -> &'static TaskRegistration {
         Registry::global()
             .expect("no duplicate task names")
