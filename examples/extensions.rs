@@ -83,8 +83,14 @@ async fn main() -> anyhow::Result<()> {
     let shipped = ship.delay(7).await?.get(Duration::from_secs(10)).await?;
     println!("{shipped}");
     let failed = ship.delay(0).await?.get(Duration::from_secs(10)).await;
-    println!("order 0: {}", failed.err().map(|e| e.to_string()).unwrap_or_default());
-    println!("count: {}", count.delay().await?.get(Duration::from_secs(10)).await?);
+    println!(
+        "order 0: {}",
+        failed.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+    println!(
+        "count: {}",
+        count.delay().await?.get(Duration::from_secs(10)).await?
+    );
 
     stop.cancel();
     running.await??;

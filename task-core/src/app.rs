@@ -52,11 +52,11 @@ impl Drop for AppInner {
     /// background, on the current runtime), unless someone else still holds
     /// the broker (a clone of [`App::broker`], or one given to
     /// [`AppBuilder::build_with`]): its reply consumer then keeps routing
-    /// results. Results still awaited when the connection closes can no
-    /// longer arrive: their [`AsyncResult`]s end at once with
-    /// [`Error::ResultLost`] (a result handle does not keep its app
-    /// connected). The reply consumer's task holds one reference of its own,
-    /// and ends once the connection is closed.
+    /// results. An [`AsyncResult`] still waiting for its result holds its
+    /// app, so the last handle is the app's or the last awaited result's,
+    /// whichever goes last. (Should a waiter remain anyway, it ends at once
+    /// with [`Error::ResultLost`].) The reply consumer's task holds one
+    /// reference of its own, and ends once the connection is closed.
     fn drop(&mut self) {
         let own_references = 1 + usize::from(self.reply_queue.get().is_some());
         if Arc::strong_count(&self.broker) > own_references {
@@ -256,9 +256,8 @@ impl App {
     }
 
     /// Makes this app the process's default app, replacing any other. A
-    /// replaced default app whose last handle that was is closed, and its
-    /// results still awaited end with [`Error::ResultLost`]: keep a clone of
-    /// an app while its results matter.
+    /// replaced default app stays connected while its results are awaited
+    /// (each [`AsyncResult`] holds its app), then closes.
     pub fn set_as_default(&self) {
         *DEFAULT_APP.write().unwrap_or_else(PoisonError::into_inner) = Some(self.clone());
     }
@@ -370,7 +369,8 @@ impl App {
         } = signature.encode_call(reply_to)?;
         let slot = reply_to.map(|_| self.inner.pending.expect(&task_id));
         // Dropped unpublished, the handle stops expecting the result.
-        let result = AsyncResult::new(task_id, slot);
+        let app = slot.as_ref().map(|_| self.clone());
+        let result = AsyncResult::new(task_id, slot, app);
         // A future ETA is kept by the broker (delay levels), not by a worker.
         let delay = eta
             .and_then(|eta| (eta - Utc::now()).to_std().ok())
@@ -646,18 +646,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_last_app_handle_closes_the_broker_even_while_a_result_is_awaited() {
+    async fn an_awaited_result_keeps_its_app_connected_and_the_last_handle_closes_it() {
+        let (app, closed) = observed_app();
+        let awaited = unanswered(&app).await;
+        let reply_queue = app.reply_queue_name().unwrap().to_owned();
+        let broker = Arc::downgrade(app.broker());
+        drop(app);
+        // The result still arrives after the app's last handle is gone.
+        let value = serde_json::value::to_raw_value(&7).unwrap();
+        let result = crate::protocol::result_message::success(awaited.id(), &value);
+        let still_connected = broker.upgrade().expect("the awaited result holds its app");
+        still_connected
+            .publish_reply(&reply_queue, &result)
+            .await
+            .expect("the reply queue still exists");
+        drop(still_connected);
+        assert_eq!(awaited.get(WAIT).await.unwrap(), 7);
+        // Then the result handle was the app's last: the connection closes.
+        drop(awaited);
+        tokio::time::timeout(WAIT, closed.notified())
+            .await
+            .expect("the last handle closed the broker connection");
+    }
+
+    #[tokio::test]
+    async fn a_result_handle_dropped_unawaited_lets_its_app_close() {
         let (app, closed) = observed_app();
         let awaited = unanswered(&app).await;
         drop(app);
+        drop(awaited);
         tokio::time::timeout(WAIT, closed.notified())
             .await
-            .expect("the dropped app closed its broker connection");
-        // The waiter ends at once with a typed error rather than waiting out its timeout.
-        let error = tokio::time::timeout(WAIT, awaited.get(Duration::from_secs(3600)))
-            .await
-            .expect("the waiter was woken")
-            .unwrap_err();
-        assert!(matches!(error, Error::ResultLost { .. }), "{error}");
+            .expect("no leaked waiter keeps the connection open");
     }
 }

@@ -156,14 +156,19 @@ impl PendingResults {
 pub struct AsyncResult<R> {
     task_id: String,
     slot: Option<Waiter>,
+    /// The app the result arrives through, kept connected while the result
+    /// is awaited (dropped after the waiter, so the app's close, if this was
+    /// its last handle, finds no waiter left).
+    _app: Option<crate::App>,
     value: PhantomData<fn() -> R>,
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(task_id: String, slot: Option<Waiter>) -> Self {
+    pub(crate) fn new(task_id: String, slot: Option<Waiter>, app: Option<crate::App>) -> Self {
         Self {
             task_id,
             slot,
+            _app: app,
             value: PhantomData,
         }
     }
@@ -343,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn results_reach_their_waiters_and_states_progress() {
         let pending = PendingResults::default();
-        let handle = AsyncResult::<i64>::new("a".into(), Some(pending.expect("a")));
+        let handle = AsyncResult::<i64>::new("a".into(), Some(pending.expect("a")), None);
         assert_eq!(handle.state(), TaskState::Pending);
         pending.deliver(body("a", r#""status": "STARTED", "result": {"pid": 1}"#));
         assert_eq!(handle.state(), TaskState::Started);
@@ -355,7 +360,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_a_state_wakes_on_it_or_on_the_end() {
         let pending = Arc::new(PendingResults::default());
-        let handle = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")));
+        let handle = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")), None);
         let started = |s| s == TaskState::Started;
         let timeout = Duration::from_secs(5);
         let sender = Arc::clone(&pending);
@@ -377,7 +382,7 @@ mod tests {
             TaskState::Success
         );
 
-        let silent = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")));
+        let silent = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")), None);
         let error = silent
             .wait_for_state(started, Duration::from_millis(10))
             .await
@@ -391,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn failures_timeouts_and_losses_are_typed_errors() {
         let pending = PendingResults::default();
-        let failed = AsyncResult::<i64>::new("f".into(), Some(pending.expect("f")));
+        let failed = AsyncResult::<i64>::new("f".into(), Some(pending.expect("f")), None);
         pending.deliver(body(
             "f",
             r#""status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["bad"], "exc_module": "builtins"}, "traceback": "tb""#,
@@ -404,7 +409,7 @@ mod tests {
         );
         assert_eq!(failure.traceback.as_deref(), Some("tb"));
 
-        let slow = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")));
+        let slow = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")), None);
         let error = slow.get(Duration::from_millis(10)).await.unwrap_err();
         assert!(matches!(error, Error::Timeout { .. }));
 
@@ -416,8 +421,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_handle_removes_its_waiter() {
         let pending = PendingResults::default();
-        let dropped = AsyncResult::<i64>::new("d".into(), Some(pending.expect("d")));
-        let kept = AsyncResult::<i64>::new("k".into(), Some(pending.expect("k")));
+        let dropped = AsyncResult::<i64>::new("d".into(), Some(pending.expect("d")), None);
+        let kept = AsyncResult::<i64>::new("k".into(), Some(pending.expect("k")), None);
         assert_eq!(pending.len(), 2);
         drop(dropped);
         assert_eq!(pending.len(), 1, "the dropped handle's waiter leaked");
@@ -431,9 +436,9 @@ mod tests {
     #[tokio::test]
     async fn handles_to_one_task_id_share_its_waiter() {
         let pending = PendingResults::default();
-        let first = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")));
-        let second = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")));
-        let third = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")));
+        let first = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
+        let second = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
+        let third = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
         assert_eq!(pending.len(), 1);
         // Dropping one handle keeps the waiter of the others.
         drop(third);
@@ -445,7 +450,7 @@ mod tests {
 
         // A handle dropped after its result arrived leaves a newer waiter of
         // the same id (a call sent again with the same id) alone.
-        let again = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")));
+        let again = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
         drop(first);
         drop(second);
         assert_eq!(pending.len(), 1);
@@ -456,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn rejected_and_ignored_results_are_typed_errors() {
         let pending = PendingResults::default();
-        let rejected = AsyncResult::<i64>::new("rj".into(), Some(pending.expect("rj")));
+        let rejected = AsyncResult::<i64>::new("rj".into(), Some(pending.expect("rj")), None);
         pending.deliver(body(
             "rj",
             r#""status": "REJECTED", "result": {"exc_type": "Reject", "exc_message": ["no room", false], "exc_module": "celery.exceptions"}"#,
@@ -471,7 +476,7 @@ mod tests {
             other => panic!("expected Rejected, got {other:?}"),
         }
         assert_eq!(rejected.state(), TaskState::Rejected);
-        let ignored = AsyncResult::<i64>::new("ig".into(), Some(pending.expect("ig")));
+        let ignored = AsyncResult::<i64>::new("ig".into(), Some(pending.expect("ig")), None);
         pending.deliver(body("ig", r#""status": "IGNORED", "result": null"#));
         match ignored.get(Duration::from_secs(1)).await {
             Err(Error::Ignored { task_id }) => assert_eq!(task_id, "ig"),
@@ -484,14 +489,14 @@ mod tests {
     #[tokio::test]
     async fn wrong_result_types_and_revocations_are_reported() {
         let pending = PendingResults::default();
-        let wrong = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")));
+        let wrong = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")), None);
         pending.deliver(body("w", r#""status": "SUCCESS", "result": "text""#));
         assert!(matches!(
             wrong.get(Duration::from_secs(1)).await,
             Err(Error::DecodeResult { .. })
         ));
         // A Python big integer (2**70) for an i64 result names the integer.
-        let big = AsyncResult::<i64>::new("b".into(), Some(pending.expect("b")));
+        let big = AsyncResult::<i64>::new("b".into(), Some(pending.expect("b")), None);
         pending.deliver(body(
             "b",
             r#""status": "SUCCESS", "result": 1180591620717411303424"#,
@@ -504,7 +509,7 @@ mod tests {
             ),
             other => panic!("expected DecodeResult, got {other:?}"),
         }
-        let revoked = AsyncResult::<i64>::new("r".into(), Some(pending.expect("r")));
+        let revoked = AsyncResult::<i64>::new("r".into(), Some(pending.expect("r")), None);
         pending.deliver(body(
             "r",
             r#""status": "REVOKED", "result": {"exc_type": "TaskRevokedError", "exc_message": ["expired"]}"#,

@@ -101,7 +101,8 @@ pub(crate) async fn apply<R: DeserializeOwned>(
     let queue = signature.options.queue.as_deref().unwrap_or(default_queue);
     let slot = (!signature.options.ignore_result).then(|| pending.expect(&task_id));
     execute(message, queue, &EagerResults { pending }, states).await;
-    Ok(AsyncResult::new(task_id, slot))
+    // Ready already: nothing more arrives through an app.
+    Ok(AsyncResult::new(task_id, slot, None))
 }
 
 /// Hands each result to its waiter, read as the reply-queue consumer reads

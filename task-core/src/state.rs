@@ -82,6 +82,14 @@ impl States {
     }
 }
 
+// A task's panic is caught around its whole run (the pipeline asserts unwind
+// safety there already): what a panicking run leaves in a shared value is the
+// value's own business (a `Mutex` poisons), as with any `Arc` shared across
+// threads. Without these, `TaskContext`, which holds the states, would stop
+// being usable under `catch_unwind`.
+impl std::panic::UnwindSafe for States {}
+impl std::panic::RefUnwindSafe for States {}
+
 impl fmt::Debug for States {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("States")

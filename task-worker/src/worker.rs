@@ -216,7 +216,7 @@ impl WorkerBuilder {
 
     /// Run only the tasks of `registry` (default: every `#[task]` linked into
     /// the binary, [`Registry::global`]): e.g. a worker for a chosen subset,
-    /// built with [`Registry::of`]. Messages for other tasks are answered
+    /// built with [`Registry::new`] and [`Registry::with`]. Messages for other tasks are answered
     /// `NotRegistered` and dead-lettered, as for an unknown name.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
