@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use chrono::Utc;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
@@ -373,7 +372,7 @@ impl App {
         let result = AsyncResult::new(task_id, slot, app);
         // A future ETA is kept by the broker (delay levels), not by a worker.
         let delay = eta
-            .and_then(|eta| (eta - Utc::now()).to_std().ok())
+            .and_then(|eta| (eta - crate::clock::now()).to_std().ok())
             .filter(|delay| !delay.is_zero());
         let published = match delay {
             Some(delay) => {

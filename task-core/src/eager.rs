@@ -20,7 +20,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use chrono::Utc;
 use serde::de::DeserializeOwned;
 
 use crate::async_result::PendingResults;
@@ -191,7 +190,7 @@ async fn execute(
         let retried = retried_copy(
             job.message,
             job.request.retries().saturating_add(1),
-            Utc::now(),
+            crate::clock::now(),
         );
         drop(job);
         message = retried;

@@ -7,6 +7,7 @@ mod app;
 mod args;
 mod async_result;
 pub mod broker;
+pub mod clock;
 mod context;
 mod eager;
 mod error;

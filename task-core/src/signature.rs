@@ -277,7 +277,7 @@ impl<R> Signature<R> {
             .task_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let now = Utc::now();
+        let now = crate::clock::now();
         let eta = options
             .eta
             .or(options.countdown.map(|countdown| now + countdown));

@@ -278,7 +278,7 @@ impl Settler {
         delay: Duration,
     ) -> Result<(), BrokerError> {
         let retries = job.request.retries().saturating_add(1);
-        let again = retried_copy(&delivery.message, retries, Utc::now() + delay);
+        let again = retried_copy(&delivery.message, retries, task_core::clock::now() + delay);
         let broker = self.app.broker();
         let published = if delay.is_zero() {
             broker.publish("", &delivery.queue, &again).await

@@ -1,7 +1,5 @@
 //! [`Expiry`]: a task whose `expires` has passed is not run.
 
-use chrono::Utc;
-
 use super::{Job, Outcome, Stage, Step};
 
 /// Ends a job whose `expires` has passed with [`Outcome::Revoked`]
@@ -13,7 +11,10 @@ pub struct Expiry;
 impl Stage for Expiry {
     fn before<'a>(&'a self, job: &'a mut Job<'_>) -> Step<'a> {
         let request = &job.request;
-        if request.expires.is_none_or(|expires| expires > Utc::now()) {
+        if request
+            .expires
+            .is_none_or(|expires| expires > crate::clock::now())
+        {
             return Step::Next;
         }
         tracing::warn!(task_id = %request.id, task = %request.name, "discarding an expired task");

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use task_core::pipeline::{Job, Outcome, Stage, Step};
 
 /// A task whose ETA is less than this far away waits in the worker; a later
@@ -22,7 +21,7 @@ impl Stage for Eta {
         let Some(wait) = job
             .request
             .eta
-            .and_then(|eta| (eta - Utc::now()).to_std().ok())
+            .and_then(|eta| (eta - task_core::clock::now()).to_std().ok())
         else {
             return Step::Next;
         };
