@@ -34,6 +34,18 @@ async fn greet(
     Ok(format!("{} {name} (task {})", config.greeting, task.id()))
 }
 
+#[task(name = "ext.tenant")]
+async fn tenant(
+    task: TaskContext,
+) -> Result<(Option<serde_json::Value>, bool, Vec<String>), TaskError> {
+    let names = task.headers().map(|(name, _)| name.to_owned()).collect();
+    Ok((
+        task.header("tenant").cloned(),
+        task.embed().is_some(),
+        names,
+    ))
+}
+
 #[task(name = "ext.add")]
 async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
     Ok(x + y)
@@ -346,4 +358,24 @@ async fn an_eager_app_gives_tasks_its_state() {
     };
     assert_eq!(failure.exc_type, "MissingState");
     assert!(failure.message.contains("Config"), "{}", failure.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_sees_the_headers_its_caller_added_and_the_embed() {
+    let w = start("headers", |b| b.registry(Registry::new().with(tenant))).await;
+    let result = tenant
+        .s()
+        .header("tenant", "acme")
+        .header("trace", serde_json::json!({"span": 7}))
+        .queue(w.queue.clone())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    let (value, has_embed, names) = result.get(WAIT).await.unwrap();
+    assert_eq!(value, Some(serde_json::json!("acme")));
+    assert!(has_embed, "the framework sends Celery's embed");
+    // Only the caller's headers: none of Celery's protocol headers.
+    assert_eq!(names, ["tenant", "trace"]);
+    w.stop.cancel();
+    w.handle.await.unwrap().unwrap();
 }

@@ -31,19 +31,22 @@ use crate::state::{State, States};
 /// What a worker knows of the task it is running.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
-    inner: Arc<ContextInner>,
+    inner: Arc<ContextParts>,
 }
 
+/// Everything a [`TaskContext`] holds.
 #[derive(Debug, Clone)]
-struct ContextInner {
-    id: String,
-    name: String,
-    queue: String,
-    retries: u32,
-    soft_deadline: Option<Instant>,
-    lineage: Lineage,
-    delivery: DeliveryInfo,
-    states: Arc<States>,
+pub(crate) struct ContextParts {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) retries: u32,
+    pub(crate) soft_deadline: Option<Instant>,
+    pub(crate) lineage: Lineage,
+    pub(crate) delivery: DeliveryInfo,
+    pub(crate) states: Arc<States>,
+    pub(crate) headers: Vec<(String, serde_json::Value)>,
+    pub(crate) embed: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Where a task sits in its workflow, as its message says.
@@ -83,7 +86,7 @@ impl TaskContext {
         soft_deadline: Option<Instant>,
     ) -> Self {
         Self {
-            inner: Arc::new(ContextInner {
+            inner: Arc::new(ContextParts {
                 id,
                 name,
                 queue,
@@ -92,33 +95,16 @@ impl TaskContext {
                 lineage: Lineage::default(),
                 delivery: DeliveryInfo::default(),
                 states: Arc::default(),
+                headers: Vec::new(),
+                embed: None,
             }),
         }
     }
 
     /// A context with every part at once (one allocation; the pipeline's).
-    #[allow(clippy::too_many_arguments)] // each part has its own type and name
-    pub(crate) fn of_parts(
-        id: String,
-        name: String,
-        queue: String,
-        retries: u32,
-        soft_deadline: Option<Instant>,
-        lineage: Lineage,
-        delivery: DeliveryInfo,
-        states: Arc<States>,
-    ) -> Self {
+    pub(crate) fn from_parts(parts: ContextParts) -> Self {
         Self {
-            inner: Arc::new(ContextInner {
-                id,
-                name,
-                queue,
-                retries,
-                soft_deadline,
-                lineage,
-                delivery,
-                states,
-            }),
+            inner: Arc::new(parts),
         }
     }
 
@@ -154,6 +140,47 @@ impl TaskContext {
     /// `State<T>` parameter receives).
     pub fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
         self.inner.states.get::<T>()
+    }
+
+    /// This context, with the message's extra headers (see
+    /// [`TaskContext::header`]) and its `embed`.
+    pub fn with_message_parts(
+        self,
+        headers: Vec<(String, serde_json::Value)>,
+        embed: Option<Box<serde_json::value::RawValue>>,
+    ) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.headers = headers;
+        inner.embed = embed;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// A header the caller added to the message (`Signature::header`,
+    /// Celery's `apply_async(headers={...})`) or a Celery stamp, as JSON;
+    /// Celery's own protocol headers and the broker's (`x-...`) are not
+    /// among them.
+    pub fn header(&self, name: &str) -> Option<&serde_json::Value> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Every extra header (see [`TaskContext::header`]), in key order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+        self.inner
+            .headers
+            .iter()
+            .map(|(key, value)| (key.as_str(), value))
+    }
+
+    /// The message's `embed` as sent (callbacks, errbacks, chain, chord),
+    /// if it had one.
+    pub fn embed(&self) -> Option<&serde_json::value::RawValue> {
+        self.inner.embed.as_deref()
     }
 
     /// The first task of the workflow: the `root_id` the message carried,

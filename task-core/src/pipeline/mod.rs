@@ -47,6 +47,7 @@ pub use slot::Slot;
 pub use stage::{Stage, Step};
 
 use crate::broker::{Acknowledger, Message};
+use crate::context::ContextParts;
 use crate::protocol::result_message;
 use crate::protocol::task_message::{decode_task, PartialRequest, TaskRequest};
 use crate::registry::TaskRegistration;
@@ -307,16 +308,18 @@ impl Pipeline {
             group_id: request.group_id.take(),
             group_index: request.group_index,
         };
-        let context = TaskContext::of_parts(
-            request.id.clone(),
-            request.name.clone(),
-            job.queue.to_owned(),
-            request.retries(),
-            soft.map(|soft| tokio::time::Instant::now() + soft),
+        let context = TaskContext::from_parts(ContextParts {
+            id: request.id.clone(),
+            name: request.name.clone(),
+            queue: job.queue.to_owned(),
+            retries: request.retries(),
+            soft_deadline: soft.map(|soft| tokio::time::Instant::now() + soft),
             lineage,
-            job.delivery.clone(),
-            Arc::clone(job.states),
-        );
+            delivery: job.delivery.clone(),
+            states: Arc::clone(job.states),
+            headers: std::mem::take(&mut request.extra_headers),
+            embed: request.embed.take(),
+        });
         let args = TaskArgs::new(
             task.name,
             std::mem::take(&mut request.args),

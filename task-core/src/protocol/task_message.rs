@@ -196,6 +196,10 @@ pub struct TaskRequest {
     pub group_id: Option<String>,
     /// Its position in that group (`group_index`).
     pub group_index: Option<u32>,
+    /// The headers that are not Celery's protocol headers nor the broker's
+    /// (`x-...`): those a caller added (`Signature::header`, Celery's
+    /// `apply_async(headers=...)`) and Celery's stamps, as JSON, in key order.
+    pub extra_headers: Vec<(String, serde_json::Value)>,
     /// Times retried before this delivery.
     retries: u32,
     /// `[hard, soft]` limits in seconds.
@@ -466,6 +470,7 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         .flatten()
         .filter(|root| *root != id)
         .map(str::to_owned);
+    let extra_headers = extra_headers(&properties.headers);
     let group_index = headers
         .value("group_index")
         .and_then(as_integer)
@@ -490,10 +495,51 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         parent_id: lineage("parent_id"),
         group_id: lineage("group"),
         group_index,
+        extra_headers,
         retries,
         time_limits,
         ignore_result,
     })
+}
+
+/// Celery's protocol v2 headers, sorted.
+const PROTOCOL_HEADERS: [&str; 19] = [
+    "argsrepr",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "id",
+    "ignore_result",
+    "kwargsrepr",
+    "lang",
+    "origin",
+    "parent_id",
+    "replaced_task_nesting",
+    "retries",
+    "root_id",
+    "shadow",
+    "stamped_headers",
+    "stamps",
+    "task",
+    "timelimit",
+];
+
+/// The headers that are neither protocol headers nor the broker's: one walk
+/// over both sorted lists, allocating only for an extra header found.
+fn extra_headers(headers: &Headers) -> Vec<(String, serde_json::Value)> {
+    let mut extras = Vec::new();
+    let mut known = PROTOCOL_HEADERS.iter().peekable();
+    for (key, _) in headers.iter() {
+        while known.next_if(|name| **name < key).is_some() {}
+        if known.peek().is_some_and(|name| **name == key) || key.starts_with("x-") {
+            continue;
+        }
+        if let Some(value) = headers.get_json(key) {
+            extras.push((key.to_owned(), value));
+        }
+    }
+    extras
 }
 
 mod indexmap_free {
