@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use crate::async_result::PendingResults;
-use crate::broker::amqp::{redact, AmqpBroker, ReconnectPolicy};
+use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
+use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
 use crate::{AsyncResult, Error, Signature};
@@ -456,7 +456,7 @@ async fn route_results(
                     pending.fail_all(&reason);
                     // Only this task holds the broker: the app was dropped.
                     let app_gone = Arc::strong_count(&broker) == 1;
-                    if app_gone || !matches!(error, BrokerError::Connection(_)) {
+                    if app_gone || !matches!(error, BrokerError::Connection { .. }) {
                         tracing::warn!(%reason, "no more results will arrive on this app's reply queue");
                         return;
                     }

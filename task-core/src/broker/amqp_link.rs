@@ -18,9 +18,9 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
-use super::amqp::redact;
 use super::connect_failure::{connect_error, Target};
-use super::{BrokerError, TlsOptions};
+use super::url::redact;
+use super::{BrokerError, ReplyCode, TlsOptions};
 
 /// How a broker connection recovers from RabbitMQ going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +141,8 @@ impl LinkKeeper {
             match operation(Arc::clone(&link)).await {
                 // Closed by this client: nothing to recover, and not a lost
                 // connection (which callers such as the reply consumer retry).
-                Err(BrokerError::Connection(_)) if self.is_closed() => return Err(closed()),
-                Err(BrokerError::Connection(reason)) => {
+                Err(BrokerError::Connection { .. }) if self.is_closed() => return Err(closed()),
+                Err(BrokerError::Connection { reason, .. }) => {
                     tracing::warn!(%reason, "broker connection lost; reconnecting");
                     self.reconnect(link.generation, deadline).await?;
                 }
@@ -182,7 +182,11 @@ impl LinkKeeper {
                 .open(current.generation + 1)
                 .await
                 .map_err(|e| match e {
-                    BrokerError::Connect { .. } => BrokerError::Connection(e.to_string()),
+                    BrokerError::Connect { .. } => BrokerError::Connection {
+                        reason: e.to_string(),
+                        reply_code: e.reply_code(),
+                        source: Some(Box::new(e)),
+                    },
                     other => other,
                 }) {
                 Ok(link) => {
@@ -302,10 +306,10 @@ async fn open_channels(connection: Connection, generation: u64) -> Result<Link, 
 /// What operations fail with once [`LinkKeeper::close`] was called: a
 /// refusal, not a lost connection, so that nothing retries it.
 fn closed() -> BrokerError {
-    BrokerError::Operation {
-        operation: "connection",
-        reason: "the broker connection was closed by this client".into(),
-    }
+    BrokerError::failed(
+        "connection",
+        "the broker connection was closed by this client",
+    )
 }
 
 /// Whether `error` means the connection (or the channel it was used on) is
@@ -323,14 +327,27 @@ pub(crate) fn is_connection_lost(error: &lapin::Error) -> bool {
 }
 
 /// Classifies a lapin error from `operation`: a lost connection (retried
-/// after reconnecting) or a refusal (reported as is).
+/// after reconnecting) or a refusal (reported as is), with the broker's
+/// reply code when it sent one and lapin's error as the source. A refusal's
+/// reason is the broker's reply text (`NOT_FOUND - no queue 'q' ...`).
 pub(crate) fn lost(operation: &'static str, error: lapin::Error) -> BrokerError {
+    let reply_code = ReplyCode::of_lapin(&error);
     if is_connection_lost(&error) {
-        BrokerError::Connection(format!("{operation}: {error}"))
+        BrokerError::Connection {
+            reason: format!("{operation}: {error}"),
+            reply_code,
+            source: Some(Box::new(error)),
+        }
     } else {
+        let reason = match error.kind() {
+            ErrorKind::ProtocolError(refusal) => refusal.get_message().as_str().to_owned(),
+            _ => error.to_string(),
+        };
         BrokerError::Operation {
             operation,
-            reason: error.to_string(),
+            reason,
+            reply_code,
+            source: Some(Box::new(error)),
         }
     }
 }
