@@ -1289,6 +1289,13 @@ async fn refusals_carry_the_same_reply_codes(mut f: Fixture) {
     assert!(error.is_access_refused(), "{error}");
     let error = f.broker.delete_exchange("").await.unwrap_err();
     assert!(error.is_access_refused(), "{error}");
+    // A refused publish (RabbitMQ closes the publishing channel) leaves the
+    // connection as it is: its exclusive queue stays usable.
+    let mine = f
+        .broker
+        .declare_server_named_queue(&QueueSpec::server_named())
+        .await
+        .unwrap();
     let error = f
         .broker
         .publish(&missing, "k", &message("x"))
@@ -1298,6 +1305,15 @@ async fn refusals_carry_the_same_reply_codes(mut f: Fixture) {
         error.is_not_found(),
         "publish to a missing exchange: {error}"
     );
+    let mut invalid = message("x");
+    invalid.properties.expiration = Some("soon".into());
+    let error = f.broker.publish("", &mine, &invalid).await.unwrap_err();
+    assert!(
+        error.is_precondition_failed(),
+        "invalid expiration: {error}"
+    );
+    f.publish(&mine, &message("after the refusals")).await;
+    assert_eq!(f.count(&mine).await, 1, "the connection was replaced");
     let error = f
         .broker
         .declare_queue(&QueueSpec::server_named())

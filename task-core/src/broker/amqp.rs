@@ -449,7 +449,9 @@ impl Broker for AmqpBroker {
     ) -> Result<(), BrokerError> {
         check_publish(exchange, routing_key, &message.properties)?;
         self.link
-            .run(|link| async move { publish_on(&link.publisher, exchange, routing_key, message).await })
+            .run(|link| async move {
+                publish_on(&link.publisher(), exchange, routing_key, message).await
+            })
             .await
     }
 
@@ -457,7 +459,7 @@ impl Broker for AmqpBroker {
         check_publish("", queue, &message.properties)?;
         self.link
             .run_awaiting_queues(|link| async move {
-                publish_on(&link.publisher, "", queue, message).await
+                publish_on(&link.publisher(), "", queue, message).await
             })
             .await
     }

@@ -1,4 +1,4 @@
-//! The AMQP connection behind an [`AmqpBroker`](super::amqp::AmqpBroker), and
+//! The AMQP connection behind an `AmqpBroker` (`broker::amqp`), and
 //! its replacement when RabbitMQ goes away (restart, network cut).
 //!
 //! Every broker operation runs through [`LinkKeeper::run`]: on a lost
@@ -49,6 +49,11 @@ impl Default for ReconnectPolicy {
 /// [`LinkKeeper::run_awaiting_queues`]).
 const UNROUTABLE_RETRY: Duration = Duration::from_millis(250);
 
+/// How many times in a row an operation is retried on a connection that is
+/// still open after one of its channels was closed (see
+/// [`LinkKeeper::run`]), before the connection is replaced all the same.
+const CHANNEL_RETRIES: u32 = 3;
+
 /// One connection and its publishing channel (in confirm mode).
 pub(crate) struct Link {
     /// Counts connections: a failure is reported against the link it saw.
@@ -56,7 +61,19 @@ pub(crate) struct Link {
     /// When the connection was opened.
     pub(crate) opened_at: Instant,
     pub(crate) connection: Connection,
-    pub(crate) publisher: Channel,
+    /// Replaced on the same connection when the broker closes it (it does
+    /// when it refuses a publish: a missing exchange, an invalid property).
+    publisher: RwLock<Channel>,
+}
+
+impl Link {
+    /// The publishing channel.
+    pub(crate) fn publisher(&self) -> Channel {
+        self.publisher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Holds the current [`Link`] and replaces it when it is lost.
@@ -96,6 +113,13 @@ impl LinkKeeper {
 
     /// Runs `operation` on the current link; if the connection is lost, waits
     /// for a new one and runs it again, until the operation deadline.
+    ///
+    /// A channel lost on a connection that is still open (the broker closes
+    /// the publishing channel when it refuses a publish, and a publish
+    /// racing that refusal sees the channel closed) does not replace the
+    /// connection, which would lose its exclusive queues and consumers: the
+    /// publishing channel is reopened if it is closed, and the operation
+    /// runs again on the same connection, a few times at most.
     pub(crate) async fn run<T, F, Fut>(&self, operation: F) -> Result<T, BrokerError>
     where
         F: FnMut(Arc<Link>) -> Fut,
@@ -133,6 +157,7 @@ impl LinkKeeper {
         Fut: Future<Output = Result<T, BrokerError>>,
     {
         let deadline = Instant::now() + self.policy.operation_deadline;
+        let mut channel_retries = 0;
         loop {
             if self.is_closed() {
                 return Err(closed());
@@ -142,7 +167,19 @@ impl LinkKeeper {
                 // Closed by this client: nothing to recover, and not a lost
                 // connection (which callers such as the reply consumer retry).
                 Err(BrokerError::Connection { .. }) if self.is_closed() => return Err(closed()),
+                Err(BrokerError::Connection { reason, .. })
+                    if channel_retries < CHANNEL_RETRIES
+                        && link.connection.status().connected() =>
+                {
+                    channel_retries += 1;
+                    tracing::debug!(%reason, "a channel closed on an open connection; retrying on it");
+                    if let Err(error) = self.reopen_publisher(&link).await {
+                        tracing::warn!(%error, "could not reopen the publishing channel; reconnecting");
+                        self.reconnect(link.generation, deadline).await?;
+                    }
+                }
                 Err(BrokerError::Connection { reason, .. }) => {
+                    channel_retries = 0;
                     tracing::warn!(%reason, "broker connection lost; reconnecting");
                     self.reconnect(link.generation, deadline).await?;
                 }
@@ -156,6 +193,25 @@ impl LinkKeeper {
                 other => return other,
             }
         }
+    }
+
+    /// Opens a new publishing channel on `link`'s connection if the broker
+    /// closed the current one (single-flight with reconnections).
+    async fn reopen_publisher(&self, link: &Link) -> Result<(), BrokerError> {
+        let _single_flight = self.reconnecting.lock().await;
+        if link.publisher().status().connected() {
+            return Ok(());
+        }
+        let publisher = open_publisher(&link.connection).await?;
+        tracing::debug!(
+            generation = link.generation,
+            "reopened the publishing channel"
+        );
+        *link
+            .publisher
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = publisher;
+        Ok(())
     }
 
     /// Replaces the link of generation `failed` (unless another caller did
@@ -287,6 +343,17 @@ impl Endpoint {
 }
 
 async fn open_channels(connection: Connection, generation: u64) -> Result<Link, BrokerError> {
+    let publisher = open_publisher(&connection).await?;
+    Ok(Link {
+        generation,
+        opened_at: Instant::now(),
+        connection,
+        publisher: RwLock::new(publisher),
+    })
+}
+
+/// A channel in confirm mode, for publishing.
+async fn open_publisher(connection: &Connection) -> Result<Channel, BrokerError> {
     let publisher = connection
         .create_channel()
         .await
@@ -295,12 +362,7 @@ async fn open_channels(connection: Connection, generation: u64) -> Result<Link, 
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| lost("confirm.select", e))?;
-    Ok(Link {
-        generation,
-        opened_at: Instant::now(),
-        connection,
-        publisher,
-    })
+    Ok(publisher)
 }
 
 /// What operations fail with once [`LinkKeeper::close`] was called: a
