@@ -1165,6 +1165,22 @@ async fn exchange_declarations_and_bindings_are_checked_with_reply_codes(mut f: 
     assert!(error.is_not_found(), "missing queue: {error}");
     let error = f.broker.bind_queue(&q, "", &q).await.unwrap_err();
     assert!(error.is_access_refused(), "default exchange: {error}");
+    // Unbinding is idempotent, even from or of what does not exist.
+    f.broker.unbind_queue(&q, &missing, "k").await.unwrap();
+    f.broker.unbind_queue(&missing, &name, "k").await.unwrap();
+    let error = f.broker.unbind_queue(&q, "", &q).await.unwrap_err();
+    assert!(error.is_access_refused(), "default exchange: {error}");
+    // A same-name exchange of another kind refuses the task queue.
+    let clash = f.name("same-name-clash");
+    f.exchanges.push(clash.clone());
+    f.broker
+        .declare_exchange(&ExchangeSpec::fanout(clash.clone()))
+        .await
+        .unwrap();
+    let mut spec = f.spec(&clash, json!({}));
+    spec.bind_same_name_exchange = true;
+    let error = f.broker.declare_queue(&spec).await.unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
     // The broker goes on after refusals: the queue binds and is reached.
     f.bind(&q, &name, "k").await;
     f.publish_to(&name, "k", "m").await;
@@ -1233,6 +1249,15 @@ async fn a_server_named_queue_is_exclusive_to_its_connection(f: Fixture) {
         .declare_exchange(&ExchangeSpec::fanout(exchange.clone()).durable(false))
         .await
         .unwrap();
+    let error = f.broker.bind_queue(&name, &exchange, "").await.unwrap_err();
+    assert!(error.is_resource_locked(), "{error}");
+    owner.bind_queue(&name, &exchange, "").await.unwrap();
+    let error = f
+        .broker
+        .unbind_queue(&name, &exchange, "")
+        .await
+        .unwrap_err();
+    assert!(error.is_resource_locked(), "{error}");
     owner.bind_queue(&name, &exchange, "").await.unwrap();
     f.publish_to(&exchange, "", "through the fanout").await;
     let mut consumer = owner

@@ -1,14 +1,19 @@
 //! [`Broker`] in process: the `memory://` transport.
 //!
-//! A [`MemoryBroker`] keeps queues, direct exchanges, consumers and unacked
+//! A [`MemoryBroker`] keeps queues, exchanges, consumers and unacked
 //! deliveries in memory, with the semantics of the RabbitMQ broker for
 //! everything the framework uses:
 //!
 //! - queues are FIFO; a declaration is idempotent and a re-declaration with
 //!   other flags or arguments fails like RabbitMQ's `PRECONDITION_FAILED`;
+//!   refusals carry RabbitMQ's reply code for the same situation
+//!   ([`BrokerError::reply_code`]: 404, 405, 406, 403);
 //! - exchange `""` routes by queue name, [`QueueSpec::bind_same_name_exchange`]
-//!   adds a direct exchange of the queue's name; an unroutable publish is
-//!   [`BrokerError::Unroutable`]; a publish is confirmed once enqueued;
+//!   adds a direct exchange of the queue's name; declared exchanges route
+//!   by their kind (direct: the exact key; fanout: every bound queue; topic:
+//!   patterns with `*` and `#`), and an auto-delete one goes with its last
+//!   binding; an unroutable publish is [`BrokerError::Unroutable`]; a
+//!   publish is confirmed once enqueued;
 //! - consumers have a prefetch window shared by their queues, manual ack,
 //!   reject (with or without requeue) or `no_ack`; a requeued message goes back
 //!   to the head of its queue marked redelivered, and closing (or dropping) a
@@ -18,8 +23,12 @@
 //!   `expiration`, are honoured, as are `x-max-length` and `x-max-length-bytes`
 //!   with `x-overflow` `drop-head` (the oldest ready messages are dropped;
 //!   dropped, not dead-lettered); dead-lettered messages carry RabbitMQ's
-//!   `x-death` headers. `x-expires` is checked but not enforced; `exclusive`
-//!   is compared on re-declaration but not enforced.
+//!   `x-death` headers. `x-expires` is checked but not enforced;
+//! - an exclusive queue (e.g. a server-named one) belongs to the connection
+//!   (handle) that declared it: another may publish to it, but not consume,
+//!   bind, count or delete it (`RESOURCE_LOCKED`), and it is deleted when
+//!   its connection closes. `amq.` names are refused (RabbitMQ's predeclared
+//!   `amq.direct` and the like do not exist here).
 //!
 //! Expiry is driven by a tokio timer, armed for the earliest deadline in the
 //! broker: the expiry of a message at the head of a queue (RabbitMQ expires

@@ -672,9 +672,10 @@ pub trait Broker: Send + Sync + 'static {
         routing_key: &str,
     ) -> Result<(), BrokerError>;
 
-    /// Removes the binding of `queue` to `exchange` with `routing_key` (no
-    /// error if there is none). An auto-delete exchange goes with its last
-    /// binding.
+    /// Removes the binding of `queue` to `exchange` with `routing_key`: no
+    /// error if there is none, nor if the queue or the exchange does not
+    /// exist (as RabbitMQ answers); 403 for the default exchange. An
+    /// auto-delete exchange goes with its last binding.
     async fn unbind_queue(
         &self,
         queue: &str,

@@ -7,9 +7,9 @@ use crate::broker::{BrokerError, ExchangeKind, ExchangeSpec, ReplyCode};
 /// A declared exchange and its queue bindings.
 #[derive(Debug)]
 pub(super) struct Exchange {
-    pub(super) kind: ExchangeKind,
-    pub(super) durable: bool,
-    pub(super) auto_delete: bool,
+    kind: ExchangeKind,
+    durable: bool,
+    auto_delete: bool,
     /// `(routing key or pattern, queue)`, in binding order, without repeats.
     bindings: Vec<(String, String)>,
 }

@@ -339,8 +339,10 @@ impl State {
         Ok(())
     }
 
-    /// Removes a binding (none is no error, as in RabbitMQ); an auto-delete
-    /// exchange goes with its last binding.
+    /// Removes a binding; an auto-delete exchange goes with its last one.
+    /// As on RabbitMQ, a binding, queue or exchange that does not exist is
+    /// no error; the default exchange and another connection's exclusive
+    /// queue are.
     pub(super) fn unbind(
         &mut self,
         session: u64,
@@ -348,7 +350,12 @@ impl State {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), BrokerError> {
-        self.check_binding("queue.unbind", session, queue, exchange)?;
+        if exchange.is_empty() {
+            return Err(default_exchange_refused("queue.unbind"));
+        }
+        if self.queues.contains_key(queue) {
+            self.accessible_queue("queue.unbind", queue, session)?;
+        }
         if let Some(bound) = self.exchanges.get_mut(exchange) {
             if bound.unbind(routing_key, queue) && bound.is_unused() {
                 self.exchanges.remove(exchange);
@@ -357,8 +364,8 @@ impl State {
         Ok(())
     }
 
-    /// What RabbitMQ checks before it binds or unbinds: not the default
-    /// exchange, both exist, the queue is not another connection's.
+    /// What RabbitMQ checks before it binds: not the default exchange, both
+    /// exist, the queue is not another connection's.
     fn check_binding(
         &self,
         operation: &'static str,
@@ -535,17 +542,18 @@ impl State {
             }
         }
         if spec.bind_same_name_exchange {
+            // A refusal is reported as the queue's declaration, as the AMQP
+            // broker reports it.
             self.declare_exchange(&ExchangeSpec::new(name, ExchangeKind::Direct))
                 .map_err(|error| match error {
-                    // Reported as the queue's declaration, as on RabbitMQ.
                     BrokerError::Operation {
                         reason,
                         reply_code,
                         source,
                         ..
                     } => BrokerError::Operation {
-                        operation: "exchange.declare",
-                        reason,
+                        operation: "queue.declare",
+                        reason: format!("queue `{name}`: {reason}"),
                         reply_code,
                         source,
                     },
