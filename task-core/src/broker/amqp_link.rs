@@ -449,6 +449,81 @@ mod tests {
         );
     }
 
+    fn refusal(code: u16, text: &str) -> lapin::Error {
+        let amqp = lapin::protocol::AMQPError::from_id(code, text.into()).expect("a known code");
+        lapin::Error::from(ErrorKind::ProtocolError(amqp))
+    }
+
+    #[test]
+    fn a_soft_refusal_keeps_its_code_reply_text_and_source() {
+        let text = "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q'";
+        let error = lost("queue.declare", refusal(406, text));
+        let BrokerError::Operation {
+            operation,
+            reason,
+            reply_code,
+            source,
+        } = &error
+        else {
+            panic!("a refusal, not a lost connection: {error:?}");
+        };
+        assert_eq!(
+            (*operation, reason.as_str(), *reply_code),
+            ("queue.declare", text, Some(ReplyCode::PreconditionFailed))
+        );
+        assert!(source.as_ref().is_some_and(|s| s.is::<lapin::Error>()));
+        assert!(error.is_precondition_failed() && !error.is_not_found());
+        assert!(std::error::Error::source(&error).is_some());
+        for (code, check) in [
+            (404, BrokerError::is_not_found as fn(&BrokerError) -> bool),
+            (403, BrokerError::is_access_refused),
+            (405, BrokerError::is_resource_locked),
+        ] {
+            let error = lost("queue.bind", refusal(code, "refused"));
+            assert!(check(&error), "{code}: {error:?}");
+            assert_eq!(error.reply_code().map(ReplyCode::code), Some(code));
+        }
+    }
+
+    #[test]
+    fn a_hard_error_or_a_lost_socket_is_a_lost_connection() {
+        let forced = lost(
+            "basic.publish",
+            refusal(320, "CONNECTION_FORCED - shutdown"),
+        );
+        assert!(
+            matches!(
+                forced,
+                BrokerError::Connection {
+                    reply_code: Some(ReplyCode::ConnectionForced),
+                    source: Some(_),
+                    ..
+                }
+            ),
+            "{forced:?}"
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let lost_socket = lost("basic.publish", lapin::Error::from(reset));
+        assert!(
+            matches!(
+                lost_socket,
+                BrokerError::Connection {
+                    reply_code: None,
+                    ..
+                }
+            ),
+            "{lost_socket:?}"
+        );
+        assert!(!lost_socket.is_precondition_failed());
+        // A refused first connection shows the broker's code too.
+        let uri: AMQPUri = "amqp://guest:guest@127.0.0.1:5672/%2f".parse().unwrap();
+        let target = Target::of(&uri);
+        let refused = connect_error(&target, refusal(530, "NOT_ALLOWED - vhost"));
+        assert_eq!(refused.reply_code(), Some(ReplyCode::NotAllowed));
+        // The client's own checks have no code.
+        assert_eq!(closed().reply_code(), None);
+    }
+
     #[tokio::test]
     async fn tls_options_with_an_amqp_url_are_refused() {
         let refused = LinkKeeper::connect(
