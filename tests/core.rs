@@ -677,7 +677,7 @@ async fn a_task_id_too_long_for_amqp_is_a_typed_error_not_a_panic() {
 }
 
 #[tokio::test]
-async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_awaited() {
+async fn a_dropped_app_stays_connected_while_its_broker_is_shared() {
     let queue = common::unique_queue("kept-app");
     let observer = common::client(&[&queue]).await;
     observer.ensure_queue(&queue).await.unwrap();
@@ -692,8 +692,15 @@ async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_aw
     assert_eq!(shared.queue_message_count(&queue).await.unwrap(), 0);
     shared.close().await.unwrap();
 
-    // A result still awaited: it must still arrive after the app is gone.
+    observer.broker().delete_queue(&queue).await.unwrap();
+    observer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_awaited_result_outlives_its_app_and_its_drop_closes_the_connection() {
+    let queue = common::unique_queue("awaited-app");
     let app = common::client(&[&queue]).await;
+    // No worker: the observer answers by hand.
     let awaited = add
         .s(1, 1)
         .queue(queue.clone())
@@ -701,8 +708,9 @@ async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_aw
         .await
         .unwrap();
     let reply_queue = app.reply_queue_name().unwrap().to_owned();
+    let observer = common::client(&[]).await;
     drop(app);
-    tokio::task::yield_now().await;
+    // The result still arrives after the app's last handle is gone.
     let value = serde_json::value::to_raw_value(&2).unwrap();
     let result = task_core::protocol::result_message::success(awaited.id(), &value);
     observer
@@ -711,7 +719,22 @@ async fn a_dropped_app_stays_connected_while_its_broker_is_shared_or_a_result_aw
         .await
         .unwrap();
     assert_eq!(awaited.get(RESULT_TIMEOUT).await.unwrap(), 2);
-
+    // The result handle was the last: the connection closes, and the
+    // auto-delete reply queue goes with it.
+    drop(awaited);
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    while observer
+        .broker()
+        .queue_message_count(&reply_queue)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the connection stayed open after the last handle went"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     observer.broker().delete_queue(&queue).await.unwrap();
     observer.close().await.unwrap();
 }

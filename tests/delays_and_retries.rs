@@ -270,40 +270,99 @@ async fn where_am_i() -> Result<String, TaskError> {
 
 #[tokio::test]
 async fn a_task_routed_to_a_queue_reaches_only_the_worker_consuming_it() {
-    let a = TestWorker::start("route-a", 2).await;
-    let b = TestWorker::start("route-b", 2).await;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut pending = Vec::new();
-    for i in 0..20 {
-        let target = if i % 2 == 0 { &a } else { &b };
-        let sent = where_am_i
-            .s()
-            .queue(target.queue.clone())
-            .apply_async_with(&target.app);
-        pending.push((target.queue.clone(), sent.await.unwrap()));
+    common::init_logs();
+    let queue_a = common::unique_queue("route-a");
+    let queue_b = common::unique_queue("route-b");
+    let app = common::client(&[&queue_a, &queue_b]).await;
+    let start = |queue: &String| {
+        let builder = Worker::builder()
+            .app(app.clone())
+            .queues([queue.clone()])
+            .concurrency(2);
+        async move {
+            let worker = builder.build().await.expect("worker starts");
+            let stop = worker.shutdown_handle();
+            (stop, tokio::spawn(worker.run()))
+        }
+    };
+    // Only worker A runs at first: B's tasks are sent first, so a worker A
+    // that wrongly consumed B's queue would take them before its own.
+    let (stop_a, running_a) = start(&queue_a).await;
+    let mut for_b = Vec::new();
+    for _ in 0..10 {
+        for_b.push(
+            where_am_i
+                .s()
+                .queue(queue_b.clone())
+                .apply_async_with(&app)
+                .await
+                .unwrap(),
+        );
     }
-    for (expected, p) in pending {
-        let queue = p.get(RESULT_TIMEOUT).await.unwrap();
-        assert_eq!(queue, expected);
-        *seen.entry(queue).or_default() += 1;
+    let mut for_a = Vec::new();
+    for _ in 0..10 {
+        for_a.push(
+            where_am_i
+                .s()
+                .queue(queue_a.clone())
+                .apply_async_with(&app)
+                .await
+                .unwrap(),
+        );
     }
+    let mut ran_on: HashMap<String, Vec<String>> = HashMap::new();
+    for pending in &for_a {
+        let queue = pending.get(RESULT_TIMEOUT).await.unwrap();
+        ran_on
+            .entry(queue)
+            .or_default()
+            .push(pending.id().to_owned());
+    }
+    // Worker A ran all of its tasks and none of B's: they all still wait in
+    // B's queue, none ready.
     assert_eq!(
-        seen.values()
-            .copied()
-            .collect::<Vec<_>>()
-            .iter()
-            .sum::<usize>(),
-        20
+        app.broker().queue_message_count(&queue_b).await.unwrap(),
+        10,
+        "worker A took tasks routed to B's queue"
     );
-    a.stop().await;
-    b.stop().await;
+    assert!(for_b.iter().all(|pending| !pending.ready()));
+    let (stop_b, running_b) = start(&queue_b).await;
+    for pending in &for_b {
+        let queue = pending.get(RESULT_TIMEOUT).await.unwrap();
+        ran_on
+            .entry(queue)
+            .or_default()
+            .push(pending.id().to_owned());
+    }
+    // Each task ran from the queue it was routed to, exactly once.
+    let ids = |handles: &[task_core::AsyncResult<String>]| {
+        handles
+            .iter()
+            .map(|pending| pending.id().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let expected = HashMap::from([
+        (queue_a.clone(), ids(&for_a)),
+        (queue_b.clone(), ids(&for_b)),
+    ]);
+    assert_eq!(ran_on, expected);
+    for (stop, running) in [(stop_a, running_a), (stop_b, running_b)] {
+        stop.cancel();
+        running.await.unwrap().unwrap();
+    }
+    for queue in [&queue_a, &queue_b] {
+        assert_eq!(app.broker().queue_message_count(queue).await.unwrap(), 0);
+        app.broker().delete_queue(queue).await.unwrap();
+    }
+    app.close().await.unwrap();
 }
 
 #[task(
     name = "test.retry.backoff",
     autoretry_for = ["Flaky"],
-    max_retries = 3,
+    max_retries = 5,
     retry_backoff = 0.2,
+    retry_backoff_max = 0.5,
     retry_jitter = false
 )]
 async fn backoff(key: String) -> Result<u32, TaskError> {
@@ -314,9 +373,9 @@ async fn backoff(key: String) -> Result<u32, TaskError> {
 #[task(
     name = "test.retry.jittered",
     autoretry_for = ["Flaky"],
-    max_retries = 4,
-    retry_backoff = 0.1,
-    retry_backoff_max = 0.3
+    max_retries = 6,
+    retry_backoff = 0.25,
+    retry_backoff_max = 0.5
 )]
 async fn jittered(key: String) -> Result<u32, TaskError> {
     record_attempt(&key);
@@ -351,11 +410,12 @@ async fn exponential_backoff_delays_stay_within_their_bounds() {
             other => panic!("expected FAILURE after the retries, got {other:?}"),
         }
     }
-    // Without jitter: 0.2 s, 0.4 s, 0.8 s (never earlier; the upper bound
-    // only guards against a stuck delay on a noisy machine).
+    // Without jitter: 0.2 s, 0.4 s, then the cap of 0.5 s (never earlier).
+    // Uncapped, retries 3 and 4 would wait 1.6 s and 3.2 s: the upper bound
+    // (1 s of slack for a noisy machine) fails if the cap were ignored.
     let exact_gaps = gaps("exact");
-    assert_eq!(exact_gaps.len(), 3);
-    for (gap, expected_ms) in exact_gaps.iter().zip([200u64, 400, 800]) {
+    assert_eq!(exact_gaps.len(), 5);
+    for (gap, expected_ms) in exact_gaps.iter().zip([200u64, 400, 500, 500, 500]) {
         let expected = Duration::from_millis(expected_ms);
         assert!(
             *gap >= expected,
@@ -363,35 +423,61 @@ async fn exponential_backoff_delays_stay_within_their_bounds() {
         );
         assert!(
             *gap < expected + Duration::from_secs(1),
-            "retried after {gap:?}, expected about {expected:?}"
+            "retried after {gap:?}, expected about {expected:?} (the cap is 500 ms)"
         );
     }
-    // Full jitter: each delay is drawn from [0, min(0.1 × 2^n, 0.3)] s.
+    // Full jitter: each delay is drawn from [0, min(0.25 × 2^n, 0.5)] s (the
+    // exact bounds are pinned by `RetryPolicy::delay`'s unit test). Without
+    // jitter every gap would be at least its full delay; with it, the chance
+    // that all six draws land within the routing time of the top is nil.
     let jitter_gaps = gaps("jitter");
-    assert_eq!(jitter_gaps.len(), 4);
-    for (n, gap) in jitter_gaps.iter().enumerate() {
-        let cap = Duration::from_millis((100u64 << n).min(300));
+    assert_eq!(jitter_gaps.len(), 6);
+    let caps: Vec<Duration> = (0..6)
+        .map(|n| Duration::from_millis((250u64 << n).min(500)))
+        .collect();
+    assert!(
+        jitter_gaps.iter().zip(&caps).any(|(gap, cap)| gap < cap),
+        "no retry waited less than its full delay {caps:?}: jitter is off ({jitter_gaps:?})"
+    );
+    for (n, (gap, cap)) in jitter_gaps.iter().zip(&caps).enumerate() {
         assert!(
-            *gap < cap + Duration::from_secs(1),
-            "retry {n} waited {gap:?}, above its cap of {cap:?}"
+            *gap < *cap + Duration::from_secs(1),
+            "retry {n} waited {gap:?}, far above its cap of {cap:?}"
         );
     }
     println!("backoff gaps: exact {exact_gaps:?}, jittered {jitter_gaps:?}");
     w.stop().await;
 }
 
-static RATE_STARTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+/// What the rate-limit test's tasks did, in the order they did it.
+static RATE_EVENTS: Mutex<Vec<RateEvent>> = Mutex::new(Vec::new());
+
+#[derive(Debug, Clone, Copy)]
+enum RateEvent {
+    /// A rate-limited run started.
+    Limited(Instant),
+    /// The task of another type ran.
+    Other,
+}
 
 #[task(name = "test.rate.limited", rate_limit = "5/s")]
 async fn limited(i: u32) -> Result<u32, TaskError> {
-    RATE_STARTS.lock().unwrap().push(Instant::now());
+    RATE_EVENTS
+        .lock()
+        .unwrap()
+        .push(RateEvent::Limited(Instant::now()));
     Ok(i)
+}
+
+#[task(name = "test.rate.unlimited")]
+async fn unlimited() -> Result<(), TaskError> {
+    RATE_EVENTS.lock().unwrap().push(RateEvent::Other);
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_rate_limit_holds_a_burst_to_its_rate_without_dropping_any() {
     let w = TestWorker::start("rate", 4).await;
-    let quick = add.s(1, 1).queue(w.queue.clone());
     let mut pending = Vec::new();
     for i in 0..10 {
         pending.push(
@@ -403,22 +489,46 @@ async fn a_rate_limit_holds_a_burst_to_its_rate_without_dropping_any() {
                 .unwrap(),
         );
     }
-    // Other tasks are not held up behind the rate-limited ones.
-    assert_eq!(
-        quick
-            .apply_async_with(&w.app)
-            .await
-            .unwrap()
-            .get(RESULT_TIMEOUT)
-            .await
-            .unwrap(),
-        2
-    );
+    // Another task type, sent behind the burst, is not held up by it.
+    unlimited
+        .s()
+        .queue(w.queue.clone())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap()
+        .get(RESULT_TIMEOUT)
+        .await
+        .unwrap();
     for (i, p) in pending.iter().enumerate() {
         assert_eq!(p.get(RESULT_TIMEOUT).await.unwrap(), i as u32);
     }
-    let mut starts = RATE_STARTS.lock().unwrap().clone();
-    starts.sort();
+    let events = RATE_EVENTS.lock().unwrap().clone();
+    let other = events
+        .iter()
+        .position(|event| matches!(event, RateEvent::Other))
+        .expect("the other task ran");
+    // At 5/s the burst runs over 1.8 s; the other task ran while most of it
+    // still waited its turn (about one run starts before it; held up behind
+    // the burst, at least seven would have).
+    let waiting = events.len() - 1 - other;
+    let order: String = events
+        .iter()
+        .map(|event| match event {
+            RateEvent::Limited(_) => 'L',
+            RateEvent::Other => 'O',
+        })
+        .collect();
+    assert!(
+        waiting >= 5,
+        "only {waiting} of 10 rate-limited runs started after the other task: it was held up (order of runs: {order})"
+    );
+    let starts: Vec<Instant> = events
+        .iter()
+        .filter_map(|event| match event {
+            RateEvent::Limited(at) => Some(*at),
+            RateEvent::Other => None,
+        })
+        .collect();
     let spacing: Vec<Duration> = starts.windows(2).map(|pair| pair[1] - pair[0]).collect();
     assert_eq!(starts.len(), 10, "every held-back task ran");
     // The limiter spaces turns 200 ms apart; a run may start a little late
@@ -434,6 +544,6 @@ async fn a_rate_limit_holds_a_burst_to_its_rate_without_dropping_any() {
         span >= Duration::from_millis(1700),
         "10 runs at 5/s took only {span:?}"
     );
-    println!("rate 5/s: 10 runs over {:?}", starts[9] - starts[0]);
+    println!("rate 5/s: 10 runs over {span:?}, the other task ran before {waiting} of them");
     w.stop().await;
 }

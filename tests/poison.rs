@@ -4,14 +4,29 @@
 
 mod common;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use serde_json::Value;
 use task_core::broker::{dead_letter_headers, ConsumeOptions, Message, QueueSpec};
 use task_core::protocol::task_message::{encode_task, TaskCall};
-use task_examples::{add, hello};
+use task_core::{task, TaskError};
+use task_examples::hello;
 use task_worker::Worker;
+
+/// The header each poison message carries, naming it in its dead letter.
+const MARKER: &str = "x-test-poison-marker";
+
+/// How many times each good task ran, by its argument.
+static GOOD_RUNS: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+/// A good task that records each of its runs.
+#[task(name = "test.poison.good")]
+async fn good(i: i64) -> Result<i64, TaskError> {
+    GOOD_RUNS.lock().unwrap().push(i);
+    Ok(i + 1)
+}
 
 /// A well-formed task message for `name` with no arguments and no result.
 fn task_message(name: &str) -> Message {
@@ -71,12 +86,19 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
     m.body = format!("[[\"{}\"], {{}}, {{}}]", "x".repeat(5000)).into_bytes();
     poison.push(("MessageTooLarge", m));
     poison.push(("NotRegistered", task_message("tasks.no_such_task")));
+    // Each poison message names itself, so its dead letter is matched to it.
+    for (marker, (_, message)) in poison.iter_mut().enumerate() {
+        message
+            .properties
+            .headers
+            .insert_str(MARKER, &marker.to_string());
+    }
 
     // Interleave: good, bad, good, bad, ...
     let mut good_results = Vec::new();
     for (i, (_, message)) in poison.iter().enumerate() {
         good_results.push(
-            add.s(i as i64, 1)
+            good.s(i as i64)
                 .queue(queue.clone())
                 .apply_async_with(&app)
                 .await
@@ -104,7 +126,25 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
     );
     completed += 1;
 
+    // The last message has run, so every message before it was taken; a
+    // graceful stop waits for those still being handled. From then on the
+    // dead-letter queue holds every dead letter there will ever be.
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(app.broker().queue_message_count(&queue).await.unwrap(), 0);
+    let mut runs: HashMap<i64, usize> = HashMap::new();
+    for i in GOOD_RUNS.lock().unwrap().iter() {
+        *runs.entry(*i).or_default() += 1;
+    }
+    let duplicated_runs: usize = runs.values().map(|n| n - 1).sum();
+    assert_eq!(runs.len(), poison.len(), "every good task ran: {runs:?}");
+
     let dead_letter_queue = QueueSpec::dead_letter_queue(&queue).name;
+    let dead_lettered = app
+        .broker()
+        .queue_message_count(&dead_letter_queue)
+        .await
+        .unwrap() as usize;
     let mut consumer = app
         .broker()
         .consume(
@@ -113,11 +153,12 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
         )
         .await
         .unwrap();
-    let mut reasons = Vec::new();
-    while reasons.len() < poison.len() {
-        let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.deliveries.next())
+    // Dead letters by the marker of the message they copy.
+    let mut by_marker: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for _ in 0..dead_lettered {
+        let delivery = tokio::time::timeout(common::RESULT_TIMEOUT, consumer.deliveries.next())
             .await
-            .expect("every poison message reaches the dead-letter queue")
+            .expect("a dead letter counted in the queue is delivered")
             .unwrap()
             .unwrap();
         let headers = delivery.message.properties.headers.to_json();
@@ -129,28 +170,45 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
             .as_str()
             .unwrap()
             .ends_with("+00:00"));
-        reasons.push(
-            headers[dead_letter_headers::REASON]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        let marker = headers[MARKER]
+            .as_str()
+            .unwrap_or_else(|| panic!("a dead letter of no poison message: {headers:?}"))
+            .to_owned();
+        let reason = headers[dead_letter_headers::REASON]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        by_marker
+            .entry(marker)
+            .or_default()
+            .push((reason, delivery.message.body));
     }
-    for (expected, _) in &poison {
+    let duplicated_dead_letters: usize = by_marker.values().map(|copies| copies.len() - 1).sum();
+    // One to one: each poison message has exactly one dead letter, with its
+    // own reason and its own body (kept for a replay).
+    for (marker, (expected, message)) in poison.iter().enumerate() {
+        let copies = by_marker.remove(&marker.to_string()).unwrap_or_default();
+        let [(reason, body)] = copies.as_slice() else {
+            panic!(
+                "poison message {marker} (`{expected}`) has {} dead letters: {copies:?}",
+                copies.len()
+            );
+        };
         assert!(
-            reasons.iter().any(|reason| reason.starts_with(expected)),
-            "no dead-lettered message with reason `{expected}` in {reasons:#?}"
+            reason.starts_with(expected),
+            "poison message {marker}: reason `{reason}`, expected `{expected}`"
         );
+        assert_eq!(body, &message.body, "poison message {marker}: body kept");
     }
+    assert!(by_marker.is_empty(), "unknown markers: {by_marker:?}");
+    assert_eq!(duplicated_runs, 0, "good tasks ran twice: {runs:?}");
     println!(
-        "poison: sent {} good + {} bad, completed {completed}, dead-lettered {}, duplicated 0",
+        "poison: sent {} good + {} bad, completed {completed}, dead-lettered {dead_lettered}, \
+         duplicated {} (runs {duplicated_runs}, dead letters {duplicated_dead_letters})",
         poison.len() + 1,
         poison.len(),
-        reasons.len()
+        duplicated_runs + duplicated_dead_letters,
     );
-    stop.cancel();
-    running.await.unwrap().unwrap();
-    assert_eq!(app.broker().queue_message_count(&queue).await.unwrap(), 0);
     app.broker().delete_queue(&queue).await.unwrap();
     app.broker().delete_queue(&dead_letter_queue).await.unwrap();
     app.close().await.unwrap();

@@ -15,7 +15,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
-use crate::{AsyncResult, Error, Signature};
+use crate::{AsyncResult, Error, Signature, States};
 
 /// The broker URL used when none is configured.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -43,21 +43,28 @@ struct AppInner {
     reply_queue: OnceCell<String>,
     pending: Arc<PendingResults>,
     eager: bool,
+    /// What eager runs give `State<T>` parameters.
+    states: Arc<States>,
 }
 
 impl Drop for AppInner {
     /// The last handle of an app closes its broker connection (in the
     /// background, on the current runtime), unless someone else still holds
     /// the broker (a clone of [`App::broker`], or one given to
-    /// [`AppBuilder::build_with`]) or a result is still awaited (an
-    /// `AsyncResult` outlives its app, e.g. a default app replaced by a newer
-    /// one; its results keep arriving). The reply consumer's task holds one
+    /// [`AppBuilder::build_with`]): its reply consumer then keeps routing
+    /// results. An [`AsyncResult`] still waiting for its result holds its
+    /// app, so the last handle is the app's or the last awaited result's,
+    /// whichever goes last. (Should a waiter remain anyway, it ends at once
+    /// with [`Error::ResultLost`].) The reply consumer's task holds one
     /// reference of its own, and ends once the connection is closed.
     fn drop(&mut self) {
         let own_references = 1 + usize::from(self.reply_queue.get().is_some());
-        if Arc::strong_count(&self.broker) > own_references || self.pending.awaited() > 0 {
+        if Arc::strong_count(&self.broker) > own_references {
             return;
         }
+        self.pending.fail_all(
+            "the app was dropped (its last handle went away), which closed its connection",
+        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let broker = Arc::clone(&self.broker);
             runtime.spawn(async move {
@@ -88,6 +95,7 @@ pub struct AppBuilder {
     eager: bool,
     reconnect: ReconnectPolicy,
     tls: Option<TlsOptions>,
+    states: States,
 }
 
 impl Default for AppBuilder {
@@ -100,6 +108,7 @@ impl Default for AppBuilder {
             eager: false,
             reconnect: ReconnectPolicy::default(),
             tls: None,
+            states: States::new(),
         }
     }
 }
@@ -159,6 +168,15 @@ impl AppBuilder {
         self
     }
 
+    /// Provides `value` to the tasks an eager app runs that take a
+    /// [`State<T>`](crate::State) of its type (a worker has
+    /// `WorkerBuilder::state` for the same). Ignored by an app that is not
+    /// eager: its calls run on workers.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
     /// Connects to the broker the URL's scheme names: `amqp://` or `amqps://`
     /// (RabbitMQ; `amqps://` is TLS, see [`AppBuilder::tls`]), or
     /// `memory://[name]` (the in-process broker of that name, shared by every
@@ -201,6 +219,7 @@ impl AppBuilder {
                 reply_queue: OnceCell::new(),
                 pending: Arc::new(PendingResults::default()),
                 eager: self.eager,
+                states: Arc::new(self.states),
             }),
         };
         if self.set_as_default {
@@ -236,7 +255,9 @@ impl App {
             .ok_or(Error::NoDefaultApp)
     }
 
-    /// Makes this app the process's default app, replacing any other.
+    /// Makes this app the process's default app, replacing any other. A
+    /// replaced default app stays connected while its results are awaited
+    /// (each [`AsyncResult`] holds its app), then closes.
     pub fn set_as_default(&self) {
         *DEFAULT_APP.write().unwrap_or_else(PoisonError::into_inner) = Some(self.clone());
     }
@@ -321,8 +342,14 @@ impl App {
         signature: Signature<R>,
     ) -> Result<AsyncResult<R>, Error> {
         if self.inner.eager {
-            return crate::eager::apply(&self.inner.pending, &self.inner.default_queue, signature)
-                .await;
+            let inner = &self.inner;
+            return crate::eager::apply(
+                &inner.pending,
+                &inner.states,
+                &inner.default_queue,
+                signature,
+            )
+            .await;
         }
         let queue = signature
             .options
@@ -341,6 +368,9 @@ impl App {
             eta,
         } = signature.encode_call(reply_to)?;
         let slot = reply_to.map(|_| self.inner.pending.expect(&task_id));
+        // Dropped unpublished, the handle stops expecting the result.
+        let app = slot.as_ref().map(|_| self.clone());
+        let result = AsyncResult::new(task_id, slot, app);
         // A future ETA is kept by the broker (delay levels), not by a worker.
         let delay = eta
             .and_then(|eta| (eta - Utc::now()).to_std().ok())
@@ -354,11 +384,10 @@ impl App {
             }
             None => self.inner.broker.publish("", queue, &message).await,
         };
-        if let Err(error) = published {
-            self.inner.pending.forget(&task_id);
-            return Err(error.into());
+        match published {
+            Ok(()) => Ok(result),
+            Err(error) => Err(error.into()),
         }
-        Ok(AsyncResult::new(task_id, slot))
     }
 
     /// The name of this app's reply queue, declared and consumed on first use.
@@ -468,5 +497,215 @@ async fn route_results(
                 }
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::broker::{Consumer, ExchangeSpec, Message};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// An in-process broker that signals when it is closed.
+    struct ObservedBroker {
+        inner: MemoryBroker,
+        closed: Arc<Notify>,
+    }
+
+    #[async_trait]
+    impl Broker for ObservedBroker {
+        async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+            self.inner.declare_queue(spec).await
+        }
+
+        async fn declare_server_named_queue(
+            &self,
+            spec: &QueueSpec,
+        ) -> Result<String, BrokerError> {
+            self.inner.declare_server_named_queue(spec).await
+        }
+
+        async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+            self.inner.declare_exchange(spec).await
+        }
+
+        async fn bind_queue(
+            &self,
+            queue: &str,
+            exchange: &str,
+            routing_key: &str,
+        ) -> Result<(), BrokerError> {
+            self.inner.bind_queue(queue, exchange, routing_key).await
+        }
+
+        async fn unbind_queue(
+            &self,
+            queue: &str,
+            exchange: &str,
+            routing_key: &str,
+        ) -> Result<(), BrokerError> {
+            self.inner.unbind_queue(queue, exchange, routing_key).await
+        }
+
+        async fn publish(
+            &self,
+            exchange: &str,
+            routing_key: &str,
+            message: &Message,
+        ) -> Result<(), BrokerError> {
+            self.inner.publish(exchange, routing_key, message).await
+        }
+
+        async fn consume(
+            &self,
+            queues: &[String],
+            options: ConsumeOptions,
+        ) -> Result<Consumer, BrokerError> {
+            self.inner.consume(queues, options).await
+        }
+
+        async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+            self.inner.delete_queue(name).await
+        }
+
+        async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+            self.inner.delete_exchange(name).await
+        }
+
+        async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
+            self.inner.queue_message_count(name).await
+        }
+
+        async fn close(&self) -> Result<(), BrokerError> {
+            self.closed.notify_one();
+            self.inner.close().await
+        }
+    }
+
+    fn observed_app() -> (App, Arc<Notify>) {
+        let closed = Arc::new(Notify::new());
+        let broker = ObservedBroker {
+            inner: MemoryBroker::new(),
+            closed: Arc::clone(&closed),
+        };
+        let app = App::builder()
+            .set_as_default(false)
+            .build_with(Arc::new(broker));
+        (app, closed)
+    }
+
+    /// A call no worker will ever run (nobody consumes its queue).
+    async fn unanswered(app: &App) -> AsyncResult<serde_json::Value> {
+        app.send(
+            app.signature("test.app.never_runs")
+                .queue("test.app.nobody"),
+        )
+        .await
+        .expect("the memory broker takes the call")
+    }
+
+    /// Celery result bodies with the REJECTED and IGNORED states, as a
+    /// Python worker could send them, fed to the app's reply queue: the
+    /// caller gets a typed answer rather than waiting out its timeout.
+    #[tokio::test]
+    async fn rejected_and_ignored_results_on_the_reply_queue_reach_the_caller() {
+        let (app, _) = observed_app();
+        let rejected = unanswered(&app).await;
+        let ignored = unanswered(&app).await;
+        let reply_queue = app
+            .reply_queue_name()
+            .expect("the calls made it")
+            .to_owned();
+        let bodies = [
+            format!(
+                r#"{{"task_id": "{}", "status": "REJECTED", "result": "no room", "traceback": null, "children": [], "date_done": null}}"#,
+                rejected.id()
+            ),
+            format!(
+                r#"{{"task_id": "{}", "status": "IGNORED", "result": null, "traceback": null, "children": [], "date_done": null}}"#,
+                ignored.id()
+            ),
+        ];
+        for body in bodies {
+            let message = Message {
+                properties: crate::broker::Properties {
+                    content_type: Some("application/json".into()),
+                    ..Default::default()
+                },
+                body: body.into_bytes(),
+            };
+            app.broker()
+                .publish_reply(&reply_queue, &message)
+                .await
+                .expect("the reply queue exists");
+        }
+        match rejected.get(WAIT).await {
+            Err(Error::Rejected { task_id, reason }) => {
+                assert_eq!(
+                    (task_id.as_str(), reason.as_str()),
+                    (rejected.id(), "no room")
+                )
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        match ignored.get(WAIT).await {
+            Err(Error::Ignored { task_id }) => assert_eq!(task_id, ignored.id()),
+            other => panic!("expected Ignored, got {other:?}"),
+        }
+        assert_eq!(app.pending_results(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_result_handle_is_no_longer_awaited() {
+        let (app, _) = observed_app();
+        let awaited = unanswered(&app).await;
+        assert_eq!(app.pending_results(), 1);
+        drop(awaited);
+        assert_eq!(
+            app.pending_results(),
+            0,
+            "the dropped handle's waiter leaked"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_awaited_result_keeps_its_app_connected_and_the_last_handle_closes_it() {
+        let (app, closed) = observed_app();
+        let awaited = unanswered(&app).await;
+        let reply_queue = app.reply_queue_name().unwrap().to_owned();
+        let broker = Arc::downgrade(app.broker());
+        drop(app);
+        // The result still arrives after the app's last handle is gone.
+        let value = serde_json::value::to_raw_value(&7).unwrap();
+        let result = crate::protocol::result_message::success(awaited.id(), &value);
+        let still_connected = broker.upgrade().expect("the awaited result holds its app");
+        still_connected
+            .publish_reply(&reply_queue, &result)
+            .await
+            .expect("the reply queue still exists");
+        drop(still_connected);
+        assert_eq!(awaited.get(WAIT).await.unwrap(), 7);
+        // Then the result handle was the app's last: the connection closes.
+        drop(awaited);
+        tokio::time::timeout(WAIT, closed.notified())
+            .await
+            .expect("the last handle closed the broker connection");
+    }
+
+    #[tokio::test]
+    async fn a_result_handle_dropped_unawaited_lets_its_app_close() {
+        let (app, closed) = observed_app();
+        let awaited = unanswered(&app).await;
+        drop(app);
+        drop(awaited);
+        tokio::time::timeout(WAIT, closed.notified())
+            .await
+            .expect("no leaked waiter keeps the connection open");
     }
 }

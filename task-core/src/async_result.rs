@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -27,37 +27,101 @@ pub(crate) enum Slot {
 /// Results expected by this client, by task id.
 #[derive(Debug, Default)]
 pub(crate) struct PendingResults {
-    slots: Mutex<HashMap<String, watch::Sender<Slot>>>,
+    table: Arc<Mutex<Table>>,
+}
+
+/// The waiters, by task id.
+#[derive(Debug, Default)]
+struct Table {
+    slots: HashMap<String, Entry>,
+    /// Numbers the entries, so that a handle never removes a newer entry of
+    /// the same task id (a call sent again with the same id).
+    next_generation: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    sender: watch::Sender<Slot>,
+    generation: u64,
+}
+
+/// One handle's hold on a task id's entry in [`PendingResults`]: receives
+/// its states, and removes the entry when the last handle of the id is
+/// dropped before the result arrived (so a result never awaited does not
+/// stay in the table).
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    receiver: watch::Receiver<Slot>,
+    task_id: String,
+    generation: u64,
+    table: Weak<Mutex<Table>>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let Some(table) = self.table.upgrade() else {
+            return;
+        };
+        let mut table = lock(&table);
+        let last_of_this_entry = table.slots.get(&self.task_id).is_some_and(|entry| {
+            // Our own receiver is still alive here: 1 means nobody else's is.
+            entry.generation == self.generation && entry.sender.receiver_count() <= 1
+        });
+        if last_of_this_entry {
+            table.slots.remove(&self.task_id);
+        }
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PendingResults {
     /// Starts expecting a result for `task_id` (before its message is published,
-    /// so a fast result cannot be missed).
-    pub(crate) fn expect(&self, task_id: &str) -> watch::Receiver<Slot> {
-        let (sender, receiver) = watch::channel(Slot::Waiting(TaskState::Pending));
-        self.lock().insert(task_id.to_owned(), sender);
-        receiver
+    /// so a fast result cannot be missed). Handles to an id already expected
+    /// share its entry: each of them receives the result.
+    pub(crate) fn expect(&self, task_id: &str) -> Waiter {
+        let mut table = self.lock();
+        let (receiver, generation) = match table.slots.get(task_id) {
+            Some(entry) => (entry.sender.subscribe(), entry.generation),
+            None => {
+                let generation = table.next_generation;
+                table.next_generation += 1;
+                let (sender, receiver) = watch::channel(Slot::Waiting(TaskState::Pending));
+                table
+                    .slots
+                    .insert(task_id.to_owned(), Entry { sender, generation });
+                (receiver, generation)
+            }
+        };
+        Waiter {
+            receiver,
+            task_id: task_id.to_owned(),
+            generation,
+            table: Arc::downgrade(&self.table),
+        }
     }
 
-    /// Stops expecting `task_id` (its message could not be published).
+    /// Stops expecting `task_id`: its waiters see the result as lost.
     pub(crate) fn forget(&self, task_id: &str) {
-        self.lock().remove(task_id);
+        self.lock().slots.remove(task_id);
     }
 
     /// Routes a result message to its waiter. Results nobody waits for are
     /// dropped, as Celery's `rpc://` backend does.
     pub(crate) fn deliver(&self, body: ResultBody) {
-        let mut slots = self.lock();
+        let mut table = self.lock();
         if body.status.is_ready() {
-            if let Some(sender) = slots.remove(&body.task_id) {
-                drop(slots);
-                sender.send_replace(Slot::Ready(Arc::new(body)));
+            if let Some(entry) = table.slots.remove(&body.task_id) {
+                drop(table);
+                entry.sender.send_replace(Slot::Ready(Arc::new(body)));
             }
-        } else if let Some(sender) = slots.get(&body.task_id) {
-            if sender.receiver_count() == 0 {
-                slots.remove(&body.task_id);
+        } else if let Some(entry) = table.slots.get(&body.task_id) {
+            if entry.sender.receiver_count() == 0 {
+                table.slots.remove(&body.task_id);
             } else {
-                sender.send_replace(Slot::Waiting(body.status));
+                entry.sender.send_replace(Slot::Waiting(body.status));
             }
         }
     }
@@ -65,45 +129,46 @@ impl PendingResults {
     /// Wakes every waiter with an error: no result can arrive any more.
     pub(crate) fn fail_all(&self, reason: &str) {
         let reason: Arc<str> = Arc::from(reason);
-        for (_, sender) in self.lock().drain() {
-            sender.send_replace(Slot::Lost(reason.clone()));
+        let entries: Vec<Entry> = self.lock().slots.drain().map(|(_, entry)| entry).collect();
+        for entry in entries {
+            entry.sender.send_replace(Slot::Lost(reason.clone()));
         }
     }
 
     /// How many results are awaited.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().slots.len()
     }
 
-    /// How many results still have an `AsyncResult` waiting for them.
-    pub(crate) fn awaited(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|sender| sender.receiver_count() > 0)
-            .count()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Slot>>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        lock(&self.table)
     }
 }
 
 /// A handle to the result of a published task, typed by its value.
 ///
 /// Only the client that sent a task receives its result (Celery's `rpc://`
-/// semantics); `get` can be called again after a timeout.
+/// semantics); `get` can be called again after a timeout. Dropping the
+/// handle stops waiting for the result. The handle does not keep its
+/// [`App`](crate::App) connected: once the app's last handle is dropped,
+/// a result still awaited ends with [`Error::ResultLost`].
 #[derive(Debug)]
 pub struct AsyncResult<R> {
     task_id: String,
-    slot: Option<watch::Receiver<Slot>>,
+    slot: Option<Waiter>,
+    /// The app the result arrives through, kept connected while the result
+    /// is awaited (dropped after the waiter, so the app's close, if this was
+    /// its last handle, finds no waiter left).
+    _app: Option<crate::App>,
     value: PhantomData<fn() -> R>,
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(task_id: String, slot: Option<watch::Receiver<Slot>>) -> Self {
+    pub(crate) fn new(task_id: String, slot: Option<Waiter>, app: Option<crate::App>) -> Self {
         Self {
             task_id,
             slot,
+            _app: app,
             value: PhantomData,
         }
     }
@@ -115,7 +180,11 @@ impl<R> AsyncResult<R> {
 
     /// The latest known state, without waiting.
     pub fn state(&self) -> TaskState {
-        match self.slot.as_ref().map(|slot| slot.borrow().clone()) {
+        match self
+            .slot
+            .as_ref()
+            .map(|slot| slot.receiver.borrow().clone())
+        {
             None => TaskState::Pending,
             Some(Slot::Waiting(state)) => state,
             Some(Slot::Ready(body)) => body.status,
@@ -157,7 +226,7 @@ impl<R> AsyncResult<R> {
                 task_id: self.task_id.clone(),
             });
         };
-        let mut slot = slot.clone();
+        let mut slot = slot.receiver.clone();
         let waited = tokio::time::timeout(
             timeout,
             slot.wait_for(|s| match s {
@@ -187,14 +256,14 @@ impl<R> AsyncResult<R> {
 
 impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits up to `timeout` for the final state: the value on SUCCESS, a
-    /// typed error on FAILURE, REVOKED, timeout or a lost result queue.
+    /// typed error on FAILURE, REVOKED, REJECTED, IGNORED, timeout or a lost result queue.
     pub async fn get(&self, timeout: Duration) -> Result<R, Error> {
         let Some(slot) = &self.slot else {
             return Err(Error::ResultIgnored {
                 task_id: self.task_id.clone(),
             });
         };
-        let mut slot = slot.clone();
+        let mut slot = slot.receiver.clone();
         let waited =
             tokio::time::timeout(timeout, slot.wait_for(|s| !matches!(s, Slot::Waiting(_)))).await;
         let state = match waited {
@@ -227,9 +296,14 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             }),
             TaskState::Revoked => Err(Error::Revoked {
                 task_id: self.task_id.clone(),
-                reason: serde_json::from_str::<ExceptionInfo>(raw)
-                    .map(|info| info.message())
-                    .unwrap_or_else(|_| raw.to_owned()),
+                reason: reason(raw),
+            }),
+            TaskState::Rejected => Err(Error::Rejected {
+                task_id: self.task_id.clone(),
+                reason: reason(raw),
+            }),
+            TaskState::Ignored => Err(Error::Ignored {
+                task_id: self.task_id.clone(),
             }),
             _ => {
                 let info = serde_json::from_str::<ExceptionInfo>(raw).unwrap_or(ExceptionInfo {
@@ -249,6 +323,19 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     }
 }
 
+/// The reason a REVOKED or REJECTED result gives: its exception's message,
+/// else its text, else the JSON as sent.
+fn reason(raw: &str) -> String {
+    if let Ok(info) = serde_json::from_str::<ExceptionInfo>(raw) {
+        return info.message();
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(serde_json::Value::Null) => "no reason given".to_owned(),
+        _ => raw.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn results_reach_their_waiters_and_states_progress() {
         let pending = PendingResults::default();
-        let handle = AsyncResult::<i64>::new("a".into(), Some(pending.expect("a")));
+        let handle = AsyncResult::<i64>::new("a".into(), Some(pending.expect("a")), None);
         assert_eq!(handle.state(), TaskState::Pending);
         pending.deliver(body("a", r#""status": "STARTED", "result": {"pid": 1}"#));
         assert_eq!(handle.state(), TaskState::Started);
@@ -273,7 +360,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_a_state_wakes_on_it_or_on_the_end() {
         let pending = Arc::new(PendingResults::default());
-        let handle = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")));
+        let handle = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")), None);
         let started = |s| s == TaskState::Started;
         let timeout = Duration::from_secs(5);
         let sender = Arc::clone(&pending);
@@ -295,7 +382,7 @@ mod tests {
             TaskState::Success
         );
 
-        let silent = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")));
+        let silent = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")), None);
         let error = silent
             .wait_for_state(started, Duration::from_millis(10))
             .await
@@ -309,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn failures_timeouts_and_losses_are_typed_errors() {
         let pending = PendingResults::default();
-        let failed = AsyncResult::<i64>::new("f".into(), Some(pending.expect("f")));
+        let failed = AsyncResult::<i64>::new("f".into(), Some(pending.expect("f")), None);
         pending.deliver(body(
             "f",
             r#""status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["bad"], "exc_module": "builtins"}, "traceback": "tb""#,
@@ -322,7 +409,7 @@ mod tests {
         );
         assert_eq!(failure.traceback.as_deref(), Some("tb"));
 
-        let slow = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")));
+        let slow = AsyncResult::<i64>::new("s".into(), Some(pending.expect("s")), None);
         let error = slow.get(Duration::from_millis(10)).await.unwrap_err();
         assert!(matches!(error, Error::Timeout { .. }));
 
@@ -332,16 +419,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_handle_removes_its_waiter() {
+        let pending = PendingResults::default();
+        let dropped = AsyncResult::<i64>::new("d".into(), Some(pending.expect("d")), None);
+        let kept = AsyncResult::<i64>::new("k".into(), Some(pending.expect("k")), None);
+        assert_eq!(pending.len(), 2);
+        drop(dropped);
+        assert_eq!(pending.len(), 1, "the dropped handle's waiter leaked");
+        pending.deliver(body("k", r#""status": "SUCCESS", "result": 1"#));
+        assert_eq!(kept.get(Duration::from_secs(1)).await.unwrap(), 1);
+        // A result for the dropped handle arriving late is dropped, as for any stranger.
+        pending.deliver(body("d", r#""status": "SUCCESS", "result": 2"#));
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn handles_to_one_task_id_share_its_waiter() {
+        let pending = PendingResults::default();
+        let first = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
+        let second = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
+        let third = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
+        assert_eq!(pending.len(), 1);
+        // Dropping one handle keeps the waiter of the others.
+        drop(third);
+        assert_eq!(pending.len(), 1);
+        pending.deliver(body("same", r#""status": "SUCCESS", "result": 7"#));
+        assert_eq!(first.get(Duration::from_secs(1)).await.unwrap(), 7);
+        assert_eq!(second.get(Duration::from_secs(1)).await.unwrap(), 7);
+        assert_eq!(pending.len(), 0);
+
+        // A handle dropped after its result arrived leaves a newer waiter of
+        // the same id (a call sent again with the same id) alone.
+        let again = AsyncResult::<i64>::new("same".into(), Some(pending.expect("same")), None);
+        drop(first);
+        drop(second);
+        assert_eq!(pending.len(), 1);
+        pending.deliver(body("same", r#""status": "SUCCESS", "result": 8"#));
+        assert_eq!(again.get(Duration::from_secs(1)).await.unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn rejected_and_ignored_results_are_typed_errors() {
+        let pending = PendingResults::default();
+        let rejected = AsyncResult::<i64>::new("rj".into(), Some(pending.expect("rj")), None);
+        pending.deliver(body(
+            "rj",
+            r#""status": "REJECTED", "result": {"exc_type": "Reject", "exc_message": ["no room", false], "exc_module": "celery.exceptions"}"#,
+        ));
+        match rejected.get(Duration::from_secs(1)).await {
+            Err(Error::Rejected { task_id, reason }) => {
+                assert_eq!(
+                    (task_id.as_str(), reason.as_str()),
+                    ("rj", "no room, false")
+                )
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(rejected.state(), TaskState::Rejected);
+        let ignored = AsyncResult::<i64>::new("ig".into(), Some(pending.expect("ig")), None);
+        pending.deliver(body("ig", r#""status": "IGNORED", "result": null"#));
+        match ignored.get(Duration::from_secs(1)).await {
+            Err(Error::Ignored { task_id }) => assert_eq!(task_id, "ig"),
+            other => panic!("expected Ignored, got {other:?}"),
+        }
+        assert!(ignored.ready());
+        assert_eq!(pending.len(), 0, "both waiters are done");
+    }
+
+    #[tokio::test]
     async fn wrong_result_types_and_revocations_are_reported() {
         let pending = PendingResults::default();
-        let wrong = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")));
+        let wrong = AsyncResult::<i64>::new("w".into(), Some(pending.expect("w")), None);
         pending.deliver(body("w", r#""status": "SUCCESS", "result": "text""#));
         assert!(matches!(
             wrong.get(Duration::from_secs(1)).await,
             Err(Error::DecodeResult { .. })
         ));
         // A Python big integer (2**70) for an i64 result names the integer.
-        let big = AsyncResult::<i64>::new("b".into(), Some(pending.expect("b")));
+        let big = AsyncResult::<i64>::new("b".into(), Some(pending.expect("b")), None);
         pending.deliver(body(
             "b",
             r#""status": "SUCCESS", "result": 1180591620717411303424"#,
@@ -354,7 +509,7 @@ mod tests {
             ),
             other => panic!("expected DecodeResult, got {other:?}"),
         }
-        let revoked = AsyncResult::<i64>::new("r".into(), Some(pending.expect("r")));
+        let revoked = AsyncResult::<i64>::new("r".into(), Some(pending.expect("r")), None);
         pending.deliver(body(
             "r",
             r#""status": "REVOKED", "result": {"exc_type": "TaskRevokedError", "exc_message": ["expired"]}"#,

@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::state::{State, States};
+
 /// What a worker knows of the task it is running.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
@@ -41,6 +43,7 @@ struct ContextInner {
     soft_deadline: Option<Instant>,
     lineage: Lineage,
     delivery: DeliveryInfo,
+    states: Arc<States>,
 }
 
 /// Where a task sits in its workflow, as its message says.
@@ -88,6 +91,33 @@ impl TaskContext {
                 soft_deadline,
                 lineage: Lineage::default(),
                 delivery: DeliveryInfo::default(),
+                states: Arc::default(),
+            }),
+        }
+    }
+
+    /// A context with every part at once (one allocation; the pipeline's).
+    #[allow(clippy::too_many_arguments)] // each part has its own type and name
+    pub(crate) fn of_parts(
+        id: String,
+        name: String,
+        queue: String,
+        retries: u32,
+        soft_deadline: Option<Instant>,
+        lineage: Lineage,
+        delivery: DeliveryInfo,
+        states: Arc<States>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                id,
+                name,
+                queue,
+                retries,
+                soft_deadline,
+                lineage,
+                delivery,
+                states,
             }),
         }
     }
@@ -108,6 +138,22 @@ impl TaskContext {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// This context, with the shared values its task can take as
+    /// [`State<T>`](crate::State) parameters.
+    pub fn with_states(self, states: Arc<States>) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.states = states;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The shared value of type `T` the worker provides, if it does (what a
+    /// `State<T>` parameter receives).
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
+        self.inner.states.get::<T>()
     }
 
     /// The first task of the workflow: the `root_id` the message carried,
@@ -181,11 +227,25 @@ impl TaskContext {
     }
 
     /// Runs the blocking `body` on this thread with this context as current.
+    /// The thread's previous context (usually none) is restored when `body`
+    /// returns or unwinds, so a pool thread reused after a panicking task
+    /// never reports that task's context.
     pub fn scope_blocking<R>(self, body: impl FnOnce() -> R) -> R {
-        BLOCKING_CURRENT.with(|current| *current.borrow_mut() = Some(self));
-        let result = body();
-        BLOCKING_CURRENT.with(|current| current.borrow_mut().take());
-        result
+        let previous = BLOCKING_CURRENT.with(|current| current.replace(Some(self)));
+        let _restore = RestoreBlocking(previous);
+        body()
+    }
+}
+
+/// Puts a thread's previous blocking context back when dropped, also during
+/// unwinding.
+struct RestoreBlocking(Option<TaskContext>);
+
+impl Drop for RestoreBlocking {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        // `try_with`: the thread-local may already be gone at thread exit.
+        let _ = BLOCKING_CURRENT.try_with(|current| current.replace(previous));
     }
 }
 
@@ -241,6 +301,31 @@ mod tests {
         let context = TaskContext::new("b".into(), "t".into(), "q".into(), 0, None);
         let id = context.scope_blocking(|| current_task().map(|c| c.id().to_owned()));
         assert_eq!(id.as_deref(), Some("b"));
+        assert!(current_task().is_none());
+    }
+
+    #[test]
+    fn a_panicking_blocking_body_leaves_no_context_on_its_thread() {
+        let context = TaskContext::new("p".into(), "t".into(), "q".into(), 0, None);
+        let unwound = std::panic::catch_unwind(|| context.scope_blocking(|| panic!("boom")));
+        assert!(unwound.is_err(), "the body panicked");
+        assert!(
+            current_task().is_none(),
+            "the next code on this thread saw {:?}",
+            current_task().map(|c| c.id().to_owned())
+        );
+    }
+
+    #[test]
+    fn a_nested_blocking_scope_restores_the_outer_context() {
+        let outer = TaskContext::new("outer".into(), "t".into(), "q".into(), 0, None);
+        let inner = TaskContext::new("inner".into(), "t".into(), "q".into(), 0, None);
+        let seen = outer.scope_blocking(|| {
+            let unwound = std::panic::catch_unwind(|| inner.scope_blocking(|| panic!("boom")));
+            assert!(unwound.is_err());
+            current_task().map(|c| c.id().to_owned())
+        });
+        assert_eq!(seen.as_deref(), Some("outer"));
         assert!(current_task().is_none());
     }
 }

@@ -18,7 +18,7 @@
 //! [`current_task`](crate::current_task), with a RETRY state in between (at
 //! most 100 times per call).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
 use serde::de::DeserializeOwned;
@@ -26,12 +26,12 @@ use serde::de::DeserializeOwned;
 use crate::async_result::PendingResults;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::Message;
-use crate::protocol::result_message::{self, ExceptionInfo, ResultBody, TaskState};
-use crate::protocol::task_message::{decode_task, PartialRequest};
+use crate::pipeline::{CanvasRefusal, Expiry, Input, Outcome, Pipeline, Processed, ResultSink};
+use crate::protocol::result_message::{self, ResultBody};
+use crate::protocol::task_message::{retried_copy, PartialRequest};
+use crate::registry::DuplicateTaskName;
 use crate::signature::EncodedCall;
-use crate::{
-    App, AsyncResult, DeliveryInfo, Error, Registry, Signature, TaskArgs, TaskContext, TaskError,
-};
+use crate::{App, AsyncResult, DeliveryInfo, Error, Registry, Signature, States, TaskError};
 
 /// The `reply_to` of an eager call's message: results never leave the process.
 const EAGER_REPLY_TO: &str = "eager";
@@ -71,111 +71,130 @@ impl App {
     }
 }
 
+/// Eager mode's pipeline: the worker's steps without the waits (no ETA, no
+/// rate limit, as in Celery) and without a broker to ack.
+fn pipeline() -> Result<&'static Pipeline, DuplicateTaskName> {
+    static PIPELINE: OnceLock<Result<Pipeline, DuplicateTaskName>> = OnceLock::new();
+    PIPELINE
+        .get_or_init(|| {
+            let registry = Registry::global()?.clone();
+            Ok(Pipeline::builder(registry)
+                .stage(CanvasRefusal)
+                .stage(Expiry)
+                .build())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// Runs `signature` inline, as if consumed from its queue (else
 /// `default_queue`), and returns its ready result.
 pub(crate) async fn apply<R: DeserializeOwned>(
     pending: &PendingResults,
+    states: &Arc<States>,
     default_queue: &str,
     signature: Signature<R>,
 ) -> Result<AsyncResult<R>, Error> {
     let EncodedCall {
         task_id, message, ..
     } = signature.encode_call(Some(EAGER_REPLY_TO))?;
-    let reply_to = (!signature.options.ignore_result).then_some(EAGER_REPLY_TO);
     let queue = signature.options.queue.as_deref().unwrap_or(default_queue);
-    let slot = reply_to.map(|_| pending.expect(&task_id));
-    let results = execute(&message, queue).await;
-    if slot.is_some() {
-        for result in results {
-            receive(pending, &task_id, &result);
-        }
-    }
-    Ok(AsyncResult::new(task_id, slot))
+    let slot = (!signature.options.ignore_result).then(|| pending.expect(&task_id));
+    execute(message, queue, &EagerResults { pending }, states).await;
+    // Ready already: nothing more arrives through an app.
+    Ok(AsyncResult::new(task_id, slot, None))
 }
 
-/// Reads a result message as the reply-queue consumer does and hands it to
-/// its waiter.
-fn receive(pending: &PendingResults, task_id: &str, result: &Message) {
-    match ResultBody::decode(&result.body) {
-        Ok(body) => pending.deliver(body),
-        Err(error) => {
-            tracing::error!(%task_id, %error, "an eager result message does not decode");
-            // Its waiter sees the result as lost rather than waiting forever.
-            pending.forget(task_id);
+/// Hands each result to its waiter, read as the reply-queue consumer reads
+/// results.
+struct EagerResults<'p> {
+    pending: &'p PendingResults,
+}
+
+#[async_trait::async_trait]
+impl ResultSink for EagerResults<'_> {
+    async fn publish_result(&self, _reply_to: &str, message: Message) {
+        match ResultBody::decode(&message.body) {
+            Ok(body) => self.pending.deliver(body),
+            Err(error) => {
+                let task_id = message.properties.correlation_id.as_deref().unwrap_or("?");
+                tracing::error!(%task_id, %error, "an eager result message does not decode");
+                // Its waiter sees the result as lost rather than waiting forever.
+                self.pending.forget(task_id);
+            }
         }
     }
 }
 
-/// What a worker does with the task message, minus the broker: the result
-/// messages it would publish, in order.
-async fn execute(message: &Message, queue: &str) -> Vec<Message> {
-    let mut request = match decode_task(message) {
-        Ok(request) => request,
-        Err(error) => {
-            let id = PartialRequest::of(message).id.unwrap_or_default();
-            let failure = TaskError::new("DecodeError", error.to_string());
-            return vec![result_message::failure(&id, &failure)];
-        }
-    };
-    let task = match Registry::global() {
-        Ok(registry) => registry.get(&request.name),
+/// What a worker does with the task message, through the same pipeline,
+/// with eager mode's settlement: results go to the caller, and a retry runs
+/// again at once.
+async fn execute(
+    mut message: Message,
+    queue: &str,
+    results: &EagerResults<'_>,
+    states: &Arc<States>,
+) {
+    let pipeline = match pipeline() {
+        Ok(pipeline) => pipeline,
         Err(duplicate) => {
+            let id = PartialRequest::of(&message).id.unwrap_or_default();
             let failure = TaskError::new("DuplicateTaskName", duplicate.to_string());
-            return vec![result_message::failure(&request.id, &failure)];
+            results
+                .publish_result(EAGER_REPLY_TO, result_message::failure(&id, &failure))
+                .await;
+            return;
         }
     };
-    let Some(task) = task else {
-        return vec![result_message::not_registered(&request.id, &request.name)];
-    };
-    if request.expires.is_some_and(|expires| expires <= Utc::now()) {
-        return vec![result_message::revoked(&request.id, "expired")];
-    }
-    let mut results = Vec::with_capacity(2);
-    if task.options.track_started {
-        results.push(result_message::started(&request.id));
-    }
-    let (hard, soft) = task.limits(&request);
-    let lineage = request.take_lineage();
     // As if published to the default exchange with the queue as routing key.
     let delivery = DeliveryInfo {
         routing_key: queue.to_owned(),
         priority: message.properties.priority,
         ..DeliveryInfo::default()
     };
-    let mut retries = request.retries();
-    let first_retry = retries;
+    let mut attempts = 0;
     loop {
-        let context = TaskContext::new(
-            request.id.clone(),
-            request.name.clone(),
-            queue.to_owned(),
-            retries,
-            soft.map(|soft| tokio::time::Instant::now() + soft),
-        )
-        .with_lineage(lineage.clone())
-        .with_delivery(delivery.clone());
-        let args = TaskArgs::new(task.name, request.args.clone(), request.kwargs.clone());
-        match task.run(args, context, hard).await {
-            Ok(value) => {
-                results.push(result_message::success(&request.id, &value));
-                return results;
+        let input = Input {
+            message: &message,
+            queue,
+            delivery: delivery.clone(),
+            acker: None,
+            slot: None,
+            results,
+            states,
+        };
+        let Processed { job, outcome } = pipeline.process(input).await;
+        if let Outcome::Rejected(rejection) = &outcome {
+            for (id, reply_to) in &rejection.notify {
+                results
+                    .publish_result(reply_to, rejection.result_for(id))
+                    .await;
             }
-            Err(error)
-                if task.retry_delay(&error, retries, 0.0).is_some()
-                    && retries - first_retry < MAX_EAGER_RETRIES =>
-            {
-                let info = ExceptionInfo::from(&error);
-                let traceback = error.traceback();
-                let retry =
-                    result_message::exception(&request.id, TaskState::Retry, &info, traceback);
-                results.push(retry);
-                retries += 1;
-            }
-            Err(error) => {
-                results.push(result_message::failure(&request.id, &error));
-                return results;
-            }
+            return;
         }
+        let Some(job) = job else {
+            return;
+        };
+        let outcome = match outcome {
+            Outcome::Retry { error, .. } if attempts == MAX_EAGER_RETRIES => {
+                Outcome::Failed { error }
+            }
+            other => other,
+        };
+        if let Some(result) = outcome.caller_result(&job.request.id) {
+            job.report(result).await;
+        }
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            return;
+        }
+        attempts += 1;
+        let retried = retried_copy(
+            job.message,
+            job.request.retries().saturating_add(1),
+            Utc::now(),
+        );
+        drop(job);
+        message = retried;
     }
 }
 

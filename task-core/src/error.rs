@@ -67,6 +67,22 @@ pub enum Error {
         /// Why (`"expired"`, ...).
         reason: String,
     },
+    /// A worker rejected the task's message (Celery's REJECTED, from a task
+    /// raising `Reject`): this run sends no result.
+    #[error("task {task_id} was rejected: {reason}")]
+    Rejected {
+        /// The rejected task.
+        task_id: String,
+        /// Why, as the worker reported it.
+        reason: String,
+    },
+    /// The task ended without a result (Celery's IGNORED, from a task
+    /// raising `Ignore`): there is no value to return.
+    #[error("task {task_id} ignored its result (IGNORED): there is no value to return")]
+    Ignored {
+        /// The task.
+        task_id: String,
+    },
     /// The result arrived but is not a value of the type asked for.
     #[error("the result of task {task_id} is not a valid `{expected}`: {reason}")]
     DecodeResult {

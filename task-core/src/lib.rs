@@ -10,11 +10,13 @@ pub mod broker;
 mod context;
 mod eager;
 mod error;
+pub mod pipeline;
 pub mod protocol;
 mod rate_limit;
 pub mod registry;
 mod retry;
 mod signature;
+mod state;
 mod task;
 mod task_error;
 
@@ -28,6 +30,7 @@ pub use rate_limit::{InvalidRateLimit, RateLimit};
 pub use registry::{Registry, TaskRegistration};
 pub use retry::{ErrorType, RetryPolicy};
 pub use signature::{CallOptions, Expiry, Signature};
+pub use state::{State, StateType, States};
 pub use task::{Task, TaskOptions, TaskReturn};
 pub use task_error::{
     kind as error_kind, CeleryException, IntoTaskError, RetryRequest, TaskError, GENERIC_EXCEPTION,
@@ -136,6 +139,26 @@ pub mod __private {
 
     /// Runs a blocking task body on tokio's blocking pool; a panic becomes a
     /// FAILURE like in async tasks.
+    /// The `State<T>` parameter of task `task`, from the running task's
+    /// context.
+    pub fn state<T: Send + Sync + 'static>(
+        task: &'static str,
+    ) -> Result<crate::State<T>, TaskError> {
+        crate::current_task()
+            .and_then(|context| context.state::<T>())
+            .ok_or_else(|| crate::state::missing(task, std::any::type_name::<T>()))
+    }
+
+    /// The `TaskContext` parameter of task `task`: the running task's.
+    pub fn context(task: &'static str) -> Result<crate::TaskContext, TaskError> {
+        crate::current_task().ok_or_else(|| {
+            TaskError::new(
+                "MissingContext",
+                format!("task `{task}` was run outside a worker or eager app"),
+            )
+        })
+    }
+
     pub async fn run_blocking<T, R, F, C>(body: F, convert: C) -> TaskOutcome
     where
         T: Task,

@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 
 use crate::protocol::task_message::TaskRequest;
-use crate::{Task, TaskArgs, TaskContext, TaskError, TaskOptions};
+use crate::{StateType, Task, TaskArgs, TaskContext, TaskError, TaskOptions};
 
 /// What running a task produces: the JSON-encoded return value, or the error.
 pub type TaskOutcome = Result<Box<RawValue>, TaskError>;
@@ -31,6 +31,8 @@ pub struct TaskRegistration {
     pub params: &'static [&'static str],
     /// The task's declared defaults.
     pub options: TaskOptions,
+    /// The shared values its `State<T>` parameters take.
+    pub states: &'static [StateType],
     /// Runs one call.
     pub handler: TaskHandler,
 }
@@ -42,6 +44,7 @@ impl TaskRegistration {
             name: T::NAME,
             params: T::PARAMS,
             options: T::OPTIONS,
+            states: T::STATES,
             handler,
         }
     }
@@ -122,9 +125,17 @@ pub struct DuplicateTaskName {
 }
 
 /// Every task linked into this binary, by name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     by_name: HashMap<&'static str, &'static TaskRegistration>,
+    /// A task chosen by a name two linked tasks share.
+    duplicate: Option<DuplicateTaskName>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
 }
 
 impl Registry {
@@ -140,6 +151,58 @@ impl Registry {
             .map_err(Clone::clone)
     }
 
+    /// A registry of the chosen tasks only (a worker that runs a subset of
+    /// the linked tasks), by their `#[task]` values:
+    ///
+    /// ```
+    /// use task_core::{task, Registry, TaskError};
+    ///
+    /// #[task(name = "doc.registry.add")]
+    /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
+    /// #[task(name = "doc.registry.mul")]
+    /// async fn mul(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x * y) }
+    ///
+    /// let registry = Registry::new().with(add).with(mul);
+    /// assert_eq!(registry.names(), ["doc.registry.add", "doc.registry.mul"]);
+    /// ```
+    pub fn new() -> Registry {
+        Registry {
+            by_name: HashMap::new(),
+            duplicate: None,
+        }
+    }
+
+    /// This registry with task `T` (found among the linked `#[task]`s by its
+    /// name). A task whose name two linked tasks share is recorded, and reported by [`Registry::check`] (which a worker
+    /// calls before it starts) rather than run as the wrong function.
+    #[must_use]
+    pub fn with<T: Task>(mut self, task: T) -> Registry {
+        let _ = task;
+        let mut found = inventory::iter::<TaskRegistration>
+            .into_iter()
+            .filter(|registration| registration.name == T::NAME);
+        // `#[task]` always submits its registration next to the type.
+        let Some(registration) = found.next() else {
+            unreachable!("task `{}` has no registration", T::NAME)
+        };
+        if found.next().is_some() {
+            self.duplicate
+                .get_or_insert(DuplicateTaskName { name: T::NAME });
+        }
+        self.by_name.insert(registration.name, registration);
+        self
+    }
+
+    /// Whether this registry is fit to run: no task was chosen by a name
+    /// that two linked tasks share ([`Registry::with`] records it; a worker
+    /// refuses to start with such a registry).
+    pub fn check(&self) -> Result<(), DuplicateTaskName> {
+        match &self.duplicate {
+            Some(duplicate) => Err(duplicate.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Builds a registry from explicit registrations.
     pub fn from_registrations(
         registrations: impl IntoIterator<Item = &'static TaskRegistration>,
@@ -152,7 +215,10 @@ impl Registry {
                 });
             }
         }
-        Ok(Registry { by_name })
+        Ok(Registry {
+            by_name,
+            duplicate: None,
+        })
     }
 
     /// The task registered under `name`.
@@ -186,6 +252,55 @@ mod tests {
     #[task(name = "test.registry.io_retry", autoretry_for = [std::io::Error])]
     async fn io_retry() -> Result<(), TaskError> {
         Ok(())
+    }
+
+    #[task(name = "test.registry.blocking_panics")]
+    fn blocking_panics() -> Result<(), TaskError> {
+        panic!("the blocking body gives up")
+    }
+
+    /// A blocking task that panics, then the next closure on the same
+    /// blocking thread (the pool has one): it must not see the task's context.
+    #[test]
+    fn a_blocking_thread_reused_after_a_panic_reports_no_context() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let registration = Registry::global()
+                .expect("no duplicate task names")
+                .get("test.registry.blocking_panics")
+                .expect("the task is registered");
+            let args = TaskArgs::new(registration.name, Vec::new(), Vec::new());
+            let context = TaskContext::new(
+                "panicked".into(),
+                registration.name.into(),
+                "q".into(),
+                0,
+                None,
+            );
+            let outcome = registration.run(args, context, None).await;
+            let error = outcome.expect_err("the panic is a failure");
+            assert!(error.message().contains("gives up"), "{error}");
+            let (thread, seen) = tokio::task::spawn_blocking(|| {
+                (
+                    std::thread::current().id(),
+                    crate::current_task().map(|c| c.id().to_owned()),
+                )
+            })
+            .await
+            .expect("the probe runs");
+            let again = tokio::task::spawn_blocking(|| std::thread::current().id())
+                .await
+                .expect("the probe runs");
+            assert_eq!(thread, again, "one blocking thread, reused");
+            assert_eq!(
+                seen, None,
+                "a reused blocking thread kept a dead task's context"
+            );
+        });
     }
 
     fn registration() -> &'static TaskRegistration {

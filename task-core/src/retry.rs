@@ -154,7 +154,8 @@ impl RetryPolicy {
     }
 
     /// The delay before retry number `retries` (0 for the first retry),
-    /// given `unit_random` drawn uniformly from `[0, 1)` for the jitter.
+    /// given `unit_random` drawn uniformly from `[0, 1)` for the jitter
+    /// (clamped to `[0, 1]`; not a number counts as 1, the whole delay).
     pub fn delay(&self, retries: u32, unit_random: f64) -> Duration {
         let delay = match self.backoff {
             Some(factor) => {
@@ -167,7 +168,13 @@ impl RetryPolicy {
             None => self.default_delay,
         };
         if self.jitter {
-            delay.mul_f64(unit_random.clamp(0.0, 1.0))
+            // `mul_f64` panics on NaN.
+            let draw = if unit_random.is_nan() {
+                1.0
+            } else {
+                unit_random.clamp(0.0, 1.0)
+            };
+            delay.mul_f64(draw)
         } else {
             delay
         }
@@ -201,6 +208,52 @@ mod tests {
         };
         assert_eq!(jittered.delay(3, 0.25), Duration::from_secs(2));
         assert_eq!(jittered.delay(3, 0.0), Duration::ZERO);
+    }
+
+    /// Full jitter draws the delay from `[0, capped delay]`: the draw is a
+    /// parameter, so both ends and the cap are pinned exactly.
+    #[test]
+    fn full_jitter_spans_zero_to_the_capped_delay() {
+        let secs = Duration::from_secs;
+        let policy = RetryPolicy {
+            backoff: Some(secs(1)),
+            backoff_max: secs(10),
+            jitter: true,
+            ..RetryPolicy::DEFAULT
+        };
+        // Draw 0: no wait at all, whatever the retry.
+        for retries in [0, 3, 1000, u32::MAX] {
+            assert_eq!(
+                policy.delay(retries, 0.0),
+                Duration::ZERO,
+                "retry {retries}"
+            );
+        }
+        // Draw 1: the whole backoff below the cap (1 s × 2^2)...
+        assert_eq!(policy.delay(2, 1.0), secs(4));
+        assert_eq!(policy.delay(2, 0.5), secs(2));
+        // ... and the cap above it (16 s, 2^40 s, 2^(2^32) s uncapped).
+        for retries in [4, 40, 1000, u32::MAX] {
+            assert_eq!(policy.delay(retries, 1.0), secs(10), "retry {retries}");
+            assert_eq!(policy.delay(retries, 0.5), secs(5), "retry {retries}");
+        }
+        // A draw outside [0, 1] (or not a number) never leaves the range.
+        assert_eq!(policy.delay(4, 7.0), secs(10));
+        assert_eq!(policy.delay(4, -1.0), Duration::ZERO);
+        assert_eq!(policy.delay(4, f64::INFINITY), secs(10));
+        assert_eq!(policy.delay(4, f64::NAN), secs(10));
+        // Jitter off: the draw is ignored.
+        let exact = RetryPolicy {
+            jitter: false,
+            ..policy
+        };
+        for draw in [0.0, 0.3, 1.0] {
+            assert_eq!(exact.delay(2, draw), secs(4));
+            assert_eq!(exact.delay(u32::MAX, draw), secs(10));
+        }
+        // Without backoff the default delay is the top of the jitter range.
+        assert_eq!(RetryPolicy::DEFAULT.delay(1000, 1.0), secs(180));
+        assert_eq!(RetryPolicy::DEFAULT.delay(0, 0.0), Duration::ZERO);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use syn::{Ident, Item, ItemFn, Path};
 
 use crate::attr::TaskAttr;
 use crate::ctxt::Ctxt;
-use crate::validate::{self, TaskFn};
+use crate::validate::{self, ParamKind, TaskFn};
 
 /// `#[task(attr)] item`: the expansion, or on any error the item unchanged
 /// (so the IDE still knows the function) followed by every error.
@@ -76,7 +76,9 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
     run_sig.inputs.insert(0, syn::parse_quote!(&self));
     let body = &func.block;
 
-    let params = &task.params;
+    // `s` and `delay` take the arguments callers pass; `run` takes every
+    // parameter, the worker-provided ones (`State<T>`, `TaskContext`) too.
+    let params: Vec<_> = task.params.iter().filter(|p| p.is_argument()).collect();
     let arg_idents: Vec<_> = params.iter().map(|param| &param.ident).collect();
     let arg_types: Vec<_> = params.iter().map(|param| &param.ty).collect();
     let arg_names: Vec<_> = params.iter().map(|param| &param.name).collect();
@@ -155,6 +157,13 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
         });
     }
     let handler = handler(&krate, task);
+    let states = task.params.iter().filter_map(|param| match &param.kind {
+        ParamKind::State(inner) => {
+            Some(quote_spanned!(inner.span()=> #krate::StateType::of::<#inner>()))
+        }
+        _ => None,
+    });
+    let states = quote!(&[#(#states),*]);
 
     quote! {
         #(#struct_attrs)*
@@ -208,6 +217,7 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
             const NAME: &'static str = #name;
             const PARAMS: &'static [&'static str] = &[#(#arg_names),*];
             const OPTIONS: #krate::TaskOptions = #options;
+            const STATES: &'static [#krate::StateType] = #states;
             #output_item
         }
 
@@ -278,21 +288,38 @@ fn handler(krate: &Path, task: &TaskFn) -> TokenStream {
     // called `args`, or named like the task itself); numbered locals cannot
     // collide with `args`.
     let args = Ident::new("args", Span::mixed_site());
-    let mutability = (!task.params.is_empty()).then(|| quote!(mut));
+    let mutability = task
+        .params
+        .iter()
+        .any(|p| p.is_argument())
+        .then(|| quote!(mut));
     let locals: Vec<_> = (0..task.params.len())
         .map(|index| format_ident!("arg{}", index, span = Span::mixed_site()))
         .collect();
-    let takes = task
+    let task_name = quote!(<#ident as #krate::Task>::NAME);
+    let mut position = 0;
+    let takes: Vec<_> = task
         .params
         .iter()
         .zip(&locals)
-        .enumerate()
-        .map(|(index, (param, local))| {
+        .map(|(param, local)| {
             let ty = &param.ty;
-            let name = &param.name;
-            let index = Literal::usize_unsuffixed(index);
-            quote_spanned!(ty.span()=> let #local: #ty = #args.take(#index, #name)?;)
-        });
+            match &param.kind {
+                ParamKind::Argument => {
+                    let name = &param.name;
+                    let index = Literal::usize_unsuffixed(position);
+                    position += 1;
+                    quote_spanned!(ty.span()=> let #local: #ty = #args.take(#index, #name)?;)
+                }
+                ParamKind::State(inner) => quote_spanned! {ty.span()=>
+                    let #local: #ty = #krate::__private::state::<#inner>(#task_name)?;
+                },
+                ParamKind::Context => quote_spanned! {ty.span()=>
+                    let #local: #ty = #krate::__private::context(#task_name)?;
+                },
+            }
+        })
+        .collect();
     // The calls that need `TaskReturn` are located at the return type, like
     // its other uses (see `expand`).
     let ret_span = task.output.span();

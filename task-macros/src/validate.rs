@@ -42,6 +42,63 @@ pub(crate) struct Param {
     pub(crate) name: String,
     /// The declared type.
     pub(crate) ty: Type,
+    /// Where its value comes from.
+    pub(crate) kind: ParamKind,
+}
+
+/// Where a parameter's value comes from.
+pub(crate) enum ParamKind {
+    /// The call's arguments (by position or keyword).
+    Argument,
+    /// `State<T>`: the shared value of type `T` the worker provides.
+    State(Box<Type>),
+    /// `TaskContext`: the running task's context.
+    Context,
+}
+
+impl Param {
+    /// Whether callers pass it (else the worker does).
+    pub(crate) fn is_argument(&self) -> bool {
+        matches!(self.kind, ParamKind::Argument)
+    }
+}
+
+/// The kind of a parameter of type `ty`: `State<T>` and `TaskContext` (by
+/// their last path segment, as written) are provided by the worker.
+fn param_kind(cx: &Ctxt, ty: &Type) -> ParamKind {
+    let Type::Path(path) = ty else {
+        return ParamKind::Argument;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return ParamKind::Argument;
+    };
+    if path.qself.is_some() {
+        return ParamKind::Argument;
+    }
+    if last.ident == "TaskContext" && last.arguments.is_none() {
+        return ParamKind::Context;
+    }
+    if last.ident != "State" {
+        return ParamKind::Argument;
+    }
+    let inner = match &last.arguments {
+        syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
+            syn::GenericArgument::Type(inner) => Some(inner.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match inner {
+        Some(inner) => ParamKind::State(Box::new(inner)),
+        None => {
+            cx.error_spanned_by(
+                ty,
+                "`State` takes the type of the shared value the worker provides: write \
+                 `State<T>` (e.g. `State<PgPool>`)",
+            );
+            ParamKind::Argument
+        }
+    }
 }
 
 /// The user's attributes on the function, by destination.
@@ -168,6 +225,7 @@ fn params(cx: &Ctxt, task: &Ident, inputs: &Punctuated<FnArg, Token![,]>) -> Vec
                     ident: ident.clone(),
                     name: ident.unraw().to_string(),
                     ty: (*arg.ty).clone(),
+                    kind: param_kind(cx, &arg.ty),
                 });
             }
             Pat::Wild(_) => cx.error_spanned_by(
@@ -198,13 +256,26 @@ struct OwnedTypes<'a> {
 
 impl<'ast> Visit<'ast> for OwnedTypes<'_> {
     fn visit_type_reference(&mut self, reference: &'ast TypeReference) {
-        let hint = match &*reference.elem {
-            Type::Path(path) if path.qself.is_none() && path.path.is_ident("str") => {
-                "use `String` instead of `&str`"
-            }
-            Type::Slice(_) => "use `Vec<T>` instead of `&[T]`",
-            _ => "take the value instead of a reference",
-        };
+        let hint =
+            match &*reference.elem {
+                Type::Path(path) if path.qself.is_none() && path.path.is_ident("str") => {
+                    "use `String` instead of `&str`"
+                }
+                Type::Slice(_) => "use `Vec<T>` instead of `&[T]`",
+                Type::Path(path)
+                    if path.path.segments.last().is_some_and(|last| {
+                        last.ident == "TaskContext" || last.ident == "State"
+                    }) =>
+                {
+                    self.cx.error_spanned_by(
+                        reference,
+                        "`TaskContext` and `State<T>` parameters are taken by value: the worker \
+                     hands each run its own (a cheap handle)",
+                    );
+                    return;
+                }
+                _ => "take the value instead of a reference",
+            };
         self.cx
             .error_spanned_by(reference, format!("{OWNED}: {hint}"));
     }

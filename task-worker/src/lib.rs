@@ -11,7 +11,9 @@ pub mod dead_letters;
 mod executor;
 pub mod logging;
 mod rate_limiter;
+mod settle;
 pub mod shutdown;
+mod stages;
 mod worker;
 
 pub use worker::{

@@ -4,7 +4,7 @@
 //! acked early.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use task_core::{RateLimit, Registry};
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 /// Spaces the runs of one task type.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
+    rate: RateLimit,
     interval: Duration,
     schedule: Mutex<Schedule>,
 }
@@ -41,9 +42,15 @@ pub(crate) enum Turn {
 impl RateLimiter {
     pub(crate) fn new(rate: RateLimit) -> Self {
         Self {
+            rate,
             interval: rate.interval(),
             schedule: Mutex::default(),
         }
+    }
+
+    /// The rate it keeps.
+    pub(crate) fn rate(&self) -> RateLimit {
+        self.rate
     }
 
     /// Reserves the next run if it can start within `horizon`; otherwise
@@ -66,13 +73,13 @@ impl RateLimiter {
 }
 
 /// One limiter per rate-limited task in the registry.
-pub(crate) fn limiters(registry: &Registry) -> HashMap<&'static str, RateLimiter> {
+pub(crate) fn limiters(registry: &Registry) -> HashMap<&'static str, Arc<RateLimiter>> {
     registry
         .names()
         .into_iter()
         .filter_map(|name| {
             let rate = registry.get(name)?.options.rate_limit?;
-            Some((name, RateLimiter::new(rate)))
+            Some((name, Arc::new(RateLimiter::new(rate))))
         })
         .collect()
 }

@@ -8,14 +8,17 @@ use futures_util::StreamExt;
 use task_core::broker::{
     check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, TlsOptions,
 };
+use task_core::pipeline::{CanvasRefusal, Expiry, Pipeline, Slot, Stage, TaskSettings};
 use task_core::registry::DuplicateTaskName;
-use task_core::{App, Registry};
+use task_core::{App, Registry, States};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::executor::{Executor, RequeueBackoff, Slot, Warnings};
+use crate::executor::Executor;
 use crate::rate_limiter;
+use crate::settle::{BrokerResults, RequeueBackoff, Settler, Warnings};
+use crate::stages;
 
 /// Why a worker could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,17 @@ pub enum WorkerError {
         /// What does not fit.
         source: BrokerError,
     },
+    /// A task takes a `State<T>` the worker was not given.
+    #[error(
+        "task `{task}` takes a `State<{state}>`, which this worker does not provide: \
+         give it with `WorkerBuilder::state(..)`"
+    )]
+    MissingState {
+        /// The task.
+        task: &'static str,
+        /// The type of the missing state.
+        state: &'static str,
+    },
     /// A setting is out of range.
     #[error("invalid worker setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -66,6 +80,33 @@ pub struct WorkerBuilder {
     max_message_size: usize,
     ack_timeout: Option<Duration>,
     dead_letter_retention: DeadLetterRetention,
+    registry: Option<Registry>,
+    states: States,
+    hooks: Hooks,
+}
+
+/// User code called at a point of the worker's life.
+type LifecycleHook = Arc<dyn Fn(&Worker) + Send + Sync>;
+
+/// What user code adds around tasks and the worker's life.
+#[derive(Clone, Default)]
+struct Hooks {
+    /// Stages run after the worker's own, just before each task.
+    stages: Vec<Arc<dyn Stage>>,
+    /// Called once consuming has started.
+    ready: Vec<LifecycleHook>,
+    /// Called once the worker has stopped (its tasks finished or stopped).
+    shutdown: Vec<LifecycleHook>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("stages", &self.stages.len())
+            .field("ready", &self.ready.len())
+            .field("shutdown", &self.shutdown.len())
+            .finish()
+    }
 }
 
 /// How long a task may keep its message unacknowledged by default: a day,
@@ -89,6 +130,9 @@ impl Default for WorkerBuilder {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
             dead_letter_retention: DeadLetterRetention::default(),
+            registry: None,
+            states: States::new(),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -170,6 +214,52 @@ impl WorkerBuilder {
         self
     }
 
+    /// Run only the tasks of `registry` (default: every `#[task]` linked into
+    /// the binary, [`Registry::global`]): e.g. a worker for a chosen subset,
+    /// built with [`Registry::new`] and [`Registry::with`]. Messages for other tasks are answered
+    /// `NotRegistered` and dead-lettered, as for an unknown name.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Provides `value` to every task that takes a [`State<T>`](task_core::State)
+    /// parameter of its type (a database pool, an HTTP client, settings):
+    /// one value per type, shared by all runs. The worker refuses to start
+    /// ([`WorkerError::MissingState`]) when a task it runs takes a state it
+    /// was not given.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Runs `stage` around every task, after the worker's own stages (so just
+    /// before the task runs, once it is due and its turn has come) and, for
+    /// the outcome, first: Celery's `task_prerun` is its
+    /// [`before`](Stage::before), `task_postrun`, `task_success`,
+    /// `task_failure`, `task_retry` and `task_revoked` are its
+    /// [`after`](Stage::after) matching the [`Outcome`](task_core::pipeline::Outcome).
+    /// Stages run in the order they are added.
+    pub fn stage(mut self, stage: impl Stage) -> Self {
+        self.hooks.stages.push(Arc::new(stage));
+        self
+    }
+
+    /// Calls `hook` once the worker consumes its queues (Celery's
+    /// `worker_ready`).
+    pub fn on_ready(mut self, hook: impl Fn(&Worker) + Send + Sync + 'static) -> Self {
+        self.hooks.ready.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` once the worker has stopped, its tasks finished or
+    /// stopped, just before [`Worker::run`] returns (Celery's
+    /// `worker_shutdown`).
+    pub fn on_shutdown(mut self, hook: impl Fn(&Worker) + Send + Sync + 'static) -> Self {
+        self.hooks.shutdown.push(Arc::new(hook));
+        self
+    }
+
     /// Connects, checks the settings, the task registry and the queue names,
     /// and declares the queues.
     pub async fn build(self) -> Result<Worker, WorkerError> {
@@ -186,7 +276,12 @@ impl WorkerBuilder {
                          the whole queue into this worker)",
             });
         }
-        let registry = Registry::global()?;
+        let registry = match self.registry {
+            Some(registry) => registry,
+            None => Registry::global()?.clone(),
+        };
+        registry.check()?;
+        check_states(&registry, &self.states)?;
         let mut queues = self.queues;
         queues.retain(|queue| !queue.is_empty());
         for queue in &queues {
@@ -212,7 +307,7 @@ impl WorkerBuilder {
             }
         };
         if !explicit_queues {
-            queues = default_queues(app.default_queue(), registry);
+            queues = default_queues(app.default_queue(), &registry);
             for queue in &queues {
                 check_task_queue_name(queue).map_err(|source| WorkerError::InvalidQueue {
                     queue: queue.clone(),
@@ -223,7 +318,7 @@ impl WorkerBuilder {
         if queues.is_empty() {
             return Err(WorkerError::NoQueues);
         }
-        warn_about_unreachable_tasks(registry, &queues);
+        warn_about_unreachable_tasks(&registry, &queues);
         for queue in &queues {
             app.ensure_queue(queue).await?;
         }
@@ -240,9 +335,28 @@ impl WorkerBuilder {
             max_message_size: self.max_message_size,
             ack_timeout: self.ack_timeout,
             dead_letter_retention: self.dead_letter_retention,
+            states: Arc::new(self.states),
+            hooks: self.hooks,
+            settings: Arc::default(),
             shutdown: CancellationToken::new(),
         })
     }
+}
+
+/// Refuses a registry with a task that takes a state `states` lacks.
+fn check_states(registry: &Registry, states: &States) -> Result<(), WorkerError> {
+    for name in registry.names() {
+        let Some(task) = registry.get(name) else {
+            continue;
+        };
+        if let Some(missing) = task.states.iter().find(|state| !states.provides(state)) {
+            return Err(WorkerError::MissingState {
+                task: task.name,
+                state: missing.name(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The queues a worker consumes when it is not told: the app's default
@@ -310,7 +424,7 @@ fn warn_about_unreachable_tasks(registry: &Registry, queues: &[String]) {
 #[derive(Debug)]
 pub struct Worker {
     app: App,
-    registry: &'static Registry,
+    registry: Registry,
     queues: Vec<String>,
     concurrency: usize,
     prefetch: u16,
@@ -318,6 +432,9 @@ pub struct Worker {
     max_message_size: usize,
     ack_timeout: Option<Duration>,
     dead_letter_retention: DeadLetterRetention,
+    states: Arc<States>,
+    hooks: Hooks,
+    settings: Arc<TaskSettings>,
     shutdown: CancellationToken,
 }
 
@@ -332,6 +449,13 @@ impl Worker {
         self.shutdown.clone()
     }
 
+    /// The per-task settings (rate limits, time limits) this worker runs
+    /// with, which can be changed while it runs: a change applies to the
+    /// runs that start after it.
+    pub fn task_settings(&self) -> Arc<TaskSettings> {
+        Arc::clone(&self.settings)
+    }
+
     /// The queues this worker consumes.
     pub fn queues(&self) -> &[String] {
         &self.queues
@@ -340,6 +464,32 @@ impl Worker {
     /// The app the worker publishes results (and sub-tasks) with.
     pub fn app(&self) -> &App {
         &self.app
+    }
+
+    /// The worker's pipeline: the shared steps with the worker's stages, in
+    /// order (see `task_core::pipeline`).
+    fn pipeline(&self) -> Pipeline {
+        let builder = Pipeline::builder(self.registry.clone())
+            .settings(Arc::clone(&self.settings))
+            .max_message_size(self.max_message_size)
+            .stage(CanvasRefusal)
+            .stage(Expiry)
+            .stage(stages::Eta)
+            .stage(stages::RateLimited::new(
+                Arc::clone(&self.settings),
+                rate_limiter::limiters(&self.registry),
+            ))
+            // The waits above may have outlived the task's expiry.
+            .stage(Expiry)
+            .stage(stages::EarlyAck)
+            .stage(stages::TaskLog);
+        self.hooks
+            .stages
+            .iter()
+            .fold(builder, |builder, stage| {
+                builder.shared_stage(Arc::clone(stage))
+            })
+            .build()
     }
 
     /// Consumes until the shutdown handle is cancelled (reconnecting and
@@ -359,14 +509,21 @@ impl Worker {
             tasks = ?self.registry.names(),
             "worker ready"
         );
+        for ready in &self.hooks.ready {
+            ready(&self);
+        }
         let executor = Executor {
-            app: self.app.clone(),
-            registry: self.registry,
-            max_message_size: self.max_message_size,
-            rate_limiters: Arc::new(rate_limiter::limiters(self.registry)),
-            dead_letter_retention: self.dead_letter_retention,
-            requeue_backoff: Arc::new(RequeueBackoff::default()),
-            warnings: Arc::new(Warnings::default()),
+            pipeline: self.pipeline(),
+            states: Arc::clone(&self.states),
+            settler: Settler {
+                app: self.app.clone(),
+                dead_letter_retention: self.dead_letter_retention,
+                requeue_backoff: Arc::new(RequeueBackoff::default()),
+                results: Arc::new(BrokerResults {
+                    app: self.app.clone(),
+                    warnings: Warnings::default(),
+                }),
+            },
         };
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let running = TaskTracker::new();
@@ -389,10 +546,7 @@ impl Worker {
                 match delivery {
                     Some(Ok(delivery)) => {
                         let executor = executor.clone();
-                        let slot = Slot {
-                            permit: Some(slot),
-                            slots: Arc::clone(&slots),
-                        };
+                        let slot = Slot::new(slot, Arc::clone(&slots));
                         let abandon = abandon.clone();
                         running.spawn(async move {
                             // Dropped unsettled, the delivery goes back to its
@@ -452,6 +606,9 @@ impl Worker {
             tracing::debug!(%error, "could not close the consumer channel");
         }
         tracing::info!("worker stopped");
+        for shutdown in &self.hooks.shutdown {
+            shutdown(&self);
+        }
         Ok(())
     }
 
@@ -479,12 +636,14 @@ mod tests {
         name: "tests.plain",
         params: &[],
         options: TaskOptions::DEFAULT,
+        states: &[],
         handler: never_run,
     };
     static ORDERS: TaskRegistration = TaskRegistration {
         name: "tests.orders",
         params: &[],
         options: TaskOptions::DEFAULT.with_queue("orders"),
+        states: &[],
         handler: never_run,
     };
 

@@ -30,12 +30,25 @@ pub enum TaskState {
     Failure,
     /// It was revoked (e.g. expired) and will not run.
     Revoked,
+    /// A worker rejected its message (Celery's `Reject` raised by the task):
+    /// the message went back to the broker or was dead-lettered, and the
+    /// caller gets no result from this run.
+    Rejected,
+    /// The task asked for its result to be ignored (Celery's `Ignore`): no
+    /// result will come.
+    Ignored,
 }
 
 impl TaskState {
-    /// Whether the task is finished: no further state will come.
+    /// Whether the task is finished for the caller: no further state will
+    /// come. Besides SUCCESS, FAILURE and REVOKED (Celery's ready states),
+    /// REJECTED and IGNORED end the wait too: Celery counts them as not
+    /// ready, but no result follows them.
     pub fn is_ready(self) -> bool {
-        matches!(self, Self::Success | Self::Failure | Self::Revoked)
+        matches!(
+            self,
+            Self::Success | Self::Failure | Self::Revoked | Self::Rejected | Self::Ignored
+        )
     }
 
     /// The name on the wire (`"SUCCESS"`, ...).
@@ -48,6 +61,8 @@ impl TaskState {
             Self::Success => "SUCCESS",
             Self::Failure => "FAILURE",
             Self::Revoked => "REVOKED",
+            Self::Rejected => "REJECTED",
+            Self::Ignored => "IGNORED",
         }
     }
 }
@@ -242,6 +257,29 @@ mod tests {
         assert_eq!(info.exc_type, "ValueError");
         assert_eq!(info.message(), "bad");
         assert_eq!(info.exc_module.as_deref(), Some("builtins"));
+    }
+
+    #[test]
+    fn celery_rejected_and_ignored_states_decode() {
+        let rejected = br#"{"task_id": "r1", "status": "REJECTED", "result": {"exc_type": "Reject", "exc_message": ["no room", false], "exc_module": "celery.exceptions"}, "traceback": null, "children": [], "date_done": null}"#;
+        let body = ResultBody::decode(rejected).unwrap();
+        assert_eq!(
+            (body.task_id.as_str(), body.status),
+            ("r1", TaskState::Rejected)
+        );
+        let ignored = br#"{"task_id": "i1", "status": "IGNORED", "result": null, "traceback": null, "children": [], "date_done": null}"#;
+        let body = ResultBody::decode(ignored).unwrap();
+        assert_eq!(
+            (body.task_id.as_str(), body.status),
+            ("i1", TaskState::Ignored)
+        );
+        for state in [TaskState::Rejected, TaskState::Ignored] {
+            assert!(state.is_ready(), "{state}: no other result follows");
+            let wire = serde_json::to_value(state).unwrap();
+            assert_eq!(wire, state.as_str());
+        }
+        assert_eq!(TaskState::Rejected.as_str(), "REJECTED");
+        assert_eq!(TaskState::Ignored.as_str(), "IGNORED");
     }
 
     #[test]

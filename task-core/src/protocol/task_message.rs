@@ -416,6 +416,17 @@ impl<'a> HeaderReader<'a> {
     }
 }
 
+/// The message of the next run of a task that failed: the same message with
+/// `retries` and an `eta` of `eta` (the worker publishes it through the delay
+/// levels; eager mode runs it at once).
+pub fn retried_copy(message: &Message, retries: u32, eta: DateTime<Utc>) -> Message {
+    let mut again = message.clone();
+    let headers = &mut again.properties.headers;
+    headers.insert("retries", integer_value(i64::from(retries)));
+    headers.insert_str("eta", &format_time(eta));
+    again
+}
+
 /// Reads a task message.
 pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
     let properties = &message.properties;
