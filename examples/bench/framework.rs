@@ -157,6 +157,16 @@ pub async fn spawn_worker(
     admin: &lapin::Connection,
     queue: &str,
 ) -> Result<ChildProc> {
+    let mut worker = spawn_worker_unwaited(cfg, queue)?;
+    admin::wait_for_consumer(admin, queue, Duration::from_secs(30), || {
+        worker.check_alive()
+    })
+    .await?;
+    Ok(worker)
+}
+
+/// Starts the example worker binary on `queue`.
+pub fn spawn_worker_unwaited(cfg: &Config, queue: &str) -> Result<ChildProc> {
     let mut command = Command::new(&cfg.worker_binary);
     command
         .args([
@@ -168,12 +178,7 @@ pub async fn spawn_worker(
             "warn",
         ])
         .env("BROKER_URL", &cfg.broker);
-    let mut worker = ChildProc::spawn("example worker", command)?;
-    admin::wait_for_consumer(admin, queue, Duration::from_secs(30), || {
-        worker.check_alive()
-    })
-    .await?;
-    Ok(worker)
+    ChildProc::spawn("example worker", command)
 }
 
 /// Where the worker runs.

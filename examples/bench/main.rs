@@ -22,6 +22,10 @@
 //!    (start - ETA; none may start early) and the worker's RSS meanwhile.
 //!    The worker is this binary run as `task_worker::cli::main()` (see
 //!    `delays.rs`), with a bench task that returns its start time.
+//! 6. `drain`: a backlog of `--n` tasks with `ignore_result` (no replies)
+//!    worked off with late acks by the example worker, against the raw lapin
+//!    worker on the same backlog: tasks per second between 90% and 10% of
+//!    the backlog left (see `drain.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -39,6 +43,7 @@ mod admin;
 mod celery;
 mod child;
 mod delays;
+mod drain;
 mod framework;
 mod raw;
 mod report;
@@ -147,6 +152,7 @@ enum Section {
     Celery,
     Cost,
     Delays,
+    Drain,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -215,6 +221,7 @@ pub struct Run {
     pub celery: Option<SideRun>,
     pub cost: Option<framework::CostRun>,
     pub delays: Option<delays::DelayRun>,
+    pub drain: Option<drain::DrainRun>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -263,6 +270,12 @@ impl Run {
             sub(p50(inproc), p50(raw)),
         );
         put("framework_e2e_over_celery_e2e", div(e2e(fw), e2e(celery)));
+        if let Some(drain) = &self.drain {
+            put(
+                "framework_drain_over_raw_drain",
+                Some(drain.framework_rate / drain.raw_rate),
+            );
+        }
         put("celery_p50_over_framework_p50", div(p50(celery), p50(fw)));
         put("celery_p99_over_framework_p99", div(p99(celery), p99(fw)));
         put(
@@ -334,13 +347,16 @@ async fn bench(args: Args) -> Result<()> {
             Section::Celery,
             Section::Cost,
             Section::Delays,
+            Section::Drain,
         ]
     } else {
         args.only.clone()
     };
     let n = args.n.unwrap_or(if quick { 2_000 } else { 20_000 }).max(1);
     let concurrency = args.concurrency.max(1);
-    let needs_worker = sections.contains(&Section::Framework) || sections.contains(&Section::Cost);
+    let needs_worker = sections.contains(&Section::Framework)
+        || sections.contains(&Section::Cost)
+        || sections.contains(&Section::Drain);
     let worker_binary = if needs_worker {
         framework::ensure_worker_binary(!args.no_build)?
     } else {
@@ -454,6 +470,13 @@ async fn bench(args: Args) -> Result<()> {
         if sections.contains(&Section::Delays) {
             let seed = cfg.delay_seed.wrapping_add(k as u64 - 1);
             section!(delays, "delays (countdowns)", delays::bench(&cfg, seed));
+        }
+        if sections.contains(&Section::Drain) {
+            section!(
+                drain,
+                "drain (ignore_result)",
+                drain::bench(&cfg, raw_first)
+            );
         }
         run.compute_ratios();
         runs.push(run);

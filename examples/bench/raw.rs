@@ -31,10 +31,19 @@ use crate::child::ChildProc;
 use crate::sys::{self, Latency};
 use crate::{admin, Config, SideRun};
 
-const EMBED: &str = r#"{"callbacks": null, "errbacks": null, "chain": null, "chord": null}"#;
+pub const EMBED: &str = r#"{"callbacks": null, "errbacks": null, "chain": null, "chord": null}"#;
 
 /// A framework task message's header table, as AMQP (built once).
 fn header_template() -> Result<FieldTable> {
+    header_template_for(false)
+}
+
+/// The header table of a call that wants no result (`ignore_result`).
+pub fn header_template_without_reply() -> Result<FieldTable> {
+    header_template_for(true)
+}
+
+fn header_template_for(ignore_result: bool) -> Result<FieldTable> {
     let args = [
         serde_json::value::to_raw_value(&1)?,
         serde_json::value::to_raw_value(&1)?,
@@ -45,13 +54,13 @@ fn header_template() -> Result<FieldTable> {
             name: "tasks.add",
             args: &args,
             kwargs: &[],
-            reply_to: Some("00000000-0000-0000-0000-000000000000"),
+            reply_to: (!ignore_result).then_some("00000000-0000-0000-0000-000000000000"),
             eta: None,
             expires: None,
             priority: None,
             time_limit: None,
             soft_time_limit: None,
-            ignore_result: false,
+            ignore_result,
             retries: 0,
             root_id: None,
             parent_id: None,
@@ -60,7 +69,7 @@ fn header_template() -> Result<FieldTable> {
     Ok(message.properties.headers.to_field_table())
 }
 
-fn check(confirmation: Confirmation) -> Result<()> {
+pub fn check(confirmation: Confirmation) -> Result<()> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
         other => bail!("publish not confirmed: {other:?}"),
@@ -389,7 +398,7 @@ pub async fn bench(cfg: &Config) -> Result<SideRun> {
 
 /// A durable classic queue, as a task queue (expiring 10 minutes after last
 /// use as a safety net should the run be killed).
-async fn declare_task_queue(conn: &Connection, queue: &str) -> Result<()> {
+pub async fn declare_task_queue(conn: &Connection, queue: &str) -> Result<()> {
     let channel = conn.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert("x-expires".into(), AMQPValue::LongInt(600_000));

@@ -260,6 +260,12 @@ impl Summary {
                 met: r("framework_p50_minus_raw_p50_ms").map(|v| v <= 0.2),
             },
             Target {
+                target: "drain (ignore_result, late ack): framework / raw",
+                goal: ">= 0.90",
+                value: r("framework_drain_over_raw_drain"),
+                met: at_least(r("framework_drain_over_raw_drain"), 0.9),
+            },
+            Target {
                 target: "end-to-end: framework / Celery",
                 goal: ">= 10",
                 value: r("framework_e2e_over_celery_e2e"),
@@ -434,6 +440,18 @@ pub fn print_table(cfg: &Config, summary: &Summary, runs: &[Run]) {
 
     if let Some(delays) = &summary.delays {
         print_delays(delays, runs);
+    }
+
+    let drains: Vec<_> = runs.iter().filter_map(|r| r.drain.as_ref()).collect();
+    if !drains.is_empty() {
+        let m = |f: fn(&crate::drain::DrainRun) -> f64| median(drains.iter().map(|d| Some(f(d))));
+        println!(
+            "\ndrain of {} queued tasks with ignore_result, late acks ({} run(s)): raw lapin worker {} tasks/s, framework worker {} tasks/s",
+            drains[0].tasks,
+            drains.len(),
+            fmt_rate(m(|d| d.raw_rate)),
+            fmt_rate(m(|d| d.framework_rate)),
+        );
     }
 
     println!("\nratios (median of the per-run ratios; per run in brackets)");

@@ -23,13 +23,16 @@ pub(crate) struct Executor {
 
 impl Executor {
     /// Processes one delivery to the end, never panicking.
-    pub(crate) async fn handle(&self, delivery: Delivery, mut slot: Slot) {
+    pub(crate) async fn handle(&self, mut delivery: Delivery, mut slot: Slot) {
+        // Settlement needs the message, queue and acker, not these.
+        let exchange = std::mem::take(&mut delivery.exchange);
+        let routing_key = std::mem::take(&mut delivery.routing_key);
         let input = Input {
             message: &delivery.message,
             queue: &delivery.queue,
             delivery: DeliveryInfo {
-                exchange: delivery.exchange.clone(),
-                routing_key: delivery.routing_key.clone(),
+                exchange,
+                routing_key,
                 redelivered: delivery.redelivered,
                 priority: delivery.message.properties.priority,
             },

@@ -86,10 +86,17 @@ impl RequeueBackoff {
 
 #[async_trait::async_trait]
 impl ResultSink for BrokerResults {
+    async fn publish_result(&self, reply_to: &str, message: Message) {
+        self.publish(reply_to, message).await;
+    }
+}
+
+impl BrokerResults {
+    /// Publishes a result (called directly by settlement: no boxed future).
     /// A caller that is gone (its queue no longer exists) is not an error,
     /// Celery drops such results too, but it is reported (at most once every
     /// ten seconds).
-    async fn publish_result(&self, reply_to: &str, message: Message) {
+    pub(crate) async fn publish(&self, reply_to: &str, message: Message) {
         match self.app.broker().publish_reply(reply_to, &message).await {
             Ok(()) => {}
             Err(BrokerError::Unroutable { .. }) => {
@@ -120,14 +127,21 @@ impl Settler {
             }
             (Some(job), Outcome::Deferred { wait }) => self.park(delivery, &job, wait).await,
             (Some(job), outcome) => {
-                if let Some(result) = outcome.caller_result(&job.request.id) {
-                    job.report(result).await;
-                }
+                self.report(&job, &outcome).await;
                 self.ack(delivery, &job).await
             }
         };
         if let Err(error) = settled {
             tracing::warn!(%error, "could not settle a message; the broker will redeliver it");
+        }
+    }
+
+    /// Tells the caller the outcome, if it wants results.
+    async fn report(&self, job: &Job<'_>, outcome: &Outcome) {
+        if let Some(reply_to) = job.reply_to() {
+            if let Some(result) = outcome.caller_result(&job.request.id) {
+                self.results.publish(reply_to, result).await;
+            }
         }
     }
 
@@ -161,7 +175,7 @@ impl Settler {
         );
         for (id, reply_to) in &rejection.notify {
             self.results
-                .publish_result(reply_to, rejection.result_for(id))
+                .publish(reply_to, rejection.result_for(id))
                 .await;
         }
         if job.is_some_and(|job| job.is_settled()) {
@@ -281,9 +295,7 @@ impl Settler {
             return self.requeue_later(delivery, wait).await;
         }
         self.requeue_backoff.succeeded();
-        if let Some(result) = outcome.caller_result(&job.request.id) {
-            job.report(result).await;
-        }
+        self.report(job, outcome).await;
         self.ack(delivery, job).await
     }
 }

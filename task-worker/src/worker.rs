@@ -512,7 +512,9 @@ impl Worker {
         for ready in &self.hooks.ready {
             ready(&self);
         }
-        let executor = Executor {
+        // Shared by every delivery's task (one Arc clone each, not a copy of
+        // the pipeline and its registry).
+        let executor = Arc::new(Executor {
             pipeline: self.pipeline(),
             states: Arc::clone(&self.states),
             settler: Settler {
@@ -524,7 +526,7 @@ impl Worker {
                     warnings: Warnings::default(),
                 }),
             },
-        };
+        });
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let running = TaskTracker::new();
         // Cancelled when the shutdown timeout runs out: the tasks still
@@ -545,7 +547,7 @@ impl Worker {
                 };
                 match delivery {
                     Some(Ok(delivery)) => {
-                        let executor = executor.clone();
+                        let executor = Arc::clone(&executor);
                         let slot = Slot::new(slot, Arc::clone(&slots));
                         let abandon = abandon.clone();
                         running.spawn(async move {

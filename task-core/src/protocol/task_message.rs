@@ -251,8 +251,9 @@ impl TaskRequest {
         };
         // The common case, every part null, has no list or object inside:
         // a byte scan instead of a parse on every delivery.
-        let inner = embed.get().trim_start().get(1..).unwrap_or_default();
-        if !inner.contains(['[', '{']) {
+        let bytes = embed.get().trim_ascii_start().as_bytes();
+        let inner = bytes.get(1..).unwrap_or_default();
+        if !inner.iter().any(|byte| matches!(byte, b'[' | b'{')) {
             return Vec::new();
         }
         let Ok(embed) = serde_json::from_str::<Embed<'_>>(embed.get()) else {
@@ -457,6 +458,14 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
     // Informative for this worker: a malformed one is read as absent rather
     // than making the task unrunnable.
     let lineage = |name| headers.text(name).ok().flatten().map(str::to_owned);
+    // The root is the task itself when it starts its workflow (Celery sends
+    // its own id): kept only when it names another task.
+    let root_id = headers
+        .text("root_id")
+        .ok()
+        .flatten()
+        .filter(|root| *root != id)
+        .map(str::to_owned);
     let group_index = headers
         .value("group_index")
         .and_then(as_integer)
@@ -477,7 +486,7 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         reply_to: properties.reply_to.clone(),
         eta,
         expires,
-        root_id: lineage("root_id"),
+        root_id,
         parent_id: lineage("parent_id"),
         group_id: lineage("group"),
         group_index,
