@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use task_core::broker::amqp::redact;
+use task_core::broker::redact;
 use task_core::{App, DEFAULT_BROKER_URL};
 use task_examples::{add, hello, parse_int};
 

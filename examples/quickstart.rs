@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use task_core::broker::amqp::redact;
 use task_core::broker::memory::is_memory_url;
+use task_core::broker::redact;
 use task_core::App;
 use task_examples::{add, hello, parse_int, stats};
 use task_worker::Worker;

@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 use task_core::broker::amqp::AmqpBroker;
 use task_core::broker::memory::MemoryBroker;
 use task_core::broker::{
-    Broker, BrokerError, ConsumeOptions, Consumer, Delivery, HeaderValue, Headers, Message,
-    Properties, QueueSpec,
+    Broker, BrokerError, ConsumeOptions, Consumer, Delivery, ExchangeKind, ExchangeSpec,
+    HeaderValue, Headers, Message, Properties, QueueSpec, ReplyCode,
 };
 
 /// How long a test waits for any one event.
@@ -30,28 +30,83 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A broker under test and what to delete afterwards.
 struct Fixture {
     broker: Arc<dyn Broker>,
+    /// How to open another connection to the same broker.
+    origin: Origin,
     queues: Vec<String>,
     exchanges: Vec<String>,
 }
 
-async fn amqp_fixture() -> Fixture {
+/// Which broker a fixture tests.
+enum Origin {
+    Amqp,
+    Memory(MemoryBroker),
+}
+
+async fn amqp_connect() -> Arc<dyn Broker> {
     let broker = AmqpBroker::connect(&common::broker_url())
         .await
         .expect("RabbitMQ must be running at TEST_BROKER_URL / BROKER_URL / 127.0.0.1:5672");
-    Fixture::new(Arc::new(broker))
+    Arc::new(broker)
+}
+
+async fn amqp_fixture() -> Fixture {
+    Fixture::new(amqp_connect().await, Origin::Amqp)
 }
 
 fn memory_fixture() -> Fixture {
-    Fixture::new(Arc::new(MemoryBroker::new()))
+    let broker = MemoryBroker::new();
+    Fixture::new(Arc::new(broker.clone()), Origin::Memory(broker))
 }
 
 impl Fixture {
-    fn new(broker: Arc<dyn Broker>) -> Self {
+    fn new(broker: Arc<dyn Broker>, origin: Origin) -> Self {
         Self {
             broker,
+            origin,
             queues: Vec::new(),
             exchanges: Vec::new(),
         }
+    }
+
+    /// Another connection to the same broker (closed by the test).
+    async fn another_connection(&self) -> Arc<dyn Broker> {
+        match &self.origin {
+            Origin::Amqp => amqp_connect().await,
+            Origin::Memory(broker) => Arc::new(broker.connection()),
+        }
+    }
+
+    /// A fresh exchange name, deleted by [`Fixture::finish`].
+    fn exchange_name(&mut self, label: &str) -> String {
+        let name = common::unique_queue(&format!("exchange.{label}"));
+        self.exchanges.push(name.clone());
+        name
+    }
+
+    /// Declares a fresh exchange of `kind` (not durable: a test object).
+    async fn exchange(&mut self, label: &str, kind: ExchangeKind) -> String {
+        let name = self.exchange_name(label);
+        let spec = ExchangeSpec::new(name.clone(), kind).durable(false);
+        self.broker
+            .declare_exchange(&spec)
+            .await
+            .expect("exchange declared");
+        name
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, key: &str) {
+        self.broker
+            .bind_queue(queue, exchange, key)
+            .await
+            .expect("bound");
+    }
+
+    /// Publishes to `exchange` with `key`, expecting it to be routed.
+    async fn publish_to(&self, exchange: &str, key: &str, text: &str) {
+        self.broker
+            .publish(exchange, key, &message(text))
+            .await
+            .unwrap_or_else(|e| panic!("publish to {exchange} with key {key:?}: {e}"));
     }
 
     /// A fresh queue name, deleted by [`Fixture::finish`].
@@ -192,7 +247,14 @@ async fn ended(consumer: &mut Consumer) {
 }
 
 fn is_precondition_failed(error: &BrokerError) -> bool {
-    matches!(error, BrokerError::Operation { operation: "queue.declare", reason } if reason.contains("PRECONDITION_FAILED"))
+    matches!(
+        error,
+        BrokerError::Operation {
+            operation: "queue.declare",
+            reply_code: Some(ReplyCode::PreconditionFailed),
+            ..
+        }
+    ) && error.is_precondition_failed()
 }
 
 contract_test!(declaring_is_idempotent_and_a_different_declaration_fails);
@@ -948,6 +1010,350 @@ async fn a_delayed_publish_reaches_its_queue_when_due_and_not_before(mut f: Fixt
         }
         delivery.acker.ack().await.unwrap();
     }
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+/// The ready messages of each queue, in order.
+async fn counts(f: &Fixture, queues: &[&str]) -> Vec<u32> {
+    let mut counts = Vec::with_capacity(queues.len());
+    for queue in queues {
+        counts.push(f.count(queue).await);
+    }
+    counts
+}
+
+/// Asserts that a publish to `exchange` with `key` reaches no queue.
+async fn assert_unroutable(f: &Fixture, exchange: &str, key: &str) {
+    match f.broker.publish(exchange, key, &message("nowhere")).await {
+        Err(BrokerError::Unroutable { .. }) => {}
+        other => panic!("{exchange} with key {key:?}: expected Unroutable, got {other:?}"),
+    }
+}
+
+contract_test!(a_direct_exchange_routes_by_the_exact_key);
+async fn a_direct_exchange_routes_by_the_exact_key(mut f: Fixture) {
+    let exchange = f.exchange("direct", ExchangeKind::Direct).await;
+    let q1 = f.queue("direct-1", json!({})).await;
+    let q2 = f.queue("direct-2", json!({})).await;
+    f.bind(&q1, &exchange, "a").await;
+    f.bind(&q1, &exchange, "a").await; // idempotent
+    f.bind(&q1, &exchange, "shared").await;
+    f.bind(&q2, &exchange, "b").await;
+    f.bind(&q2, &exchange, "shared").await;
+    f.publish_to(&exchange, "a", "a").await;
+    f.publish_to(&exchange, "b", "b").await;
+    f.publish_to(&exchange, "shared", "both").await;
+    assert_eq!(counts(&f, &[&q1, &q2]).await, [2, 2]);
+    assert_unroutable(&f, &exchange, "a.b").await;
+    assert_unroutable(&f, &exchange, "").await;
+
+    f.broker.unbind_queue(&q1, &exchange, "a").await.unwrap();
+    f.broker.unbind_queue(&q1, &exchange, "a").await.unwrap(); // none left: no error
+    assert_unroutable(&f, &exchange, "a").await;
+
+    let mut consumer = f.consume(&[&q1], 10).await;
+    let first = next(&mut consumer).await;
+    assert_eq!(
+        (
+            body(&first),
+            first.exchange.as_str(),
+            first.routing_key.as_str()
+        ),
+        ("a", exchange.as_str(), "a")
+    );
+    first.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(a_fanout_exchange_reaches_every_bound_queue_once_whatever_the_key);
+async fn a_fanout_exchange_reaches_every_bound_queue_once_whatever_the_key(mut f: Fixture) {
+    let exchange = f.exchange("fanout", ExchangeKind::Fanout).await;
+    assert_unroutable(&f, &exchange, "x").await;
+    let q1 = f.queue("fanout-1", json!({})).await;
+    let q2 = f.queue("fanout-2", json!({})).await;
+    f.bind(&q1, &exchange, "").await;
+    f.bind(&q1, &exchange, "other").await;
+    f.bind(&q2, &exchange, "ignored").await;
+    f.publish_to(&exchange, "", "one").await;
+    f.publish_to(&exchange, "any.key", "two").await;
+    assert_eq!(counts(&f, &[&q1, &q2]).await, [2, 2]);
+
+    // Each binding goes on its own; the queue is reached while one is left.
+    f.broker.unbind_queue(&q1, &exchange, "").await.unwrap();
+    f.publish_to(&exchange, "k", "three").await;
+    f.broker
+        .unbind_queue(&q1, &exchange, "other")
+        .await
+        .unwrap();
+    f.publish_to(&exchange, "k", "four").await;
+    assert_eq!(counts(&f, &[&q1, &q2]).await, [3, 4]);
+    f.finish().await;
+}
+
+contract_test!(a_topic_exchange_matches_star_and_hash_patterns);
+async fn a_topic_exchange_matches_star_and_hash_patterns(mut f: Fixture) {
+    let exchange = f.exchange("topic", ExchangeKind::Topic).await;
+    let patterns = [
+        "task.*",      // one word after `task`
+        "task.#",      // `task` then any number of words
+        "*.succeeded", // any one word, then `succeeded`
+        "#",           // everything
+        "a.#.z",       // `a`, anything, `z`
+        "",            // only the empty key
+    ];
+    let mut queues = Vec::new();
+    for (i, pattern) in patterns.iter().enumerate() {
+        let queue = f.queue(&format!("topic-{i}"), json!({})).await;
+        f.bind(&queue, &exchange, pattern).await;
+        queues.push(queue);
+    }
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    // (routing key, which patterns match it)
+    let cases: [(&str, [u32; 6]); 7] = [
+        ("task", [0, 1, 0, 1, 0, 0]),
+        ("task.succeeded", [1, 1, 1, 1, 0, 0]),
+        ("task.a.b", [0, 1, 0, 1, 0, 0]),
+        ("worker.succeeded", [0, 0, 1, 1, 0, 0]),
+        ("a.z", [0, 0, 0, 1, 1, 0]),
+        ("a.b.c.z", [0, 0, 0, 1, 1, 0]),
+        ("", [0, 0, 0, 1, 0, 1]),
+    ];
+    let mut expected = [0u32; 6];
+    for (key, hits) in cases {
+        f.publish_to(&exchange, key, key).await;
+        for (total, hit) in expected.iter_mut().zip(hits) {
+            *total += hit;
+        }
+        assert_eq!(counts(&f, &queues).await, expected, "after key {key:?}");
+    }
+    f.finish().await;
+}
+
+contract_test!(exchange_declarations_and_bindings_are_checked_with_reply_codes);
+async fn exchange_declarations_and_bindings_are_checked_with_reply_codes(mut f: Fixture) {
+    let name = f.exchange("checked", ExchangeKind::Direct).await;
+    let spec = ExchangeSpec::direct(name.clone()).durable(false);
+    f.broker.declare_exchange(&spec).await.unwrap();
+    for different in [
+        ExchangeSpec::fanout(name.clone()).durable(false),
+        spec.clone().durable(true),
+        spec.clone().auto_delete(true),
+    ] {
+        let error = f.broker.declare_exchange(&different).await.unwrap_err();
+        assert_eq!(
+            error.reply_code(),
+            Some(ReplyCode::PreconditionFailed),
+            "{error}"
+        );
+        assert!(error.is_precondition_failed());
+    }
+    for refused in ["", "amq.test-never"] {
+        let error = f
+            .broker
+            .declare_exchange(&ExchangeSpec::direct(refused))
+            .await
+            .unwrap_err();
+        assert!(error.is_access_refused(), "{refused:?}: {error}");
+    }
+    let q = f.queue("binding-checks", json!({})).await;
+    let missing = common::unique_queue("missing");
+    let error = f.broker.bind_queue(&q, &missing, "k").await.unwrap_err();
+    assert!(error.is_not_found(), "missing exchange: {error}");
+    let error = f.broker.bind_queue(&missing, &name, "k").await.unwrap_err();
+    assert!(error.is_not_found(), "missing queue: {error}");
+    let error = f.broker.bind_queue(&q, "", &q).await.unwrap_err();
+    assert!(error.is_access_refused(), "default exchange: {error}");
+    // Unbinding is idempotent, even from or of what does not exist.
+    f.broker.unbind_queue(&q, &missing, "k").await.unwrap();
+    f.broker.unbind_queue(&missing, &name, "k").await.unwrap();
+    let error = f.broker.unbind_queue(&q, "", &q).await.unwrap_err();
+    assert!(error.is_access_refused(), "default exchange: {error}");
+    // A same-name exchange of another kind refuses the task queue.
+    let clash = f.name("same-name-clash");
+    f.exchanges.push(clash.clone());
+    f.broker
+        .declare_exchange(&ExchangeSpec::fanout(clash.clone()))
+        .await
+        .unwrap();
+    let mut spec = f.spec(&clash, json!({}));
+    spec.bind_same_name_exchange = true;
+    let error = f.broker.declare_queue(&spec).await.unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
+    // The broker goes on after refusals: the queue binds and is reached.
+    f.bind(&q, &name, "k").await;
+    f.publish_to(&name, "k", "m").await;
+    assert_eq!(f.count(&q).await, 1);
+    f.finish().await;
+}
+
+contract_test!(an_auto_delete_exchange_goes_with_its_last_binding);
+async fn an_auto_delete_exchange_goes_with_its_last_binding(mut f: Fixture) {
+    let q1 = f.queue("auto-delete-exchange-1", json!({})).await;
+    let q2 = f.queue("auto-delete-exchange-2", json!({})).await;
+    let exchange = f.exchange_name("auto-delete");
+    let spec = ExchangeSpec::fanout(exchange.clone())
+        .durable(false)
+        .auto_delete(true);
+    f.broker.declare_exchange(&spec).await.unwrap();
+    // Unused from the start, it stays until it had a binding.
+    f.bind(&q1, &exchange, "").await;
+    f.bind(&q2, &exchange, "").await;
+    f.broker.unbind_queue(&q1, &exchange, "").await.unwrap();
+    f.publish_to(&exchange, "", "still there").await;
+    // Its last binding goes with its queue.
+    f.broker.delete_queue(&q2).await.unwrap();
+    let error = f.broker.bind_queue(&q1, &exchange, "").await.unwrap_err();
+    assert!(
+        error.is_not_found(),
+        "the exchange outlived its bindings: {error}"
+    );
+    f.finish().await;
+}
+
+contract_test!(a_server_named_queue_is_exclusive_to_its_connection);
+async fn a_server_named_queue_is_exclusive_to_its_connection(f: Fixture) {
+    let owner = f.another_connection().await;
+    let name = owner
+        .declare_server_named_queue(&QueueSpec::server_named())
+        .await
+        .unwrap();
+    assert!(name.starts_with("amq.gen-"), "{name}");
+    let error = owner
+        .declare_server_named_queue(&QueueSpec::task_queue("named"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.reply_code(), None, "refused before sending: {error}");
+
+    // Other connections may publish to it, but not consume, count or
+    // delete it.
+    f.publish(&name, &message("from another connection")).await;
+    let consumed = f
+        .broker
+        .consume(std::slice::from_ref(&name), ConsumeOptions::manual_ack(1))
+        .await;
+    assert!(
+        matches!(&consumed, Err(error) if error.is_resource_locked()),
+        "consumed another connection's exclusive queue: {:?}",
+        consumed.err()
+    );
+    let error = f.broker.queue_message_count(&name).await.unwrap_err();
+    assert!(error.is_resource_locked(), "{error}");
+    let error = f.broker.delete_queue(&name).await.unwrap_err();
+    assert!(error.is_resource_locked(), "{error}");
+
+    // Its owner binds it to a fanout exchange, as a broadcast consumer does.
+    let exchange = common::unique_queue("exchange.server-named");
+    owner
+        .declare_exchange(&ExchangeSpec::fanout(exchange.clone()).durable(false))
+        .await
+        .unwrap();
+    let error = f.broker.bind_queue(&name, &exchange, "").await.unwrap_err();
+    assert!(error.is_resource_locked(), "{error}");
+    owner.bind_queue(&name, &exchange, "").await.unwrap();
+    let error = f
+        .broker
+        .unbind_queue(&name, &exchange, "")
+        .await
+        .unwrap_err();
+    assert!(error.is_resource_locked(), "{error}");
+    owner.bind_queue(&name, &exchange, "").await.unwrap();
+    f.publish_to(&exchange, "", "through the fanout").await;
+    let mut consumer = owner
+        .consume(std::slice::from_ref(&name), ConsumeOptions::manual_ack(10))
+        .await
+        .unwrap();
+    for expected in ["from another connection", "through the fanout"] {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(body(&delivery), expected);
+        delivery.acker.ack().await.unwrap();
+    }
+
+    // It goes with its connection.
+    owner.close().await.unwrap();
+    let started = Instant::now();
+    loop {
+        match f.broker.queue_message_count(&name).await {
+            Err(error) if error.is_not_found() => break,
+            other => {
+                assert!(
+                    started.elapsed() < WAIT,
+                    "the queue outlived its connection: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    f.broker.delete_exchange(&exchange).await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(refusals_carry_the_same_reply_codes);
+async fn refusals_carry_the_same_reply_codes(mut f: Fixture) {
+    let missing = common::unique_queue("missing");
+    let consumed = f
+        .broker
+        .consume(
+            std::slice::from_ref(&missing),
+            ConsumeOptions::manual_ack(1),
+        )
+        .await;
+    assert!(
+        matches!(&consumed, Err(e) if e.is_not_found()),
+        "{:?}",
+        consumed.err()
+    );
+    let error = f.broker.queue_message_count(&missing).await.unwrap_err();
+    assert!(error.is_not_found(), "{error}");
+    let error = f
+        .broker
+        .declare_queue(&f.spec("amq.test-reserved", json!({})))
+        .await
+        .unwrap_err();
+    assert!(error.is_access_refused(), "{error}");
+    let error = f.broker.delete_exchange("").await.unwrap_err();
+    assert!(error.is_access_refused(), "{error}");
+    // A refused publish (RabbitMQ closes the publishing channel) leaves the
+    // connection as it is: its exclusive queue stays usable.
+    let mine = f
+        .broker
+        .declare_server_named_queue(&QueueSpec::server_named())
+        .await
+        .unwrap();
+    let error = f
+        .broker
+        .publish(&missing, "k", &message("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.is_not_found(),
+        "publish to a missing exchange: {error}"
+    );
+    let mut invalid = message("x");
+    invalid.properties.expiration = Some("soon".into());
+    let error = f.broker.publish("", &mine, &invalid).await.unwrap_err();
+    assert!(
+        error.is_precondition_failed(),
+        "invalid expiration: {error}"
+    );
+    f.publish(&mine, &message("after the refusals")).await;
+    assert_eq!(f.count(&mine).await, 1, "the connection was replaced");
+    let error = f
+        .broker
+        .declare_queue(&QueueSpec::server_named())
+        .await
+        .unwrap_err();
+    assert_eq!(error.reply_code(), None, "refused before sending: {error}");
+
+    // Settling twice is refused by the client, without a code.
+    let q = f.queue("codes", json!({})).await;
+    f.publish(&q, &message("a")).await;
+    let mut consumer = f.consume(&[&q], 1).await;
+    let a = next(&mut consumer).await;
+    a.acker.ack().await.unwrap();
+    let error = a.acker.ack().await.unwrap_err();
+    assert_eq!(error.reply_code(), None, "{error}");
     consumer.cancel.close().await.unwrap();
     f.finish().await;
 }

@@ -1043,7 +1043,7 @@ async fn delay_during_an_outage_retries_then_fails_with_a_typed_error() {
         .expect("the send does not hang");
     let failed_after = started.elapsed();
     match &refused {
-        Err(Error::Broker(BrokerError::Connection(reason))) => {
+        Err(Error::Broker(BrokerError::Connection { reason, .. })) => {
             println!("[faults]   long outage: .delay() failed after {failed_after:.1?}: {reason}");
         }
         Err(other) => panic!("expected a connection error, got {other}"),

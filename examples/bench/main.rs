@@ -363,7 +363,7 @@ async fn bench(args: Args) -> Result<()> {
         framework::worker_binary()?
     };
     let cfg = Config {
-        broker_redacted: task_core::broker::amqp::redact(&args.broker),
+        broker_redacted: task_core::broker::redact(&args.broker),
         broker: args.broker.clone(),
         quick,
         runs: args.runs.unwrap_or(if quick { 1 } else { 3 }).max(1),

@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use crate::async_result::PendingResults;
-use crate::broker::amqp::{redact, AmqpBroker, ReconnectPolicy};
+use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
+use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
 use crate::{AsyncResult, Error, Signature, States};
@@ -484,7 +484,7 @@ async fn route_results(
                     pending.fail_all(&reason);
                     // Only this task holds the broker: the app was dropped.
                     let app_gone = Arc::strong_count(&broker) == 1;
-                    if app_gone || !matches!(error, BrokerError::Connection(_)) {
+                    if app_gone || !matches!(error, BrokerError::Connection { .. }) {
                         tracing::warn!(%reason, "no more results will arrive on this app's reply queue");
                         return;
                     }
@@ -507,7 +507,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::broker::{Consumer, Message};
+    use crate::broker::{Consumer, ExchangeSpec, Message};
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -521,6 +521,35 @@ mod tests {
     impl Broker for ObservedBroker {
         async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
             self.inner.declare_queue(spec).await
+        }
+
+        async fn declare_server_named_queue(
+            &self,
+            spec: &QueueSpec,
+        ) -> Result<String, BrokerError> {
+            self.inner.declare_server_named_queue(spec).await
+        }
+
+        async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+            self.inner.declare_exchange(spec).await
+        }
+
+        async fn bind_queue(
+            &self,
+            queue: &str,
+            exchange: &str,
+            routing_key: &str,
+        ) -> Result<(), BrokerError> {
+            self.inner.bind_queue(queue, exchange, routing_key).await
+        }
+
+        async fn unbind_queue(
+            &self,
+            queue: &str,
+            exchange: &str,
+            routing_key: &str,
+        ) -> Result<(), BrokerError> {
+            self.inner.unbind_queue(queue, exchange, routing_key).await
         }
 
         async fn publish(

@@ -20,17 +20,19 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel};
 use tokio::sync::OnceCell;
 
 pub use super::amqp_link::ReconnectPolicy;
 use super::amqp_link::{lost, Link, LinkKeeper};
 use super::delay_topology;
 use super::field_table::json_to_table;
+/// [`broker::redact`](super::redact), kept here for existing callers.
+pub use super::url::redact;
 use super::{
-    check_publish, check_queue_names, check_short, Acknowledger, Broker, BrokerError,
-    ConsumeOptions, Consumer, ConsumerCancel, Delivery, Headers, Message, Properties, QueueSpec,
-    TlsOptions,
+    check_binding, check_declared_name, check_publish, check_queue_names, check_short,
+    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery,
+    ExchangeKind, ExchangeSpec, Headers, Message, Properties, QueueSpec, TlsOptions,
 };
 
 /// A RabbitMQ connection used as the framework's broker. It reconnects by
@@ -151,7 +153,9 @@ impl AmqpBroker {
     }
 }
 
-async fn declare_on(channel: Channel, spec: &QueueSpec) -> Result<(), lapin::Error> {
+/// Declares the queue of `spec` (named by the broker when `spec.name` is
+/// empty) and returns its name.
+async fn declare_on(channel: Channel, spec: &QueueSpec) -> Result<String, lapin::Error> {
     let options = QueueDeclareOptions {
         passive: false,
         durable: spec.durable,
@@ -159,19 +163,20 @@ async fn declare_on(channel: Channel, spec: &QueueSpec) -> Result<(), lapin::Err
         auto_delete: spec.auto_delete,
         nowait: false,
     };
-    channel
+    let queue = channel
         .queue_declare(
             spec.name.as_str().into(),
             options,
             json_to_table(&spec.arguments),
         )
         .await?;
+    let name = queue.name().as_str().to_owned();
     if spec.bind_same_name_exchange {
-        let exchange = ShortString::from(spec.name.as_str());
+        let exchange = ShortString::from(name.as_str());
         channel
             .exchange_declare(
                 exchange.clone(),
-                ExchangeKind::Direct,
+                lapin::ExchangeKind::Direct,
                 ExchangeDeclareOptions {
                     durable: true,
                     ..ExchangeDeclareOptions::default()
@@ -189,7 +194,16 @@ async fn declare_on(channel: Channel, spec: &QueueSpec) -> Result<(), lapin::Err
             )
             .await?;
     }
-    Ok(())
+    Ok(name)
+}
+
+/// lapin's name for an exchange kind.
+fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
+    match kind {
+        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+    }
 }
 
 async fn publish_on(
@@ -220,10 +234,10 @@ async fn publish_on(
         Confirmation::Nack(_) => Err(BrokerError::Nacked {
             routing_key: routing_key.to_owned(),
         }),
-        Confirmation::NotRequested => Err(BrokerError::Operation {
-            operation: "basic.publish",
-            reason: "publisher confirms are not enabled on the publishing channel".into(),
-        }),
+        Confirmation::NotRequested => Err(BrokerError::failed(
+            "basic.publish",
+            "publisher confirms are not enabled on the publishing channel",
+        )),
     }
 }
 
@@ -261,13 +275,7 @@ async fn consume_on(
                 consumer_arguments(&options),
             )
             .await
-            .map_err(|e| match lost("basic.consume", e) {
-                BrokerError::Operation { operation, reason } => BrokerError::Operation {
-                    operation,
-                    reason: format!("queue `{queue}`: {reason}"),
-                },
-                other => other,
-            })?;
+            .map_err(|e| in_context(lost("basic.consume", e), || format!("queue `{queue}`")))?;
         tags.push(consumer.tag());
         let queue = queue.clone();
         streams.push(
@@ -297,7 +305,7 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             delay_topology::DELIVERY_EXCHANGE.into(),
-            ExchangeKind::Topic,
+            lapin::ExchangeKind::Topic,
             durable_topic,
             FieldTable::default(),
         )
@@ -308,7 +316,7 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
         channel
             .exchange_declare(
                 level.clone(),
-                ExchangeKind::Topic,
+                lapin::ExchangeKind::Topic,
                 durable_topic,
                 FieldTable::default(),
             )
@@ -355,10 +363,82 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        check_short("queue name", &spec.name)?;
+        check_declared_name(spec, true)?;
         self.on_own_channel("queue.declare", |channel| declare_on(channel, spec))
             .await
+            .map(drop)
             .map_err(|e| in_context(e, || format!("queue `{}`", spec.name)))
+    }
+
+    async fn declare_server_named_queue(&self, spec: &QueueSpec) -> Result<String, BrokerError> {
+        check_declared_name(spec, false)?;
+        self.on_own_channel("queue.declare", |channel| declare_on(channel, spec))
+            .await
+            .map_err(|e| in_context(e, || "server-named queue".to_owned()))
+    }
+
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        check_short("exchange name", &spec.name)?;
+        self.on_own_channel("exchange.declare", |channel| async move {
+            let options = ExchangeDeclareOptions {
+                durable: spec.durable,
+                auto_delete: spec.auto_delete,
+                ..ExchangeDeclareOptions::default()
+            };
+            channel
+                .exchange_declare(
+                    spec.name.as_str().into(),
+                    lapin_kind(spec.kind),
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+        .map_err(|e| in_context(e, || format!("exchange `{}`", spec.name)))
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        check_binding(queue, exchange, routing_key)?;
+        self.on_own_channel("queue.bind", |channel| async move {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+        .map_err(|e| in_context(e, || format!("queue `{queue}` to exchange `{exchange}`")))
+    }
+
+    async fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        check_binding(queue, exchange, routing_key)?;
+        self.on_own_channel("queue.unbind", |channel| async move {
+            channel
+                .queue_unbind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+        .map_err(|e| in_context(e, || format!("queue `{queue}` from exchange `{exchange}`")))
     }
 
     async fn publish(
@@ -369,7 +449,9 @@ impl Broker for AmqpBroker {
     ) -> Result<(), BrokerError> {
         check_publish(exchange, routing_key, &message.properties)?;
         self.link
-            .run(|link| async move { publish_on(&link.publisher, exchange, routing_key, message).await })
+            .run(|link| async move {
+                publish_on(&link.publisher(), exchange, routing_key, message).await
+            })
             .await
     }
 
@@ -377,7 +459,7 @@ impl Broker for AmqpBroker {
         check_publish("", queue, &message.properties)?;
         self.link
             .run_awaiting_queues(|link| async move {
-                publish_on(&link.publisher, "", queue, message).await
+                publish_on(&link.publisher(), "", queue, message).await
             })
             .await
     }
@@ -479,9 +561,16 @@ fn consumer_arguments(options: &ConsumeOptions) -> FieldTable {
 /// Prefixes a refusal's reason with what it was about.
 fn in_context(error: BrokerError, what: impl FnOnce() -> String) -> BrokerError {
     match error {
-        BrokerError::Operation { operation, reason } => BrokerError::Operation {
+        BrokerError::Operation {
+            operation,
+            reason,
+            reply_code,
+            source,
+        } => BrokerError::Operation {
             operation,
             reason: format!("{}: {reason}", what()),
+            reply_code,
+            source,
         },
         other => other,
     }
@@ -541,10 +630,10 @@ fn not_settled_is_an_error(operation: &'static str, settled: bool) -> Result<(),
     if settled {
         Ok(())
     } else {
-        Err(BrokerError::Operation {
+        Err(BrokerError::failed(
             operation,
-            reason: "the delivery was already settled or its channel is closed".into(),
-        })
+            "the delivery was already settled or its channel is closed",
+        ))
     }
 }
 
@@ -600,35 +689,4 @@ fn to_lapin_properties(p: &Properties) -> BasicProperties {
         properties = properties.with_expiration(v.as_str().into());
     }
     properties
-}
-
-/// The URL with its password replaced, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redact_hides_the_password_only() {
-        assert_eq!(
-            super::redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(super::redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
-    }
 }

@@ -1,4 +1,4 @@
-//! The AMQP connection behind an [`AmqpBroker`](super::amqp::AmqpBroker), and
+//! The AMQP connection behind an `AmqpBroker` (`broker::amqp`), and
 //! its replacement when RabbitMQ goes away (restart, network cut).
 //!
 //! Every broker operation runs through [`LinkKeeper::run`]: on a lost
@@ -18,9 +18,9 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
-use super::amqp::redact;
 use super::connect_failure::{connect_error, Target};
-use super::{BrokerError, TlsOptions};
+use super::url::redact;
+use super::{BrokerError, ReplyCode, TlsOptions};
 
 /// How a broker connection recovers from RabbitMQ going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,11 @@ impl Default for ReconnectPolicy {
 /// [`LinkKeeper::run_awaiting_queues`]).
 const UNROUTABLE_RETRY: Duration = Duration::from_millis(250);
 
+/// How many times in a row an operation is retried on a connection that is
+/// still open after one of its channels was closed (see
+/// [`LinkKeeper::run`]), before the connection is replaced all the same.
+const CHANNEL_RETRIES: u32 = 3;
+
 /// One connection and its publishing channel (in confirm mode).
 pub(crate) struct Link {
     /// Counts connections: a failure is reported against the link it saw.
@@ -56,7 +61,19 @@ pub(crate) struct Link {
     /// When the connection was opened.
     pub(crate) opened_at: Instant,
     pub(crate) connection: Connection,
-    pub(crate) publisher: Channel,
+    /// Replaced on the same connection when the broker closes it (it does
+    /// when it refuses a publish: a missing exchange, an invalid property).
+    publisher: RwLock<Channel>,
+}
+
+impl Link {
+    /// The publishing channel.
+    pub(crate) fn publisher(&self) -> Channel {
+        self.publisher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Holds the current [`Link`] and replaces it when it is lost.
@@ -96,6 +113,13 @@ impl LinkKeeper {
 
     /// Runs `operation` on the current link; if the connection is lost, waits
     /// for a new one and runs it again, until the operation deadline.
+    ///
+    /// A channel lost on a connection that is still open (the broker closes
+    /// the publishing channel when it refuses a publish, and a publish
+    /// racing that refusal sees the channel closed) does not replace the
+    /// connection, which would lose its exclusive queues and consumers: the
+    /// publishing channel is reopened if it is closed, and the operation
+    /// runs again on the same connection, a few times at most.
     pub(crate) async fn run<T, F, Fut>(&self, operation: F) -> Result<T, BrokerError>
     where
         F: FnMut(Arc<Link>) -> Fut,
@@ -133,6 +157,7 @@ impl LinkKeeper {
         Fut: Future<Output = Result<T, BrokerError>>,
     {
         let deadline = Instant::now() + self.policy.operation_deadline;
+        let mut channel_retries = 0;
         loop {
             if self.is_closed() {
                 return Err(closed());
@@ -141,8 +166,20 @@ impl LinkKeeper {
             match operation(Arc::clone(&link)).await {
                 // Closed by this client: nothing to recover, and not a lost
                 // connection (which callers such as the reply consumer retry).
-                Err(BrokerError::Connection(_)) if self.is_closed() => return Err(closed()),
-                Err(BrokerError::Connection(reason)) => {
+                Err(BrokerError::Connection { .. }) if self.is_closed() => return Err(closed()),
+                Err(BrokerError::Connection { reason, .. })
+                    if channel_retries < CHANNEL_RETRIES
+                        && link.connection.status().connected() =>
+                {
+                    channel_retries += 1;
+                    tracing::debug!(%reason, "a channel closed on an open connection; retrying on it");
+                    if let Err(error) = self.reopen_publisher(&link).await {
+                        tracing::warn!(%error, "could not reopen the publishing channel; reconnecting");
+                        self.reconnect(link.generation, deadline).await?;
+                    }
+                }
+                Err(BrokerError::Connection { reason, .. }) => {
+                    channel_retries = 0;
                     tracing::warn!(%reason, "broker connection lost; reconnecting");
                     self.reconnect(link.generation, deadline).await?;
                 }
@@ -156,6 +193,25 @@ impl LinkKeeper {
                 other => return other,
             }
         }
+    }
+
+    /// Opens a new publishing channel on `link`'s connection if the broker
+    /// closed the current one (single-flight with reconnections).
+    async fn reopen_publisher(&self, link: &Link) -> Result<(), BrokerError> {
+        let _single_flight = self.reconnecting.lock().await;
+        if link.publisher().status().connected() {
+            return Ok(());
+        }
+        let publisher = open_publisher(&link.connection).await?;
+        tracing::debug!(
+            generation = link.generation,
+            "reopened the publishing channel"
+        );
+        *link
+            .publisher
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = publisher;
+        Ok(())
     }
 
     /// Replaces the link of generation `failed` (unless another caller did
@@ -182,7 +238,11 @@ impl LinkKeeper {
                 .open(current.generation + 1)
                 .await
                 .map_err(|e| match e {
-                    BrokerError::Connect { .. } => BrokerError::Connection(e.to_string()),
+                    BrokerError::Connect { .. } => BrokerError::Connection {
+                        reason: e.to_string(),
+                        reply_code: e.reply_code(),
+                        source: Some(Box::new(e)),
+                    },
                     other => other,
                 }) {
                 Ok(link) => {
@@ -283,6 +343,17 @@ impl Endpoint {
 }
 
 async fn open_channels(connection: Connection, generation: u64) -> Result<Link, BrokerError> {
+    let publisher = open_publisher(&connection).await?;
+    Ok(Link {
+        generation,
+        opened_at: Instant::now(),
+        connection,
+        publisher: RwLock::new(publisher),
+    })
+}
+
+/// A channel in confirm mode, for publishing.
+async fn open_publisher(connection: &Connection) -> Result<Channel, BrokerError> {
     let publisher = connection
         .create_channel()
         .await
@@ -291,21 +362,16 @@ async fn open_channels(connection: Connection, generation: u64) -> Result<Link, 
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| lost("confirm.select", e))?;
-    Ok(Link {
-        generation,
-        opened_at: Instant::now(),
-        connection,
-        publisher,
-    })
+    Ok(publisher)
 }
 
 /// What operations fail with once [`LinkKeeper::close`] was called: a
 /// refusal, not a lost connection, so that nothing retries it.
 fn closed() -> BrokerError {
-    BrokerError::Operation {
-        operation: "connection",
-        reason: "the broker connection was closed by this client".into(),
-    }
+    BrokerError::failed(
+        "connection",
+        "the broker connection was closed by this client",
+    )
 }
 
 /// Whether `error` means the connection (or the channel it was used on) is
@@ -323,14 +389,27 @@ pub(crate) fn is_connection_lost(error: &lapin::Error) -> bool {
 }
 
 /// Classifies a lapin error from `operation`: a lost connection (retried
-/// after reconnecting) or a refusal (reported as is).
+/// after reconnecting) or a refusal (reported as is), with the broker's
+/// reply code when it sent one and lapin's error as the source. A refusal's
+/// reason is the broker's reply text (`NOT_FOUND - no queue 'q' ...`).
 pub(crate) fn lost(operation: &'static str, error: lapin::Error) -> BrokerError {
+    let reply_code = ReplyCode::of_lapin(&error);
     if is_connection_lost(&error) {
-        BrokerError::Connection(format!("{operation}: {error}"))
+        BrokerError::Connection {
+            reason: format!("{operation}: {error}"),
+            reply_code,
+            source: Some(Box::new(error)),
+        }
     } else {
+        let reason = match error.kind() {
+            ErrorKind::ProtocolError(refusal) => refusal.get_message().as_str().to_owned(),
+            _ => error.to_string(),
+        };
         BrokerError::Operation {
             operation,
-            reason: error.to_string(),
+            reason,
+            reply_code,
+            source: Some(Box::new(error)),
         }
     }
 }
@@ -368,6 +447,81 @@ mod tests {
             connected.is_err(),
             "the peer closed without a TLS handshake, yet the connection opened"
         );
+    }
+
+    fn refusal(code: u16, text: &str) -> lapin::Error {
+        let amqp = lapin::protocol::AMQPError::from_id(code, text.into()).expect("a known code");
+        lapin::Error::from(ErrorKind::ProtocolError(amqp))
+    }
+
+    #[test]
+    fn a_soft_refusal_keeps_its_code_reply_text_and_source() {
+        let text = "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q'";
+        let error = lost("queue.declare", refusal(406, text));
+        let BrokerError::Operation {
+            operation,
+            reason,
+            reply_code,
+            source,
+        } = &error
+        else {
+            panic!("a refusal, not a lost connection: {error:?}");
+        };
+        assert_eq!(
+            (*operation, reason.as_str(), *reply_code),
+            ("queue.declare", text, Some(ReplyCode::PreconditionFailed))
+        );
+        assert!(source.as_ref().is_some_and(|s| s.is::<lapin::Error>()));
+        assert!(error.is_precondition_failed() && !error.is_not_found());
+        assert!(std::error::Error::source(&error).is_some());
+        for (code, check) in [
+            (404, BrokerError::is_not_found as fn(&BrokerError) -> bool),
+            (403, BrokerError::is_access_refused),
+            (405, BrokerError::is_resource_locked),
+        ] {
+            let error = lost("queue.bind", refusal(code, "refused"));
+            assert!(check(&error), "{code}: {error:?}");
+            assert_eq!(error.reply_code().map(ReplyCode::code), Some(code));
+        }
+    }
+
+    #[test]
+    fn a_hard_error_or_a_lost_socket_is_a_lost_connection() {
+        let forced = lost(
+            "basic.publish",
+            refusal(320, "CONNECTION_FORCED - shutdown"),
+        );
+        assert!(
+            matches!(
+                forced,
+                BrokerError::Connection {
+                    reply_code: Some(ReplyCode::ConnectionForced),
+                    source: Some(_),
+                    ..
+                }
+            ),
+            "{forced:?}"
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let lost_socket = lost("basic.publish", lapin::Error::from(reset));
+        assert!(
+            matches!(
+                lost_socket,
+                BrokerError::Connection {
+                    reply_code: None,
+                    ..
+                }
+            ),
+            "{lost_socket:?}"
+        );
+        assert!(!lost_socket.is_precondition_failed());
+        // A refused first connection shows the broker's code too.
+        let uri: AMQPUri = "amqp://guest:guest@127.0.0.1:5672/%2f".parse().unwrap();
+        let target = Target::of(&uri);
+        let refused = connect_error(&target, refusal(530, "NOT_ALLOWED - vhost"));
+        assert_eq!(refused.reply_code(), Some(ReplyCode::NotAllowed));
+        // The client's own checks have no code.
+        assert_eq!(closed().reply_code(), None);
     }
 
     #[tokio::test]

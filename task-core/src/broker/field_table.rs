@@ -7,8 +7,6 @@
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
 
-use super::headers::{as_number, integer_value};
-
 /// Every AMQP value, as JSON. Byte strings become text when they are UTF-8
 /// and arrays of numbers otherwise; decimals and floats become JSON numbers
 /// (non-finite floats become `null`); timestamps become integers.
@@ -97,6 +95,49 @@ fn bytes_to_json(bytes: &[u8]) -> Value {
     match std::str::from_utf8(bytes) {
         Ok(text) => Value::String(text.to_owned()),
         Err(_) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
+    }
+}
+
+/// A text header value, as py-amqp writes strings (an AMQP long string).
+pub fn text_value(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text.as_bytes()))
+}
+
+/// An integer header value as py-amqp writes one: 32-bit when it fits.
+pub fn integer_value(n: i64) -> AMQPValue {
+    i32::try_from(n).map_or(AMQPValue::LongLongInt(n), AMQPValue::LongInt)
+}
+
+/// A value as text: a long string that is UTF-8, or a short string.
+pub fn as_text(value: &AMQPValue) -> Option<&str> {
+    match value {
+        AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+        AMQPValue::ShortString(text) => Some(text.as_str()),
+        _ => None,
+    }
+}
+
+/// A value as an integer: any of AMQP's signed or unsigned integer widths.
+pub fn as_integer(value: &AMQPValue) -> Option<i64> {
+    Some(match *value {
+        AMQPValue::ShortShortInt(n) => i64::from(n),
+        AMQPValue::ShortShortUInt(n) => i64::from(n),
+        AMQPValue::ShortInt(n) => i64::from(n),
+        AMQPValue::ShortUInt(n) => i64::from(n),
+        AMQPValue::LongInt(n) => i64::from(n),
+        AMQPValue::LongUInt(n) => i64::from(n),
+        AMQPValue::LongLongInt(n) => n,
+        _ => return None,
+    })
+}
+
+/// A value as a number: floats, decimals and integers.
+pub fn as_number(value: &AMQPValue) -> Option<f64> {
+    match *value {
+        AMQPValue::Float(f) => Some(f64::from(f)),
+        AMQPValue::Double(f) => Some(f),
+        AMQPValue::DecimalValue(d) => Some(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        ref other => as_integer(other).map(|n| n as f64),
     }
 }
 

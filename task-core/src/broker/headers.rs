@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use lapin::types::{FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{FieldArray, FieldTable, ShortString};
 use serde_json::{Map, Value};
 
 use super::field_table::{amqp_to_json, json_to_amqp, short_string};
+/// Reading and writing single values: kept with the conversions, re-exported here.
+pub use super::field_table::{as_integer, as_number, as_text, integer_value, text_value};
 
 /// One header value: any AMQP field value (`LongString` for text, `LongInt`
 /// and `LongLongInt` for integers, `FieldArray`, `FieldTable`, `Void`, ...).
@@ -235,49 +237,6 @@ fn wire_safe(value: &HeaderValue) -> HeaderValue {
                 .collect::<BTreeMap<_, _>>(),
         )),
         other => other.clone(),
-    }
-}
-
-/// A text header value, as py-amqp writes strings (an AMQP long string).
-pub fn text_value(text: &str) -> HeaderValue {
-    HeaderValue::LongString(LongString::from(text.as_bytes()))
-}
-
-/// An integer header value as py-amqp writes one: 32-bit when it fits.
-pub fn integer_value(n: i64) -> HeaderValue {
-    i32::try_from(n).map_or(HeaderValue::LongLongInt(n), HeaderValue::LongInt)
-}
-
-/// A value as text: a long string that is UTF-8, or a short string.
-pub fn as_text(value: &HeaderValue) -> Option<&str> {
-    match value {
-        HeaderValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
-        HeaderValue::ShortString(text) => Some(text.as_str()),
-        _ => None,
-    }
-}
-
-/// A value as an integer: any of AMQP's signed or unsigned integer widths.
-pub fn as_integer(value: &HeaderValue) -> Option<i64> {
-    Some(match *value {
-        HeaderValue::ShortShortInt(n) => i64::from(n),
-        HeaderValue::ShortShortUInt(n) => i64::from(n),
-        HeaderValue::ShortInt(n) => i64::from(n),
-        HeaderValue::ShortUInt(n) => i64::from(n),
-        HeaderValue::LongInt(n) => i64::from(n),
-        HeaderValue::LongUInt(n) => i64::from(n),
-        HeaderValue::LongLongInt(n) => n,
-        _ => return None,
-    })
-}
-
-/// A value as a number: floats, decimals and integers.
-pub fn as_number(value: &HeaderValue) -> Option<f64> {
-    match *value {
-        HeaderValue::Float(f) => Some(f64::from(f)),
-        HeaderValue::Double(f) => Some(f),
-        HeaderValue::DecimalValue(d) => Some(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
-        ref other => as_integer(other).map(|n| n as f64),
     }
 }
 

@@ -1,14 +1,19 @@
 //! [`Broker`] in process: the `memory://` transport.
 //!
-//! A [`MemoryBroker`] keeps queues, direct exchanges, consumers and unacked
+//! A [`MemoryBroker`] keeps queues, exchanges, consumers and unacked
 //! deliveries in memory, with the semantics of the RabbitMQ broker for
 //! everything the framework uses:
 //!
 //! - queues are FIFO; a declaration is idempotent and a re-declaration with
 //!   other flags or arguments fails like RabbitMQ's `PRECONDITION_FAILED`;
+//!   refusals carry RabbitMQ's reply code for the same situation
+//!   ([`BrokerError::reply_code`]: 404, 405, 406, 403);
 //! - exchange `""` routes by queue name, [`QueueSpec::bind_same_name_exchange`]
-//!   adds a direct exchange of the queue's name; an unroutable publish is
-//!   [`BrokerError::Unroutable`]; a publish is confirmed once enqueued;
+//!   adds a direct exchange of the queue's name; declared exchanges route
+//!   by their kind (direct: the exact key; fanout: every bound queue; topic:
+//!   patterns with `*` and `#`), and an auto-delete one goes with its last
+//!   binding; an unroutable publish is [`BrokerError::Unroutable`]; a
+//!   publish is confirmed once enqueued;
 //! - consumers have a prefetch window shared by their queues, manual ack,
 //!   reject (with or without requeue) or `no_ack`; a requeued message goes back
 //!   to the head of its queue marked redelivered, and closing (or dropping) a
@@ -18,8 +23,12 @@
 //!   `expiration`, are honoured, as are `x-max-length` and `x-max-length-bytes`
 //!   with `x-overflow` `drop-head` (the oldest ready messages are dropped;
 //!   dropped, not dead-lettered); dead-lettered messages carry RabbitMQ's
-//!   `x-death` headers. `x-expires` is checked but not enforced; `exclusive`
-//!   is compared on re-declaration but not enforced.
+//!   `x-death` headers. `x-expires` is checked but not enforced;
+//! - an exclusive queue (e.g. a server-named one) belongs to the connection
+//!   (handle) that declared it: another may publish to it, but not consume,
+//!   bind, count or delete it (`RESOURCE_LOCKED`), and it is deleted when
+//!   its connection closes. `amq.` names are refused (RabbitMQ's predeclared
+//!   `amq.direct` and the like do not exist here).
 //!
 //! Expiry is driven by a tokio timer, armed for the earliest deadline in the
 //! broker: the expiry of a message at the head of a queue (RabbitMQ expires
@@ -39,6 +48,7 @@
 
 mod dead_letter;
 mod declaration;
+mod exchange;
 mod handles;
 mod state;
 mod timer;
@@ -54,11 +64,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::declaration::parse_expiration;
-use self::handles::{MemoryConsumerCancel, MemoryDeliveries};
+use self::handles::{MemoryConsumerCancel, MemoryDeliveries, Outcome};
 use self::state::State;
 use super::{
-    check_publish, check_queue_names, check_short, Broker, BrokerError, ConsumeOptions, Consumer,
-    Message, QueueSpec,
+    check_binding, check_declared_name, check_publish, check_queue_names, check_short, Broker,
+    BrokerError, ConsumeOptions, Consumer, ExchangeSpec, Message, QueueSpec,
 };
 
 /// The URL scheme of the in-process broker.
@@ -116,7 +126,7 @@ impl MemoryBroker {
     pub fn shared(url: &str) -> Result<Self, BrokerError> {
         static SHARED: OnceLock<Mutex<HashMap<String, Arc<Core>>>> = OnceLock::new();
         let name = memory_name(url).ok_or_else(|| BrokerError::InvalidUrl {
-            url: super::amqp::redact(url),
+            url: super::url::redact(url),
             reason: format!("not a `{SCHEME}://` URL"),
         })?;
         let core = SHARED
@@ -158,10 +168,10 @@ impl MemoryBroker {
     fn open(&self) -> Result<MutexGuard<'_, State>, BrokerError> {
         let state = self.core.lock();
         if self.session.closed.load(Ordering::Acquire) {
-            return Err(BrokerError::Operation {
-                operation: "connection",
-                reason: "the memory:// connection was closed by this client".into(),
-            });
+            return Err(BrokerError::failed(
+                "connection",
+                "the memory:// connection was closed by this client",
+            ));
         }
         Ok(state)
     }
@@ -170,13 +180,40 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        check_short("queue name", &spec.name)?;
+        check_declared_name(spec, true)?;
+        self.open()?.declare(spec, self.session.id)
+    }
+
+    async fn declare_server_named_queue(&self, spec: &QueueSpec) -> Result<String, BrokerError> {
+        check_declared_name(spec, false)?;
+        self.open()?.declare_server_named(spec, self.session.id)
+    }
+
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        check_short("exchange name", &spec.name)?;
+        self.open()?.declare_exchange(spec)
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        check_binding(queue, exchange, routing_key)?;
         self.open()?
-            .declare(spec)
-            .map_err(|reason| BrokerError::Operation {
-                operation: "queue.declare",
-                reason: format!("queue `{}`: {reason}", spec.name),
-            })
+            .bind(self.session.id, queue, exchange, routing_key)
+    }
+
+    async fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        check_binding(queue, exchange, routing_key)?;
+        self.open()?
+            .unbind(self.session.id, queue, exchange, routing_key)
     }
 
     async fn publish(
@@ -230,8 +267,8 @@ impl Broker for MemoryBroker {
     }
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
-        self.open()?.delete_queue(name);
-        Ok(())
+        check_short("queue name", name)?;
+        self.open()?.delete_queue_for(self.session.id, name)
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
@@ -240,7 +277,7 @@ impl Broker for MemoryBroker {
 
     async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
         check_short("queue name", name)?;
-        self.open()?.ready_count(&self.core, name)
+        self.open()?.ready_count(&self.core, self.session.id, name)
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
@@ -275,6 +312,26 @@ impl Core {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Settles delivery `tag` of consumer `consumer`.
+    fn settle_delivery(
+        self: &Arc<Self>,
+        consumer: u64,
+        tag: u64,
+        outcome: Outcome,
+    ) -> Result<(), BrokerError> {
+        self.lock().settle_delivery(self, consumer, tag, outcome)
+    }
+
+    /// Stops new deliveries to a consumer (its unacked ones stay).
+    fn cancel_consumer(&self, consumer: u64) {
+        self.lock().cancel_consumer(consumer);
+    }
+
+    /// Ends a consumer, requeueing what it had not settled.
+    fn close_consumer(self: &Arc<Self>, consumer: u64) {
+        self.lock().close_consumer(self, consumer);
     }
 
     /// The timer fired: expire and deliver what is due.

@@ -9,7 +9,9 @@ pub mod delay_topology;
 mod field_table;
 pub mod headers;
 pub mod memory;
+mod reply_code;
 mod tls;
+mod url;
 
 use std::fmt;
 use std::time::Duration;
@@ -20,7 +22,9 @@ use serde_json::{Map, Value};
 
 pub use connect_failure::{ConnectFailure, TlsFailure};
 pub use headers::{HeaderValue, Headers};
+pub use reply_code::ReplyCode;
 pub use tls::TlsOptions;
+pub use url::redact;
 
 /// Errors from the broker connection.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +40,17 @@ pub enum BrokerError {
     },
     /// The connection to the broker was lost (or could not be replaced
     /// within the reconnection deadline).
-    #[error("broker connection error: {0}")]
-    Connection(String),
+    #[error("broker connection error: {reason}")]
+    Connection {
+        /// What was lost, during which operation.
+        reason: String,
+        /// The code the broker closed the connection with (e.g. 320
+        /// `CONNECTION_FORCED` when RabbitMQ shuts down), if it sent one.
+        reply_code: Option<ReplyCode>,
+        /// The client library's error, or the failed reconnection's.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The first connection to the broker could not be opened: what failed,
     /// where, and what to check, in one line.
     #[error("{}", connect_failure::describe(.url, .address, .failure))]
@@ -88,22 +101,91 @@ pub enum BrokerError {
         /// Its first characters.
         preview: String,
     },
-    /// The broker answered an operation with an error (e.g. PRECONDITION_FAILED).
-    /// (See [`BrokerError::is_precondition_failed`].)
+    /// The broker refused an operation (with a [`ReplyCode`], e.g. 406
+    /// `PRECONDITION_FAILED`), or the client could not carry it out (no code).
+    /// (See [`BrokerError::reply_code`].)
     #[error("broker operation `{operation}` failed: {reason}")]
     Operation {
-        /// The operation attempted.
+        /// The operation attempted (`"queue.declare"`, `"basic.publish"`, ...).
         operation: &'static str,
-        /// The broker's or client's explanation.
+        /// The broker's reply text (`PRECONDITION_FAILED - inequivalent
+        /// arg ...`) or the client's explanation, after what it was about.
         reason: String,
+        /// The broker's reply code, when the broker refused.
+        reply_code: Option<ReplyCode>,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
 }
 
+/// An error from the client library, kept as the source of a [`BrokerError`]
+/// without exposing its type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl BrokerError {
-    /// Whether the broker refused a declaration because the object exists
-    /// with other settings (AMQP's 406 `PRECONDITION_FAILED`).
+    /// An operation the broker refused with `reply_code`.
+    pub(crate) fn refused(
+        operation: &'static str,
+        reply_code: ReplyCode,
+        reason: impl Into<String>,
+    ) -> Self {
+        BrokerError::Operation {
+            operation,
+            reason: reason.into(),
+            reply_code: Some(reply_code),
+            source: None,
+        }
+    }
+
+    /// An operation the client could not carry out (no reply code).
+    pub(crate) fn failed(operation: &'static str, reason: impl Into<String>) -> Self {
+        BrokerError::Operation {
+            operation,
+            reason: reason.into(),
+            reply_code: None,
+            source: None,
+        }
+    }
+
+    /// The AMQP reply code the broker answered with: for a refused
+    /// operation, a connection the broker closed, or a first connection it
+    /// refused. `None` when the broker sent none (a lost socket, a check
+    /// made by the client, a refusal of the client library).
+    pub fn reply_code(&self) -> Option<ReplyCode> {
+        match self {
+            BrokerError::Operation { reply_code, .. }
+            | BrokerError::Connection { reply_code, .. } => *reply_code,
+            BrokerError::Connect { source, .. } => source
+                .downcast_ref::<lapin::Error>()
+                .and_then(ReplyCode::of_lapin),
+            _ => None,
+        }
+    }
+
+    /// Whether the broker refused because the object exists with other
+    /// settings, an argument is invalid, or a delivery tag is unknown
+    /// (AMQP's 406 `PRECONDITION_FAILED`).
     pub fn is_precondition_failed(&self) -> bool {
-        matches!(self, BrokerError::Operation { reason, .. } if reason.contains("PRECONDITION_FAILED"))
+        self.reply_code() == Some(ReplyCode::PreconditionFailed)
+    }
+
+    /// Whether the broker answered that the queue or exchange does not
+    /// exist (404 `NOT_FOUND`).
+    pub fn is_not_found(&self) -> bool {
+        self.reply_code() == Some(ReplyCode::NotFound)
+    }
+
+    /// Whether the broker refused access (403 `ACCESS_REFUSED`: permissions,
+    /// a reserved `amq.` name, the default exchange).
+    pub fn is_access_refused(&self) -> bool {
+        self.reply_code() == Some(ReplyCode::AccessRefused)
+    }
+
+    /// Whether the queue is exclusive to another connection (405
+    /// `RESOURCE_LOCKED`).
+    pub fn is_resource_locked(&self) -> bool {
+        self.reply_code() == Some(ReplyCode::ResourceLocked)
     }
 }
 
@@ -173,6 +255,36 @@ pub(crate) fn check_publish(
         }
     }
     Ok(())
+}
+
+/// Checks the name of a queue to declare: [`Broker::declare_queue`] needs
+/// one (`named`), [`Broker::declare_server_named_queue`] none.
+pub(crate) fn check_declared_name(spec: &QueueSpec, named: bool) -> Result<(), BrokerError> {
+    match (named, spec.name.is_empty()) {
+        (true, true) => Err(BrokerError::failed(
+            "queue.declare",
+            "a queue to declare needs a name (declare_server_named_queue lets the broker pick one)",
+        )),
+        (false, false) => Err(BrokerError::failed(
+            "queue.declare",
+            format!(
+                "queue `{}`: a server-named queue is declared with an empty name",
+                spec.name
+            ),
+        )),
+        _ => check_short("queue name", &spec.name),
+    }
+}
+
+/// Refuses a binding whose names are too long for AMQP.
+pub(crate) fn check_binding(
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    check_short("queue name", queue)?;
+    check_short("exchange name", exchange)?;
+    check_short("routing key", routing_key)
 }
 
 /// Refuses queue names too long for AMQP.
@@ -337,10 +449,110 @@ impl QueueSpec {
         }
     }
 
+    /// A queue the broker names (`amq.gen-…`), for
+    /// [`Broker::declare_server_named_queue`]: exclusive to the declaring
+    /// connection, deleted when its last consumer goes (or with the
+    /// connection), not durable. For a process's own reply queue, or a
+    /// consumer of a fanout exchange.
+    pub fn server_named() -> Self {
+        Self {
+            name: String::new(),
+            durable: false,
+            auto_delete: true,
+            exclusive: true,
+            arguments: Map::new(),
+            bind_same_name_exchange: false,
+        }
+    }
+
     /// Sets `x-max-priority` so the queue orders messages by priority.
     pub fn max_priority(mut self, max: u8) -> Self {
         self.arguments
             .insert("x-max-priority".into(), Value::from(max));
+        self
+    }
+}
+
+/// How an exchange routes a message to the queues bound to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExchangeKind {
+    /// To the queues bound with exactly the message's routing key.
+    Direct,
+    /// To every bound queue, whatever the routing key.
+    Fanout,
+    /// To the queues whose binding pattern matches the routing key: words
+    /// separated by `.`, where `*` stands for exactly one word and `#` for
+    /// zero or more (`celery.#`, `*.task.*`).
+    Topic,
+}
+
+impl ExchangeKind {
+    /// Its AMQP name (`"direct"`, `"fanout"`, `"topic"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+        }
+    }
+}
+
+impl fmt::Display for ExchangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an exchange is declared. A re-declaration must match (kind, durable,
+/// auto-delete), or the broker refuses it with 406 `PRECONDITION_FAILED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Exchange name (not `""`, the default exchange, nor `amq.`-prefixed).
+    pub name: String,
+    /// How it routes.
+    pub kind: ExchangeKind,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last queue is unbound from it (once it had one).
+    pub auto_delete: bool,
+}
+
+impl ExchangeSpec {
+    /// A durable exchange of this kind, not auto-deleted.
+    pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            durable: true,
+            auto_delete: false,
+        }
+    }
+
+    /// A durable direct exchange.
+    pub fn direct(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Direct)
+    }
+
+    /// A durable fanout exchange.
+    pub fn fanout(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Fanout)
+    }
+
+    /// A durable topic exchange.
+    pub fn topic(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Topic)
+    }
+
+    /// Sets [`ExchangeSpec::durable`].
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Sets [`ExchangeSpec::auto_delete`].
+    pub fn auto_delete(mut self, auto_delete: bool) -> Self {
+        self.auto_delete = auto_delete;
         self
     }
 }
@@ -428,12 +640,54 @@ pub type DeliveryStream = BoxStream<'static, Result<Delivery, BrokerError>>;
 /// A message broker, as the framework uses it.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Declares a queue (idempotent when the declaration matches).
+    /// Declares a queue (idempotent when the declaration matches; 406
+    /// `PRECONDITION_FAILED` when it does not). The name must not be empty:
+    /// see [`Broker::declare_server_named_queue`].
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError>;
 
-    /// Publishes a message and returns once the broker has taken
-    /// responsibility for it (publisher confirm). Unroutable messages are an
-    /// error, never a silent success.
+    /// Declares a queue the broker names (`amq.gen-…`), as `spec` says
+    /// otherwise (its `name` must be empty: [`QueueSpec::server_named`]),
+    /// and returns the name.
+    ///
+    /// An exclusive queue belongs to the connection that declared it: other
+    /// connections may publish to it, but not consume, bind or delete it
+    /// (405 `RESOURCE_LOCKED`), and it goes with the connection. An AMQP
+    /// broker handle replaces a lost connection, so after a reconnection
+    /// its exclusive queues are gone and must be declared again (their
+    /// consumers end).
+    async fn declare_server_named_queue(&self, spec: &QueueSpec) -> Result<String, BrokerError>;
+
+    /// Declares an exchange (idempotent when the declaration matches; 406
+    /// `PRECONDITION_FAILED` when it does not, 403 `ACCESS_REFUSED` for
+    /// the default exchange `""` or a new `amq.` name).
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError>;
+
+    /// Binds `queue` to `exchange` with `routing_key` (a pattern, for a
+    /// topic exchange; ignored by a fanout exchange). Idempotent; 404
+    /// `NOT_FOUND` if either is missing, 403 for the default exchange.
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError>;
+
+    /// Removes the binding of `queue` to `exchange` with `routing_key`: no
+    /// error if there is none, nor if the queue or the exchange does not
+    /// exist (as RabbitMQ answers); 403 for the default exchange. An
+    /// auto-delete exchange goes with its last binding.
+    async fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError>;
+
+    /// Publishes a message to `exchange` (`""`: the default exchange, which
+    /// routes to the queue named `routing_key`) and returns once the broker
+    /// has taken responsibility for it (publisher confirm). Unroutable
+    /// messages are an error, never a silent success; a missing exchange is
+    /// 404 `NOT_FOUND`.
     async fn publish(
         &self,
         exchange: &str,
@@ -460,10 +714,10 @@ pub trait Broker: Send + Sync + 'static {
         delay: Duration,
     ) -> Result<(), BrokerError> {
         let _ = (queue, message, delay);
-        Err(BrokerError::Operation {
-            operation: "publish_delayed",
-            reason: "this broker has no delayed delivery".into(),
-        })
+        Err(BrokerError::failed(
+            "publish_delayed",
+            "this broker has no delayed delivery",
+        ))
     }
 
     /// Starts consuming from `queues` on one channel, with one prefetch window

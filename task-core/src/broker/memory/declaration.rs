@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::broker::{BrokerError, Message, QueueSpec};
+use crate::broker::{BrokerError, Message, QueueSpec, ReplyCode};
 
 /// Queue arguments RabbitMQ compares when a queue is declared again (others
 /// are ignored in the comparison, as RabbitMQ does).
@@ -187,9 +187,10 @@ pub(super) fn parse_expiration(message: &Message) -> Result<Option<Duration>, Br
     };
     match text.parse::<u64>() {
         Ok(ms) if ms <= MAX_TTL_MS => Ok(Some(Duration::from_millis(ms))),
-        _ => Err(BrokerError::Operation {
-            operation: "basic.publish",
-            reason: format!("PRECONDITION_FAILED - invalid expiration '{text}'"),
-        }),
+        _ => Err(BrokerError::refused(
+            "basic.publish",
+            ReplyCode::PreconditionFailed,
+            format!("PRECONDITION_FAILED - invalid expiration '{text}'"),
+        )),
     }
 }

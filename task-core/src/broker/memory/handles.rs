@@ -11,9 +11,27 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-use super::state::Outcome;
 use super::Core;
 use crate::broker::{Acknowledger, BrokerError, ConsumerCancel, Delivery};
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Outcome {
+    Ack,
+    Requeue,
+    /// Rejected without requeue: dead-lettered or dropped.
+    Discard,
+}
+
+impl Outcome {
+    /// The AMQP method it stands for.
+    pub(super) fn operation(self) -> &'static str {
+        match self {
+            Outcome::Ack => "basic.ack",
+            Outcome::Requeue | Outcome::Discard => "basic.reject",
+        }
+    }
+}
 
 /// Settles a delivery made with manual acknowledgement.
 pub(super) struct MemoryAcker {
@@ -33,12 +51,10 @@ impl MemoryAcker {
     }
 
     fn settle(&self, outcome: Outcome) -> Result<(), BrokerError> {
-        let core = self.core.upgrade().ok_or_else(|| BrokerError::Operation {
-            operation: outcome.operation(),
-            reason: "the memory:// broker is gone".into(),
+        let core = self.core.upgrade().ok_or_else(|| {
+            BrokerError::failed(outcome.operation(), "the memory:// broker is gone")
         })?;
-        let mut state = core.lock();
-        state.settle_delivery(&core, self.consumer, self.tag, outcome)
+        core.settle_delivery(self.consumer, self.tag, outcome)
     }
 }
 
@@ -112,7 +128,7 @@ impl Stream for MemoryDeliveries {
 impl Drop for MemoryDeliveries {
     fn drop(&mut self) {
         if let Some(core) = self.core.upgrade() {
-            core.lock().close_consumer(&core, self.consumer);
+            core.close_consumer(self.consumer);
         }
     }
 }
@@ -134,14 +150,14 @@ impl MemoryConsumerCancel {
 impl ConsumerCancel for MemoryConsumerCancel {
     async fn cancel(&self) -> Result<(), BrokerError> {
         if let Some(core) = self.core.upgrade() {
-            core.lock().cancel_consumer(self.consumer);
+            core.cancel_consumer(self.consumer);
         }
         Ok(())
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
         if let Some(core) = self.core.upgrade() {
-            core.lock().close_consumer(&core, self.consumer);
+            core.close_consumer(self.consumer);
         }
         Ok(())
     }

@@ -13,10 +13,14 @@ use tokio::time::Instant;
 
 use super::dead_letter::record_death;
 use super::declaration::{parse_expiration, Declaration};
-use super::handles::{MemoryAcker, NoAck};
+use super::exchange::Exchange;
+use super::handles::{MemoryAcker, NoAck, Outcome};
 use super::timer::{rearm, Timer};
 use super::Core;
-use crate::broker::{Acknowledger, BrokerError, ConsumeOptions, Delivery, Message, QueueSpec};
+use crate::broker::{
+    Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeKind, ExchangeSpec, Message,
+    QueueSpec, ReplyCode,
+};
 
 /// Delays too long for the clock are cut to this (about 30 years).
 const MAX_DELAY: Duration = Duration::from_secs(30 * 365 * 86_400);
@@ -25,8 +29,8 @@ const MAX_DELAY: Duration = Duration::from_secs(30 * 365 * 86_400);
 #[derive(Default)]
 pub(super) struct State {
     queues: HashMap<String, Queue>,
-    /// Direct exchanges by name: their bindings, as (routing key, queue).
-    exchanges: HashMap<String, Vec<(String, String)>>,
+    /// Exchanges by name, with their bindings.
+    exchanges: HashMap<String, Exchange>,
     consumers: HashMap<u64, ConsumerState>,
     /// Messages published with a delay, by due time (then publish order).
     delayed: BTreeMap<(Instant, u64), Delayed>,
@@ -61,6 +65,8 @@ struct Queue {
     /// Distinguishes this queue from a later one of the same name.
     id: u64,
     declaration: Declaration,
+    /// The connection an exclusive queue belongs to.
+    owner: Option<u64>,
     /// Ready messages by priority level (one level without `x-max-priority`).
     levels: Vec<VecDeque<Entry>>,
     ready_len: usize,
@@ -174,25 +180,6 @@ impl ConsumerState {
     }
 }
 
-/// How a delivery is settled.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Outcome {
-    Ack,
-    Requeue,
-    /// Rejected without requeue: dead-lettered or dropped.
-    Discard,
-}
-
-impl Outcome {
-    /// The AMQP method it stands for.
-    pub(super) fn operation(self) -> &'static str {
-        match self {
-            Outcome::Ack => "basic.ack",
-            Outcome::Requeue | Outcome::Discard => "basic.reject",
-        }
-    }
-}
-
 impl State {
     fn next_id(&mut self) -> u64 {
         self.ids += 1;
@@ -275,11 +262,8 @@ impl State {
         sender: mpsc::UnboundedSender<Delivery>,
         closed: Arc<AtomicBool>,
     ) -> Result<u64, BrokerError> {
-        if let Some(missing) = queues.iter().find(|q| !self.queues.contains_key(*q)) {
-            return Err(BrokerError::Operation {
-                operation: "basic.consume",
-                reason: format!("queue `{missing}`: NOT_FOUND - no queue '{missing}'"),
-            });
+        for queue in queues {
+            self.accessible_queue("basic.consume", queue, session)?;
         }
         let mut names: Vec<String> = Vec::with_capacity(queues.len());
         for queue in queues {
@@ -311,23 +295,127 @@ impl State {
     /// Deletes an exchange and its bindings (the default one cannot be).
     pub(super) fn delete_exchange(&mut self, name: &str) -> Result<(), BrokerError> {
         if name.is_empty() {
-            return Err(BrokerError::Operation {
-                operation: "exchange.delete",
-                reason: "ACCESS_REFUSED - the default exchange cannot be deleted".into(),
-            });
+            return Err(default_exchange_refused("exchange.delete"));
         }
         self.exchanges.remove(name);
         Ok(())
     }
 
-    /// How many messages of a queue are ready (not delivered and unsettled).
-    pub(super) fn ready_count(&mut self, core: &Arc<Core>, name: &str) -> Result<u32, BrokerError> {
-        if !self.queues.contains_key(name) {
-            return Err(BrokerError::Operation {
-                operation: "queue.declare(passive)",
-                reason: format!("queue `{name}`: NOT_FOUND - no queue '{name}'"),
-            });
+    /// Declares an exchange, or checks that a re-declaration is equivalent.
+    pub(super) fn declare_exchange(&mut self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        if spec.name.is_empty() {
+            return Err(default_exchange_refused("exchange.declare"));
         }
+        match self.exchanges.get(&spec.name) {
+            Some(exchange) => exchange.check_equivalent(spec),
+            None if spec.name.starts_with("amq.") => Err(BrokerError::refused(
+                "exchange.declare",
+                ReplyCode::AccessRefused,
+                format!(
+                    "exchange `{0}`: ACCESS_REFUSED - exchange name '{0}' contains reserved \
+                     prefix 'amq.*'",
+                    spec.name
+                ),
+            )),
+            None => {
+                self.exchanges.insert(spec.name.clone(), Exchange::of(spec));
+                Ok(())
+            }
+        }
+    }
+
+    /// Binds a queue to an exchange (both must exist).
+    pub(super) fn bind(
+        &mut self,
+        session: u64,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        self.check_binding("queue.bind", session, queue, exchange)?;
+        if let Some(bound) = self.exchanges.get_mut(exchange) {
+            bound.bind(routing_key, queue);
+        }
+        Ok(())
+    }
+
+    /// Removes a binding; an auto-delete exchange goes with its last one.
+    /// As on RabbitMQ, a binding, queue or exchange that does not exist is
+    /// no error; the default exchange and another connection's exclusive
+    /// queue are.
+    pub(super) fn unbind(
+        &mut self,
+        session: u64,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused("queue.unbind"));
+        }
+        if self.queues.contains_key(queue) {
+            self.accessible_queue("queue.unbind", queue, session)?;
+        }
+        if let Some(bound) = self.exchanges.get_mut(exchange) {
+            if bound.unbind(routing_key, queue) && bound.is_unused() {
+                self.exchanges.remove(exchange);
+            }
+        }
+        Ok(())
+    }
+
+    /// What RabbitMQ checks before it binds: not the default exchange, both
+    /// exist, the queue is not another connection's.
+    fn check_binding(
+        &self,
+        operation: &'static str,
+        session: u64,
+        queue: &str,
+        exchange: &str,
+    ) -> Result<(), BrokerError> {
+        let context = || format!("queue `{queue}` and exchange `{exchange}`");
+        if exchange.is_empty() {
+            return Err(default_exchange_refused(operation));
+        }
+        if !self.exchanges.contains_key(exchange) {
+            return Err(BrokerError::refused(
+                operation,
+                ReplyCode::NotFound,
+                format!("{}: NOT_FOUND - no exchange '{exchange}'", context()),
+            ));
+        }
+        self.accessible_queue(operation, queue, session).map(drop)
+    }
+
+    /// The queue `name`, if it exists (404 `NOT_FOUND`) and `session` may
+    /// use it (405 `RESOURCE_LOCKED` for another connection's exclusive queue).
+    fn accessible_queue(
+        &self,
+        operation: &'static str,
+        name: &str,
+        session: u64,
+    ) -> Result<&Queue, BrokerError> {
+        let queue = self.queues.get(name).ok_or_else(|| {
+            BrokerError::refused(
+                operation,
+                ReplyCode::NotFound,
+                format!("queue `{name}`: NOT_FOUND - no queue '{name}'"),
+            )
+        })?;
+        match queue.owner {
+            Some(owner) if owner != session => Err(locked(operation, name)),
+            _ => Ok(queue),
+        }
+    }
+
+    /// How many messages of a queue are ready (not delivered and unsettled).
+    pub(super) fn ready_count(
+        &mut self,
+        core: &Arc<Core>,
+        session: u64,
+        name: &str,
+    ) -> Result<u32, BrokerError> {
+        self.accessible_queue("queue.declare(passive)", name, session)?;
         // Timers do this on time; doing it here too makes a count taken
         // right at a deadline exact.
         let now = Instant::now();
@@ -337,7 +425,7 @@ impl State {
         Ok(u32::try_from(ready).unwrap_or(u32::MAX))
     }
 
-    /// Closes every consumer of a connection.
+    /// Closes every consumer of a connection and deletes its exclusive queues.
     pub(super) fn close_session(&mut self, core: &Arc<Core>, session: u64) {
         let owned: Vec<u64> = self
             .consumers
@@ -347,6 +435,15 @@ impl State {
             .collect();
         for id in owned {
             self.close_consumer(core, id);
+        }
+        let exclusive: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, queue)| queue.owner == Some(session))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in exclusive {
+            self.delete_queue(&name);
         }
     }
 
@@ -372,32 +469,66 @@ impl State {
         self.settle(core, due, now);
     }
 
-    /// Declares a queue (and its same-name exchange binding); the error is
-    /// RabbitMQ's explanation.
-    pub(super) fn declare(&mut self, spec: &QueueSpec) -> Result<(), String> {
-        if spec.name.is_empty() {
-            return Err("server-named queues are not supported: give the queue a name".into());
-        }
+    /// Declares a queue named `spec.name` for connection `session` (and
+    /// its same-name exchange binding).
+    pub(super) fn declare(&mut self, spec: &QueueSpec, session: u64) -> Result<(), BrokerError> {
         if spec.name.starts_with("amq.") {
-            return Err(format!(
-                "ACCESS_REFUSED - queue name '{}' contains reserved prefix 'amq.*'",
-                spec.name
+            return Err(BrokerError::refused(
+                "queue.declare",
+                ReplyCode::AccessRefused,
+                format!(
+                    "queue `{0}`: ACCESS_REFUSED - queue name '{0}' contains reserved prefix \
+                     'amq.*'",
+                    spec.name
+                ),
             ));
         }
-        let declaration = Declaration::of(spec)?;
-        match self.queues.get(&spec.name) {
+        self.declare_as(spec, &spec.name, session)
+    }
+
+    /// Declares a queue the broker names (`amq.gen-…`) and returns its name.
+    pub(super) fn declare_server_named(
+        &mut self,
+        spec: &QueueSpec,
+        session: u64,
+    ) -> Result<String, BrokerError> {
+        let name = format!("amq.gen-{}", uuid::Uuid::new_v4().simple());
+        self.declare_as(spec, &name, session)?;
+        Ok(name)
+    }
+
+    /// Declares queue `name` as `spec` says.
+    fn declare_as(
+        &mut self,
+        spec: &QueueSpec,
+        name: &str,
+        session: u64,
+    ) -> Result<(), BrokerError> {
+        let invalid = |reason: String| {
+            BrokerError::refused(
+                "queue.declare",
+                ReplyCode::PreconditionFailed,
+                format!("queue `{name}`: {reason}"),
+            )
+        };
+        let declaration = Declaration::of(spec).map_err(invalid)?;
+        match self.queues.get(name) {
             Some(queue) => {
-                if let Some(why) = declaration.inequivalence(&queue.declaration, &spec.name) {
-                    return Err(why);
+                if queue.owner.is_some_and(|owner| owner != session) {
+                    return Err(locked("queue.declare", name));
+                }
+                if let Some(why) = declaration.inequivalence(&queue.declaration, name) {
+                    return Err(invalid(why));
                 }
             }
             None => {
                 let levels = usize::from(declaration.max_priority.unwrap_or(0)) + 1;
                 let id = self.next_id();
                 self.queues.insert(
-                    spec.name.clone(),
+                    name.to_owned(),
                     Queue {
                         id,
+                        owner: declaration.exclusive.then_some(session),
                         declaration,
                         levels: (0..levels).map(|_| VecDeque::new()).collect(),
                         ready_len: 0,
@@ -411,12 +542,25 @@ impl State {
             }
         }
         if spec.bind_same_name_exchange {
-            let bindings = self.exchanges.entry(spec.name.clone()).or_default();
-            if !bindings
-                .iter()
-                .any(|(k, q)| *k == spec.name && *q == spec.name)
-            {
-                bindings.push((spec.name.clone(), spec.name.clone()));
+            // A refusal is reported as the queue's declaration, as the AMQP
+            // broker reports it.
+            self.declare_exchange(&ExchangeSpec::new(name, ExchangeKind::Direct))
+                .map_err(|error| match error {
+                    BrokerError::Operation {
+                        reason,
+                        reply_code,
+                        source,
+                        ..
+                    } => BrokerError::Operation {
+                        operation: "queue.declare",
+                        reason: format!("queue `{name}`: {reason}"),
+                        reply_code,
+                        source,
+                    },
+                    other => other,
+                })?;
+            if let Some(exchange) = self.exchanges.get_mut(name) {
+                exchange.bind(name, name);
             }
         }
         Ok(())
@@ -431,19 +575,15 @@ impl State {
                 Vec::new()
             });
         }
-        let bindings = self
-            .exchanges
-            .get(exchange)
-            .ok_or_else(|| BrokerError::Operation {
-                operation: "basic.publish",
-                reason: format!("NOT_FOUND - no exchange '{exchange}'"),
-            })?;
-        let mut targets: Vec<String> = Vec::new();
-        for (key, queue) in bindings {
-            if key == routing_key && self.queues.contains_key(queue) && !targets.contains(queue) {
-                targets.push(queue.clone());
-            }
-        }
+        let bound = self.exchanges.get(exchange).ok_or_else(|| {
+            BrokerError::refused(
+                "basic.publish",
+                ReplyCode::NotFound,
+                format!("NOT_FOUND - no exchange '{exchange}'"),
+            )
+        })?;
+        let mut targets = bound.route(routing_key);
+        targets.retain(|queue| self.queues.contains_key(queue));
         Ok(targets)
     }
 
@@ -669,14 +809,29 @@ impl State {
         self.settle(core, targets, now);
     }
 
-    /// Deletes a queue with its messages and bindings.
-    pub(super) fn delete_queue(&mut self, name: &str) {
+    /// Deletes a queue for connection `session` (not another connection's
+    /// exclusive queue; no error if it does not exist).
+    pub(super) fn delete_queue_for(&mut self, session: u64, name: &str) -> Result<(), BrokerError> {
+        if self
+            .queues
+            .get(name)
+            .and_then(|queue| queue.owner)
+            .is_some_and(|owner| owner != session)
+        {
+            return Err(locked("queue.delete", name));
+        }
+        self.delete_queue(name);
+        Ok(())
+    }
+
+    /// Deletes a queue with its messages and bindings (and the auto-delete
+    /// exchanges it was the last queue bound to).
+    fn delete_queue(&mut self, name: &str) {
         let Some(queue) = self.queues.remove(name) else {
             return;
         };
-        for bindings in self.exchanges.values_mut() {
-            bindings.retain(|(_, q)| q != name);
-        }
+        self.exchanges
+            .retain(|_, exchange| !(exchange.unbind_queue(name) && exchange.is_unused()));
         // Its consumers lose it; one left without queues ends, as RabbitMQ
         // cancels the consumers of a deleted queue.
         for id in queue.consumers {
@@ -740,25 +895,20 @@ impl State {
         tag: u64,
         outcome: Outcome,
     ) -> Result<(), BrokerError> {
-        let consumer =
-            self.consumers
-                .get_mut(&consumer_id)
-                .ok_or_else(|| BrokerError::Operation {
-                    operation: outcome.operation(),
-                    reason:
-                        "the consumer of this delivery is closed: the message went back to its \
-                         queue"
-                            .into(),
-                })?;
-        let unacked = consumer
-            .unacked
-            .remove(&tag)
-            .ok_or_else(|| BrokerError::Operation {
-                operation: outcome.operation(),
-                reason: format!(
-                    "PRECONDITION_FAILED - unknown delivery tag {tag} (already settled)"
-                ),
-            })?;
+        // Both are refused by the client on AMQP (lapin does not send a
+        // settlement it knows to be late), so neither has a reply code.
+        let consumer = self.consumers.get_mut(&consumer_id).ok_or_else(|| {
+            BrokerError::failed(
+                outcome.operation(),
+                "the consumer of this delivery is closed: the message went back to its queue",
+            )
+        })?;
+        let unacked = consumer.unacked.remove(&tag).ok_or_else(|| {
+            BrokerError::failed(
+                outcome.operation(),
+                format!("delivery {tag} was settled already"),
+            )
+        })?;
         let mut touched = consumer.queues.clone();
         let now = Instant::now();
         match outcome {
@@ -786,4 +936,25 @@ impl State {
         self.settle(core, touched, now);
         Ok(())
     }
+}
+
+/// RabbitMQ's refusal of an operation on the default exchange.
+fn default_exchange_refused(operation: &'static str) -> BrokerError {
+    BrokerError::refused(
+        operation,
+        ReplyCode::AccessRefused,
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    )
+}
+
+/// RabbitMQ's refusal of another connection's exclusive queue.
+fn locked(operation: &'static str, queue: &str) -> BrokerError {
+    BrokerError::refused(
+        operation,
+        ReplyCode::ResourceLocked,
+        format!(
+            "queue `{queue}`: RESOURCE_LOCKED - cannot obtain exclusive access to locked queue \
+             '{queue}': it was declared exclusive by another connection"
+        ),
+    )
 }
