@@ -1357,3 +1357,40 @@ async fn refusals_carry_the_same_reply_codes(mut f: Fixture) {
     consumer.cancel.close().await.unwrap();
     f.finish().await;
 }
+
+contract_test!(a_delayed_message_due_while_its_queue_was_deleted_arrives_once_it_is_back);
+/// RabbitMQ drops the delayed-delivery binding with a deleted queue, and a
+/// queue declared again by another connection does not get it back: what
+/// comes due meanwhile is kept for it (the delivery exchange's alternate
+/// exchange) and moved to it by `redeliver_unrouted`, never lost.
+async fn a_delayed_message_due_while_its_queue_was_deleted_arrives_once_it_is_back(mut f: Fixture) {
+    let q = f.queue("unrouted-delay", json!({})).await;
+    f.broker
+        .publish_delayed(
+            &q,
+            &message("kept for its queue"),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    f.broker.delete_queue(&q).await.unwrap();
+    let other = f.another_connection().await;
+    other.declare_queue(&f.spec(&q, json!({}))).await.unwrap();
+    let started = Instant::now();
+    while f.count(&q).await == 0 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the delayed message never arrived"
+        );
+        f.broker.redeliver_unrouted().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumer = f.consume(&[&q], 10).await;
+    let delivery = next(&mut consumer).await;
+    assert_eq!(body(&delivery), "kept for its queue");
+    delivery.acker.ack().await.unwrap();
+    assert_eq!(f.count(&q).await, 0, "delivered once");
+    consumer.cancel.close().await.unwrap();
+    let _ = other.close().await;
+    f.finish().await;
+}

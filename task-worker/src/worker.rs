@@ -343,6 +343,30 @@ impl WorkerBuilder {
     }
 }
 
+/// How often a worker moves delayed messages kept for want of their queue
+/// (see [`Broker::redeliver_unrouted`](task_core::broker::Broker::redeliver_unrouted)).
+const UNROUTED_SWEEP: Duration = Duration::from_secs(10);
+
+/// Moves delayed messages that came due while their queue could not be
+/// reached to their queues, now and every [`UNROUTED_SWEEP`], until `stop`.
+async fn sweep_unrouted(broker: Arc<dyn task_core::broker::Broker>, stop: CancellationToken) {
+    loop {
+        match broker.redeliver_unrouted().await {
+            Ok(0) => {}
+            Ok(moved) => tracing::warn!(
+                moved,
+                "moved delayed messages that came due while their queue could not be \
+                 reached (deleted and declared again?) to their queues"
+            ),
+            Err(error) => tracing::debug!(%error, "could not look for unrouted delayed messages"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(UNROUTED_SWEEP) => {}
+        }
+    }
+}
+
 /// Refuses a registry with a task that takes a state `states` lacks.
 fn check_states(registry: &Registry, states: &States) -> Result<(), WorkerError> {
     for name in registry.names() {
@@ -527,6 +551,10 @@ impl Worker {
                 }),
             },
         });
+        let sweeper = tokio::spawn(sweep_unrouted(
+            Arc::clone(self.app.broker()),
+            self.shutdown.clone(),
+        ));
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let running = TaskTracker::new();
         // Cancelled when the shutdown timeout runs out: the tasks still
@@ -607,6 +635,7 @@ impl Worker {
         if let Err(error) = consumer.cancel.close().await {
             tracing::debug!(%error, "could not close the consumer channel");
         }
+        sweeper.abort();
         tracing::info!("worker stopped");
         for shutdown in &self.hooks.shutdown {
             shutdown(&self);

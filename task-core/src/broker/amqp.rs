@@ -7,16 +7,17 @@
 //! short-lived channel of their own, so a refused declaration
 //! (PRECONDITION_FAILED closes the channel) cannot break publishing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Confirmation;
@@ -42,7 +43,7 @@ pub struct AmqpBroker {
     /// The delay levels, declared on first use (see [`delay_topology`]).
     delay_levels: OnceCell<()>,
     /// Queues already bound to the delay delivery exchange.
-    delay_targets: Mutex<HashSet<String>>,
+    delay_targets: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl AmqpBroker {
@@ -77,7 +78,7 @@ impl AmqpBroker {
         Ok(Self {
             link: LinkKeeper::connect(url, policy, tls).await?,
             delay_levels: OnceCell::new(),
-            delay_targets: Mutex::new(HashSet::new()),
+            delay_targets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -123,13 +124,17 @@ impl AmqpBroker {
             .map(|_| ())
     }
 
-    /// Binds `queue` to the delay delivery exchange, once per broker.
+    /// Binds `queue` to the delay delivery exchange: once, then again when
+    /// the binding is [`DELAY_BINDING_RECHECK`] old (a queue deleted and
+    /// declared again elsewhere lost it; what came due meanwhile was kept
+    /// by the unrouted queue) or when this broker declared the queue.
     async fn ensure_delay_target(&self, queue: &str) -> Result<(), BrokerError> {
         if self
             .delay_targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(queue)
+            .get(queue)
+            .is_some_and(|bound| bound.elapsed() < DELAY_BINDING_RECHECK)
         {
             return Ok(());
         }
@@ -148,10 +153,13 @@ impl AmqpBroker {
         self.delay_targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(queue.to_owned());
+            .insert(queue.to_owned(), std::time::Instant::now());
         Ok(())
     }
 }
+
+/// How long a delayed-delivery binding is trusted before it is made again.
+const DELAY_BINDING_RECHECK: Duration = Duration::from_secs(60);
 
 /// Declares the queue of `spec` (named by the broker when `spec.name` is
 /// empty) and returns its name.
@@ -302,12 +310,45 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
+    // What the delivery exchange cannot route is kept, not dropped.
+    channel
+        .exchange_declare(
+            delay_topology::UNROUTED.into(),
+            lapin::ExchangeKind::Fanout,
+            durable_topic,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            delay_topology::UNROUTED.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            delay_topology::UNROUTED.into(),
+            delay_topology::UNROUTED.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut delivery_arguments = FieldTable::default();
+    delivery_arguments.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(delay_topology::UNROUTED.into()),
+    );
     channel
         .exchange_declare(
             delay_topology::DELIVERY_EXCHANGE.into(),
             lapin::ExchangeKind::Topic,
             durable_topic,
-            FieldTable::default(),
+            delivery_arguments,
         )
         .await?;
     for k in 0..delay_topology::LEVELS {
@@ -364,6 +405,12 @@ async fn declare_delay_levels(channel: Channel) -> Result<(), lapin::Error> {
 impl Broker for AmqpBroker {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         check_declared_name(spec, true)?;
+        // Declared (perhaps again, after a deletion that took its bindings):
+        // its delayed-delivery binding is made again on the next use.
+        self.delay_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&spec.name);
         self.on_own_channel("queue.declare", |channel| declare_on(channel, spec))
             .await
             .map(drop)
@@ -492,6 +539,18 @@ impl Broker for AmqpBroker {
         self.publish(&exchange, &routing_key, message).await
     }
 
+    async fn redeliver_unrouted(&self) -> Result<u32, BrokerError> {
+        self.ensure_delay_levels().await?;
+        let held = self.queue_message_count(delay_topology::UNROUTED).await?;
+        if held == 0 {
+            return Ok(0);
+        }
+        self.on_own_channel("redeliver unrouted delayed messages", |channel| {
+            redeliver_unrouted_on(channel, held)
+        })
+        .await
+    }
+
     async fn consume(
         &self,
         queues: &[String],
@@ -549,6 +608,87 @@ impl Broker for AmqpBroker {
 
 /// `x-consumer-timeout` when the consumer asks for an acknowledgement timeout
 /// of its own (RabbitMQ 3.11.15+ honours it; older versions ignore it).
+/// The header recording when a delayed message was first found with no queue
+/// to go to (milliseconds since the epoch).
+const UNROUTED_SINCE: &str = "x-task-unrouted-since";
+
+/// How long a delayed message waits for its queue to exist again before it
+/// is dropped (with a warning), as long as dead letters are kept by default.
+const UNROUTED_KEPT: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Takes up to `limit` messages from the unrouted-delayed queue: each one
+/// whose queue exists now is published to it and acked once confirmed; the
+/// others go back to the end of the unrouted queue (published again with
+/// their routing key, then acked), so one pass sees each message once.
+async fn redeliver_unrouted_on(channel: Channel, limit: u32) -> Result<u32, lapin::Error> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut moved = 0;
+    for _ in 0..limit {
+        let Some(held) = channel
+            .basic_get(
+                delay_topology::UNROUTED.into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        else {
+            break;
+        };
+        let delivery = held.delivery;
+        let target = delay_topology::target_queue(delivery.routing_key.as_str());
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let routed = match target {
+            Some(queue) => {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        mandatory,
+                        &delivery.data,
+                        delivery.properties.clone(),
+                    )
+                    .await?
+                    .await?;
+                // A returned message (no such queue) is acked with it.
+                matches!(confirm, Confirmation::Ack(None))
+            }
+            None => false,
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let since = match headers.inner().get(UNROUTED_SINCE) {
+            Some(AMQPValue::LongLongInt(since)) => *since,
+            _ => now_ms,
+        };
+        if routed {
+            moved += 1;
+        } else if now_ms.saturating_sub(since) > UNROUTED_KEPT.as_millis() as i64 {
+            tracing::warn!(
+                routing_key = %delivery.routing_key,
+                "dropping a delayed message whose queue has not existed for 14 days"
+            );
+        } else {
+            headers.insert(UNROUTED_SINCE.into(), AMQPValue::LongLongInt(since));
+            channel
+                .basic_publish(
+                    delay_topology::UNROUTED.into(),
+                    delivery.routing_key.clone(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    delivery.properties.clone().with_headers(headers),
+                )
+                .await?
+                .await?;
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(moved)
+}
+
 fn consumer_arguments(options: &ConsumeOptions) -> FieldTable {
     let mut arguments = FieldTable::default();
     if let Some(timeout) = options.ack_timeout.filter(|_| !options.no_ack) {

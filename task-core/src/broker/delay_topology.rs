@@ -1,8 +1,8 @@
 //! Delayed delivery kept by RabbitMQ itself, without plugins: a cascade of
 //! TTL queues, one level per hexadecimal digit of the delay.
 //!
-//! Level `k` (0..[`LEVELS`]) is a topic exchange `task.delay.x16.L<k>` with
-//! 15 durable queues `task.delay.x16.L<k>.<d>` (`d` = 1..f), whose every
+//! Level `k` (0..[`LEVELS`]) is a topic exchange `task.delay.v2.L<k>` with
+//! 15 durable queues `task.delay.v2.L<k>.<d>` (`d` = 1..f), whose every
 //! message waits exactly `d × 16^k` ms (`x-message-ttl`) before it is
 //! dead-lettered to level `k-1` (level 0 dead-letters to the delivery
 //! exchange). A delayed message's routing key spells its delay in
@@ -25,6 +25,19 @@
 //! persistent, so delays survive a broker restart. Delays longer than
 //! [`MAX_DELAY_MS`] (about 49.7 days) are cut; the worker that receives the
 //! message early parks it again for the rest.
+//!
+//! A message that comes due for a queue the delivery exchange cannot route
+//! to (the queue was deleted and declared again, so its binding is gone, or
+//! it does not exist yet) is not dropped: the delivery exchange's
+//! alternate exchange [`UNROUTED`] (fanout) keeps it, with its routing key,
+//! in the durable queue of the same name, from which workers move it to its
+//! queue once that exists ([`target_queue`] reads it from the key).
+//!
+//! (The first generation, `task.delay.x16.*`, had no alternate exchange;
+//! exchange arguments cannot change in place, hence the new names. Messages
+//! still in the old levels arrive through the old delivery exchange's
+//! bindings, which RabbitMQ keeps; the old objects can be deleted once
+//! their queues are empty.)
 
 /// Bits per level (one hexadecimal digit).
 const DIGIT_BITS: u32 = 4;
@@ -40,12 +53,12 @@ pub const WAITING_DIGITS: std::ops::RangeInclusive<u32> = 1..=15;
 
 /// The exchange of level `k`.
 pub fn level_name(k: u32) -> String {
-    format!("task.delay.x16.L{k}")
+    format!("task.delay.v2.L{k}")
 }
 
 /// The queue of level `k` where messages whose digit `k` is `digit` wait.
 pub fn wait_queue_name(k: u32, digit: u32) -> String {
-    format!("task.delay.x16.L{k}.{digit:x}")
+    format!("task.delay.v2.L{k}.{digit:x}")
 }
 
 /// How long a message waits in [`wait_queue_name`]`(k, digit)`, in ms.
@@ -59,7 +72,26 @@ pub fn wait_queues() -> impl Iterator<Item = String> {
 }
 
 /// The exchange that routes due messages to their queues.
-pub const DELIVERY_EXCHANGE: &str = "task.delay.x16.deliver";
+pub const DELIVERY_EXCHANGE: &str = "task.delay.v2.deliver";
+
+/// The delivery exchange's alternate exchange (fanout), and the durable
+/// queue bound to it, where due messages that no queue binding matched are
+/// kept until their queue exists.
+pub const UNROUTED: &str = "task.delay.v2.unrouted";
+
+/// The queue a delayed message's routing key is for (what follows the
+/// digits), if the key has that shape.
+pub fn target_queue(routing_key: &str) -> Option<&str> {
+    let mut rest = routing_key;
+    for _ in 0..LEVELS {
+        let (digit, tail) = rest.split_once('.')?;
+        if digit.len() != 1 || !digit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        rest = tail;
+    }
+    (!rest.is_empty()).then_some(rest)
+}
 
 fn digit(delay: u64, k: u32) -> u32 {
     // Masked to 4 bits: the cast cannot truncate.
@@ -190,15 +222,27 @@ mod tests {
 
     #[test]
     fn levels_chain_down_to_the_delivery_exchange() {
-        assert_eq!(entry_exchange(MAX_DELAY_MS), "task.delay.x16.L7");
-        assert_eq!(entry_exchange(10_000), "task.delay.x16.L3");
-        assert_eq!(entry_exchange(15), "task.delay.x16.L0");
+        assert_eq!(entry_exchange(MAX_DELAY_MS), "task.delay.v2.L7");
+        assert_eq!(entry_exchange(10_000), "task.delay.v2.L3");
+        assert_eq!(entry_exchange(15), "task.delay.v2.L0");
         assert_eq!(entry_exchange(0), DELIVERY_EXCHANGE);
-        assert_eq!(next_exchange(5), "task.delay.x16.L4");
+        assert_eq!(next_exchange(5), "task.delay.v2.L4");
         assert_eq!(next_exchange(0), DELIVERY_EXCHANGE);
-        assert_eq!(wait_queue_name(3, 10), "task.delay.x16.L3.a");
+        assert_eq!(wait_queue_name(3, 10), "task.delay.v2.L3.a");
         assert_eq!(wait_ms(3, 10), 40_960);
         assert_eq!(wait_queues().count(), 120);
         assert!(delivery_pattern("q").len() < 255);
+    }
+
+    #[test]
+    fn the_target_queue_is_read_back_from_the_routing_key() {
+        assert_eq!(
+            target_queue(&routing_key(10_000, "orders.high")),
+            Some("orders.high")
+        );
+        assert_eq!(target_queue(&routing_key(0, "q")), Some("q"));
+        assert_eq!(target_queue("0.0.0.0.2.7.1.0."), None);
+        assert_eq!(target_queue("orders"), None);
+        assert_eq!(target_queue("0.0.0.0.2.7.1.zz.q"), None);
     }
 }

@@ -243,6 +243,10 @@ impl Broker for MemoryBroker {
             .publish_delayed(&self.core, queue, message, delay)
     }
 
+    async fn redeliver_unrouted(&self) -> Result<u32, BrokerError> {
+        Ok(self.open()?.redeliver_unrouted(&self.core))
+    }
+
     async fn consume(
         &self,
         queues: &[String],

@@ -720,6 +720,15 @@ pub trait Broker: Send + Sync + 'static {
         ))
     }
 
+    /// Moves delayed messages that came due while their queue could not be
+    /// reached (deleted and declared again, or not declared yet), and were
+    /// kept for it, to their queues that exist now; returns how many moved.
+    /// Workers call it when they start and then periodically, so that such
+    /// messages arrive late rather than never.
+    async fn redeliver_unrouted(&self) -> Result<u32, BrokerError> {
+        Ok(0)
+    }
+
     /// Starts consuming from `queues` on one channel, with one prefetch window
     /// shared by all of them.
     async fn consume(

@@ -34,6 +34,10 @@ pub(super) struct State {
     consumers: HashMap<u64, ConsumerState>,
     /// Messages published with a delay, by due time (then publish order).
     delayed: BTreeMap<(Instant, u64), Delayed>,
+    /// Delayed messages that came due while their queue did not exist, in
+    /// due order, until [`State::redeliver_unrouted`] finds their queue
+    /// (as RabbitMQ's delay levels keep them in their alternate exchange).
+    unrouted: Vec<Delayed>,
     /// When queues have a head message to expire: (deadline, queue id,
     /// queue name). An entry may be stale (the message left earlier); it
     /// then only makes the timer look at the queue for nothing.
@@ -804,9 +808,33 @@ impl State {
                 if !targets.contains(&queue) {
                     targets.push(queue);
                 }
+            } else {
+                self.unrouted.push(Delayed { queue, entry });
             }
         }
         self.settle(core, targets, now);
+    }
+
+    /// Moves the due messages kept for want of their queue to those queues
+    /// that exist now; returns how many moved.
+    pub(super) fn redeliver_unrouted(&mut self, core: &Arc<Core>) -> u32 {
+        let now = Instant::now();
+        let mut targets: Vec<String> = Vec::new();
+        let mut moved = 0;
+        for Delayed { queue, entry } in std::mem::take(&mut self.unrouted) {
+            if !self.queues.contains_key(&queue) {
+                self.unrouted.push(Delayed { queue, entry });
+                continue;
+            }
+            let expiration = parse_expiration(&entry.message).ok().flatten();
+            self.enqueue(&queue, entry, expiration, now);
+            moved += 1;
+            if !targets.contains(&queue) {
+                targets.push(queue);
+            }
+        }
+        self.settle(core, targets, now);
+        moved
     }
 
     /// Deletes a queue for connection `session` (not another connection's
