@@ -147,7 +147,7 @@ proptest! {
     ) {
         let message = Message {
             properties: Properties {
-                content_type: content_type.map(str::to_owned),
+                content_type: content_type.map(|t| t.to_owned().into()),
                 headers: headers.into_iter().collect(),
                 ..Properties::default()
             },

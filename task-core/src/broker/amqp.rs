@@ -780,9 +780,20 @@ fn not_settled_is_an_error(operation: &'static str, settled: bool) -> Result<(),
 fn from_lapin_delivery(delivery: lapin::message::Delivery, queue: &str) -> Delivery {
     let p = &delivery.properties;
     let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+    // Celery's values are shared constants, not copied for every message.
+    let known = |s: &Option<ShortString>, common: &'static [&'static str]| {
+        s.as_ref()
+            .map(|s| match common.iter().find(|c| **c == s.as_str()) {
+                Some(common) => std::borrow::Cow::Borrowed(*common),
+                None => std::borrow::Cow::Owned(s.as_str().to_owned()),
+            })
+    };
     let mut properties = Properties {
-        content_type: text(p.content_type()),
-        content_encoding: text(p.content_encoding()),
+        content_type: known(p.content_type(), &[crate::protocol::CONTENT_TYPE_JSON]),
+        content_encoding: known(
+            p.content_encoding(),
+            &[crate::protocol::CONTENT_ENCODING_UTF8],
+        ),
         correlation_id: text(p.correlation_id()),
         reply_to: text(p.reply_to()),
         persistent: *p.delivery_mode() == Some(2),
@@ -811,10 +822,10 @@ fn to_lapin_properties(p: &Properties) -> BasicProperties {
         .with_delivery_mode(if p.persistent { 2 } else { 1 })
         .with_headers(p.headers.to_field_table());
     if let Some(v) = &p.content_type {
-        properties = properties.with_content_type(v.as_str().into());
+        properties = properties.with_content_type(v.as_ref().into());
     }
     if let Some(v) = &p.content_encoding {
-        properties = properties.with_content_encoding(v.as_str().into());
+        properties = properties.with_content_encoding(v.as_ref().into());
     }
     if let Some(v) = &p.correlation_id {
         properties = properties.with_correlation_id(v.as_str().into());

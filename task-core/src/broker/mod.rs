@@ -13,6 +13,7 @@ mod reply_code;
 mod tls;
 mod url;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -192,10 +193,12 @@ impl BrokerError {
 /// AMQP-style message properties, in the framework's own terms.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {
-    /// MIME type of the body (`application/json` for Celery messages).
-    pub content_type: Option<String>,
+    /// MIME type of the body (`application/json` for Celery messages;
+    /// borrowed when it is a constant, so the common values cost no
+    /// allocation per message).
+    pub content_type: Option<Cow<'static, str>>,
     /// Body encoding (`utf-8`).
-    pub content_encoding: Option<String>,
+    pub content_encoding: Option<Cow<'static, str>>,
     /// The task id, on task and result messages.
     pub correlation_id: Option<String>,
     /// The queue results should be sent to.
@@ -244,11 +247,11 @@ pub(crate) fn check_publish(
     check_short("exchange name", exchange)?;
     check_short("routing key", routing_key)?;
     for (what, value) in [
-        ("content_type", &properties.content_type),
-        ("content_encoding", &properties.content_encoding),
-        ("correlation_id", &properties.correlation_id),
-        ("reply_to", &properties.reply_to),
-        ("expiration", &properties.expiration),
+        ("content_type", properties.content_type.as_deref()),
+        ("content_encoding", properties.content_encoding.as_deref()),
+        ("correlation_id", properties.correlation_id.as_deref()),
+        ("reply_to", properties.reply_to.as_deref()),
+        ("expiration", properties.expiration.as_deref()),
     ] {
         if let Some(value) = value {
             check_short(what, value)?;
