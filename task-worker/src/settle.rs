@@ -116,16 +116,20 @@ impl Settler {
     /// Settles `delivery` as its processing ended.
     pub(crate) async fn settle(&self, delivery: &Delivery, processed: Processed<'_>) {
         let Processed { job, outcome } = processed;
+        // The rarer endings are boxed: their futures (dead-lettering above
+        // all) would otherwise size the state of every delivery's task.
         let settled = match (job, outcome) {
             (job, Outcome::Rejected(rejection)) => {
-                self.reject(delivery, job.as_ref(), &rejection).await
+                Box::pin(self.reject(delivery, job.as_ref(), &rejection)).await
             }
             (None, _) => Ok(()),
             (Some(job), Outcome::Retry { error, delay }) => {
                 let outcome = Outcome::Retry { error, delay };
-                self.retry(delivery, &job, &outcome, delay).await
+                Box::pin(self.retry(delivery, &job, &outcome, delay)).await
             }
-            (Some(job), Outcome::Deferred { wait }) => self.park(delivery, &job, wait).await,
+            (Some(job), Outcome::Deferred { wait }) => {
+                Box::pin(self.park(delivery, &job, wait)).await
+            }
             (Some(job), outcome) => {
                 self.report(&job, &outcome).await;
                 self.ack(delivery, &job).await
