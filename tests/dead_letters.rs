@@ -304,22 +304,24 @@ async fn queues_whose_derived_names_cannot_exist_are_refused_at_start() {
 }
 
 #[tokio::test]
-async fn a_message_carrying_a_chain_fails_its_caller_and_every_step_and_is_kept() {
+async fn a_message_carrying_a_chord_fails_its_caller_and_every_step_and_is_kept() {
     let queue = common::unique_queue("dlq-canvas");
     let replies = common::unique_queue("dlq-canvas-replies");
     let dead_letters = QueueSpec::dead_letter_queue(&queue).name;
     let app = common::client(&[&queue, &replies]).await;
     app.ensure_queue(&replies).await.unwrap();
     let worker = Running::start(&app, &queue, DeadLetterRetention::default()).await;
-    // add.s(2, 3) | add.s(10) | add.s(100), as Celery sends it: the rest of
-    // the chain in reverse order, each step frozen with its id.
+    // A chain step that ends in a chord (not run yet by this worker), as
+    // Celery sends it: the rest of the chain in reverse order, each step
+    // frozen with its id.
     let mut message = task_message("tasks.add", "chain-1", Some(&replies));
     let chain = json!([
         {"task": "tasks.add", "args": [100], "kwargs": {}, "options": {"task_id": "chain-3", "reply_to": replies}, "subtask_type": null, "immutable": false},
         {"task": "tasks.add", "args": [10], "kwargs": {}, "options": {"task_id": "chain-2", "reply_to": replies}, "subtask_type": null, "immutable": false},
     ]);
     message.body = serde_json::to_vec(&json!([[2, 3], {}, {
-        "callbacks": null, "errbacks": null, "chord": null, "chain": chain
+        "callbacks": null, "errbacks": null, "chain": chain,
+        "chord": {"task": "tasks.add", "args": [1], "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false}
     }]))
     .unwrap();
     app.broker().publish("", &queue, &message).await.unwrap();
@@ -333,7 +335,7 @@ async fn a_message_carrying_a_chain_fails_its_caller_and_every_step_and_is_kept(
             assert!(body["result"]["exc_message"][0]
                 .as_str()
                 .unwrap()
-                .contains("chain"));
+                .contains("chord"));
             body["task_id"].as_str().unwrap()
         })
         .collect();
@@ -349,5 +351,48 @@ async fn a_message_carrying_a_chain_fails_its_caller_and_every_step_and_is_kept(
         .as_deref()
         .unwrap()
         .starts_with("NotImplementedError"));
+    cleanup(&app, &[&queue, &replies, &dead_letters]).await;
+}
+
+#[tokio::test]
+async fn a_chain_runs_step_by_step_each_result_reaching_its_caller() {
+    let queue = common::unique_queue("canvas-chain");
+    let replies = common::unique_queue("canvas-chain-replies");
+    let app = common::client(&[&queue, &replies]).await;
+    app.ensure_queue(&replies).await.unwrap();
+    let worker = Running::start(&app, &queue, DeadLetterRetention::default()).await;
+    // add.s(2, 3) | add.s(10) | add.s(100), as Celery sends it.
+    let mut message = task_message("tasks.add", "run-1", Some(&replies));
+    let chain = json!([
+        {"task": "tasks.add", "args": [100], "kwargs": {}, "options": {"task_id": "run-3", "reply_to": replies, "queue": queue}, "subtask_type": null, "immutable": false},
+        {"task": "tasks.add", "args": [10], "kwargs": {}, "options": {"task_id": "run-2", "reply_to": replies, "queue": queue}, "subtask_type": null, "immutable": false},
+    ]);
+    message.body = serde_json::to_vec(&json!([[2, 3], {}, {
+        "callbacks": null, "errbacks": null, "chord": null, "chain": chain
+    }]))
+    .unwrap();
+    app.broker().publish("", &queue, &message).await.unwrap();
+    let mut results = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + common::RESULT_TIMEOUT;
+    while results.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "results so far: {results:?}"
+        );
+        let (bodies, _) = results_within(&app, &replies, Duration::from_millis(200)).await;
+        for body in bodies {
+            assert_eq!(body["status"], "SUCCESS", "{body}");
+            results.insert(
+                body["task_id"].as_str().unwrap().to_owned(),
+                body["result"].clone(),
+            );
+        }
+    }
+    assert_eq!(results["run-1"], json!(5));
+    assert_eq!(results["run-2"], json!(15));
+    assert_eq!(results["run-3"], json!(115));
+    drain(&app, &queue).await;
+    worker.stop().await;
+    let dead_letters = QueueSpec::dead_letter_queue(&queue).name;
     cleanup(&app, &[&queue, &replies, &dead_letters]).await;
 }

@@ -221,41 +221,59 @@ async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker()
     w.stop().await;
 }
 
+/// What `interop.record` was called with, by label.
+static RECORDED: Mutex<Vec<(i64, String)>> = Mutex::new(Vec::new());
+
+#[task(name = "interop.record")]
+async fn record(value: i64, label: String) -> Result<(), TaskError> {
+    RECORDED.lock().unwrap().push((value, label));
+    Ok(())
+}
+
 #[tokio::test]
-async fn python_canvas_sent_to_a_rust_worker_fails_fast_instead_of_being_half_run() {
+async fn python_canvas_runs_on_a_rust_worker() {
     let w = RustWorker::start("py2rs-canvas").await;
     let q = &w.queue;
-    // chain(add.s(2, 3), add.s(10), add.s(100)): the Python caller waits on
-    // the last step's id; before, the first step ran and the rest vanished.
+    let label = format!("linked-{q}");
     let reports = python_client(json!([
+        // chain(add.s(2, 3), add.s(10), add.s(100)): the caller waits on
+        // the last step's id.
         {"name": "tasks.add", "queue": q, "args": [2, 3],
          "chain": [{"name": "tasks.add", "args": [10]}, {"name": "tasks.add", "args": [100]}]},
-        {"name": "tasks.add", "queue": q, "args": [1, 1], "link": {"name": "tasks.add", "args": [5]}},
+        // A callback gets the parent's result in front of its arguments.
+        {"name": "tasks.add", "queue": q, "args": [1, 1], "link": {"name": "interop.record", "args": [&label]}},
+        // A step that fails: the rest of the chain never runs, and the
+        // caller of its last step hears of the failure.
+        {"name": "tasks.add", "queue": q, "args": [1, 1],
+         "chain": [{"name": "tasks.parse_int", "args": []}, {"name": "tasks.add", "args": [1]}]},
         {"name": "tasks.add", "queue": q, "args": [2, 2]},
     ]))
     .await;
-    // (For the chain, Celery raises the first failed parent's error.)
-    assert_eq!(reports[1]["status"], "FAILURE", "{:#}", reports[1]);
-    for report in &reports[..2] {
-        assert_eq!(report["exc_type"], "NotImplementedError", "{report:#}");
-        assert_eq!(report["exc_module"], "builtins", "{report:#}");
+    assert_eq!(reports[0]["result"], json!(115), "{:#}", reports[0]);
+    assert_eq!(reports[1]["result"], json!(2), "{:#}", reports[1]);
+    assert_eq!(reports[2]["status"], "FAILURE", "{:#}", reports[2]);
+    assert_eq!(reports[2]["exc_type"], "TypeError", "{:#}", reports[2]);
+    assert_eq!(reports[3]["result"], json!(4), "plain calls still run");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let calls: Vec<i64> = RECORDED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| *l == label)
+            .map(|(value, _)| *value)
+            .collect();
+        if !calls.is_empty() {
+            assert_eq!(
+                calls,
+                [2],
+                "the callback ran once, with the parent's result"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the callback never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(reports[0]["message"].as_str().unwrap().contains("chain"));
-    assert!(reports[1]["message"]
-        .as_str()
-        .unwrap()
-        .contains("callbacks"));
-    assert_eq!(reports[2]["result"], json!(4), "plain calls still run");
-    // Both canvas messages are kept, unrun, for a replay.
-    let dead_letters = QueueSpec::dead_letter_queue(q).name;
-    assert_eq!(
-        w.app
-            .broker()
-            .queue_message_count(&dead_letters)
-            .await
-            .unwrap(),
-        2
-    );
     w.stop().await;
 }
 

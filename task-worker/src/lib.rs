@@ -6,6 +6,7 @@
 //! crates that are linked, so a worker binary must use the crate that defines
 //! its tasks (see ARCHITECTURE.md).
 
+mod canvas;
 pub mod cli;
 pub mod dead_letters;
 mod executor;

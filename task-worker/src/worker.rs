@@ -8,13 +8,14 @@ use futures_util::StreamExt;
 use task_core::broker::{
     check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, TlsOptions,
 };
-use task_core::pipeline::{CanvasRefusal, Expiry, Pipeline, Slot, Stage, TaskSettings};
+use task_core::pipeline::{Expiry, Pipeline, Slot, Stage, TaskSettings};
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry, States};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::canvas::Canvas;
 use crate::executor::Executor;
 use crate::rate_limiter;
 use crate::settle::{BrokerResults, RequeueBackoff, Settler, Warnings};
@@ -496,7 +497,10 @@ impl Worker {
         let builder = Pipeline::builder(self.registry.clone())
             .settings(Arc::clone(&self.settings))
             .max_message_size(self.max_message_size)
-            .stage(CanvasRefusal)
+            .stage(Canvas {
+                app: self.app.clone(),
+                registry: self.registry.clone(),
+            })
             .stage(Expiry)
             .stage(stages::Eta)
             .stage(stages::RateLimited::new(

@@ -318,7 +318,13 @@ impl Pipeline {
             delivery: job.delivery.clone(),
             states: Arc::clone(job.states),
             headers: std::mem::take(&mut request.extra_headers),
-            embed: request.embed.take(),
+            // Kept in the job too when it carries canvas: what follows the
+            // task is published after it ran.
+            embed: if request.canvas_parts().is_empty() {
+                request.embed.take()
+            } else {
+                request.embed.clone()
+            },
         });
         let args = TaskArgs::new(
             task.name,

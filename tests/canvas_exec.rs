@@ -1,0 +1,196 @@
+//! Celery canvas in a message's `embed`, run by a Rust worker (on
+//! `memory://`; the chain on RabbitMQ and with real Celery is in
+//! `dead_letters.rs` and `interop.rs`): several callbacks go out as a group,
+//! errbacks get the failed task's id, and a failed chain's remaining steps
+//! are told FAILURE.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use task_core::broker::{ConsumeOptions, QueueSpec};
+use task_core::protocol::task_message::{encode_task, TaskCall};
+use task_core::{task, App, TaskError};
+use task_worker::Worker;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// (value, label, group id, group index) of one `canvas.record` run.
+type Record = (serde_json::Value, String, Option<String>, Option<u32>);
+
+/// Every `canvas.record` run.
+static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
+
+#[task(name = "canvas.add")]
+async fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    Ok(x + y)
+}
+
+#[task(name = "canvas.fail")]
+async fn fail() -> Result<i64, TaskError> {
+    Err(TaskError::new("ValueError", "boom"))
+}
+
+#[task(name = "canvas.record")]
+async fn record(value: serde_json::Value, label: String) -> Result<(), TaskError> {
+    let group = task_core::current_task().and_then(|t| t.group().map(|(id, i)| (id.to_owned(), i)));
+    let (group_id, index) = match group {
+        Some((id, index)) => (Some(id), index),
+        None => (None, None),
+    };
+    RECORDS
+        .lock()
+        .unwrap()
+        .push((value, label, group_id, index));
+    Ok(())
+}
+
+fn sig(task: &str, args: serde_json::Value, options: serde_json::Value) -> serde_json::Value {
+    json!({"task": task, "args": args, "kwargs": {}, "options": options, "subtask_type": null, "immutable": false})
+}
+
+async fn publish(
+    app: &App,
+    queue: &str,
+    name: &str,
+    id: &str,
+    args: serde_json::Value,
+    embed: serde_json::Value,
+) {
+    let mut message = encode_task(&TaskCall {
+        id,
+        name,
+        args: &[],
+        kwargs: &[],
+        reply_to: None,
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: true,
+        retries: 0,
+        root_id: None,
+        parent_id: None,
+    })
+    .unwrap();
+    message.body = serde_json::to_vec(&json!([args, {}, embed])).unwrap();
+    app.broker().publish("", queue, &message).await.unwrap();
+}
+
+fn records_of(
+    label_prefix: &str,
+    n: usize,
+) -> Vec<(serde_json::Value, String, Option<String>, Option<u32>)> {
+    let started = Instant::now();
+    loop {
+        let found: Vec<_> = RECORDS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.1.starts_with(label_prefix))
+            .cloned()
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(started.elapsed() < WAIT, "only {found:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+async fn start(
+    label: &str,
+) -> (
+    App,
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), task_worker::WorkerError>>,
+) {
+    let app = App::builder()
+        .broker_url(format!("memory://canvas-{label}"))
+        .set_as_default(false)
+        .connect()
+        .await
+        .unwrap();
+    let queue = format!("canvas.{label}");
+    let worker = Worker::builder()
+        .app(app.clone())
+        .queues([queue.clone()])
+        .build()
+        .await
+        .unwrap();
+    let stop = worker.shutdown_handle();
+    (app, queue, stop, tokio::spawn(worker.run()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_callbacks_go_out_as_a_group_with_the_result_first() {
+    let (app, queue, stop, handle) = start("callbacks").await;
+    let options = json!({"queue": queue});
+    publish(&app, &queue, "canvas.add", "cb-parent", json!([1, 2]), json!({
+        "callbacks": [sig("canvas.record", json!(["cb-a"]), options.clone()), sig("canvas.record", json!(["cb-b"]), options)],
+        "errbacks": null, "chain": null, "chord": null
+    }))
+    .await;
+    let mut records = tokio::task::spawn_blocking(|| records_of("cb-", 2))
+        .await
+        .unwrap();
+    records.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        (records[0].0.clone(), records[0].1.as_str()),
+        (json!(3), "cb-a")
+    );
+    assert_eq!(
+        (records[1].0.clone(), records[1].1.as_str()),
+        (json!(3), "cb-b")
+    );
+    assert!(
+        records[0].2.is_some() && records[0].2 == records[1].2,
+        "one new group: {records:?}"
+    );
+    assert_eq!((records[0].3, records[1].3), (Some(0), Some(1)));
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_calls_its_errbacks_with_its_id_and_fails_the_rest_of_the_chain() {
+    let (app, queue, stop, handle) = start("errbacks").await;
+    let replies = format!("{queue}.replies");
+    app.broker()
+        .declare_queue(&QueueSpec::task_queue(replies.clone()))
+        .await
+        .unwrap();
+    let options = json!({"queue": queue});
+    publish(&app, &queue, "canvas.fail", "eb-parent", json!([]), json!({
+        "callbacks": null,
+        "errbacks": [sig("canvas.record", json!(["eb-on-error"]), options.clone())],
+        "chain": [sig("canvas.add", json!([1]), json!({"task_id": "eb-step", "reply_to": replies, "queue": queue}))],
+        "chord": null
+    }))
+    .await;
+    let records = tokio::task::spawn_blocking(|| records_of("eb-", 1))
+        .await
+        .unwrap();
+    // Celery passes the failed task's id as the errback's first argument.
+    assert_eq!(records[0].0, json!("eb-parent"));
+    let mut consumer = app
+        .broker()
+        .consume(std::slice::from_ref(&replies), ConsumeOptions::no_ack())
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(WAIT, consumer.deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&delivery.message.body).unwrap();
+    assert_eq!(body["task_id"], "eb-step");
+    assert_eq!(body["status"], "FAILURE");
+    assert_eq!(body["result"]["exc_type"], "ValueError");
+    consumer.cancel.close().await.unwrap();
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
