@@ -77,8 +77,9 @@ struct SignatureOptions {
 
 impl Embed {
     fn of(job: &Job<'_>) -> Option<Embed> {
-        // The common case, no canvas, is a byte scan, not a parse.
-        if job.request.canvas_parts().is_empty() {
+        // The common case, no canvas, was told at decode; after the run,
+        // the job keeps the `embed` only when it carries canvas.
+        if !job.request.carries_canvas() || job.request.canvas_parts().is_empty() {
             return None;
         }
         serde_json::from_str(job.request.embed.as_deref()?.get()).ok()

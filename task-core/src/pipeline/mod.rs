@@ -320,7 +320,7 @@ impl Pipeline {
             headers: std::mem::take(&mut request.extra_headers),
             // Kept in the job too when it carries canvas: what follows the
             // task is published after it ran.
-            embed: if request.canvas_parts().is_empty() {
+            embed: if !request.carries_canvas() {
                 request.embed.take()
             } else {
                 request.embed.clone()

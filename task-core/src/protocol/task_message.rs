@@ -206,6 +206,9 @@ pub struct TaskRequest {
     time_limits: (Option<f64>, Option<f64>),
     /// The caller wants no result.
     ignore_result: bool,
+    /// `embed` holds a list or an object (some canvas part may be set):
+    /// scanned once, at decode.
+    embed_nested: bool,
 }
 
 impl TaskRequest {
@@ -217,6 +220,12 @@ impl TaskRequest {
     /// How many times the task was retried before this delivery.
     pub fn retries(&self) -> u32 {
         self.retries
+    }
+
+    /// Whether the message's `embed` may carry canvas (it holds a list or
+    /// an object; the common all-null `embed` does not), as read at decode.
+    pub fn carries_canvas(&self) -> bool {
+        self.embed_nested && self.embed.is_some()
     }
 
     /// Whether the caller wants no result.
@@ -250,16 +259,9 @@ impl TaskRequest {
             #[serde(borrow, default)]
             chord: Option<&'a RawValue>,
         }
-        let Some(embed) = &self.embed else {
+        let Some(embed) = self.embed.as_ref().filter(|_| self.embed_nested) else {
             return Vec::new();
         };
-        // The common case, every part null, has no list or object inside:
-        // a byte scan instead of a parse on every delivery.
-        let bytes = embed.get().trim_ascii_start().as_bytes();
-        let inner = bytes.get(1..).unwrap_or_default();
-        if !inner.iter().any(|byte| matches!(byte, b'[' | b'{')) {
-            return Vec::new();
-        }
         let Ok(embed) = serde_json::from_str::<Embed<'_>>(embed.get()) else {
             return Vec::new();
         };
@@ -487,6 +489,7 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         name: name.to_owned(),
         args,
         kwargs: kwargs.0,
+        embed_nested: embed.as_deref().is_some_and(|embed| is_nested(embed.get())),
         embed,
         reply_to: properties.reply_to.clone(),
         eta,
@@ -500,6 +503,18 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         time_limits,
         ignore_result,
     })
+}
+
+/// Whether a JSON object holds a list or an object: the common case of an
+/// `embed`, every part null, has none, and is told by a byte scan instead of
+/// a parse on every delivery.
+fn is_nested(embed: &str) -> bool {
+    let bytes = embed.trim_ascii_start().as_bytes();
+    bytes
+        .get(1..)
+        .unwrap_or_default()
+        .iter()
+        .any(|byte| matches!(byte, b'[' | b'{'))
 }
 
 /// Whether `key` is one of Celery's protocol v2 headers (a `match`, which
