@@ -19,6 +19,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// (value, label, group id, group index) of one `canvas.record` run.
 type Record = (serde_json::Value, String, Option<String>, Option<u32>);
 
+/// (label, root id, parent id) of each `canvas.record` run.
+static LINEAGE: Mutex<Vec<(String, String, Option<String>)>> = Mutex::new(Vec::new());
+
 /// Every `canvas.record` run.
 static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
 
@@ -39,6 +42,13 @@ async fn record(value: serde_json::Value, label: String) -> Result<(), TaskError
         Some((id, index)) => (Some(id), index),
         None => (None, None),
     };
+    if let Some(task) = task_core::current_task() {
+        let parent = task.parent_id().map(str::to_owned);
+        LINEAGE
+            .lock()
+            .unwrap()
+            .push((label.clone(), task.root_id().to_owned(), parent));
+    }
     RECORDS
         .lock()
         .unwrap()
@@ -191,6 +201,49 @@ async fn a_failure_calls_its_errbacks_with_its_id_and_fails_the_rest_of_the_chai
     assert_eq!(body["status"], "FAILURE");
     assert_eq!(body["result"]["exc_type"], "ValueError");
     consumer.cancel.close().await.unwrap();
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_carries_its_result_and_its_root_to_every_step() {
+    let (app, queue, stop, handle) = start("chain").await;
+    let options = |id: &str| json!({"task_id": id, "queue": queue});
+    // add(1, 2) | add.s(10) | record.s("ch-end"): the next step last.
+    publish(
+        &app,
+        &queue,
+        "canvas.add",
+        "ch-1",
+        json!([1, 2]),
+        json!({
+            "callbacks": null, "errbacks": null, "chord": null,
+            "chain": [
+                sig("canvas.record", json!(["ch-end"]), options("ch-3")),
+                sig("canvas.add", json!([10]), options("ch-2")),
+            ]
+        }),
+    )
+    .await;
+    let records = tokio::task::spawn_blocking(|| records_of("ch-", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        records[0].0,
+        json!(13),
+        "each step got the previous result first"
+    );
+    let lineage = LINEAGE.lock().unwrap().clone();
+    let (_, root, parent) = lineage
+        .iter()
+        .find(|(label, ..)| label == "ch-end")
+        .unwrap();
+    assert_eq!(root, "ch-1", "the root is the chain's first task");
+    assert_eq!(
+        parent.as_deref(),
+        Some("ch-2"),
+        "the parent is the step before"
+    );
     stop.cancel();
     handle.await.unwrap().unwrap();
 }

@@ -302,8 +302,14 @@ impl Pipeline {
         }
         let (hard, soft) = self.settings.limits(task, &job.request);
         let request = &mut job.request;
+        // The job keeps its root when what follows it (canvas) is
+        // published after the run, with the same root.
         let lineage = Lineage {
-            root_id: request.root_id.take(),
+            root_id: if request.carries_canvas() {
+                request.root_id.clone()
+            } else {
+                request.root_id.take()
+            },
             parent_id: request.parent_id.take(),
             group_id: request.group_id.take(),
             group_index: request.group_index,
