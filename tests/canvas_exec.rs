@@ -247,3 +247,55 @@ async fn a_chain_carries_its_result_and_its_root_to_every_step() {
     stop.cancel();
     handle.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_and_errbacks_set_in_rust_run_on_the_worker() {
+    let (app, queue, stop, handle) = start("rust-link").await;
+    let record_sig = |label: &str| {
+        task_core::Signature::<()>::new("canvas.record")
+            .arg(label)
+            .queue(queue.clone())
+    };
+    let sum = add
+        .s(1, 2)
+        .queue(queue.clone())
+        .link(record_sig("rl-after"))
+        .link(
+            task_core::Signature::<()>::new("canvas.record")
+                .arg(7)
+                .arg("rl-immutable")
+                .queue(queue.clone())
+                .immutable(),
+        )
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(sum.get(WAIT).await.unwrap(), 3);
+    let failed = fail
+        .s()
+        .queue(queue.clone())
+        .link_error(record_sig("rl-error"))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let failed_id = failed.id().to_owned();
+    assert!(failed.get(WAIT).await.is_err());
+    let mut records = tokio::task::spawn_blocking(|| records_of("rl-", 3))
+        .await
+        .unwrap();
+    records.sort_by(|a, b| a.1.cmp(&b.1));
+    let seen: Vec<(serde_json::Value, &str)> = records
+        .iter()
+        .map(|r| (r.0.clone(), r.1.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!(3), "rl-after"),
+            (json!(failed_id), "rl-error"),
+            (json!(7), "rl-immutable"),
+        ]
+    );
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}

@@ -49,6 +49,15 @@ pub struct CallOptions {
     /// Extra message headers (Celery's custom headers and stamps), in the
     /// order set; they cannot replace a protocol header.
     pub headers: Vec<(String, serde_json::Value)>,
+    /// Callbacks run after a success with its result (Celery's `link`), as
+    /// signatures in Celery's dict form.
+    pub link: Vec<serde_json::Value>,
+    /// Errbacks run after a failure with the failed task's id (Celery's
+    /// `link_error`), in Celery's dict form.
+    pub link_error: Vec<serde_json::Value>,
+    /// As a callback or chain step, take no result in front of the
+    /// arguments (Celery's `.si()`).
+    pub immutable: bool,
 }
 
 /// A task call, typed by the value it returns: built by `task.s(..)` for
@@ -262,6 +271,70 @@ impl<R> Signature<R> {
     /// Encodes this call as a protocol v2 task message whose results go to
     /// `reply_to` (ignored when the call ignores its result), resolving
     /// `countdown` and relative expiry against the current time.
+    /// Runs `callback` after this task succeeds, with this task's result in
+    /// front of its arguments unless it is [`immutable`](Signature::immutable)
+    /// (Celery's `link`); a worker publishes it before it acks this task.
+    pub fn link<C>(mut self, callback: Signature<C>) -> Self {
+        self.options.link.push(callback.to_dict());
+        self
+    }
+
+    /// Runs `errback` after this task fails for good, with the failed task's
+    /// id as its first argument (Celery's `link_error`).
+    pub fn link_error<C>(mut self, errback: Signature<C>) -> Self {
+        self.options.link_error.push(errback.to_dict());
+        self
+    }
+
+    /// As a callback or chain step, this call takes no result in front of
+    /// its arguments (Celery's `.si()`).
+    pub fn immutable(mut self) -> Self {
+        self.options.immutable = true;
+        self
+    }
+
+    /// This call in Celery's dict form (`{"task", "args", "kwargs",
+    /// "options", "subtask_type", "immutable"}`), as Celery stores and sends
+    /// signatures; arguments that could not be encoded are left out (sending
+    /// the signature itself reports them).
+    pub fn to_dict(&self) -> serde_json::Value {
+        let args: Vec<serde_json::Value> = self
+            .args
+            .iter()
+            .filter_map(|arg| serde_json::from_str(arg.get()).ok())
+            .collect();
+        let kwargs: serde_json::Map<String, serde_json::Value> = self
+            .kwargs
+            .iter()
+            .filter_map(|(key, value)| Some((key.clone(), serde_json::from_str(value.get()).ok()?)))
+            .collect();
+        let options = &self.options;
+        let mut dict_options = serde_json::Map::new();
+        if let Some(queue) = &options.queue {
+            dict_options.insert("queue".into(), queue.as_ref().into());
+        }
+        if let Some(id) = &options.task_id {
+            dict_options.insert("task_id".into(), id.as_str().into());
+        }
+        if let Some(priority) = options.priority {
+            dict_options.insert("priority".into(), priority.into());
+        }
+        if !options.link.is_empty() {
+            dict_options.insert("link".into(), options.link.clone().into());
+        }
+        if !options.link_error.is_empty() {
+            dict_options.insert("link_error".into(), options.link_error.clone().into());
+        }
+        serde_json::json!({
+            "task": self.name.as_ref(),
+            "args": args,
+            "kwargs": kwargs,
+            "options": dict_options,
+            "subtask_type": null,
+            "immutable": options.immutable,
+        })
+    }
+
     pub(crate) fn encode_call(&self, reply_to: Option<&str>) -> Result<EncodedCall, Error> {
         // A call made from inside a running task joins its workflow.
         let parent = crate::current_task();
@@ -311,6 +384,24 @@ impl<R> Signature<R> {
             }
             headers.insert_json(name, value);
         }
+        if !options.link.is_empty() || !options.link_error.is_empty() {
+            let nonempty = |list: &Vec<serde_json::Value>| {
+                (!list.is_empty()).then(|| serde_json::Value::from(list.clone()))
+            };
+            let embed = serde_json::json!({
+                "callbacks": nonempty(&options.link),
+                "errbacks": nonempty(&options.link_error),
+                "chain": null,
+                "chord": null,
+            });
+            let kwargs: serde_json::Map<String, serde_json::Value> = self
+                .kwargs
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v.get()).ok()?)))
+                .collect();
+            message.body = serde_json::to_vec(&(&self.args, kwargs, embed))
+                .map_err(|e| encode_error(e.to_string()))?;
+        }
         Ok(EncodedCall {
             task_id,
             message,
@@ -335,6 +426,33 @@ impl<R: DeserializeOwned> Signature<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_in_celerys_dict_form() {
+        let callback = Signature::<i64>::new("tasks.mul").arg(10).immutable();
+        let sig = Signature::<i64>::new("tasks.add")
+            .arg(2)
+            .kwarg("y", 3)
+            .queue("math")
+            .link(callback)
+            .link_error(Signature::<()>::new("tasks.on_error"));
+        let dict = sig.to_dict();
+        assert_eq!(dict["task"], "tasks.add");
+        assert_eq!(dict["args"], serde_json::json!([2]));
+        assert_eq!(dict["kwargs"], serde_json::json!({"y": 3}));
+        assert_eq!(dict["options"]["queue"], "math");
+        assert_eq!(dict["options"]["link"][0]["task"], "tasks.mul");
+        assert_eq!(dict["options"]["link"][0]["immutable"], true);
+        assert_eq!(dict["options"]["link_error"][0]["task"], "tasks.on_error");
+        assert_eq!(dict["subtask_type"], serde_json::Value::Null);
+        // Sent, the callbacks ride in the body's embed, as Celery sends them.
+        let call = sig.encode_call(Some("replies")).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&call.message.body).unwrap();
+        assert_eq!(body[0], serde_json::json!([2]));
+        assert_eq!(body[2]["callbacks"][0]["task"], "tasks.mul");
+        assert_eq!(body[2]["errbacks"][0]["task"], "tasks.on_error");
+        assert_eq!(body[2]["chain"], serde_json::Value::Null);
+    }
     use crate::{Lineage, TaskContext};
 
     fn lineage_headers(call: &EncodedCall) -> (Option<String>, Option<String>) {
