@@ -620,3 +620,51 @@ async fn python_workers_honour_rust_call_options() {
     drop(_python);
     cleanup(&app, &queue).await;
 }
+
+#[tokio::test]
+async fn a_callback_set_in_rust_is_run_by_a_python_worker_and_reaches_a_rust_one() {
+    // py.add runs on Python; its callback, interop.record, on Rust.
+    let rust = RustWorker::start("rs2py-link").await;
+    let py_queue = common::unique_queue("rs2py-link-py");
+    let python_worker = PythonWorker::start(&rust.app, &py_queue).await;
+    let label = format!("py-linked-{py_queue}");
+    let callback = Signature::<()>::new("interop.record")
+        .arg(&label)
+        .queue(rust.queue.clone());
+    let sum = Signature::<i64>::new("py.add")
+        .arg(20)
+        .arg(22)
+        .queue(py_queue.clone())
+        .link(callback)
+        .apply_async_with(&rust.app)
+        .await
+        .unwrap();
+    assert_eq!(sum.get(TIMEOUT).await.unwrap(), 42);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let calls: Vec<i64> = RECORDED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| *l == label)
+            .map(|(value, _)| *value)
+            .collect();
+        if !calls.is_empty() {
+            assert_eq!(
+                calls,
+                [42],
+                "Celery put the result in front of the callback's args"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the callback never reached the Rust worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(python_worker);
+    rust.stop().await;
+    // (cleanup closes the app it is given.)
+    cleanup(&plain_app().await, &py_queue).await;
+}
