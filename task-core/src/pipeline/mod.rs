@@ -14,8 +14,9 @@
 //!    rejected with Celery's `NotRegistered`;
 //! 4. **the stages**, in order, each of which may let the job through,
 //!    make it wait, or end it with an outcome (the worker's list: canvas
-//!    refusal, expiry, ETA, rate limit, expiry again, early ack, logging;
-//!    eager mode's: canvas refusal, expiry);
+//!    (publishes what follows a task, refuses chords), expiry, ETA, rate
+//!    limit, expiry again, early ack, logging, then the user's stages; eager
+//!    mode's: canvas refusal, expiry);
 //! 5. **run**: STARTED when the task tracks it, the body inside its
 //!    [`TaskContext`] under its hard time limit with panics caught, then the
 //!    **retry decision** ([`TaskRegistration::retry_delay`]): success,
