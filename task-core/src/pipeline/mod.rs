@@ -81,8 +81,10 @@ pub struct Job<'m> {
     pub queue: &'m str,
     /// How it was delivered.
     pub delivery: DeliveryInfo,
-    /// The decoded request. The run step moves the arguments and the
-    /// lineage out of it into the task's context.
+    /// The decoded request. The run step moves the arguments, the lineage,
+    /// the extra headers and (unless it carries canvas) the `embed` out of
+    /// it into the task's context: a stage's `after` reads them from
+    /// [`Job::message`] if it needs them.
     pub request: TaskRequest,
     /// The task it calls.
     pub task: &'static TaskRegistration,
