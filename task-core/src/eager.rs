@@ -326,6 +326,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn callbacks_are_refused_in_eager_mode_not_half_run() {
+        let app = app();
+        let result = add
+            .s(1, 2)
+            .link(Signature::<()>::new("test.eager.add").arg(1))
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        let error = result.get(Duration::ZERO).await.unwrap_err();
+        assert_eq!(
+            error.as_task_failure().unwrap().exc_type,
+            "NotImplementedError"
+        );
+    }
+
+    #[tokio::test]
     async fn failures_the_worker_would_retry_are_retried_inline() {
         let app = app();
         ATTEMPTS.store(0, std::sync::atomic::Ordering::SeqCst);
