@@ -26,6 +26,7 @@ use crate::async_result::PendingResults;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::Message;
 use crate::pipeline::{CanvasRefusal, Expiry, Input, Outcome, Pipeline, Processed, ResultSink};
+use crate::protocol::canvas::{Embed, FollowUp};
 use crate::protocol::result_message::{self, ResultBody};
 use crate::protocol::task_message::{retried_copy, PartialRequest};
 use crate::registry::DuplicateTaskName;
@@ -99,7 +100,14 @@ pub(crate) async fn apply<R: DeserializeOwned>(
     } = signature.encode_call(Some(EAGER_REPLY_TO))?;
     let queue = signature.options.queue.as_deref().unwrap_or(default_queue);
     let slot = (!signature.options.ignore_result).then(|| pending.expect(&task_id));
-    execute(message, queue, &EagerResults { pending }, states).await;
+    execute(
+        message,
+        queue,
+        default_queue,
+        &EagerResults { pending },
+        states,
+    )
+    .await;
     // Ready already: nothing more arrives through an app.
     Ok(AsyncResult::new(task_id, slot, None))
 }
@@ -131,6 +139,7 @@ impl ResultSink for EagerResults<'_> {
 async fn execute(
     mut message: Message,
     queue: &str,
+    default_queue: &str,
     results: &EagerResults<'_>,
     states: &Arc<States>,
 ) {
@@ -184,6 +193,7 @@ async fn execute(
             job.report(result).await;
         }
         if !matches!(outcome, Outcome::Retry { .. }) {
+            follow_up(pipeline, &job, &outcome, default_queue, results, states).await;
             return;
         }
         attempts += 1;
@@ -194,6 +204,55 @@ async fn execute(
         );
         drop(job);
         message = retried;
+    }
+}
+
+/// What follows a task in its `embed`, run inline as a worker would publish
+/// it: after a success the callbacks and the next chain step, after a
+/// failure the errbacks (and FAILURE for the remaining chain steps).
+async fn follow_up(
+    pipeline: &Pipeline,
+    job: &crate::pipeline::Job<'_>,
+    outcome: &Outcome,
+    default_queue: &str,
+    results: &EagerResults<'_>,
+    states: &Arc<States>,
+) {
+    let Some(embed) = Embed::of(&job.request) else {
+        return;
+    };
+    let follow = match outcome {
+        Outcome::Succeeded { value } => embed.after_success(&job.request, value),
+        Outcome::Failed { error } => {
+            for (id, reply_to) in embed.chain_callers(job.request.reply_to.as_deref()) {
+                results
+                    .publish_result(&reply_to, result_message::failure(&id, error))
+                    .await;
+            }
+            embed.after_failure(&job.request)
+        }
+        _ => return,
+    };
+    let follow = match follow {
+        Ok(follow) => follow,
+        Err(error) => {
+            tracing::error!(task_id = %job.request.id, %error, "what follows an eager task does not encode");
+            return;
+        }
+    };
+    for FollowUp {
+        task,
+        queue,
+        message,
+    } in follow
+    {
+        let queue = queue
+            .or_else(|| {
+                let task = pipeline.registry().get(&task)?;
+                task.options.queue.map(str::to_owned)
+            })
+            .unwrap_or_else(|| default_queue.to_owned());
+        Box::pin(execute(message, &queue, default_queue, results, states)).await;
     }
 }
 
@@ -325,20 +384,35 @@ mod tests {
         ));
     }
 
+    static LINKED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+    #[task(name = "test.eager.linked")]
+    async fn linked(value: i64, offset: i64) -> Result<(), TaskError> {
+        LINKED.lock().unwrap().push(value + offset);
+        Ok(())
+    }
+
     #[tokio::test]
-    async fn callbacks_are_refused_in_eager_mode_not_half_run() {
+    async fn callbacks_and_errbacks_run_inline() {
         let app = app();
         let result = add
             .s(1, 2)
-            .link(Signature::<()>::new("test.eager.add").arg(1))
+            .link(Signature::<()>::new("test.eager.linked").arg(1000))
             .apply_async_with(&app)
             .await
             .unwrap();
-        let error = result.get(Duration::ZERO).await.unwrap_err();
-        assert_eq!(
-            error.as_task_failure().unwrap().exc_type,
-            "NotImplementedError"
-        );
+        assert_eq!(result.get(Duration::ZERO).await.unwrap(), 3);
+        let failed = boom
+            .s()
+            .link_error(Signature::<()>::new("test.eager.add").arg(1))
+            .apply_async_with(&app)
+            .await
+            .unwrap();
+        assert!(failed.get(Duration::ZERO).await.is_err());
+        // The callback got the result first (the errback, `add(<id>, 1)`,
+        // fails on its string id: errbacks are called, their own failures
+        // are theirs).
+        assert!(LINKED.lock().unwrap().contains(&1003));
     }
 
     #[tokio::test]

@@ -1,40 +1,41 @@
-//! [`CanvasRefusal`]: messages carrying canvas (chain, callbacks, errbacks,
-//! chord) are refused, not half-run, until canvas is built.
+//! [`CanvasRefusal`]: canvas that cannot run yet (chords, nested canvas) is
+//! refused, not half-run.
 
 use super::{Job, Outcome, Rejection, Stage, Step};
+use crate::protocol::canvas::Embed;
 use crate::TaskError;
 
-/// Refuses a message whose `embed` carries a chain, callbacks, errbacks or a
-/// chord: running the task and dropping the rest of the workflow would lose
-/// work in silence. The task and every remaining chain step (their frozen
-/// ids) are told FAILURE `NotImplementedError`, as Celery fails a chain,
-/// and the message is rejected (dead-lettered, so it can be replayed).
+/// Refuses a message whose `embed` carries what cannot run yet (a chord, or
+/// a group or chain nested as a callback or step): running the task and
+/// dropping the rest of the workflow would lose work in silence. The task
+/// and every remaining chain step (their frozen ids) are told FAILURE
+/// `NotImplementedError`, as Celery fails a chain, and the message is
+/// rejected (dead-lettered, so it can be replayed). Callbacks, errbacks and
+/// plain chains pass: whoever runs the task sends what follows it.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CanvasRefusal;
 
 impl Stage for CanvasRefusal {
     fn before<'a>(&'a self, job: &'a mut Job<'_>) -> Step<'a> {
-        let request = &job.request;
-        let canvas = request.canvas_parts();
-        if canvas.is_empty() {
+        let Some(embed) = Embed::of(&job.request) else {
             return Step::Next;
-        }
-        let parts = canvas.join(", ");
-        tracing::warn!(task_id = %request.id, task = %request.name, %parts,
-            "this worker cannot run canvas (chain, group callbacks, chord) yet: \
-             not running the task, dead-lettering it");
+        };
+        let Some(what) = embed.unsupported() else {
+            return Step::Next;
+        };
+        let request = &job.request;
+        tracing::warn!(task_id = %request.id, task = %request.name, %what,
+            "cannot run this canvas yet: not running the task, dead-lettering it");
         let reason = format!(
-            "this Rust worker does not run canvas yet: the message carries {parts}; \
-             the task was not run and was moved to the queue's dead-letter queue"
+            "this Rust worker does not run {what} yet; the task was not run and was moved to \
+             the queue's dead-letter queue"
         );
-        let steps = request
-            .chain_step_ids()
-            .into_iter()
-            .map(|(id, reply_to)| (id, reply_to.or_else(|| request.reply_to.clone())));
-        let notify = std::iter::once((request.id.clone(), request.reply_to.clone()))
-            .chain(steps)
-            .filter_map(|(id, reply_to)| Some((id, reply_to?)))
+        let mut notify: Vec<(String, String)> = request
+            .reply_to
+            .iter()
+            .map(|reply_to| (request.id.clone(), reply_to.clone()))
             .collect();
+        notify.extend(embed.chain_callers(request.reply_to.as_deref()));
         Step::Stop(Outcome::Rejected(Rejection::new(
             format!("NotImplementedError: {reason}"),
             TaskError::new("NotImplementedError", reason),

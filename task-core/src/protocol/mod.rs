@@ -2,6 +2,7 @@
 //! messages of the `rpc://` backend ([`result_message`]) and the Python-style
 //! `repr` Celery puts in `argsrepr`/`kwargsrepr` ([`repr`]).
 
+pub mod canvas;
 pub mod repr;
 pub mod result_message;
 pub mod task_message;

@@ -1,0 +1,282 @@
+//! Celery canvas in a task message's `embed` (callbacks, errbacks, chain,
+//! chord): reading it, and the messages that follow a task as Celery's
+//! worker sends them (`celery/app/trace.py`): after a success the callbacks
+//! (several as a group of their own) and then the next chain step, the
+//! result in front of their arguments unless immutable; after a failure the
+//! errbacks with the failed task's id, and a FAILURE for every remaining
+//! chain step. Whoever runs the task sends them (a worker publishes them,
+//! eager mode runs them inline).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::broker::headers::{integer_value, text_value};
+use crate::broker::Message;
+use crate::protocol::task_message::{encode_task, TaskCall, TaskRequest};
+
+/// A message's `embed`, read.
+#[derive(Deserialize, Default)]
+pub struct Embed {
+    #[serde(default)]
+    callbacks: Option<Vec<Box<RawValue>>>,
+    #[serde(default)]
+    errbacks: Option<Vec<Box<RawValue>>>,
+    /// The remaining steps, the next one last.
+    #[serde(default)]
+    chain: Option<Vec<Box<RawValue>>>,
+    #[serde(default)]
+    chord: Option<Box<RawValue>>,
+}
+
+/// A signature in Celery's dict form.
+#[derive(Deserialize)]
+struct SignatureDict {
+    task: String,
+    #[serde(default)]
+    args: Vec<Box<RawValue>>,
+    #[serde(default)]
+    kwargs: serde_json::Map<String, Value>,
+    #[serde(default)]
+    options: SignatureOptions,
+    #[serde(default)]
+    subtask_type: Option<String>,
+    #[serde(default)]
+    immutable: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct SignatureOptions {
+    #[serde(default)]
+    task_id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    priority: Option<u8>,
+    /// Its own callbacks (a chain step's `link`).
+    #[serde(default)]
+    link: Option<Box<RawValue>>,
+    /// Its own errbacks (a chain step's `link_error`).
+    #[serde(default)]
+    link_error: Option<Box<RawValue>>,
+}
+
+/// A task message that follows the one that ran.
+pub struct FollowUp {
+    /// The task it calls.
+    pub task: String,
+    /// The queue its signature names, if any (else: the task's own queue,
+    /// else the app's default).
+    pub queue: Option<String>,
+    /// The message, ready to publish.
+    pub message: Message,
+}
+
+impl Embed {
+    /// The canvas `request` carries, if any (the common case, none, costs
+    /// nothing: it was told at decode).
+    pub fn of(request: &TaskRequest) -> Option<Embed> {
+        if !request.carries_canvas() || request.canvas_parts().is_empty() {
+            return None;
+        }
+        serde_json::from_str(request.embed.as_deref()?.get()).ok()
+    }
+
+    fn callbacks(&self) -> &[Box<RawValue>] {
+        self.callbacks.as_deref().unwrap_or_default()
+    }
+
+    fn errbacks(&self) -> &[Box<RawValue>] {
+        self.errbacks.as_deref().unwrap_or_default()
+    }
+
+    fn chain(&self) -> &[Box<RawValue>] {
+        self.chain.as_deref().unwrap_or_default()
+    }
+
+    /// What cannot run yet, if anything: a chord, or nested canvas (a group
+    /// or chain as a callback or step), or a signature that does not decode.
+    pub fn unsupported(&self) -> Option<String> {
+        if self
+            .chord
+            .as_ref()
+            .is_some_and(|c| c.get().trim() != "null")
+        {
+            return Some("a chord".to_owned());
+        }
+        for raw in self
+            .callbacks()
+            .iter()
+            .chain(self.errbacks())
+            .chain(self.chain())
+        {
+            match serde_json::from_str::<SignatureDict>(raw.get()) {
+                Ok(sig) if sig.subtask_type.is_none() => {}
+                Ok(sig) => {
+                    return Some(format!(
+                        "a nested {} in its canvas",
+                        sig.subtask_type.unwrap_or_default()
+                    ))
+                }
+                Err(error) => return Some(format!("a signature that does not decode ({error})")),
+            }
+        }
+        None
+    }
+
+    /// `(task_id, reply_to)` of every remaining chain step that has them,
+    /// next first (`default_reply_to` for a step without its own).
+    pub fn chain_callers(&self, default_reply_to: Option<&str>) -> Vec<(String, String)> {
+        self.chain()
+            .iter()
+            .rev()
+            .filter_map(|raw| serde_json::from_str::<SignatureDict>(raw.get()).ok())
+            .filter_map(|sig| {
+                let reply_to = sig
+                    .options
+                    .reply_to
+                    .or_else(|| default_reply_to.map(str::to_owned))?;
+                Some((sig.options.task_id?, reply_to))
+            })
+            .collect()
+    }
+
+    /// What follows a success of `request` that returned `value`, in
+    /// Celery's order: the callbacks, then the next chain step.
+    pub fn after_success(
+        &self,
+        request: &TaskRequest,
+        value: &RawValue,
+    ) -> Result<Vec<FollowUp>, String> {
+        let callbacks = self.callbacks();
+        let mut follow = Vec::with_capacity(callbacks.len() + 1);
+        // Several callbacks go out as a group of their own.
+        let group = (callbacks.len() > 1).then(uuid_string);
+        for (index, raw) in callbacks.iter().enumerate() {
+            let member = group.as_deref().map(|id| (id, index));
+            follow.push(step(request, &decode(raw)?, Some(value), &[], member)?);
+        }
+        if let Some((next, rest)) = self.chain().split_last() {
+            follow.push(step(request, &decode(next)?, Some(value), rest, None)?);
+        }
+        Ok(follow)
+    }
+
+    /// The errbacks of a failure of `request`, each with the failed task's
+    /// id as its first argument.
+    pub fn after_failure(&self, request: &TaskRequest) -> Result<Vec<FollowUp>, String> {
+        let failed_id = serde_json::value::to_raw_value(&request.id).map_err(|e| e.to_string())?;
+        let errbacks = self.errbacks();
+        let group = (!errbacks.is_empty()).then(uuid_string);
+        errbacks
+            .iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let member = group.as_deref().map(|id| (id, index));
+                step(request, &decode(raw)?, Some(&failed_id), &[], member)
+            })
+            .collect()
+    }
+}
+
+/// Signature `sig` as a task message following `request`: `first` in front
+/// of its arguments (unless immutable), `chain` as its remaining steps, in
+/// group `member` (id, index) if given; its root is the request's root, its
+/// parent the request.
+fn step(
+    request: &TaskRequest,
+    sig: &SignatureDict,
+    first: Option<&RawValue>,
+    chain: &[Box<RawValue>],
+    member: Option<(&str, usize)>,
+) -> Result<FollowUp, String> {
+    let mut args: Vec<Box<RawValue>> = Vec::with_capacity(sig.args.len() + 1);
+    if let (Some(first), false) = (first, sig.immutable) {
+        args.push(first.to_owned());
+    }
+    args.extend(sig.args.iter().cloned());
+    let kwargs: Vec<(String, Box<RawValue>)> = sig
+        .kwargs
+        .iter()
+        .filter_map(|(key, value)| {
+            Some((key.clone(), serde_json::value::to_raw_value(value).ok()?))
+        })
+        .collect();
+    let id = sig.options.task_id.clone().unwrap_or_else(uuid_string);
+    let root_id = request
+        .root_id
+        .clone()
+        .unwrap_or_else(|| request.id.clone());
+    let call = TaskCall {
+        id: &id,
+        name: &sig.task,
+        args: &args,
+        kwargs: &kwargs,
+        reply_to: sig.options.reply_to.as_deref(),
+        eta: None,
+        expires: None,
+        priority: sig.options.priority,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: false,
+        retries: 0,
+        root_id: Some(&root_id),
+        parent_id: Some(&request.id),
+    };
+    let mut message = encode_task(&call).map_err(|e| e.to_string())?;
+    set_embed(&mut message, &args, &kwargs, sig, chain).map_err(|e| e.to_string())?;
+    if let Some((group, index)) = member {
+        let headers = &mut message.properties.headers;
+        headers.insert("group", text_value(group));
+        headers.insert(
+            "group_index",
+            integer_value(i64::try_from(index).unwrap_or(i64::MAX)),
+        );
+    }
+    Ok(FollowUp {
+        task: sig.task.clone(),
+        queue: sig.options.queue.clone(),
+        message,
+    })
+}
+
+/// Rewrites the message body with this step's own `embed`: its callbacks
+/// and errbacks (`link`, `link_error` options) and the remaining `chain`
+/// (`[]` on the last step, as Celery sends it).
+fn set_embed(
+    message: &mut Message,
+    args: &[Box<RawValue>],
+    kwargs: &[(String, Box<RawValue>)],
+    sig: &SignatureDict,
+    chain: &[Box<RawValue>],
+) -> Result<(), serde_json::Error> {
+    #[derive(serde::Serialize)]
+    struct OutEmbed<'a> {
+        callbacks: Option<&'a RawValue>,
+        errbacks: Option<&'a RawValue>,
+        chain: &'a [Box<RawValue>],
+        chord: Option<()>,
+    }
+    let kwargs: serde_json::Map<String, Value> = kwargs
+        .iter()
+        .filter_map(|(key, value)| Some((key.clone(), serde_json::from_str(value.get()).ok()?)))
+        .collect();
+    let embed = OutEmbed {
+        callbacks: sig.options.link.as_deref(),
+        errbacks: sig.options.link_error.as_deref(),
+        chain,
+        chord: None,
+    };
+    message.body = serde_json::to_vec(&(args, kwargs, embed))?;
+    Ok(())
+}
+
+fn decode(raw: &RawValue) -> Result<SignatureDict, String> {
+    serde_json::from_str(raw.get()).map_err(|error| format!("a signature does not decode: {error}"))
+}
+
+fn uuid_string() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
