@@ -224,6 +224,26 @@ async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker()
 /// What `interop.record` was called with, by label.
 static RECORDED: Mutex<Vec<(i64, String)>> = Mutex::new(Vec::new());
 
+/// The values `interop.record` got with `label`, once there is one (or
+/// fails with `never`).
+async fn recorded_with(label: &str, never: &str) -> Vec<i64> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let calls: Vec<i64> = RECORDED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l == label)
+            .map(|(value, _)| *value)
+            .collect();
+        if !calls.is_empty() {
+            return calls;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[task(name = "interop.record")]
 async fn record(value: i64, label: String) -> Result<(), TaskError> {
     RECORDED.lock().unwrap().push((value, label));
@@ -254,26 +274,12 @@ async fn python_canvas_runs_on_a_rust_worker() {
     assert_eq!(reports[2]["status"], "FAILURE", "{:#}", reports[2]);
     assert_eq!(reports[2]["exc_type"], "TypeError", "{:#}", reports[2]);
     assert_eq!(reports[3]["result"], json!(4), "plain calls still run");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let calls: Vec<i64> = RECORDED
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, l)| *l == label)
-            .map(|(value, _)| *value)
-            .collect();
-        if !calls.is_empty() {
-            assert_eq!(
-                calls,
-                [2],
-                "the callback ran once, with the parent's result"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "the callback never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let calls = recorded_with(&label, "the callback never ran").await;
+    assert_eq!(
+        calls,
+        [2],
+        "the callback ran once, with the parent's result"
+    );
     w.stop().await;
 }
 
@@ -640,29 +646,12 @@ async fn a_callback_set_in_rust_is_run_by_a_python_worker_and_reaches_a_rust_one
         .await
         .unwrap();
     assert_eq!(sum.get(TIMEOUT).await.unwrap(), 42);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let calls: Vec<i64> = RECORDED
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, l)| *l == label)
-            .map(|(value, _)| *value)
-            .collect();
-        if !calls.is_empty() {
-            assert_eq!(
-                calls,
-                [42],
-                "Celery put the result in front of the callback's args"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the callback never reached the Rust worker"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let calls = recorded_with(&label, "the callback never reached the Rust worker").await;
+    assert_eq!(
+        calls,
+        [42],
+        "Celery put the result in front of the callback's args"
+    );
     drop(python_worker);
     rust.stop().await;
     // (cleanup closes the app it is given.)

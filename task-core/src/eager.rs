@@ -26,7 +26,7 @@ use crate::async_result::PendingResults;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::Message;
 use crate::pipeline::{CanvasRefusal, Expiry, Input, Outcome, Pipeline, Processed, ResultSink};
-use crate::protocol::canvas::{Embed, FollowUp};
+use crate::protocol::canvas::Embed;
 use crate::protocol::result_message::{self, ResultBody};
 use crate::protocol::task_message::{retried_copy, PartialRequest};
 use crate::registry::DuplicateTaskName;
@@ -240,19 +240,16 @@ async fn follow_up(
             return;
         }
     };
-    for FollowUp {
-        task,
-        queue,
-        message,
-    } in follow
-    {
-        let queue = queue
-            .or_else(|| {
-                let task = pipeline.registry().get(&task)?;
-                task.options.queue.map(str::to_owned)
-            })
-            .unwrap_or_else(|| default_queue.to_owned());
-        Box::pin(execute(message, &queue, default_queue, results, states)).await;
+    for follow_up in follow {
+        let queue = follow_up.queue_in(pipeline.registry(), default_queue);
+        Box::pin(execute(
+            follow_up.message,
+            &queue,
+            default_queue,
+            results,
+            states,
+        ))
+        .await;
     }
 }
 

@@ -83,26 +83,15 @@ impl Canvas {
     /// Publishes each follow-up (confirmed) to its queue: the one its
     /// signature names, else its task's declared queue, else the default.
     async fn publish_all(&self, follow: Vec<FollowUp>) -> Result<(), String> {
-        for FollowUp {
-            task,
-            queue,
-            message,
-        } in follow
-        {
-            let queue = queue
-                .or_else(|| {
-                    self.registry
-                        .get(&task)
-                        .and_then(|task| task.options.queue.map(str::to_owned))
-                })
-                .unwrap_or_else(|| self.app.default_queue().to_owned());
+        for follow_up in follow {
+            let queue = follow_up.queue_in(&self.registry, self.app.default_queue());
             self.app
                 .ensure_queue(&queue)
                 .await
                 .map_err(|e| e.to_string())?;
             self.app
                 .broker()
-                .publish("", &queue, &message)
+                .publish("", &queue, &follow_up.message)
                 .await
                 .map_err(|e| e.to_string())?;
         }

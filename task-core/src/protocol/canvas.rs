@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::broker::headers::{integer_value, text_value};
 use crate::broker::Message;
 use crate::protocol::task_message::{encode_task, TaskCall, TaskRequest};
+use crate::Registry;
 
 /// A message's `embed`, read.
 #[derive(Deserialize, Default)]
@@ -72,6 +73,17 @@ pub struct FollowUp {
     pub queue: Option<String>,
     /// The message, ready to publish.
     pub message: Message,
+}
+
+impl FollowUp {
+    /// The queue it goes to: the one its signature names, else its task's
+    /// declared queue in `registry`, else `default_queue`.
+    pub fn queue_in(&self, registry: &Registry, default_queue: &str) -> String {
+        self.queue
+            .clone()
+            .or_else(|| registry.get(&self.task)?.options.queue.map(str::to_owned))
+            .unwrap_or_else(|| default_queue.to_owned())
+    }
 }
 
 impl Embed {
@@ -279,4 +291,56 @@ fn decode(raw: &RawValue) -> Result<SignatureDict, String> {
 
 fn uuid_string() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::task_message::decode_task;
+
+    fn request_with_embed(embed: &str) -> TaskRequest {
+        let call = TaskCall {
+            id: "t",
+            name: "tasks.add",
+            args: &[],
+            kwargs: &[],
+            reply_to: Some("caller"),
+            eta: None,
+            expires: None,
+            priority: None,
+            time_limit: None,
+            soft_time_limit: None,
+            ignore_result: false,
+            retries: 0,
+            root_id: None,
+            parent_id: None,
+        };
+        let mut message = encode_task(&call).unwrap();
+        message.body = format!("[[], {{}}, {embed}]").into_bytes();
+        decode_task(&message).unwrap()
+    }
+
+    #[test]
+    fn chain_callers_are_the_frozen_steps_next_first() {
+        let unfrozen = request_with_embed(r#"{"chain": [{"task": "c"}]}"#);
+        let embed = Embed::of(&unfrozen).unwrap();
+        assert!(embed.chain_callers(Some("caller")).is_empty());
+        let frozen = request_with_embed(
+            r#"{"chain": [
+            {"task": "add", "options": {"task_id": "last", "reply_to": "r1"}},
+            {"task": "mul", "options": {"task_id": "next"}}]}"#,
+        );
+        let embed = Embed::of(&frozen).unwrap();
+        assert_eq!(
+            embed.chain_callers(Some("caller")),
+            [
+                ("next".to_owned(), "caller".to_owned()),
+                ("last".to_owned(), "r1".to_owned())
+            ]
+        );
+        assert_eq!(
+            embed.chain_callers(None),
+            [("last".to_owned(), "r1".to_owned())]
+        );
+    }
 }

@@ -284,44 +284,6 @@ impl TaskRequest {
         .map(|(name, _)| name)
         .collect()
     }
-
-    /// The `(task_id, reply_to)` of each remaining step of the message's
-    /// `embed.chain` that has them (Celery freezes chain steps, so each
-    /// carries its id and its caller's reply queue), next step first.
-    pub fn chain_step_ids(&self) -> Vec<(String, Option<String>)> {
-        #[derive(serde::Deserialize)]
-        struct Embed {
-            #[serde(default)]
-            chain: Option<Vec<Step>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Step {
-            #[serde(default)]
-            options: Option<StepOptions>,
-        }
-        #[derive(serde::Deserialize)]
-        struct StepOptions {
-            #[serde(default)]
-            task_id: Option<String>,
-            #[serde(default)]
-            reply_to: Option<String>,
-        }
-        let Some(embed) = &self.embed else {
-            return Vec::new();
-        };
-        let Ok(Embed { chain: Some(steps) }) = serde_json::from_str::<Embed>(embed.get()) else {
-            return Vec::new();
-        };
-        // Stored in reverse: the next step is the last element.
-        steps
-            .into_iter()
-            .rev()
-            .filter_map(|step| {
-                let options = step.options?;
-                Some((options.task_id?, options.reply_to))
-            })
-            .collect()
-    }
 }
 
 /// What can be read of a message that is not a valid task: enough to log it
@@ -667,20 +629,6 @@ mod tests {
             ["callbacks", "errbacks", "chain", "chord"]
         );
         assert!(encode_and_decode_plain().canvas_parts().is_empty());
-        assert_eq!(
-            with_embed(all).chain_step_ids(),
-            Vec::<(String, Option<String>)>::new()
-        );
-        let frozen = r#"{"chain": [
-            {"task": "add", "options": {"task_id": "last", "reply_to": "r1"}},
-            {"task": "mul", "options": {"task_id": "next"}}]}"#;
-        assert_eq!(
-            with_embed(frozen).chain_step_ids(),
-            [
-                ("next".to_owned(), None),
-                ("last".to_owned(), Some("r1".to_owned()))
-            ]
-        );
     }
 
     fn encode_and_decode_plain() -> TaskRequest {
