@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use crate::async_result::PendingResults;
+use crate::backend::redis::RedisOptions;
+use crate::backend::{BackendError, BackendUrl, RedisBackend, ResultBackend, ResultMeta};
 use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
@@ -41,6 +43,12 @@ struct AppInner {
     declared_queues: Mutex<HashSet<String>>,
     reply_queue: OnceCell<String>,
     pending: Arc<PendingResults>,
+    /// Where results are stored and read, when not `rpc://` (the reply
+    /// queue above).
+    backend: Option<Arc<dyn ResultBackend>>,
+    /// This client's id, sent as `reply_to` when results go to a backend
+    /// (as Celery sends its `oid`); no queue of that name is declared.
+    client_id: String,
     eager: bool,
     /// What eager runs give `State<T>` parameters.
     states: Arc<States>,
@@ -95,6 +103,15 @@ pub struct AppBuilder {
     reconnect: ReconnectPolicy,
     tls: Option<TlsOptions>,
     states: States,
+    result_backend: String,
+    redis_options: RedisOptions,
+    backend: Option<Arc<dyn ResultBackend>>,
+}
+
+impl std::fmt::Debug for dyn ResultBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Default for AppBuilder {
@@ -108,6 +125,9 @@ impl Default for AppBuilder {
             reconnect: ReconnectPolicy::default(),
             tls: None,
             states: States::new(),
+            result_backend: std::env::var("RESULT_BACKEND").unwrap_or_else(|_| "rpc://".into()),
+            redis_options: RedisOptions::default(),
+            backend: None,
         }
     }
 }
@@ -176,6 +196,39 @@ impl AppBuilder {
         self
     }
 
+    /// Where results are stored and read (Celery's `result_backend`;
+    /// default: `$RESULT_BACKEND`, else `rpc://`): `rpc://` sends each
+    /// result to the caller's reply queue; `redis://host:port/db` or
+    /// `rediss://...` stores results in Redis as Celery does, readable by id
+    /// from any process ([`App::result`]). Workers and their callers must
+    /// name the same backend, as in Celery.
+    pub fn result_backend(mut self, url: impl Into<String>) -> Self {
+        self.result_backend = url.into();
+        self
+    }
+
+    /// Uses this backend, already connected, instead of one named by URL.
+    pub fn result_backend_with(mut self, backend: Arc<dyn ResultBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// How long a key-value backend keeps results (Celery's
+    /// `result_expires`; default one day; `None` keeps them until
+    /// forgotten).
+    pub fn result_expires(mut self, expires: Option<std::time::Duration>) -> Self {
+        self.redis_options.expires = expires;
+        self
+    }
+
+    /// Whether workers of this app store each task's name, arguments,
+    /// worker, retries and queue with its result (Celery's
+    /// `result_extended`; default no).
+    pub fn result_extended(mut self, yes: bool) -> Self {
+        self.redis_options.extended = yes;
+        self
+    }
+
     /// Connects to the broker the URL's scheme names: `amqp://` or `amqps://`
     /// (RabbitMQ; `amqps://` is TLS, see [`AppBuilder::tls`]), or
     /// `memory://[name]` (the in-process broker of that name, shared by every
@@ -204,7 +257,16 @@ impl AppBuilder {
                 .into())
             }
         };
-        Ok(self.build_with(broker))
+        let mut app = self;
+        if app.backend.is_none() && !app.eager {
+            app.backend = match BackendUrl::parse(&app.result_backend)? {
+                BackendUrl::Rpc => None,
+                BackendUrl::Redis(url) => Some(Arc::new(
+                    RedisBackend::connect(&url, app.redis_options.clone()).await?,
+                )),
+            };
+        }
+        Ok(app.build_with(broker))
     }
 
     /// Builds an app on an already-connected broker.
@@ -217,6 +279,8 @@ impl AppBuilder {
                 declared_queues: Mutex::new(HashSet::new()),
                 reply_queue: OnceCell::new(),
                 pending: Arc::new(PendingResults::default()),
+                backend: self.backend.filter(|_| !self.eager),
+                client_id: uuid::Uuid::new_v4().to_string(),
                 eager: self.eager,
                 states: Arc::new(self.states),
             }),
@@ -356,17 +420,23 @@ impl App {
             .as_deref()
             .unwrap_or(&self.inner.default_queue);
         self.ensure_queue(queue).await?;
-        let reply_to = if signature.options.ignore_result {
-            None
-        } else {
-            Some(self.reply_queue().await?)
+        let backend = self.inner.backend.as_ref();
+        let reply_to = match (signature.options.ignore_result, backend) {
+            (true, _) => None,
+            (false, Some(_)) => Some(self.inner.client_id.as_str()),
+            (false, None) => Some(self.reply_queue().await?),
         };
         let EncodedCall {
             task_id,
             message,
             eta,
         } = signature.encode_call(reply_to)?;
-        let slot = reply_to.map(|_| self.inner.pending.expect(&task_id));
+        let slot = match (reply_to, backend) {
+            (None, _) => None,
+            // Subscribed before publishing: no state can be missed.
+            (Some(_), Some(backend)) => Some(backend.watch(&task_id, false).await?.waiter),
+            (Some(_), None) => Some(self.inner.pending.expect(&task_id)),
+        };
         // Dropped unpublished, the handle stops expecting the result.
         let app = slot.as_ref().map(|_| self.clone());
         let result = AsyncResult::new(task_id, slot, app);
@@ -416,7 +486,97 @@ impl App {
 
     /// How many results this app is still waiting for.
     pub fn pending_results(&self) -> usize {
-        self.inner.pending.len()
+        self.inner.pending.len() + self.inner.backend.as_ref().map_or(0, |b| b.awaited())
+    }
+
+    /// The result backend, when it is not `rpc://`.
+    pub fn result_backend(&self) -> Option<&Arc<dyn ResultBackend>> {
+        self.inner.backend.as_ref()
+    }
+
+    /// A handle to the result of task `task_id`, typed by the caller: the
+    /// same handle `.delay()` returns, for a task sent by any process (a web
+    /// request that enqueued it, a Python client, this process before a
+    /// restart). With a key-value backend, what is stored already is read
+    /// before this returns, so [`AsyncResult::state`] is current, and later
+    /// states arrive as they are stored. With `rpc://` only a task this app
+    /// sent can be awaited (its result comes to this app's reply queue).
+    ///
+    /// ```no_run
+    /// # async fn demo(app: task_core::App, id: &str) -> Result<(), task_core::Error> {
+    /// use std::time::Duration;
+    /// let result = app.result::<i64>(id).await?;
+    /// println!("{id} is {}", result.state());
+    /// let sum = result.get(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn result<R>(&self, task_id: &str) -> Result<AsyncResult<R>, Error> {
+        let waiter = match &self.inner.backend {
+            Some(backend) => backend.watch(task_id, true).await?.waiter,
+            None => self.inner.pending.expect(task_id),
+        };
+        Ok(AsyncResult::new(
+            task_id.to_owned(),
+            Some(waiter),
+            Some(self.clone()),
+        ))
+    }
+
+    /// Everything the backend holds for `task_id` (Celery's result meta:
+    /// state, result, traceback, date done, parent and group, and with
+    /// `result_extended` the task's name, arguments, worker, retries and
+    /// queue), or `None` when nothing is stored (Celery's PENDING).
+    /// `rpc://` cannot read results by id: [`BackendError::Unsupported`].
+    pub async fn result_meta(&self, task_id: &str) -> Result<Option<ResultMeta>, Error> {
+        Ok(self.backend("read a result by id")?.meta(task_id).await?)
+    }
+
+    /// Deletes the stored result of `task_id` (Celery's `forget`); under
+    /// `rpc://`, stops waiting for it.
+    pub async fn forget(&self, task_id: &str) -> Result<(), Error> {
+        match &self.inner.backend {
+            Some(backend) => Ok(backend.forget(task_id).await?),
+            None => {
+                self.inner.pending.forget(task_id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Saves the member ids of group `group_id` in the backend (Celery's
+    /// `GroupResult.save`), so any process can restore the group.
+    pub async fn save_group(&self, group_id: &str, task_ids: &[String]) -> Result<(), Error> {
+        Ok(self
+            .backend("save a group")?
+            .save_group(group_id, task_ids)
+            .await?)
+    }
+
+    /// The member ids of a saved group (`GroupResult.restore`), `None` when
+    /// none is saved under `group_id`.
+    pub async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, Error> {
+        Ok(self
+            .backend("restore a group")?
+            .restore_group(group_id)
+            .await?)
+    }
+
+    /// Deletes a saved group (`GroupResult.delete`).
+    pub async fn forget_group(&self, group_id: &str) -> Result<(), Error> {
+        Ok(self
+            .backend("delete a group")?
+            .forget_group(group_id)
+            .await?)
+    }
+
+    fn backend(&self, operation: &'static str) -> Result<&Arc<dyn ResultBackend>, BackendError> {
+        self.inner
+            .backend
+            .as_ref()
+            .ok_or(BackendError::Unsupported {
+                backend: "rpc://",
+                operation,
+            })
     }
 
     /// Closes the broker connection (dropping the last handle of an app

@@ -30,13 +30,27 @@ pub(crate) struct PendingResults {
     table: Arc<Mutex<Table>>,
 }
 
+/// Told the id of a task nobody waits for any more (its last handle was
+/// dropped before its result arrived), e.g. to end a subscription.
+pub(crate) type AbandonHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The waiters, by task id.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Table {
     slots: HashMap<String, Entry>,
     /// Numbers the entries, so that a handle never removes a newer entry of
     /// the same task id (a call sent again with the same id).
     next_generation: u64,
+    abandoned: Option<AbandonHook>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("slots", &self.slots)
+            .field("next_generation", &self.next_generation)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -69,6 +83,9 @@ impl Drop for Waiter {
         });
         if last_of_this_entry {
             table.slots.remove(&self.task_id);
+            if let Some(abandoned) = &table.abandoned {
+                abandoned(&self.task_id);
+            }
         }
     }
 }
@@ -78,6 +95,22 @@ fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 }
 
 impl PendingResults {
+    /// A table that calls `abandoned` with each task id nobody waits for
+    /// any more before its result arrived.
+    pub(crate) fn with_abandon_hook(abandoned: AbandonHook) -> Self {
+        Self {
+            table: Arc::new(Mutex::new(Table {
+                abandoned: Some(abandoned),
+                ..Table::default()
+            })),
+        }
+    }
+
+    /// The ids of the tasks awaited.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.lock().slots.keys().cloned().collect()
+    }
+
     /// Starts expecting a result for `task_id` (before its message is published,
     /// so a fast result cannot be missed). Handles to an id already expected
     /// share its entry: each of them receives the result.
@@ -159,7 +192,7 @@ pub struct AsyncResult<R> {
     /// The app the result arrives through, kept connected while the result
     /// is awaited (dropped after the waiter, so the app's close, if this was
     /// its last handle, finds no waiter left).
-    _app: Option<crate::App>,
+    app: Option<crate::App>,
     value: PhantomData<fn() -> R>,
 }
 
@@ -168,7 +201,7 @@ impl<R> AsyncResult<R> {
         Self {
             task_id,
             slot,
-            _app: app,
+            app,
             value: PhantomData,
         }
     }
@@ -195,6 +228,15 @@ impl<R> AsyncResult<R> {
     /// Whether the final state has arrived.
     pub fn ready(&self) -> bool {
         self.state().is_ready()
+    }
+
+    /// Deletes the task's stored result (Celery's `forget`) and stops
+    /// waiting for it; see [`App::forget`](crate::App::forget).
+    pub async fn forget(self) -> Result<(), Error> {
+        match &self.app {
+            Some(app) => app.forget(&self.task_id).await,
+            None => Ok(()),
+        }
     }
 
     /// Waits up to `timeout` until the task's latest known state satisfies

@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use serde::de::DeserializeOwned;
 
 use crate::async_result::PendingResults;
+use crate::backend::{BackendError, ResultRecord};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::Message;
 use crate::pipeline::{CanvasRefusal, Expiry, Input, Outcome, Pipeline, Processed, ResultSink};
@@ -120,7 +121,14 @@ struct EagerResults<'p> {
 
 #[async_trait::async_trait]
 impl ResultSink for EagerResults<'_> {
-    async fn publish_result(&self, _reply_to: &str, message: Message) {
+    async fn publish_result(&self, record: &ResultRecord<'_>) -> Result<(), BackendError> {
+        self.deliver(record.result);
+        Ok(())
+    }
+}
+
+impl EagerResults<'_> {
+    fn deliver(&self, message: &Message) {
         match ResultBody::decode(&message.body) {
             Ok(body) => self.pending.deliver(body),
             Err(error) => {
@@ -148,9 +156,7 @@ async fn execute(
         Err(duplicate) => {
             let id = PartialRequest::of(&message).id.unwrap_or_default();
             let failure = TaskError::new("DuplicateTaskName", duplicate.to_string());
-            results
-                .publish_result(EAGER_REPLY_TO, result_message::failure(&id, &failure))
-                .await;
+            results.deliver(&result_message::failure(&id, &failure));
             return;
         }
     };
@@ -173,10 +179,8 @@ async fn execute(
         };
         let Processed { job, outcome } = pipeline.process(input).await;
         if let Outcome::Rejected(rejection) = &outcome {
-            for (id, reply_to) in &rejection.notify {
-                results
-                    .publish_result(reply_to, rejection.result_for(id))
-                    .await;
+            for (id, _) in &rejection.notify {
+                results.deliver(&rejection.result_for(id));
             }
             return;
         }
@@ -190,7 +194,8 @@ async fn execute(
             other => other,
         };
         if let Some(result) = outcome.caller_result(&job.request.id) {
-            job.report(result).await;
+            // Eager results cannot fail to arrive.
+            let _ = job.report(&result).await;
         }
         if !matches!(outcome, Outcome::Retry { .. }) {
             follow_up(pipeline, &job, &outcome, default_queue, results, states).await;
@@ -224,10 +229,8 @@ async fn follow_up(
     let follow = match outcome {
         Outcome::Succeeded { value } => embed.after_success(&job.request, value),
         Outcome::Failed { error } => {
-            for (id, reply_to) in embed.chain_callers(job.request.reply_to.as_deref()) {
-                results
-                    .publish_result(&reply_to, result_message::failure(&id, error))
-                    .await;
+            for (id, _) in embed.chain_callers(job.request.reply_to.as_deref()) {
+                results.deliver(&result_message::failure(&id, error));
             }
             embed.after_failure(&job.request)
         }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::backend::BackendError;
 use crate::broker::BrokerError;
 
 /// A task that ran and failed, as reported by the worker (Celery's FAILURE).
@@ -37,6 +38,10 @@ pub enum Error {
     /// The broker connection failed, or the broker refused the message.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The result backend failed, refused, or holds something that is not
+    /// a result.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// An argument could not be encoded as JSON.
     #[error("could not encode an argument of `{task}`: {reason}")]
     EncodeArguments {

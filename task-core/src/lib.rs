@@ -6,6 +6,7 @@ extern crate self as task_core;
 mod app;
 mod args;
 mod async_result;
+pub mod backend;
 pub mod broker;
 pub mod clock;
 mod context;

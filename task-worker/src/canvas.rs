@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use task_core::backend::ResultRecord;
 use task_core::pipeline::{CanvasRefusal, Job, Outcome, Stage, Step};
 use task_core::protocol::canvas::{Embed, FollowUp};
 use task_core::protocol::result_message;
@@ -68,9 +69,17 @@ impl Stage for Canvas {
                     // None of the remaining steps will run: their callers
                     // hear of the failure (Celery's `_fail_chain`).
                     for (id, reply_to) in embed.chain_callers(job.request.reply_to.as_deref()) {
-                        job.results
-                            .publish_result(&reply_to, result_message::failure(&id, error))
-                            .await;
+                        let failure = result_message::failure(&id, error);
+                        let record = ResultRecord {
+                            task_id: &id,
+                            result: &failure,
+                            reply_to: Some(&reply_to),
+                            task: None,
+                        };
+                        if let Err(error) = job.results.publish_result(&record).await {
+                            tracing::error!(task_id = %id, %error,
+                                "could not tell a remaining chain step of the failure");
+                        }
                     }
                 }
                 _ => {}

@@ -46,6 +46,18 @@ pub struct WorkerArgs {
     /// `consumer_timeout` (30 min by default).
     #[arg(long, default_value_t = crate::worker::DEFAULT_ACK_TIMEOUT.as_secs())]
     pub ack_timeout: u64,
+    /// Where results are stored (Celery's `result_backend`): `rpc://` (the
+    /// callers' reply queues), `redis://host:port/db` or `rediss://...`.
+    #[arg(long, env = "RESULT_BACKEND", default_value = "rpc://", hide_env_values = true)]
+    pub result_backend: String,
+    /// Seconds the result backend keeps results (Celery's
+    /// `result_expires`); 0 keeps them until forgotten.
+    #[arg(long, default_value_t = task_core::backend::DEFAULT_RESULT_EXPIRES.as_secs())]
+    pub result_expires: u64,
+    /// Store each task's name, arguments, worker, retries and queue with
+    /// its result (Celery's `result_extended`).
+    #[arg(long)]
+    pub result_extended: bool,
     /// PEM file of the CA that signed the broker's certificate, trusted
     /// besides the system's roots (`amqps://` URLs).
     #[arg(long, env = "BROKER_TLS_CA_FILE", global = true)]
@@ -267,7 +279,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
         .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout.max(0.0)))
         .max_message_size(args.max_message_size)
         .ack_timeout((args.ack_timeout > 0).then(|| Duration::from_secs(args.ack_timeout)))
-        .dead_letter_retention(retention);
+        .dead_letter_retention(retention)
+        .result_backend(args.result_backend)
+        .result_expires((args.result_expires > 0).then(|| Duration::from_secs(args.result_expires)))
+        .result_extended(args.result_extended);
     if let Some(concurrency) = args.concurrency {
         builder = builder.concurrency(concurrency.get());
     }

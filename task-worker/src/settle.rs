@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use task_core::backend::{BackendError, ResultBackend, ResultRecord, TaskMessageRef};
 use task_core::broker::{
     dead_letter_headers, BrokerError, DeadLetterRetention, Delivery, Message, QueueSpec,
 };
@@ -28,14 +29,18 @@ pub(crate) struct Settler {
     /// Spaces out messages returned to their queue after a failure.
     pub(crate) requeue_backoff: Arc<RequeueBackoff>,
     /// Where results go.
-    pub(crate) results: Arc<BrokerResults>,
+    pub(crate) results: Arc<WorkerResults>,
 }
 
-/// Results published to the callers' reply queues.
-pub(crate) struct BrokerResults {
+/// Results published to the callers' reply queues (`rpc://`) or stored in
+/// the app's result backend.
+pub(crate) struct WorkerResults {
     pub(crate) app: App,
     /// Warnings that could repeat for every message.
     pub(crate) warnings: Warnings,
+    /// How long storing one result in the backend is tried (with backoff)
+    /// before the task's message is given back to the broker instead.
+    pub(crate) store_deadline: Duration,
 }
 
 /// Warnings that a stream of messages could repeat: at most one line per
@@ -44,6 +49,7 @@ pub(crate) struct BrokerResults {
 pub(crate) struct Warnings {
     dropped_result: Throttle,
     dead_letter_settings: Throttle,
+    store_failed: Throttle,
 }
 
 impl Default for Warnings {
@@ -52,6 +58,7 @@ impl Default for Warnings {
         Self {
             dropped_result: Throttle::new(every),
             dead_letter_settings: Throttle::new(every),
+            store_failed: Throttle::new(every),
         }
     }
 }
@@ -85,19 +92,62 @@ impl RequeueBackoff {
 }
 
 #[async_trait::async_trait]
-impl ResultSink for BrokerResults {
-    async fn publish_result(&self, reply_to: &str, message: Message) {
-        self.publish(reply_to, message).await;
+impl ResultSink for WorkerResults {
+    async fn publish_result(&self, record: &ResultRecord<'_>) -> Result<(), BackendError> {
+        self.publish(record).await
     }
 }
 
-impl BrokerResults {
-    /// Publishes a result (called directly by settlement: no boxed future).
-    /// A caller that is gone (its queue no longer exists) is not an error,
-    /// Celery drops such results too, but it is reported (at most once every
-    /// ten seconds).
-    pub(crate) async fn publish(&self, reply_to: &str, message: Message) {
-        match self.app.broker().publish_reply(reply_to, &message).await {
+impl WorkerResults {
+    /// Hands a result to its caller (called directly by settlement: no
+    /// boxed future): stores it in the result backend, trying again with
+    /// backoff while the backend is unreachable (an error after the store
+    /// deadline), or publishes it to the caller's reply queue (`rpc://`).
+    pub(crate) async fn publish(&self, record: &ResultRecord<'_>) -> Result<(), BackendError> {
+        match self.app.result_backend() {
+            Some(backend) => self.store(backend.as_ref(), record).await,
+            None => {
+                if let Some(reply_to) = record.reply_to {
+                    self.publish_reply(reply_to, record.result).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores `record`, retrying transient failures (Redis restarting, a
+    /// timeout) with a pause doubling from 100 ms to 5 s, until the store
+    /// deadline.
+    async fn store(
+        &self,
+        backend: &dyn ResultBackend,
+        record: &ResultRecord<'_>,
+    ) -> Result<(), BackendError> {
+        let deadline = tokio::time::Instant::now() + self.store_deadline;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match backend.store(record).await {
+                Ok(()) => return Ok(()),
+                Err(error)
+                    if error.is_transient() && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    if let Some(suppressed) = self.warnings.store_failed.allow() {
+                        tracing::warn!(task_id = %record.task_id, %error, ?pause, suppressed,
+                            "could not store a result; trying again (the task is not acked until it is stored)");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Publishes a result to the caller's reply queue. A caller that is
+    /// gone (its queue no longer exists) is not an error, Celery drops such
+    /// results too, but it is reported (at most once every ten seconds).
+    async fn publish_reply(&self, reply_to: &str, message: &Message) {
+        match self.app.broker().publish_reply(reply_to, message).await {
             Ok(()) => {}
             Err(BrokerError::Unroutable { .. }) => {
                 if let Some(suppressed) = self.warnings.dropped_result.allow() {
@@ -130,23 +180,54 @@ impl Settler {
             (Some(job), Outcome::Deferred { wait }) => {
                 Box::pin(self.park(delivery, &job, wait)).await
             }
-            (Some(job), outcome) => {
-                self.report(&job, &outcome).await;
-                self.ack(delivery, &job).await
-            }
+            (Some(job), outcome) => match self.report(&job, &outcome).await {
+                Ok(()) => self.ack(delivery, &job).await,
+                Err(error) => Box::pin(self.not_stored(delivery, &job, &error)).await,
+            },
         };
         if let Err(error) = settled {
             tracing::warn!(%error, "could not settle a message; the broker will redeliver it");
         }
     }
 
-    /// Tells the caller the outcome, if it wants results.
-    async fn report(&self, job: &Job<'_>, outcome: &Outcome) {
-        if let Some(reply_to) = job.reply_to() {
-            if let Some(result) = outcome.caller_result(&job.request.id) {
-                self.results.publish(reply_to, result).await;
-            }
+    /// Tells the caller the outcome, unless it wants no result.
+    async fn report(&self, job: &Job<'_>, outcome: &Outcome) -> Result<(), BackendError> {
+        if job.request.ignore_result() {
+            return Ok(());
         }
+        let Some(result) = outcome.caller_result(&job.request.id) else {
+            return Ok(());
+        };
+        let record = ResultRecord {
+            task_id: &job.request.id,
+            result: &result,
+            reply_to: job.request.reply_to.as_deref(),
+            task: Some(TaskMessageRef {
+                message: job.message,
+                queue: job.queue,
+            }),
+        };
+        self.results.publish(&record).await
+    }
+
+    /// A final result could not be stored: the message is not acked but
+    /// given back to its queue after a pause (the task runs again, and its
+    /// result is stored then), unless it was acked early.
+    async fn not_stored(
+        &self,
+        delivery: &Delivery,
+        job: &Job<'_>,
+        error: &BackendError,
+    ) -> Result<(), BrokerError> {
+        let wait = self.requeue_backoff.failed();
+        if job.is_settled() {
+            tracing::error!(task_id = %job.request.id, %error,
+                "could not store the result of a task acked early: the result is lost");
+            return Ok(());
+        }
+        tracing::error!(task_id = %job.request.id, %error, ?wait,
+            "could not store a result; returning the task to its queue after a pause");
+        self.requeue_later(delivery, wait).await
     }
 
     /// Acks the message unless a stage did already.
@@ -178,9 +259,19 @@ impl Settler {
             "dead-lettering a message that cannot run on this worker"
         );
         for (id, reply_to) in &rejection.notify {
-            self.results
-                .publish(reply_to, rejection.result_for(id))
-                .await;
+            let result = rejection.result_for(id);
+            let record = ResultRecord {
+                task_id: id,
+                result: &result,
+                reply_to: Some(reply_to),
+                task: None,
+            };
+            if let Err(error) = self.results.publish(&record).await {
+                let wait = self.requeue_backoff.failed();
+                tracing::error!(task_id = %id, %error, ?wait,
+                    "could not store the failure of a rejected task; returning it to its queue after a pause");
+                return self.requeue_later(delivery, wait).await;
+            }
         }
         if job.is_some_and(|job| job.is_settled()) {
             return Ok(());
@@ -299,7 +390,10 @@ impl Settler {
             return self.requeue_later(delivery, wait).await;
         }
         self.requeue_backoff.succeeded();
-        self.report(job, outcome).await;
+        if let Err(error) = self.report(job, outcome).await {
+            // The retry is published: the task is not lost, only its RETRY state.
+            tracing::warn!(task_id = %job.request.id, %error, "could not store RETRY");
+        }
         self.ack(delivery, job).await
     }
 }

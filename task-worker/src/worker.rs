@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::canvas::Canvas;
 use crate::executor::Executor;
 use crate::rate_limiter;
-use crate::settle::{BrokerResults, RequeueBackoff, Settler, Warnings};
+use crate::settle::{RequeueBackoff, Settler, Warnings, WorkerResults};
 use crate::stages;
 
 /// Why a worker could not start or stopped early.
@@ -84,6 +84,10 @@ pub struct WorkerBuilder {
     registry: Option<Registry>,
     states: States,
     hooks: Hooks,
+    result_backend: Option<String>,
+    result_expires: Option<Option<Duration>>,
+    result_extended: Option<bool>,
+    result_store_deadline: Duration,
 }
 
 /// User code called at a point of the worker's life.
@@ -115,6 +119,10 @@ impl std::fmt::Debug for Hooks {
 /// get the channel closed under them (RabbitMQ 3.11.15+).
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// How long storing one result in the result backend is tried (with
+/// backoff) before the task's message goes back to its queue instead.
+pub const DEFAULT_RESULT_STORE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The default limit on a task message's body: larger ones are dead-lettered.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
@@ -134,6 +142,10 @@ impl Default for WorkerBuilder {
             registry: None,
             states: States::new(),
             hooks: Hooks::default(),
+            result_backend: None,
+            result_expires: None,
+            result_extended: None,
+            result_store_deadline: DEFAULT_RESULT_STORE_DEADLINE,
         }
     }
 }
@@ -150,6 +162,40 @@ impl WorkerBuilder {
     /// [`WorkerBuilder::app`], whose app is connected already.
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Store results in this backend (see
+    /// [`AppBuilder::result_backend`](task_core::AppBuilder::result_backend);
+    /// default: `$RESULT_BACKEND`, else `rpc://`); not used with
+    /// [`WorkerBuilder::app`], whose app has its backend already.
+    pub fn result_backend(mut self, url: impl Into<String>) -> Self {
+        self.result_backend = Some(url.into());
+        self
+    }
+
+    /// How long the backend keeps results (Celery's `result_expires`,
+    /// default one day, `None`: until forgotten); not used with
+    /// [`WorkerBuilder::app`].
+    pub fn result_expires(mut self, expires: Option<Duration>) -> Self {
+        self.result_expires = Some(expires);
+        self
+    }
+
+    /// Store each task's name, arguments, worker, retries and queue with its
+    /// result (Celery's `result_extended`); not used with
+    /// [`WorkerBuilder::app`].
+    pub fn result_extended(mut self, yes: bool) -> Self {
+        self.result_extended = Some(yes);
+        self
+    }
+
+    /// How long storing one result is tried while the backend is
+    /// unreachable before the task's message goes back to its queue to run
+    /// again (default [`DEFAULT_RESULT_STORE_DEADLINE`]). The message is
+    /// never acked before its result is stored.
+    pub fn result_store_deadline(mut self, deadline: Duration) -> Self {
+        self.result_store_deadline = deadline;
         self
     }
 
@@ -304,6 +350,18 @@ impl WorkerBuilder {
                     Some(tls) => builder.tls(tls),
                     None => builder,
                 };
+                let builder = match self.result_backend {
+                    Some(url) => builder.result_backend(url),
+                    None => builder,
+                };
+                let builder = match self.result_expires {
+                    Some(expires) => builder.result_expires(expires),
+                    None => builder,
+                };
+                let builder = match self.result_extended {
+                    Some(yes) => builder.result_extended(yes),
+                    None => builder,
+                };
                 builder.connect().await?
             }
         };
@@ -336,6 +394,7 @@ impl WorkerBuilder {
             max_message_size: self.max_message_size,
             ack_timeout: self.ack_timeout,
             dead_letter_retention: self.dead_letter_retention,
+            result_store_deadline: self.result_store_deadline,
             states: Arc::new(self.states),
             hooks: self.hooks,
             settings: Arc::default(),
@@ -457,6 +516,7 @@ pub struct Worker {
     max_message_size: usize,
     ack_timeout: Option<Duration>,
     dead_letter_retention: DeadLetterRetention,
+    result_store_deadline: Duration,
     states: Arc<States>,
     hooks: Hooks,
     settings: Arc<TaskSettings>,
@@ -549,9 +609,10 @@ impl Worker {
                 app: self.app.clone(),
                 dead_letter_retention: self.dead_letter_retention,
                 requeue_backoff: Arc::new(RequeueBackoff::default()),
-                results: Arc::new(BrokerResults {
+                results: Arc::new(WorkerResults {
                     app: self.app.clone(),
                     warnings: Warnings::default(),
+                    store_deadline: self.result_store_deadline,
                 }),
             },
         });

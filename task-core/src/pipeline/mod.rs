@@ -47,6 +47,7 @@ pub use settings::{TaskOverride, TaskSettings};
 pub use slot::Slot;
 pub use stage::{Stage, Step};
 
+use crate::backend::{BackendError, ResultRecord, TaskMessageRef};
 use crate::broker::{Acknowledger, Message};
 use crate::context::ContextParts;
 use crate::protocol::result_message;
@@ -122,11 +123,22 @@ impl Job<'_> {
         self.settled = true;
     }
 
-    /// Publishes `message` to the caller, if it wants results.
-    pub async fn report(&self, message: Message) {
-        if let Some(reply_to) = self.reply_to() {
-            self.results.publish_result(reply_to, message).await;
+    /// Hands `result` (a result message about this job's task) to its
+    /// caller, unless it asked for none (`ignore_result`).
+    pub async fn report(&self, result: &Message) -> Result<(), BackendError> {
+        if self.request.ignore_result() {
+            return Ok(());
         }
+        let record = ResultRecord {
+            task_id: &self.request.id,
+            result,
+            reply_to: self.request.reply_to.as_deref(),
+            task: Some(TaskMessageRef {
+                message: self.message,
+                queue: self.queue,
+            }),
+        };
+        self.results.publish_result(&record).await
     }
 }
 
@@ -301,7 +313,11 @@ impl Pipeline {
     async fn run(&self, job: &mut Job<'_>) -> Outcome {
         let task = job.task;
         if task.options.track_started {
-            job.report(result_message::started(&job.request.id)).await;
+            if let Err(error) = job.report(&result_message::started(&job.request.id)).await {
+                // Not a final state: the task runs; its end is stored (or
+                // its message not acked) as usual.
+                tracing::warn!(task_id = %job.request.id, %error, "could not store STARTED");
+            }
         }
         let (hard, soft) = self.settings.limits(task, &job.request);
         let request = &mut job.request;

@@ -1,13 +1,14 @@
 //! [`ResultSink`]: where a pipeline's results for the caller go.
 
-use crate::broker::Message;
+use crate::backend::{BackendError, ResultRecord};
 
-/// Where results for a task's caller go: the broker's reply queues for a
-/// worker, the caller's waiting handle in eager mode. Publishing a result
-/// never fails the task: a sink reports what it could not deliver itself.
+/// Where results for a task's caller go: the caller's reply queue or the
+/// result backend for a worker, the caller's waiting handle in eager mode.
 #[async_trait::async_trait]
 pub trait ResultSink: Send + Sync {
-    /// Sends `message` (a result, its `correlation_id` the task id) to the
-    /// caller's queue `reply_to`.
-    async fn publish_result(&self, reply_to: &str, message: Message);
+    /// Hands `record` to the caller (publishes it to its reply queue, or
+    /// stores it in the result backend). An error means it is not stored:
+    /// the worker then does not ack the task's message. A caller that is
+    /// gone (`rpc://`) is no error: the sink reports it itself.
+    async fn publish_result(&self, record: &ResultRecord<'_>) -> Result<(), BackendError>;
 }

@@ -26,12 +26,14 @@ struct Recorded(Mutex<Vec<(String, TaskState)>>);
 
 #[async_trait::async_trait]
 impl ResultSink for Recorded {
-    async fn publish_result(&self, reply_to: &str, message: Message) {
-        let body = ResultBody::decode(&message.body).expect("results decode");
+    async fn publish_result(&self, record: &ResultRecord<'_>) -> Result<(), BackendError> {
+        let body = ResultBody::decode(&record.result.body).expect("results decode");
+        let reply_to = record.reply_to.unwrap_or("-");
         self.0
             .lock()
             .unwrap()
             .push((format!("{reply_to}/{}", body.task_id), body.status));
+        Ok(())
     }
 }
 

@@ -22,6 +22,13 @@ pub fn process_name() -> &'static str {
     NAME.get_or_init(|| format!("{}@{}", std::process::id(), hostname()))
 }
 
+/// This worker's node name as Celery writes it (`celery@<host>`), e.g. in
+/// the `worker` field of extended results.
+pub fn worker_nodename() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("celery@{}", hostname()))
+}
+
 /// This machine's host name.
 pub fn hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();

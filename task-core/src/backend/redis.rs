@@ -1,0 +1,456 @@
+//! [`RedisBackend`]: results in Redis, laid out as Celery's Redis backend
+//! lays them out, so Python and Rust processes read each other's results.
+//!
+//! - Each state of a task is stored under `celery-task-meta-<task id>` as
+//!   Celery's JSON meta, with the backend's expiry (`result_expires`, one
+//!   day by default), and published on a pub/sub channel of the same name.
+//!   Storing and publishing is one Lua script that, as Celery does, never
+//!   overwrites a SUCCESS (a task run twice after a lost ack does not turn
+//!   a success into a later state).
+//! - Waiting is by pub/sub, never by polling: one RESP3 connection
+//!   (the `redis` crate's `ConnectionManager`, which reconnects and
+//!   subscribes again by itself) carries the commands and every
+//!   subscription of the process; each published state goes straight to
+//!   the [`PendingResults`] table the waiting handles read. After a lost
+//!   connection, every awaited key is read again once the connection is
+//!   back, so a state published while it was down is not missed.
+//! - Groups are saved under `celery-taskset-meta-<group id>` as Celery's
+//!   `GroupResult.save` writes them.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::meta::celery_meta;
+use super::{BackendError, ResultBackend, ResultMeta, ResultRecord, ResultWatch};
+use crate::async_result::PendingResults;
+use crate::broker::redact;
+use crate::protocol::result_message::ResultBody;
+
+/// Celery's key prefix for task results.
+pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
+/// Celery's key prefix for saved groups (and chord counters).
+pub const GROUP_KEY_PREFIX: &str = "celery-taskset-meta-";
+
+/// The key a task's result is stored under (and the channel its states are
+/// published on).
+pub fn task_key(task_id: &str) -> String {
+    format!("{TASK_KEY_PREFIX}{task_id}")
+}
+
+/// The key a saved group is stored under.
+pub fn group_key(group_id: &str) -> String {
+    format!("{GROUP_KEY_PREFIX}{group_id}")
+}
+
+/// Stores a state unless SUCCESS is stored already, with the expiry given
+/// (0: none), and publishes it on the key's channel. Returns 1 when stored,
+/// 0 when an earlier SUCCESS was kept.
+const STORE_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+    return 0
+  end
+end
+local expires = tonumber(ARGV[2])
+if expires > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', expires)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// How a [`RedisBackend`] stores results.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// How long results are kept (Celery's `result_expires`; default one
+    /// day; `None` keeps them until forgotten).
+    pub expires: Option<Duration>,
+    /// Whether the task's name, arguments, worker, retries and queue are
+    /// stored with its result (Celery's `result_extended`; default no).
+    pub extended: bool,
+    /// How long one command may take before it fails (default 10 s), so a
+    /// Redis that hangs is an error, not a hang.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            expires: Some(super::DEFAULT_RESULT_EXPIRES),
+            extended: false,
+            response_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Results in Redis, wire-compatible with Celery's Redis backend; see the
+/// module docs. Cheap to clone (one shared connection).
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    url: String,
+    options: RedisOptions,
+    /// The waiting handles of this process, fed by the subscriptions.
+    pending: Arc<PendingResults>,
+    /// Work the push handler cannot do itself (it must not block).
+    control: mpsc::UnboundedSender<Control>,
+    store: redis::Script,
+}
+
+/// What the push handler and the waiter table ask the control task to do.
+#[derive(Debug)]
+enum Control {
+    /// Nobody waits on this channel any more.
+    Unsubscribe(String),
+    /// The connection was lost: read every awaited key again once it is back.
+    ReadAwaited,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.inner.url)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Connects to the Redis at `url` (`redis://[:password@]host:port/db`,
+    /// `rediss://` for TLS). A server that cannot be reached fails at once
+    /// with [`BackendError::Connect`]; later losses are reconnected.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, BackendError> {
+        let redacted = redact(url);
+        let invalid = |reason: String| BackendError::InvalidUrl {
+            url: redacted.clone(),
+            reason,
+        };
+        let info = url
+            .into_connection_info()
+            .map_err(|e| invalid(e.to_string()))?;
+        // Push messages (pub/sub on the command connection) need RESP3.
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| invalid(e.to_string()))?;
+
+        let (control, requests) = mpsc::unbounded_channel();
+        let unsubscribe = control.clone();
+        let pending = Arc::new(PendingResults::with_abandon_hook(Box::new(
+            move |task_id: &str| {
+                let _ = unsubscribe.send(Control::Unsubscribe(task_key(task_id)));
+            },
+        )));
+        let push = PushHandler {
+            pending: Arc::downgrade(&pending),
+            control: control.clone(),
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(move |info: PushInfo| push.handle(info))
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(options.response_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(4)
+            .set_max_delay(Duration::from_secs(2));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| BackendError::Connect {
+                url: redacted.clone(),
+                source: Box::new(e),
+            })?;
+        let inner = Arc::new(Inner {
+            connection,
+            url: redacted,
+            options,
+            pending,
+            control,
+            store: redis::Script::new(STORE_SCRIPT),
+        });
+        tokio::spawn(control_loop(Arc::downgrade(&inner), requests));
+        Ok(Self { inner })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.inner.connection.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl ResultBackend for RedisBackend {
+    async fn store(&self, record: &ResultRecord<'_>) -> Result<(), BackendError> {
+        let key = task_key(record.task_id);
+        let meta = celery_meta(record, self.inner.options.extended).ok_or_else(|| {
+            BackendError::Corrupt {
+                key: key.clone(),
+                reason: "the result to store is not a JSON object".into(),
+            }
+        })?;
+        let expires = self
+            .inner
+            .options
+            .expires
+            .map_or(0, |expires| expires.as_secs().max(1));
+        let _stored: i64 = self
+            .inner
+            .store
+            .key(&key)
+            .arg(meta)
+            .arg(expires)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| BackendError::operation("store", e))?;
+        Ok(())
+    }
+
+    async fn meta(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
+        let key = task_key(task_id);
+        let stored: Option<Vec<u8>> = self
+            .connection()
+            .get(&key)
+            .await
+            .map_err(|e| BackendError::operation("get", e))?;
+        stored
+            .map(|bytes| ResultMeta::decode(&key, &bytes))
+            .transpose()
+    }
+
+    async fn watch(&self, task_id: &str, read_stored: bool) -> Result<ResultWatch, BackendError> {
+        let waiter = self.inner.pending.expect(task_id);
+        let key = task_key(task_id);
+        self.connection()
+            .subscribe(&key)
+            .await
+            .map_err(|e| BackendError::operation("subscribe", e))?;
+        if read_stored {
+            if let Some(meta) = self.meta(task_id).await? {
+                deliver(&self.inner.pending, &self.inner.control, &key, meta.into_body());
+            }
+        }
+        Ok(ResultWatch { waiter })
+    }
+
+    async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        let _deleted: i64 = self
+            .connection()
+            .del(task_key(task_id))
+            .await
+            .map_err(|e| BackendError::operation("forget", e))?;
+        Ok(())
+    }
+
+    async fn save_group(&self, group_id: &str, task_ids: &[String]) -> Result<(), BackendError> {
+        // Celery's `{'result': GroupResult.as_tuple()[1]}`: each member as
+        // `[[id, parent], children]`.
+        let members: Vec<_> = task_ids
+            .iter()
+            .map(|id| ((id.as_str(), None::<()>), None::<()>))
+            .collect();
+        let meta = serde_json::json!({ "result": members });
+        let meta = serde_json::to_vec(&meta).map_err(|e| BackendError::operation("save_group", e))?;
+        let mut connection = self.connection();
+        let saved: redis::RedisResult<()> = match self.inner.options.expires {
+            Some(expires) => {
+                connection
+                    .set_ex(group_key(group_id), meta, expires.as_secs().max(1))
+                    .await
+            }
+            None => connection.set(group_key(group_id), meta).await,
+        };
+        saved.map_err(|e| BackendError::operation("save_group", e))
+    }
+
+    async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
+        let key = group_key(group_id);
+        let stored: Option<Vec<u8>> = self
+            .connection()
+            .get(&key)
+            .await
+            .map_err(|e| BackendError::operation("restore_group", e))?;
+        let Some(bytes) = stored else {
+            return Ok(None);
+        };
+        decode_group(&bytes)
+            .map(Some)
+            .map_err(|reason| BackendError::Corrupt { key, reason })
+    }
+
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        let _deleted: i64 = self
+            .connection()
+            .del(group_key(group_id))
+            .await
+            .map_err(|e| BackendError::operation("forget_group", e))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    fn awaited(&self) -> usize {
+        self.inner.pending.len()
+    }
+}
+
+/// Reads a saved group's member ids: Celery's `{"result": [[[id, parent],
+/// children], ...]}` (a bare `[id, parent]` member is read too).
+fn decode_group(bytes: &[u8]) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    struct Saved {
+        result: Vec<serde_json::Value>,
+    }
+    let saved: Saved = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    saved
+        .result
+        .iter()
+        .map(|member| {
+            let mut node = member;
+            // Descend `[[id, parent], children]` / `[id, parent]` to the id.
+            while let Some(first) = node.as_array().and_then(|items| items.first()) {
+                node = first;
+            }
+            node.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("a group member is not a result tuple: {member}"))
+        })
+        .collect()
+}
+
+/// Hands a state read or received for `key` to its waiters; a final one
+/// ends the subscription.
+fn deliver(
+    pending: &PendingResults,
+    control: &mpsc::UnboundedSender<Control>,
+    key: &str,
+    body: ResultBody,
+) {
+    let ready = body.status.is_ready();
+    pending.deliver(body);
+    if ready {
+        let _ = control.send(Control::Unsubscribe(key.to_owned()));
+    }
+}
+
+/// Receives what Redis pushes on the connection (published states, and the
+/// client's own notice of a lost connection). Runs on the connection's read
+/// path: it only hands things over, never waits.
+struct PushHandler {
+    pending: Weak<PendingResults>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl PushHandler {
+    fn handle(&self, info: PushInfo) -> Result<(), std::convert::Infallible> {
+        match info.kind {
+            PushKind::Message => {
+                let Some(pending) = self.pending.upgrade() else {
+                    return Ok(());
+                };
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (info.data.first(), info.data.get(1))
+                else {
+                    return Ok(());
+                };
+                let key = String::from_utf8_lossy(channel);
+                match ResultBody::decode(payload) {
+                    Ok(body) => deliver(&pending, &self.control, &key, body),
+                    Err(error) => {
+                        tracing::warn!(channel = %key, %error,
+                            "dropping a published result that is not a Celery result")
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = self.control.send(Control::ReadAwaited);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Does what the push handler and the waiter table ask for, while the
+/// backend exists.
+async fn control_loop(backend: Weak<Inner>, mut requests: mpsc::UnboundedReceiver<Control>) {
+    while let Some(request) = requests.recv().await {
+        let Some(inner) = backend.upgrade() else {
+            return;
+        };
+        let backend = RedisBackend { inner };
+        match request {
+            Control::Unsubscribe(key) => {
+                // A failure leaves a subscription nobody reads: harmless.
+                let _ = backend.connection().unsubscribe(&key).await;
+            }
+            Control::ReadAwaited => read_awaited(&backend).await,
+        }
+    }
+}
+
+/// Reads the stored state of every awaited task (after a lost connection:
+/// the client subscribes again before its first command on the new
+/// connection, so nothing published from then on is missed, and this read
+/// covers what was published while it was down). Retries while Redis is
+/// away, as long as results are awaited.
+async fn read_awaited(backend: &RedisBackend) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let ids = backend.inner.pending.ids();
+        if ids.is_empty() {
+            return;
+        }
+        let mut failed = None;
+        for id in ids {
+            match backend.meta(&id).await {
+                Ok(Some(meta)) => deliver(
+                    &backend.inner.pending,
+                    &backend.inner.control,
+                    &task_key(&id),
+                    meta.into_body(),
+                ),
+                Ok(None) => {}
+                Err(error) if error.is_transient() => {
+                    failed = Some(error);
+                    break;
+                }
+                Err(error) => tracing::warn!(task_id = %id, %error, "cannot read a result"),
+            }
+        }
+        let Some(error) = failed else {
+            return;
+        };
+        tracing::warn!(%error, ?pause, "cannot read awaited results after a lost Redis connection; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_groups_are_read_as_celery_writes_them() {
+        let celery = br#"{"result": [[["a", null], null], [["b", null], null]]}"#;
+        assert_eq!(decode_group(celery).unwrap(), vec!["a", "b"]);
+        let bare = br#"{"result": [["c", null]]}"#;
+        assert_eq!(decode_group(bare).unwrap(), vec!["c"]);
+        assert!(decode_group(br#"{"result": [[1, null]]}"#).is_err());
+        assert!(decode_group(b"garbage").is_err());
+    }
+}
