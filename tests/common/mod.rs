@@ -1,6 +1,7 @@
 //! Shared fixtures for the integration tests: a client app and an in-process
 //! worker on queues of the test's own, against the real RabbitMQ at
-//! `$TEST_BROKER_URL` / `$BROKER_URL` (default 127.0.0.1:5672).
+//! `$TEST_BROKER_URL` / `$BROKER_URL` (default 127.0.0.1:5672), and where the
+//! shared Redis is (`$TEST_REDIS_URL`, default 127.0.0.1:6379).
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::time::Duration;
@@ -20,6 +21,13 @@ pub fn broker_url() -> String {
     std::env::var("TEST_BROKER_URL")
         .or_else(|_| std::env::var("BROKER_URL"))
         .unwrap_or_else(|_| DEFAULT_BROKER_URL.to_owned())
+}
+
+/// The shared Redis the Redis result backend's tests use:
+/// `$TEST_REDIS_URL`, default `redis://127.0.0.1:6379/0`
+/// (`scripts/ensure-redis.sh` starts it).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
 /// A queue name no other test (or test run) uses.
