@@ -48,7 +48,12 @@ pub struct WorkerArgs {
     pub ack_timeout: u64,
     /// Where results are stored (Celery's `result_backend`): `rpc://` (the
     /// callers' reply queues), `redis://host:port/db` or `rediss://...`.
-    #[arg(long, env = "RESULT_BACKEND", default_value = "rpc://", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RESULT_BACKEND",
+        default_value = "rpc://",
+        hide_env_values = true
+    )]
     pub result_backend: String,
     /// Seconds the result backend keeps results (Celery's
     /// `result_expires`); 0 keeps them until forgotten.

@@ -238,7 +238,12 @@ impl ResultBackend for RedisBackend {
             .map_err(|e| BackendError::operation("subscribe", e))?;
         if read_stored {
             if let Some(meta) = self.meta(task_id).await? {
-                deliver(&self.inner.pending, &self.inner.control, &key, meta.into_body());
+                deliver(
+                    &self.inner.pending,
+                    &self.inner.control,
+                    &key,
+                    meta.into_body(),
+                );
             }
         }
         Ok(ResultWatch { waiter })
@@ -254,14 +259,15 @@ impl ResultBackend for RedisBackend {
     }
 
     async fn save_group(&self, group_id: &str, task_ids: &[String]) -> Result<(), BackendError> {
-        // Celery's `{'result': GroupResult.as_tuple()[1]}`: each member as
-        // `[[id, parent], children]`.
+        // Celery's `{"result": GroupResult.as_tuple()}`:
+        // `[[gid, parent], [[[id, parent], children], ...]]`.
         let members: Vec<_> = task_ids
             .iter()
             .map(|id| ((id.as_str(), None::<()>), None::<()>))
             .collect();
-        let meta = serde_json::json!({ "result": members });
-        let meta = serde_json::to_vec(&meta).map_err(|e| BackendError::operation("save_group", e))?;
+        let meta = serde_json::json!({ "result": ((group_id, None::<()>), members) });
+        let meta =
+            serde_json::to_vec(&meta).map_err(|e| BackendError::operation("save_group", e))?;
         let mut connection = self.connection();
         let saved: redis::RedisResult<()> = match self.inner.options.expires {
             Some(expires) => {
@@ -307,16 +313,28 @@ impl ResultBackend for RedisBackend {
     }
 }
 
-/// Reads a saved group's member ids: Celery's `{"result": [[[id, parent],
-/// children], ...]}` (a bare `[id, parent]` member is read too).
+/// Reads a saved group's member ids: Celery 5's `{"result": [[gid,
+/// parent], [[[id, parent], children], ...]]}`, or the member list alone
+/// (`{"result": [[[id, parent], children], ...]}`, older Celery); a bare
+/// `[id, parent]` member is read too.
 fn decode_group(bytes: &[u8]) -> Result<Vec<String>, String> {
     #[derive(Deserialize)]
     struct Saved {
         result: Vec<serde_json::Value>,
     }
     let saved: Saved = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    saved
-        .result
+    let whole_tuple = saved.result.len() == 2
+        && saved.result[0]
+            .as_array()
+            .and_then(|head| head.first())
+            .is_some_and(serde_json::Value::is_string)
+        && saved.result[1].is_array();
+    let members = if whole_tuple {
+        saved.result[1].as_array().map(Vec::as_slice).unwrap_or(&[])
+    } else {
+        saved.result.as_slice()
+    };
+    members
         .iter()
         .map(|member| {
             let mut node = member;
@@ -446,8 +464,12 @@ mod tests {
 
     #[test]
     fn saved_groups_are_read_as_celery_writes_them() {
-        let celery = br#"{"result": [[["a", null], null], [["b", null], null]]}"#;
+        let celery = br#"{"result": [["g", null], [[["a", null], null], [["b", null], null]]]}"#;
         assert_eq!(decode_group(celery).unwrap(), vec!["a", "b"]);
+        let members_only = br#"{"result": [[["a", null], null], [["b", null], null]]}"#;
+        assert_eq!(decode_group(members_only).unwrap(), vec!["a", "b"]);
+        let empty = br#"{"result": [["g", null], []]}"#;
+        assert!(decode_group(empty).unwrap().is_empty());
         let bare = br#"{"result": [["c", null]]}"#;
         assert_eq!(decode_group(bare).unwrap(), vec!["c"]);
         assert!(decode_group(br#"{"result": [[1, null]]}"#).is_err());
