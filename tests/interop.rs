@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,23 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's python, built once per test binary.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let output = Command::new("bash")
-            .arg(repo().join("scripts/ensure-python-celery.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs");
-        assert!(output.status.success(), "could not build the celery venv");
-        PathBuf::from(String::from_utf8(output.stdout).expect("utf-8 path").trim())
-    })
-}
+use common::{python, repo};
 
 #[task(name = "interop.echo_json")]
 async fn echo_json(value: Value) -> Result<Value, TaskError> {

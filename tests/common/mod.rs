@@ -30,6 +30,26 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
+/// The repository's root.
+pub fn repo() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The interop venv's python (real Celery 5.7 with the Redis client), built
+/// once per test binary by `scripts/ensure-python-celery.sh`.
+pub fn python() -> &'static std::path::Path {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let output = std::process::Command::new("bash")
+            .arg(repo().join("scripts/ensure-python-celery.sh"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "could not build the celery venv");
+        std::path::PathBuf::from(String::from_utf8(output.stdout).expect("utf-8 path").trim())
+    })
+}
+
 /// A queue name no other test (or test run) uses.
 pub fn unique_queue(label: &str) -> String {
     format!("test.{label}.{}", uuid::Uuid::new_v4().simple())

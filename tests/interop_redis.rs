@@ -1,0 +1,323 @@
+//! The Redis result backend against the real Python Celery 5.7 (with the
+//! `redis` client), both ways, over the real RabbitMQ and Redis: results
+//! stored by one side are read by id by the other, in processes that did
+//! not send the task; STARTED, RETRY and FAILURE with its traceback;
+//! `result_extended` fields; `forget` seen across.
+//!
+//! The Python side is `tests/interop/pyapp_redis.py` (a worker) and
+//! `tests/interop/py_redis_client.py` (send, get, state, forget).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use task_core::broker::QueueSpec;
+use task_core::{current_task, task, App, TaskError, TaskState};
+use task_examples as _;
+use task_worker::Worker;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Released by the test once it has seen the task STARTED.
+static RELEASE_HELD: Notify = Notify::const_new();
+
+#[task(name = "interop.redis.held", track_started)]
+async fn held() -> Result<String, TaskError> {
+    RELEASE_HELD.notified().await;
+    Ok("released".into())
+}
+
+#[task(name = "interop.redis.retry_once")]
+async fn retry_once(value: i64) -> Result<i64, TaskError> {
+    let retries = current_task().map_or(0, |task| task.retries());
+    if retries == 0 {
+        return Err(TaskError::new("RuntimeError", "once more").retry_in(Duration::ZERO));
+    }
+    Ok(value)
+}
+
+/// An app storing results in the shared Redis, with `result_extended`
+/// (declaring queues as Celery does, like the Python peers).
+async fn redis_app() -> App {
+    App::builder()
+        .broker_url(common::broker_url())
+        .result_backend(common::redis_url())
+        .result_extended(true)
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ and Redis are running")
+}
+
+/// Runs `py_redis_client.py` with `args`; returns its stdout, trimmed.
+async fn py_client(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(common::python())
+            .arg(common::repo().join("tests/interop/py_redis_client.py"))
+            .args(&args)
+            .env("BROKER_URL", common::broker_url())
+            .env("INTEROP_RESULT_BACKEND", common::redis_url())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("the python client runs")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "python client failed");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A Python process that did not send the task reads its result by id.
+async fn py_get(task_id: &str) -> Value {
+    serde_json::from_str(&py_client(&["get", task_id, "--timeout", "60"]).await)
+        .expect("one JSON line")
+}
+
+struct RustWorker {
+    app: App,
+    queue: String,
+    stop: CancellationToken,
+    running: JoinHandle<Result<(), task_worker::WorkerError>>,
+}
+
+impl RustWorker {
+    async fn start(label: &str) -> Self {
+        let queue = common::unique_queue(label);
+        let app = redis_app().await;
+        let worker = Worker::builder()
+            .app(app.clone())
+            .queues([queue.clone()])
+            .concurrency(4)
+            .build()
+            .await
+            .unwrap();
+        let stop = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        Self {
+            app,
+            queue,
+            stop,
+            running,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.running.await.unwrap().unwrap();
+        delete_queue(&self.app, &self.queue).await;
+        self.app.close().await.unwrap();
+    }
+}
+
+async fn delete_queue(app: &App, queue: &str) {
+    app.broker().delete_queue(queue).await.unwrap();
+    let dead_letters = QueueSpec::dead_letter_queue(queue).name;
+    app.broker().delete_queue(&dead_letters).await.unwrap();
+    app.broker().delete_exchange(queue).await.unwrap();
+}
+
+struct PythonWorker {
+    child: Child,
+}
+
+impl PythonWorker {
+    /// A Celery worker of `pyapp_redis` on `queue`, ready once it answered.
+    async fn start(app: &App, queue: &str) -> Self {
+        app.ensure_queue(queue).await.unwrap();
+        let child = Command::new(common::python())
+            .args(["-m", "celery", "-A", "pyapp_redis", "worker", "-Q", queue])
+            .args(["-P", "solo", "--without-gossip", "--without-mingle"])
+            .args(["--without-heartbeat", "-l", "warning"])
+            .args(["-n", &format!("{queue}@%h")])
+            .current_dir(common::repo().join("tests/interop"))
+            .env("BROKER_URL", common::broker_url())
+            .env("INTEROP_RESULT_BACKEND", common::redis_url())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the python celery worker starts");
+        let worker = Self { child };
+        let ping = app
+            .signature("interop.py_add")
+            .arg(0)
+            .arg(0)
+            .returning::<i64>()
+            .queue(queue.to_owned())
+            .apply_async_with(app)
+            .await
+            .unwrap();
+        assert_eq!(ping.get(TIMEOUT).await.unwrap(), 0);
+        worker
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn python_sends_rust_runs_and_another_python_process_reads_by_id() {
+    let w = RustWorker::start("redis-py2rs").await;
+    let q = w.queue.as_str();
+    let sum_id = py_client(&["send", "tasks.add", "[2, 3]", "--queue", q]).await;
+    let sum = py_get(&sum_id).await;
+    assert_eq!(sum["state"], "SUCCESS", "{sum}");
+    assert_eq!(sum["result"], 5);
+    assert_eq!(sum["task_id"], sum_id.as_str());
+    // result_extended fields, as Python reads them.
+    assert_eq!(sum["name"], "tasks.add");
+    assert_eq!(sum["args"], json!([2, 3]));
+    assert_eq!(sum["kwargs"], json!({}));
+    assert_eq!(sum["queue"], q);
+    assert_eq!(sum["retries"], 0);
+    assert!(sum["worker"].as_str().unwrap().contains('@'), "{sum}");
+
+    let failed_id = py_client(&["send", "tasks.parse_int", r#"["forty-two"]"#, "--queue", q]).await;
+    let failed = py_get(&failed_id).await;
+    assert_eq!(failed["state"], "FAILURE", "{failed}");
+    assert_eq!(failed["result"]["exc_type"], "ParseIntError");
+    assert!(
+        failed["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("invalid digit"),
+        "{failed}"
+    );
+
+    let retried_id = py_client(&["send", "interop.redis.retry_once", "[7]", "--queue", q]).await;
+    let retried = py_get(&retried_id).await;
+    assert_eq!(
+        (&retried["state"], &retried["result"]),
+        (&json!("SUCCESS"), &json!(7))
+    );
+    assert_eq!(retried["retries"], 1, "{retried}");
+
+    // STARTED, stored by the Rust worker, read by Python while the task runs.
+    let held_id = py_client(&["send", "interop.redis.held", "[]", "--queue", q]).await;
+    let held_result = w.app.result::<String>(&held_id).await.unwrap();
+    let state = held_result
+        .wait_for_state(|s| s == TaskState::Started, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(state, TaskState::Started);
+    assert_eq!(py_client(&["state", &held_id]).await, "STARTED");
+    RELEASE_HELD.notify_one();
+    assert_eq!(held_result.get(TIMEOUT).await.unwrap(), "released");
+    assert_eq!(py_get(&held_id).await["result"], "released");
+
+    // forget from Python is seen by Rust.
+    py_client(&["forget", &sum_id]).await;
+    assert!(w.app.result_meta(&sum_id).await.unwrap().is_none());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn rust_reads_a_python_workers_results_by_id() {
+    let queue = common::unique_queue("redis-rs2py");
+    let app = redis_app().await;
+    let _python = PythonWorker::start(&app, &queue).await;
+    let call = |name: &'static str| app.signature(name).queue(queue.clone());
+
+    let sent = call("interop.py_add")
+        .arg(20)
+        .arg(22)
+        .returning::<i64>()
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(sent.get(TIMEOUT).await.unwrap(), 42);
+    // Another Rust app, which did not send it, reads it by id.
+    let reader = redis_app().await;
+    let read = reader.result::<i64>(sent.id()).await.unwrap();
+    assert_eq!(read.state(), TaskState::Success);
+    assert_eq!(read.get(TIMEOUT).await.unwrap(), 42);
+    let meta = reader.result_meta(sent.id()).await.unwrap().unwrap();
+    assert_eq!(meta.name.as_deref(), Some("interop.py_add"));
+    assert_eq!(meta.args.unwrap().get(), "[20, 22]");
+    assert_eq!(meta.queue.as_deref(), Some(queue.as_str()));
+
+    // FAILURE with Python's traceback.
+    let failed = call("interop.py_fail")
+        .arg("boom")
+        .returning::<i64>()
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let error = reader
+        .result::<i64>(failed.id())
+        .await
+        .unwrap()
+        .get(TIMEOUT)
+        .await
+        .unwrap_err();
+    let failure = error.as_task_failure().expect("a task failure");
+    assert_eq!(
+        (failure.exc_type.as_str(), failure.message.as_str()),
+        ("ValueError", "boom")
+    );
+    assert!(failure
+        .traceback
+        .as_deref()
+        .unwrap()
+        .contains("ValueError: boom"));
+
+    // RETRY then SUCCESS, retries counted in the stored meta.
+    let retried = call("interop.py_retry_once")
+        .arg(5)
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.get(TIMEOUT).await.unwrap(),
+        json!({"value": 5, "retries": 1})
+    );
+    assert_eq!(
+        reader
+            .result_meta(retried.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .retries,
+        Some(1)
+    );
+
+    // STARTED from the Python worker, pushed to a Rust reader.
+    let key = format!("interop.redis.release.{}", uuid::Uuid::new_v4().simple());
+    let waiting = call("interop.py_wait_for_key")
+        .arg(&key)
+        .returning::<String>()
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let watched = reader.result::<String>(waiting.id()).await.unwrap();
+    let state = watched
+        .wait_for_state(|s| s == TaskState::Started, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(state, TaskState::Started);
+    let mut redis = redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis.set_ex(&key, "go", 60).await.unwrap();
+    assert_eq!(watched.get(TIMEOUT).await.unwrap(), "go");
+    let _: () = redis.del(&key).await.unwrap();
+
+    // forget from Rust is seen by Python.
+    reader.forget(sent.id()).await.unwrap();
+    assert_eq!(py_client(&["state", sent.id()]).await, "PENDING");
+
+    reader.close().await.unwrap();
+    delete_queue(&app, &queue).await;
+    app.close().await.unwrap();
+}
