@@ -11,7 +11,7 @@
 //!   (the `redis` crate's `ConnectionManager`, which reconnects and
 //!   subscribes again by itself) carries the commands and every
 //!   subscription of the process; each published state goes straight to
-//!   the [`PendingResults`] table the waiting handles read. After a lost
+//!   the table the waiting handles read. After a lost
 //!   connection, every awaited key is read again once the connection is
 //!   back, so a state published while it was down is not missed.
 //! - Groups are saved under `celery-taskset-meta-<group id>` as Celery's
