@@ -19,4 +19,5 @@ mod worker;
 
 pub use worker::{
     Worker, WorkerBuilder, WorkerError, DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_RESULT_STORE_DEADLINE,
 };
