@@ -321,3 +321,70 @@ async fn rust_reads_a_python_workers_results_by_id() {
     delete_queue(&app, &queue).await;
     app.close().await.unwrap();
 }
+
+/// Chords a Python client sends (Celery's Redis-backend chords) with header
+/// parts on a Rust worker: the part that completes the header publishes the
+/// body, Rust or Python, with the values in header order; a header with
+/// parts on both a Rust and a Python worker joins as one; a failed part
+/// fails the body with Celery's `ChordError`.
+#[tokio::test]
+async fn python_chords_join_across_rust_and_python_workers() {
+    let w = RustWorker::start("redis-chord").await;
+    let py_queue = common::unique_queue("redis-chord-py");
+    let _python = PythonWorker::start(&w.app, &py_queue).await;
+    let rq = w.queue.as_str();
+    let pq = py_queue.as_str();
+    let add = |x: i64| json!({"task": "tasks.add", "args": [x, x], "queue": rq});
+    let header = json!([add(1), add(2), add(3)]).to_string();
+
+    let rust_body = json!({"task": "tasks.stats", "queue": rq}).to_string();
+    let body_id = py_client(&["chord", &header, &rust_body]).await;
+    let stats: Value = w
+        .app
+        .result(&body_id)
+        .await
+        .unwrap()
+        .get(TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(stats, json!({"count": 3, "mean": 4.0, "max": 6.0}));
+
+    let python_body = json!({"task": "interop.py_sum", "queue": pq}).to_string();
+    let body_id = py_client(&["chord", &header, &python_body]).await;
+    let summed = py_get(&body_id).await;
+    assert_eq!(
+        (&summed["state"], &summed["result"]),
+        (&json!("SUCCESS"), &json!(12))
+    );
+
+    let python_part = json!({"task": "interop.py_add", "args": [10, 10], "queue": pq});
+    let mixed = json!([add(1), python_part, add(2)]).to_string();
+    let body_id = py_client(&["chord", &mixed, &python_body]).await;
+    assert_eq!(py_get(&body_id).await["result"], 26);
+
+    let failing = json!({"task": "tasks.parse_int", "args": ["x"], "queue": rq});
+    let failed_header = json!([add(1), failing]).to_string();
+    let body_id = py_client(&["chord", &failed_header, &rust_body]).await;
+    let failed = py_get(&body_id).await;
+    assert_eq!(failed["state"], "FAILURE", "{failed}");
+    assert_eq!(failed["result"]["exc_type"], "ChordError", "{failed}");
+    assert!(
+        failed["result"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("raised ParseIntError"),
+        "{failed}"
+    );
+    let error = w
+        .app
+        .result::<Value>(&body_id)
+        .await
+        .unwrap()
+        .get(TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(error.as_task_failure().unwrap().exc_type, "ChordError");
+
+    delete_queue(&w.app, &py_queue).await;
+    w.stop().await;
+}

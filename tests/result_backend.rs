@@ -440,3 +440,72 @@ async fn a_redis_restart_delays_results_but_loses_none() {
     rpc.close().await.unwrap();
     w.stop().await;
 }
+
+/// The chord join as Celery's Redis backend keeps it: a part that runs twice
+/// counts once, the part that completes the header gets the one claim with
+/// the values in header order, and a finished chord ignores late copies.
+#[tokio::test]
+async fn chord_parts_count_once_and_one_claim_publishes_the_body() {
+    use task_core::backend::{ChordEnd, ChordJoin, ChordPart};
+    let url = common::redis_url();
+    let app = app_with("unused", &url, false).await;
+    let backend = app.result_backend().unwrap().clone();
+    let group_id = uuid::Uuid::new_v4().to_string();
+    let mut redis = redis(&url).await;
+    // The size, as the client that sends a chord writes it.
+    let _: () = redis
+        .set_ex(format!("celery-taskset-meta-{group_id}.s"), 2, 60)
+        .await
+        .unwrap();
+    let value = |v: i64| serde_json::value::to_raw_value(&v).unwrap();
+    let (second, first) = (value(20), value(10));
+    let part = |task_id, group_index, result| ChordPart {
+        group_id: &group_id,
+        task_id,
+        group_index: Some(group_index),
+        state: TaskState::Success,
+        result,
+    };
+    for _ in 0..2 {
+        let join = backend
+            .join_chord_part(&part("b", 1, &second))
+            .await
+            .unwrap();
+        assert!(matches!(join, ChordJoin::Pending), "{join:?}");
+    }
+    let claim = match backend
+        .join_chord_part(&part("a", 0, &first))
+        .await
+        .unwrap()
+    {
+        ChordJoin::Complete(claim) => claim,
+        other => panic!("the last part claims the body: {other:?}"),
+    };
+    assert!(claim.failed_part().is_none());
+    assert_eq!(claim.values().unwrap().get(), "[10,20]", "header order");
+    // A copy of a part before the body is out: the claim is taken.
+    let join = backend
+        .join_chord_part(&part("a", 0, &first))
+        .await
+        .unwrap();
+    assert!(matches!(join, ChordJoin::Pending), "{join:?}");
+    backend
+        .finish_chord(&claim, ChordEnd::BodySent)
+        .await
+        .unwrap();
+    let join = backend
+        .join_chord_part(&part("b", 1, &second))
+        .await
+        .unwrap();
+    assert!(matches!(join, ChordJoin::Finished), "{join:?}");
+    let left: i64 = redis
+        .exists(format!("celery-taskset-meta-{group_id}.j"))
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the parts are deleted once the body is out");
+    let _: () = redis
+        .del(format!("celery-taskset-meta-{group_id}.c"))
+        .await
+        .unwrap();
+    app.close().await.unwrap();
+}

@@ -80,7 +80,7 @@ fn pipeline() -> Result<&'static Pipeline, DuplicateTaskName> {
         .get_or_init(|| {
             let registry = Registry::global()?.clone();
             Ok(Pipeline::builder(registry)
-                .stage(CanvasRefusal)
+                .stage(CanvasRefusal::default())
                 .stage(Expiry)
                 .build())
         })

@@ -4,17 +4,22 @@
 //! and then the next chain step are published before the task's result and
 //! its ack; after a failure, the errbacks (`link_error`) are published with
 //! the failed task's id and every remaining chain step is told FAILURE.
-//! Chords and nested canvas (a group or chain as a callback or step) are
-//! refused, not half-run, until they are built.
+//! A header part of a chord (Celery's Redis-backend chords) joins the chord
+//! in the result backend after it ran; the part that completes the header
+//! publishes the body with the parts' values, or, when a part failed, tells
+//! the body FAILURE (`ChordError`) and publishes the body's errbacks.
+//! Chords without a backend that joins them, and nested canvas (a group or
+//! chain as a callback or step), are refused, not half-run.
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use task_core::backend::ResultRecord;
+use serde_json::value::RawValue;
+use task_core::backend::{ChordEnd, ChordJoin, ChordPart, ResultRecord};
 use task_core::pipeline::{CanvasRefusal, Job, Outcome, Stage, Step};
 use task_core::protocol::canvas::{Embed, FollowUp};
-use task_core::protocol::result_message;
-use task_core::{App, Registry, TaskError};
+use task_core::protocol::result_message::{self, ExceptionInfo};
+use task_core::{App, Registry, TaskError, TaskState};
 
 /// Runs the canvas a Celery message carries (see the module docs).
 pub(crate) struct Canvas {
@@ -25,9 +30,16 @@ pub(crate) struct Canvas {
 }
 
 impl Stage for Canvas {
-    /// Chords and nested canvas are refused (see [`CanvasRefusal`]).
+    /// Nested canvas, and chords unless the backend joins them, are
+    /// refused (see [`CanvasRefusal`]).
     fn before<'a>(&'a self, job: &'a mut Job<'_>) -> Step<'a> {
-        CanvasRefusal.before(job)
+        let chords = self
+            .app
+            .result_backend()
+            .is_some_and(|backend| backend.joins_chords());
+        static JOINING: CanvasRefusal = CanvasRefusal { chords: true };
+        static REFUSING: CanvasRefusal = CanvasRefusal { chords: false };
+        if chords { &JOINING } else { &REFUSING }.before(job)
     }
 
     fn after<'a>(
@@ -46,9 +58,17 @@ impl Stage for Canvas {
                         Ok(follow) => self.publish_all(follow).await,
                         Err(error) => Err(error),
                     };
-                    if let Err(error) = published {
+                    let joined = match published {
+                        Ok(()) => {
+                            self.join_chord(job, &embed, TaskState::Success, value)
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = joined {
                         // Not acked: the task runs again and so do its
-                        // follow-ups (at least once, never lost).
+                        // follow-ups (at least once, never lost; a chord
+                        // counts a part once however often it runs).
                         tracing::error!(task_id = %job.request.id, %error,
                             "could not publish what follows the task; it will run again");
                         *outcome = Outcome::Retry {
@@ -81,6 +101,22 @@ impl Stage for Canvas {
                                 "could not tell a remaining chain step of the failure");
                         }
                     }
+                    let exception = serde_json::value::to_raw_value(&ExceptionInfo::from(&*error));
+                    let joined = match exception {
+                        Ok(exception) => {
+                            self.join_chord(job, &embed, TaskState::Failure, &exception)
+                                .await
+                        }
+                        Err(error) => Err(error.to_string()),
+                    };
+                    if let Err(join_error) = joined {
+                        tracing::error!(task_id = %job.request.id, error = %join_error,
+                            "could not join the failed part to its chord; it will run again");
+                        *outcome = Outcome::Retry {
+                            error: TaskError::new("CanvasPublishError", join_error),
+                            delay: Duration::from_secs(1),
+                        };
+                    }
                 }
                 _ => {}
             }
@@ -89,6 +125,107 @@ impl Stage for Canvas {
 }
 
 impl Canvas {
+    /// Joins a chord part's result (`state`, `result`) to its chord in the
+    /// result backend; the part that completes the header publishes the
+    /// body (or tells it a part failed). Nothing to do for other tasks.
+    async fn join_chord(
+        &self,
+        job: &Job<'_>,
+        embed: &Embed,
+        state: TaskState,
+        result: &RawValue,
+    ) -> Result<(), String> {
+        if !embed.is_chord_part() {
+            return Ok(());
+        }
+        // The run step moved the lineage into the task's context: read the
+        // group from the message.
+        let headers = &job.message.properties.headers;
+        let Some(group_id) = headers.get_str("group") else {
+            tracing::warn!(task_id = %job.request.id,
+                "a chord part without a group: its chord cannot be joined");
+            return Ok(());
+        };
+        let backend = self
+            .app
+            .result_backend()
+            .filter(|backend| backend.joins_chords())
+            .ok_or("no result backend joins chords here")?;
+        let part = ChordPart {
+            group_id,
+            task_id: &job.request.id,
+            group_index: headers.get_json("group_index").and_then(|v| v.as_u64()),
+            state,
+            result,
+        };
+        let claim = match backend.join_chord_part(&part).await {
+            Ok(ChordJoin::Complete(claim)) => claim,
+            Ok(_) => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
+        if let Some(failed) = claim.failed_part() {
+            let reason = chord_error(&failed.task_id, &failed.result);
+            tracing::warn!(task_id = %job.request.id, group_id, %reason, "a chord failed");
+            self.fail_chord_body(job, embed, &reason).await;
+            return backend
+                .finish_chord(&claim, ChordEnd::Failed)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let sent = match claim.values() {
+            Ok(values) => match embed.chord_body(&job.request, group_id, &values) {
+                Ok(body) => self.publish_all(vec![body]).await,
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        match sent {
+            Ok(()) => backend
+                .finish_chord(&claim, ChordEnd::BodySent)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => {
+                // Given back, so the part's next run claims it again.
+                if let Err(release) = backend.finish_chord(&claim, ChordEnd::NotSent).await {
+                    tracing::warn!(%release, "could not give back a chord's claim (it expires)");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Tells the chord's body FAILURE (`ChordError`, `reason`) and
+    /// publishes its errbacks, as Celery's `chord_error_from_stack`.
+    async fn fail_chord_body(&self, job: &Job<'_>, embed: &Embed, reason: &str) {
+        if let Some((body_id, reply_to)) = embed.chord_body_caller() {
+            // Celery's own exception type, so Python raises it as such.
+            let info = ExceptionInfo {
+                exc_type: "ChordError".into(),
+                exc_message: serde_json::Value::Array(vec![reason.into()]),
+                exc_module: Some("celery.exceptions".into()),
+            };
+            let traceback = format!("ChordError: {reason}");
+            let failure =
+                result_message::exception(&body_id, TaskState::Failure, &info, Some(&traceback));
+            let record = ResultRecord {
+                task_id: &body_id,
+                result: &failure,
+                reply_to: reply_to.as_deref(),
+                task: None,
+            };
+            if let Err(error) = job.results.publish_result(&record).await {
+                tracing::error!(task_id = %body_id, %error, "could not tell a chord body its chord failed");
+            }
+        }
+        let errbacks = match embed.chord_body_errbacks() {
+            Ok(errbacks) => self.publish_all(errbacks).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = errbacks {
+            tracing::error!(%error, "could not publish a failed chord body's errbacks");
+        }
+    }
+
     /// Publishes each follow-up (confirmed) to its queue: the one its
     /// signature names, else its task's declared queue, else the default.
     async fn publish_all(&self, follow: Vec<FollowUp>) -> Result<(), String> {
@@ -105,5 +242,32 @@ impl Canvas {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// Celery's `ChordError` text for a failed part: `Dependency <id> raised
+/// ValueError('boom')`.
+fn chord_error(task_id: &str, result: &RawValue) -> String {
+    let raised = match serde_json::from_str::<ExceptionInfo>(result.get()) {
+        Ok(info) => format!("{}({:?})", info.exc_type, info.message()).replace('"', "'"),
+        Err(_) => result.get().to_owned(),
+    };
+    format!("Dependency {task_id} raised {raised}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chord_errors_name_the_part_and_its_exception_as_celery_does() {
+        let raw = serde_json::value::to_raw_value(&serde_json::json!(
+            {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}
+        ))
+        .unwrap();
+        assert_eq!(
+            chord_error("t-1", &raw),
+            "Dependency t-1 raised ValueError('boom')"
+        );
     }
 }

@@ -11,7 +11,10 @@
     py_redis_client.py state <task_id>
         prints the state (PENDING, STARTED, RETRY, SUCCESS, ...) at once;
     py_redis_client.py forget <task_id>
-        deletes the stored result.
+        deletes the stored result;
+    py_redis_client.py chord <json header> <json body>
+        sends chord(header, body), each signature {"task", "args", "queue"},
+        and prints the body's task id without waiting.
 
 The broker is $BROKER_URL and the result backend $INTEROP_RESULT_BACKEND
 (default redis://127.0.0.1:6379/0), or --broker / --backend before the command."""
@@ -39,6 +42,9 @@ get.add_argument("task_id")
 get.add_argument("--timeout", type=float, default=60)
 for name in ("state", "forget"):
     commands.add_parser(name).add_argument("task_id")
+chord_command = commands.add_parser("chord")
+chord_command.add_argument("header", type=json.loads)
+chord_command.add_argument("body", type=json.loads)
 cli = parser.parse_args()
 if not cli.broker:
     parser.error("no broker: set BROKER_URL or pass --broker")
@@ -84,3 +90,12 @@ elif cli.command == "state":
     print(AsyncResult(cli.task_id, app=app).state)
 elif cli.command == "forget":
     AsyncResult(cli.task_id, app=app).forget()
+elif cli.command == "chord":
+    from celery import chord
+
+    def signature(spec):
+        options = {"queue": spec["queue"]} if spec.get("queue") else {}
+        return app.signature(spec["task"], args=spec.get("args", []), **options)
+
+    result = chord([signature(s) for s in cli.header])(signature(cli.body))
+    print(result.id)

@@ -39,6 +39,12 @@ def py_echo(*args, **kwargs):
     return {"args": list(args), "kwargs": kwargs}
 
 
+@app.task(name="interop.py_sum")
+def py_sum(values):
+    """A chord body: the header's values, summed."""
+    return sum(values)
+
+
 @app.task(name="interop.py_fail")
 def py_fail(message):
     raise ValueError(message)

@@ -16,12 +16,14 @@
 //! state is stored the task's message is not acknowledged (see the worker's
 //! settlement), so a backend that is down delays results but loses none.
 
+mod chord;
 mod error;
 mod meta;
 pub mod redis;
 
 use std::time::Duration;
 
+pub use chord::{ChordClaim, ChordEnd, ChordJoin, ChordPart, ChordPartResult};
 pub use error::BackendError;
 pub use meta::{ResultMeta, ResultRecord, TaskMessageRef};
 pub use redis::RedisBackend;
@@ -70,6 +72,33 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// How many task ids this process is waiting on through the backend.
     fn awaited(&self) -> usize {
         0
+    }
+
+    /// Whether this backend joins chords ([`ResultBackend::join_chord_part`]).
+    fn joins_chords(&self) -> bool {
+        false
+    }
+
+    /// Records the result of one header part of chord `part.group_id` and
+    /// tells whether the chord is now complete; the one caller that
+    /// completes it gets the claim to publish its body
+    /// ([`ChordJoin::Complete`]). Counting is by task id and index, so a
+    /// part that runs twice counts once.
+    async fn join_chord_part(&self, part: &ChordPart<'_>) -> Result<ChordJoin, BackendError> {
+        let _ = part;
+        Err(BackendError::Unsupported {
+            backend: "this",
+            operation: "join chords",
+        })
+    }
+
+    /// Ends a chord whose claim this process holds, as [`ChordEnd`] says.
+    async fn finish_chord(&self, claim: &ChordClaim, end: ChordEnd) -> Result<(), BackendError> {
+        let _ = (claim, end);
+        Err(BackendError::Unsupported {
+            backend: "this",
+            operation: "join chords",
+        })
     }
 }
 

@@ -16,6 +16,13 @@
 //!   back, so a state published while it was down is not missed.
 //! - Groups are saved under `celery-taskset-meta-<group id>` as Celery's
 //!   `GroupResult.save` writes them.
+//! - Chords join as Celery's Redis backend joins them, so header parts run
+//!   by Python and Rust workers count together: each part's result goes into
+//!   the sorted set `<group key>.j` (score: its index; deduplicated by
+//!   `<task id>:<index>` in the set `.d`), the size is `.s` (written by the
+//!   client that sent the chord) plus `.t`, and the part that completes the
+//!   count takes the claim `.c` (`SET NX`) and publishes the body; then the
+//!   keys go and `.c` becomes `done`, so late copies of parts are ignored.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,11 +32,17 @@ use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKi
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use serde_json::value::RawValue;
+
 use super::meta::celery_meta;
-use super::{BackendError, ResultBackend, ResultMeta, ResultRecord, ResultWatch};
+use super::{
+    BackendError, ChordClaim, ChordEnd, ChordJoin, ChordPart, ChordPartResult, ResultBackend,
+    ResultMeta, ResultRecord, ResultWatch,
+};
 use crate::async_result::PendingResults;
 use crate::broker::redact;
 use crate::protocol::result_message::ResultBody;
+use crate::TaskState;
 
 /// Celery's key prefix for task results.
 pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
@@ -67,6 +80,65 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 "#;
+
+/// Adds one chord part (unless counted already), and takes the claim to
+/// publish the body when the count is complete.
+/// KEYS: `.j` (parts, by index), `.t` (extra count), `.s` (size), `.d`
+/// (counted parts), `.c` (claim).
+/// ARGV: the part's dedup member, its JSON, its index (score), the expiry
+/// (0: none), the claim's expiry, the claim token.
+/// Returns `{parts counted, claimed}`, or `{-1, 0}` for a finished chord.
+const CHORD_PART_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[5]) == 'done' then
+  return {-1, 0}
+end
+if redis.call('SADD', KEYS[4], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+end
+local counted = redis.call('ZCARD', KEYS[1])
+local expires = tonumber(ARGV[4])
+if expires > 0 then
+  for i = 1, 4 do
+    redis.call('EXPIRE', KEYS[i], expires)
+  end
+end
+local size = redis.call('GET', KEYS[3])
+if not size then
+  return {counted, 0}
+end
+local total = tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0')
+if counted == total and redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[5]) then
+  return {counted, 1}
+end
+return {counted, 0}
+"#;
+
+/// Ends a chord whose body was published, if the claim is still ours:
+/// deletes its parts and size and marks it `done` (for ARGV[2] seconds).
+/// KEYS: `.c`, `.j`, `.t`, `.s`, `.d`. ARGV: the claim token, the expiry.
+const CHORD_FINISH_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[1], 'done', 'EX', ARGV[2])
+return 1
+"#;
+
+/// Gives back the claim to publish a chord's body, if it is still ours.
+/// KEYS: `.c`. ARGV: the claim token.
+const CHORD_RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// How long the claim to publish a chord's body holds (it is released when
+/// the body is out; the expiry covers a worker that died in between).
+const CHORD_CLAIM_EXPIRES_SECS: u64 = 60;
+/// How long a finished chord stays marked `done`.
+const CHORD_DONE_EXPIRES_SECS: u64 = 300;
 
 /// How a [`RedisBackend`] stores results.
 #[derive(Debug, Clone)]
@@ -108,6 +180,9 @@ struct Inner {
     /// Work the push handler cannot do itself (it must not block).
     control: mpsc::UnboundedSender<Control>,
     store: redis::Script,
+    chord_part: redis::Script,
+    chord_finish: redis::Script,
+    chord_release: redis::Script,
 }
 
 /// What the push handler and the waiter table ask the control task to do.
@@ -180,6 +255,9 @@ impl RedisBackend {
             pending,
             control,
             store: redis::Script::new(STORE_SCRIPT),
+            chord_part: redis::Script::new(CHORD_PART_SCRIPT),
+            chord_finish: redis::Script::new(CHORD_FINISH_SCRIPT),
+            chord_release: redis::Script::new(CHORD_RELEASE_SCRIPT),
         });
         tokio::spawn(control_loop(Arc::downgrade(&inner), requests));
         Ok(Self { inner })
@@ -310,6 +388,122 @@ impl ResultBackend for RedisBackend {
 
     fn awaited(&self) -> usize {
         self.inner.pending.len()
+    }
+
+    fn joins_chords(&self) -> bool {
+        true
+    }
+
+    async fn join_chord_part(&self, part: &ChordPart<'_>) -> Result<ChordJoin, BackendError> {
+        let keys = ChordKeys::of(part.group_id);
+        let index = part
+            .group_index
+            .map_or_else(|| "+inf".to_owned(), |index| index.to_string());
+        let member = serde_json::to_vec(&(1, part.task_id, part.state, part.result))
+            .map_err(|e| BackendError::operation("join_chord", e))?;
+        let expires = self.inner.options.expires.map_or(0, |e| e.as_secs().max(1));
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (counted, claimed): (i64, i64) = self
+            .inner
+            .chord_part
+            .key(&keys.parts)
+            .key(&keys.extra)
+            .key(&keys.size)
+            .key(&keys.counted)
+            .key(&keys.claim)
+            .arg(format!("{}:{index}", part.task_id))
+            .arg(member)
+            .arg(&index)
+            .arg(expires)
+            .arg(CHORD_CLAIM_EXPIRES_SECS)
+            .arg(&token)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| BackendError::operation("join_chord", e))?;
+        if counted < 0 {
+            return Ok(ChordJoin::Finished);
+        }
+        if claimed == 0 {
+            return Ok(ChordJoin::Pending);
+        }
+        let stored: Vec<Vec<u8>> = self
+            .connection()
+            .zrange(&keys.parts, 0, -1)
+            .await
+            .map_err(|e| BackendError::operation("join_chord", e))?;
+        let parts = stored
+            .iter()
+            .map(|bytes| {
+                let (_, task_id, state, result): (u8, String, TaskState, Box<RawValue>) =
+                    serde_json::from_slice(bytes).map_err(|e| BackendError::Corrupt {
+                        key: keys.parts.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(ChordPartResult {
+                    task_id,
+                    state,
+                    result,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(ChordJoin::Complete(ChordClaim {
+            group_id: part.group_id.to_owned(),
+            token,
+            parts,
+        }))
+    }
+
+    async fn finish_chord(&self, claim: &ChordClaim, end: ChordEnd) -> Result<(), BackendError> {
+        let keys = ChordKeys::of(&claim.group_id);
+        let finished: redis::RedisResult<i64> = match end {
+            ChordEnd::Failed => self.connection().del(&keys.size).await,
+            ChordEnd::NotSent => {
+                self.inner
+                    .chord_release
+                    .key(&keys.claim)
+                    .arg(&claim.token)
+                    .invoke_async(&mut self.connection())
+                    .await
+            }
+            ChordEnd::BodySent => {
+                self.inner
+                    .chord_finish
+                    .key(&keys.claim)
+                    .key(&keys.parts)
+                    .key(&keys.extra)
+                    .key(&keys.size)
+                    .key(&keys.counted)
+                    .arg(&claim.token)
+                    .arg(CHORD_DONE_EXPIRES_SECS)
+                    .invoke_async(&mut self.connection())
+                    .await
+            }
+        };
+        finished
+            .map(drop)
+            .map_err(|e| BackendError::operation("finish_chord", e))
+    }
+}
+
+/// The keys of one chord's join (Celery's suffixes of the group key).
+struct ChordKeys {
+    parts: String,
+    extra: String,
+    size: String,
+    counted: String,
+    claim: String,
+}
+
+impl ChordKeys {
+    fn of(group_id: &str) -> Self {
+        let key = group_key(group_id);
+        Self {
+            parts: format!("{key}.j"),
+            extra: format!("{key}.t"),
+            size: format!("{key}.s"),
+            counted: format!("{key}.d"),
+            claim: format!("{key}.c"),
+        }
     }
 }
 

@@ -1,26 +1,31 @@
-//! [`CanvasRefusal`]: canvas that cannot run yet (chords, nested canvas) is
-//! refused, not half-run.
+//! [`CanvasRefusal`]: canvas that cannot run here (chords without a backend
+//! that joins them, nested canvas) is refused, not half-run.
 
 use super::{Job, Outcome, Rejection, Stage, Step};
 use crate::protocol::canvas::Embed;
 use crate::TaskError;
 
-/// Refuses a message whose `embed` carries what cannot run yet (a chord, or
-/// a group or chain nested as a callback or step): running the task and
+/// Refuses a message whose `embed` carries what cannot run here (a chord
+/// part, unless the chords are joined, or a group or chain nested as a
+/// callback or step): running the task and
 /// dropping the rest of the workflow would lose work in silence. The task
 /// and every remaining chain step (their frozen ids) are told FAILURE
 /// `NotImplementedError`, as Celery fails a chain, and the message is
 /// rejected (dead-lettered, so it can be replayed). Callbacks, errbacks and
 /// plain chains pass: whoever runs the task sends what follows it.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CanvasRefusal;
+pub struct CanvasRefusal {
+    /// Whether chord parts run (their worker joins chords in its result
+    /// backend); refused otherwise.
+    pub chords: bool,
+}
 
 impl Stage for CanvasRefusal {
     fn before<'a>(&'a self, job: &'a mut Job<'_>) -> Step<'a> {
         let Some(embed) = Embed::of(&job.request) else {
             return Step::Next;
         };
-        let Some(what) = embed.unsupported() else {
+        let Some(what) = embed.unsupported(self.chords) else {
             return Step::Next;
         };
         let request = &job.request;

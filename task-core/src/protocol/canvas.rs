@@ -62,6 +62,25 @@ struct SignatureOptions {
     /// Its own errbacks (a chain step's `link_error`).
     #[serde(default)]
     link_error: Option<Box<RawValue>>,
+    /// The group it belongs to (a chord body's: its header's group).
+    #[serde(default)]
+    group_id: Option<String>,
+}
+
+/// The task a follow-up descends from: its parent and the root of the tree.
+#[derive(Clone, Copy)]
+struct Parent<'a> {
+    id: &'a str,
+    root_id: &'a str,
+}
+
+impl<'a> Parent<'a> {
+    fn of(request: &'a TaskRequest) -> Self {
+        Self {
+            id: &request.id,
+            root_id: request.root_id.as_deref().unwrap_or(&request.id),
+        }
+    }
 }
 
 /// A task message that follows the one that ran.
@@ -108,15 +127,36 @@ impl Embed {
         self.chain.as_deref().unwrap_or_default()
     }
 
-    /// What cannot run yet, if anything: a chord, or nested canvas (a group
-    /// or chain as a callback or step), or a signature that does not decode.
-    pub fn unsupported(&self) -> Option<String> {
-        if self
-            .chord
-            .as_ref()
-            .is_some_and(|c| c.get().trim() != "null")
-        {
-            return Some("a chord".to_owned());
+    /// The chord body, when the message is a header part of a chord.
+    fn chord(&self) -> Option<&RawValue> {
+        self.chord.as_deref().filter(|c| c.get().trim() != "null")
+    }
+
+    /// Whether the message is a header part of a chord (its `chord` holds
+    /// the body, which the part that completes the header publishes).
+    pub fn is_chord_part(&self) -> bool {
+        self.chord().is_some()
+    }
+
+    /// What cannot run yet, if anything: a chord part when `chords` is off
+    /// (no backend that joins chords), nested canvas (a group or chain as a
+    /// callback or step), or a signature that does not decode.
+    pub fn unsupported(&self, chords: bool) -> Option<String> {
+        match self.chord() {
+            Some(_) if !chords => {
+                return Some("a chord (its worker needs the Redis result backend)".to_owned())
+            }
+            Some(body) => match decode(body) {
+                Ok(sig) if sig.subtask_type.is_none() => {}
+                Ok(sig) => {
+                    return Some(format!(
+                        "a chord whose body is a {}",
+                        sig.subtask_type.unwrap_or_default()
+                    ))
+                }
+                Err(error) => return Some(error),
+            },
+            None => {}
         }
         for raw in self
             .callbacks()
@@ -167,13 +207,93 @@ impl Embed {
         // Several callbacks go out as a group of their own.
         let group = (callbacks.len() > 1).then(uuid_string);
         for (index, raw) in callbacks.iter().enumerate() {
-            let member = group.as_deref().map(|id| (id, index));
-            follow.push(step(request, &decode(raw)?, Some(value), &[], member)?);
+            let member = group.as_deref().map(|id| (id, Some(index)));
+            follow.push(step(
+                Parent::of(request),
+                &decode(raw)?,
+                Some(value),
+                &[],
+                member,
+            )?);
         }
         if let Some((next, rest)) = self.chain().split_last() {
-            follow.push(step(request, &decode(next)?, Some(value), rest, None)?);
+            follow.push(step(
+                Parent::of(request),
+                &decode(next)?,
+                Some(value),
+                rest,
+                None,
+            )?);
         }
         Ok(follow)
+    }
+
+    /// The body of the chord `request` is a header part of, as the part
+    /// that completed the header publishes it: the header's values (in
+    /// header order, `values`) in front of its arguments unless immutable,
+    /// in the header's group `group_id`, its parent this part.
+    pub fn chord_body(
+        &self,
+        request: &TaskRequest,
+        group_id: &str,
+        values: &RawValue,
+    ) -> Result<FollowUp, String> {
+        let body = decode(self.chord().ok_or("the message carries no chord")?)?;
+        let group = body.options.group_id.as_deref().unwrap_or(group_id);
+        step(
+            Parent::of(request),
+            &body,
+            Some(values),
+            &[],
+            Some((group, None)),
+        )
+    }
+
+    /// `(task_id, reply_to)` of the chord body, told FAILURE when a part
+    /// failed (Celery's `ChordError`).
+    pub fn chord_body_caller(&self) -> Option<(String, Option<String>)> {
+        let body = decode(self.chord()?).ok()?;
+        Some((body.options.task_id?, body.options.reply_to))
+    }
+
+    /// The chord body's errbacks after a part failed, each with the body's
+    /// id as its argument, the body as parent and root, in a new group (as
+    /// Celery's `chord_error_from_stack` calls them).
+    pub fn chord_body_errbacks(&self) -> Result<Vec<FollowUp>, String> {
+        let Some(body) = self.chord() else {
+            return Ok(Vec::new());
+        };
+        let body = decode(body)?;
+        let Some(body_id) = body.options.task_id.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let Some(link_error) = body.options.link_error.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let errbacks: Vec<Box<RawValue>> = match serde_json::from_str(link_error.get()) {
+            Ok(list) => list,
+            // A single signature rather than a list.
+            Err(_) => vec![link_error.to_owned()],
+        };
+        let failed_id = serde_json::value::to_raw_value(body_id).map_err(|e| e.to_string())?;
+        let parent = Parent {
+            id: body_id,
+            root_id: body_id,
+        };
+        let group = uuid_string();
+        errbacks
+            .iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                step(
+                    parent,
+                    &decode(raw)?,
+                    Some(&failed_id),
+                    &[],
+                    Some((&group, Some(index))),
+                )
+            })
+            .collect()
     }
 
     /// The errbacks of a failure of `request`, each with the failed task's
@@ -186,23 +306,28 @@ impl Embed {
             .iter()
             .enumerate()
             .map(|(index, raw)| {
-                let member = group.as_deref().map(|id| (id, index));
-                step(request, &decode(raw)?, Some(&failed_id), &[], member)
+                let member = group.as_deref().map(|id| (id, Some(index)));
+                step(
+                    Parent::of(request),
+                    &decode(raw)?,
+                    Some(&failed_id),
+                    &[],
+                    member,
+                )
             })
             .collect()
     }
 }
 
-/// Signature `sig` as a task message following `request`: `first` in front
+/// Signature `sig` as a task message following `parent`: `first` in front
 /// of its arguments (unless immutable), `chain` as its remaining steps, in
-/// group `member` (id, index) if given; its root is the request's root, its
-/// parent the request.
+/// group `member` (id, index) if given; its root is the parent's root.
 fn step(
-    request: &TaskRequest,
+    parent: Parent<'_>,
     sig: &SignatureDict,
     first: Option<&RawValue>,
     chain: &[Box<RawValue>],
-    member: Option<(&str, usize)>,
+    member: Option<(&str, Option<usize>)>,
 ) -> Result<FollowUp, String> {
     let mut args: Vec<Box<RawValue>> = Vec::with_capacity(sig.args.len() + 1);
     if let (Some(first), false) = (first, sig.immutable) {
@@ -217,10 +342,6 @@ fn step(
         })
         .collect();
     let id = sig.options.task_id.clone().unwrap_or_else(uuid_string);
-    let root_id = request
-        .root_id
-        .clone()
-        .unwrap_or_else(|| request.id.clone());
     let call = TaskCall {
         id: &id,
         name: &sig.task,
@@ -234,18 +355,20 @@ fn step(
         soft_time_limit: None,
         ignore_result: false,
         retries: 0,
-        root_id: Some(&root_id),
-        parent_id: Some(&request.id),
+        root_id: Some(parent.root_id),
+        parent_id: Some(parent.id),
     };
     let mut message = encode_task(&call).map_err(|e| e.to_string())?;
     set_embed(&mut message, &args, &kwargs, sig, chain).map_err(|e| e.to_string())?;
     if let Some((group, index)) = member {
         let headers = &mut message.properties.headers;
         headers.insert("group", text_value(group));
-        headers.insert(
-            "group_index",
-            integer_value(i64::try_from(index).unwrap_or(i64::MAX)),
-        );
+        if let Some(index) = index {
+            headers.insert(
+                "group_index",
+                integer_value(i64::try_from(index).unwrap_or(i64::MAX)),
+            );
+        }
     }
     Ok(FollowUp {
         task: sig.task.clone(),
