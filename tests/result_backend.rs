@@ -5,6 +5,8 @@
 //! a private Redis of the test's own, a Redis that goes away while results
 //! are stored and awaited.
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 #[path = "common/private_redis.rs"]
 mod private_redis;
@@ -508,4 +510,90 @@ async fn chord_parts_count_once_and_one_claim_publishes_the_body() {
         .await
         .unwrap();
     app.close().await.unwrap();
+}
+
+/// `rediss://` is TLS: with the CA that signed the server's certificate the
+/// backend works end to end; without it the connection is refused, typed;
+/// TLS settings with a plaintext `redis://` URL are refused, not ignored.
+#[tokio::test]
+async fn rediss_urls_speak_tls_verified_by_the_ca_given() {
+    use task_core::broker::TlsOptions;
+    let ca = certs::Ca::new("task-core redis test CA");
+    let files = certs::Files::new("redis");
+    let (cert, key) = ca.issue(
+        "localhost",
+        &["localhost"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let ca_file = files.write("ca.pem", &ca.pem());
+    let cert_file = files.write("cert.pem", &cert);
+    let key_file = files.write("key.pem", &key);
+    let tls_port = private_redis::PrivateRedis::free_port();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let redis = private_redis::PrivateRedis::start_with(vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path(&cert_file),
+        "--tls-key-file".into(),
+        path(&key_file),
+        "--tls-ca-cert-file".into(),
+        path(&ca_file),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ])
+    .await;
+    let url = format!("rediss://localhost:{tls_port}/0");
+    let tls = TlsOptions::new().ca_file(&ca_file);
+    let connect = |url: String, tls: Option<TlsOptions>| async move {
+        let builder = App::builder()
+            .broker_url(common::broker_url())
+            .result_backend(url)
+            .set_as_default(false);
+        match tls {
+            Some(tls) => builder.result_backend_tls(tls),
+            None => builder,
+        }
+        .connect()
+        .await
+    };
+
+    let app = connect(url.clone(), Some(tls.clone()))
+        .await
+        .expect("TLS with the CA");
+    let queue = common::unique_queue("rb-tls");
+    let worker = Worker::builder()
+        .app(app.clone())
+        .queues([queue.clone()])
+        .concurrency(1)
+        .build()
+        .await
+        .unwrap();
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let sent = add
+        .s(2, 3)
+        .queue(queue.clone())
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(sent.get(WAIT).await.unwrap(), 5);
+    assert!(app.result_meta(sent.id()).await.unwrap().is_some());
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    app.broker().delete_queue(&queue).await.unwrap();
+    app.close().await.unwrap();
+
+    // The server's certificate is not trusted without its CA.
+    let untrusted = connect(url, None).await.unwrap_err();
+    assert!(
+        matches!(untrusted, Error::Backend(BackendError::Connect { .. })),
+        "{untrusted}"
+    );
+    // TLS settings for a plaintext URL: refused, not ignored.
+    let plaintext = connect(redis.url(), Some(tls)).await.unwrap_err();
+    assert!(
+        matches!(plaintext, Error::Backend(BackendError::InvalidUrl { .. })),
+        "{plaintext}"
+    );
 }

@@ -9,78 +9,13 @@ mod common;
 mod private_broker;
 
 use private_broker::{NodeTls, PrivateBroker};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+#[path = "common/certs.rs"]
+mod certs;
+
+use certs::{Ca, Files};
+use rcgen::ExtendedKeyUsagePurpose;
 use task_core::broker::{BrokerError, ConnectFailure, TlsFailure, TlsOptions};
 use task_core::{App, Error};
-
-/// A certificate authority of the test's own.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate for `names` (DNS names) and its key, both PEM.
-    fn issue(
-        &self,
-        common_name: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-    ) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names).expect("certificate params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("key");
-        let certificate = params.signed_by(&key, &self.issuer).expect("certificate");
-        (certificate.pem(), key.serialize_pem())
-    }
-}
-
-/// PEM files in a directory of the test's own, removed on drop.
-struct Files(std::path::PathBuf);
-
-impl Files {
-    fn new(label: &str) -> Files {
-        let dir = std::env::temp_dir().join(format!(
-            "task-tls-{label}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).expect("create the test's directory");
-        Files(dir)
-    }
-
-    fn write(&self, name: &str, pem: &str) -> std::path::PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, pem).expect("write a PEM file");
-        path
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 async fn connect(url: &str, tls: TlsOptions) -> Result<App, Error> {
     App::builder()

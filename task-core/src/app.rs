@@ -207,6 +207,15 @@ impl AppBuilder {
         self
     }
 
+    /// TLS settings for a `rediss://` result backend: a CA file (then only
+    /// that CA is trusted) and a client certificate (default: the system's
+    /// roots). Given with a `redis://` URL, `connect` refuses rather than
+    /// ignore it.
+    pub fn result_backend_tls(mut self, tls: TlsOptions) -> Self {
+        self.redis_options.tls = Some(tls);
+        self
+    }
+
     /// Uses this backend, already connected, instead of one named by URL.
     pub fn result_backend_with(mut self, backend: Arc<dyn ResultBackend>) -> Self {
         self.backend = Some(backend);

@@ -63,6 +63,10 @@ pub struct WorkerArgs {
     /// its result (Celery's `result_extended`).
     #[arg(long)]
     pub result_extended: bool,
+    /// PEM file of the CA that signed a `rediss://` result backend's
+    /// certificate (then only that CA is trusted).
+    #[arg(long, env = "RESULT_BACKEND_TLS_CA_FILE")]
+    pub result_backend_tls_ca_file: Option<PathBuf>,
     /// PEM file of the CA that signed the broker's certificate, trusted
     /// besides the system's roots (`amqps://` URLs).
     #[arg(long, env = "BROKER_TLS_CA_FILE", global = true)]
@@ -296,6 +300,9 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     }
     if let Some(tls) = tls {
         builder = builder.tls(tls);
+    }
+    if let Some(ca_file) = args.result_backend_tls_ca_file.clone() {
+        builder = builder.result_backend_tls(TlsOptions::new().ca_file(ca_file));
     }
     let worker = builder.build().await?;
     tokio::spawn(shutdown::on_signal(worker.shutdown_handle()));

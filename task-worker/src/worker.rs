@@ -87,6 +87,7 @@ pub struct WorkerBuilder {
     result_backend: Option<String>,
     result_expires: Option<Option<Duration>>,
     result_extended: Option<bool>,
+    result_backend_tls: Option<TlsOptions>,
     result_store_deadline: Duration,
 }
 
@@ -145,6 +146,7 @@ impl Default for WorkerBuilder {
             result_backend: None,
             result_expires: None,
             result_extended: None,
+            result_backend_tls: None,
             result_store_deadline: DEFAULT_RESULT_STORE_DEADLINE,
         }
     }
@@ -187,6 +189,14 @@ impl WorkerBuilder {
     /// [`WorkerBuilder::app`].
     pub fn result_extended(mut self, yes: bool) -> Self {
         self.result_extended = Some(yes);
+        self
+    }
+
+    /// TLS settings for a `rediss://` result backend (see
+    /// [`AppBuilder::result_backend_tls`](task_core::AppBuilder::result_backend_tls));
+    /// not used with [`WorkerBuilder::app`].
+    pub fn result_backend_tls(mut self, tls: TlsOptions) -> Self {
+        self.result_backend_tls = Some(tls);
         self
     }
 
@@ -360,6 +370,10 @@ impl WorkerBuilder {
                 };
                 let builder = match self.result_extended {
                     Some(yes) => builder.result_extended(yes),
+                    None => builder,
+                };
+                let builder = match self.result_backend_tls {
+                    Some(tls) => builder.result_backend_tls(tls),
                     None => builder,
                 };
                 builder.connect().await?

@@ -43,6 +43,8 @@ static SERVERS_STARTED: AtomicU32 = AtomicU32::new(0);
 struct Server {
     port: u16,
     dir: PathBuf,
+    /// More `redis-server` options (e.g. a TLS listener).
+    extra_args: Vec<String>,
 }
 
 impl Server {
@@ -61,6 +63,7 @@ impl Server {
             .arg(self.log())
             .args(["--daemonize", "no", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -125,12 +128,23 @@ impl PrivateRedis {
     /// Starts a fresh server on a free port and waits until it answers.
     /// Panics with the server's log if it cannot start.
     pub async fn start() -> PrivateRedis {
-        tokio::task::spawn_blocking(Self::start_blocking)
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts a fresh server as [`PrivateRedis::start`], with more
+    /// `redis-server` options (e.g. a TLS listener on another free port).
+    pub async fn start_with(extra_args: Vec<String>) -> PrivateRedis {
+        tokio::task::spawn_blocking(move || Self::start_blocking(extra_args))
             .await
             .expect("the redis start does not panic")
     }
 
-    fn start_blocking() -> PrivateRedis {
+    /// A free TCP port on 127.0.0.1 (for a second listener).
+    pub fn free_port() -> u16 {
+        free_port()
+    }
+
+    fn start_blocking(extra_args: Vec<String>) -> PrivateRedis {
         reap_orphans();
         let mut failures = Vec::new();
         // A port picked free can be taken before the server binds it: retry.
@@ -139,6 +153,7 @@ impl PrivateRedis {
             let server = Server {
                 port: free_port(),
                 dir: std::env::temp_dir().join(format!("{DIR_PREFIX}{}_{n}", std::process::id())),
+                extra_args: extra_args.clone(),
             };
             let _ = fs::remove_dir_all(&server.dir);
             if let Err(e) = fs::create_dir_all(&server.dir) {

@@ -152,6 +152,11 @@ pub struct RedisOptions {
     /// How long one command may take before it fails (default 10 s), so a
     /// Redis that hangs is an error, not a hang.
     pub response_timeout: Duration,
+    /// TLS settings for a `rediss://` URL: a CA file (then only that CA is
+    /// trusted, not the system's roots) and a client certificate (default:
+    /// the system's roots). Given with a `redis://` URL, `connect` refuses
+    /// rather than ignore it.
+    pub tls: Option<crate::broker::TlsOptions>,
 }
 
 impl Default for RedisOptions {
@@ -160,6 +165,7 @@ impl Default for RedisOptions {
             expires: Some(super::DEFAULT_RESULT_EXPIRES),
             extended: false,
             response_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -222,7 +228,32 @@ impl RedisBackend {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| invalid(e.to_string()))?;
+        let tls_url = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let client = match &options.tls {
+            None => redis::Client::open(info),
+            Some(_) if !tls_url => {
+                return Err(invalid(
+                    "TLS settings were given for a plaintext redis:// URL (use rediss://)".into(),
+                ))
+            }
+            Some(tls) => {
+                let pem = tls.pem().map_err(|e| BackendError::Connect {
+                    url: redacted.clone(),
+                    source: Box::new(e),
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: pem.client.map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: pem.ca,
+                };
+                redis::Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| invalid(e.to_string()))?;
 
         let (control, requests) = mpsc::unbounded_channel();
         let unsubscribe = control.clone();

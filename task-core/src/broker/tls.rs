@@ -107,6 +107,31 @@ impl TlsOptions {
             cert_chain,
         })
     }
+
+    /// The checked PEM contents: the CA file's, and the client certificate
+    /// with its key (for TLS clients other than lapin's, e.g. Redis).
+    pub(crate) fn pem(&self) -> Result<TlsPem, BrokerError> {
+        let OwnedTLSConfig {
+            identity,
+            cert_chain,
+        } = self.load()?;
+        let client = match identity {
+            Some(OwnedIdentity::PKCS8 { pem, key }) => Some((pem, key)),
+            _ => None,
+        };
+        Ok(TlsPem {
+            ca: cert_chain.map(String::into_bytes),
+            client,
+        })
+    }
+}
+
+/// The contents of a [`TlsOptions`]' files, checked.
+pub(crate) struct TlsPem {
+    /// The CA certificates (PEM).
+    pub(crate) ca: Option<Vec<u8>>,
+    /// The client certificate chain and its key (PEM).
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn read_pem(path: &Path) -> Result<String, BrokerError> {
