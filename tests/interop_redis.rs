@@ -388,3 +388,43 @@ async fn python_chords_join_across_rust_and_python_workers() {
     delete_queue(&w.app, &py_queue).await;
     w.stop().await;
 }
+
+/// A chord built in Rust runs on Python workers: header parts and body on a
+/// Python Celery worker, joined in Redis by Celery's own code; and a Rust
+/// header with a Python body.
+#[tokio::test]
+async fn rust_chords_run_on_python_workers() {
+    use task_core::canvas::{chord, group};
+    let w = RustWorker::start("redis-rs-chord").await;
+    let py_queue = common::unique_queue("redis-rs-chord-py");
+    let _python = PythonWorker::start(&w.app, &py_queue).await;
+    let py_add = |x: i64| {
+        w.app
+            .signature("interop.py_add")
+            .arg(x)
+            .arg(x)
+            .queue(py_queue.clone())
+            .returning::<i64>()
+    };
+    let py_sum = || {
+        w.app
+            .signature("interop.py_sum")
+            .queue(py_queue.clone())
+            .returning::<i64>()
+    };
+    let all_python = chord(group((1..=4).map(py_add)), py_sum())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(all_python.get(TIMEOUT).await.unwrap(), 20);
+
+    let rust_parts = group((1..=3).map(|x| task_examples::add.s(x, x).queue(w.queue.clone())));
+    let rust_header = chord(rust_parts, py_sum())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(rust_header.get(TIMEOUT).await.unwrap(), 12);
+
+    delete_queue(&w.app, &py_queue).await;
+    w.stop().await;
+}

@@ -413,6 +413,17 @@ impl App {
         &self,
         signature: Signature<R>,
     ) -> Result<AsyncResult<R>, Error> {
+        self.send_awaited(signature, true).await
+    }
+
+    /// Publishes `signature`; when `awaited` is off, its result is stored
+    /// (or sent) as usual but this app does not wait for it (a chord's
+    /// header parts: only the body is awaited), and the handle has no waiter.
+    pub(crate) async fn send_awaited<R: DeserializeOwned>(
+        &self,
+        signature: Signature<R>,
+        awaited: bool,
+    ) -> Result<AsyncResult<R>, Error> {
         if self.inner.eager {
             let inner = &self.inner;
             return crate::eager::apply(
@@ -442,6 +453,7 @@ impl App {
         } = signature.encode_call(reply_to)?;
         let slot = match (reply_to, backend) {
             (None, _) => None,
+            (Some(_), _) if !awaited => None,
             // Subscribed before publishing: no state can be missed.
             (Some(_), Some(backend)) => Some(backend.watch(&task_id, false).await?.waiter),
             (Some(_), None) => Some(self.inner.pending.expect(&task_id)),
@@ -496,6 +508,11 @@ impl App {
     /// How many results this app is still waiting for.
     pub fn pending_results(&self) -> usize {
         self.inner.pending.len() + self.inner.backend.as_ref().map_or(0, |b| b.awaited())
+    }
+
+    /// The id this client sends as `reply_to` when results go to a backend.
+    pub(crate) fn client_id(&self) -> &str {
+        &self.inner.client_id
     }
 
     /// The result backend, when it is not `rpc://`.

@@ -8,6 +8,7 @@ mod args;
 mod async_result;
 pub mod backend;
 pub mod broker;
+pub mod canvas;
 pub mod clock;
 mod context;
 mod eager;

@@ -58,6 +58,12 @@ pub struct CallOptions {
     /// As a callback or chain step, take no result in front of the
     /// arguments (Celery's `.si()`).
     pub immutable: bool,
+    /// The group this call is a member of, and its place in it (Celery's
+    /// `group` and `group_index` headers); set by [`group`](crate::canvas::group).
+    pub group: Option<(String, usize)>,
+    /// The chord body this call is a header part of, in Celery's dict form
+    /// (the message's `embed.chord`); set by [`chord`](crate::canvas::chord).
+    pub chord: Option<serde_json::Value>,
 }
 
 /// A task call, typed by the value it returns: built by `task.s(..)` for
@@ -376,6 +382,10 @@ impl<R> Signature<R> {
         })
         .map_err(|e| encode_error(e.to_string()))?;
         let headers = &mut message.properties.headers;
+        if let Some((group_id, index)) = &options.group {
+            headers.insert_str("group", group_id);
+            headers.insert_json("group_index", &serde_json::Value::from(*index));
+        }
         for (name, value) in &options.headers {
             if headers.contains_key(name) {
                 return Err(encode_error(format!(
@@ -384,7 +394,7 @@ impl<R> Signature<R> {
             }
             headers.insert_json(name, value);
         }
-        if !options.link.is_empty() || !options.link_error.is_empty() {
+        if !options.link.is_empty() || !options.link_error.is_empty() || options.chord.is_some() {
             let nonempty = |list: &Vec<serde_json::Value>| {
                 (!list.is_empty()).then(|| serde_json::Value::from(list.clone()))
             };
@@ -392,7 +402,7 @@ impl<R> Signature<R> {
                 "callbacks": nonempty(&options.link),
                 "errbacks": nonempty(&options.link_error),
                 "chain": null,
-                "chord": null,
+                "chord": options.chord,
             });
             let kwargs: serde_json::Map<String, serde_json::Value> = self
                 .kwargs

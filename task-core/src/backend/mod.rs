@@ -79,6 +79,17 @@ pub trait ResultBackend: Send + Sync + 'static {
         false
     }
 
+    /// Records the size of chord `group_id`'s header before its parts are
+    /// sent (Celery's `set_chord_size`; a claim of an earlier run of the
+    /// same group id is cleared).
+    async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        let _ = (group_id, size);
+        Err(BackendError::Unsupported {
+            backend: "this",
+            operation: "join chords",
+        })
+    }
+
     /// Records the result of one header part of chord `part.group_id` and
     /// tells whether the chord is now complete; the one caller that
     /// completes it gets the claim to publish its body

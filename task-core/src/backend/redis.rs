@@ -425,6 +425,20 @@ impl ResultBackend for RedisBackend {
         true
     }
 
+    async fn set_chord_size(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        let keys = ChordKeys::of(group_id);
+        let mut pipe = redis::pipe();
+        pipe.del(&keys.claim).ignore();
+        match self.inner.options.expires {
+            Some(expires) => pipe.set_ex(&keys.size, size, expires.as_secs().max(1)),
+            None => pipe.set(&keys.size, size),
+        }
+        .ignore();
+        pipe.query_async::<()>(&mut self.connection())
+            .await
+            .map_err(|e| BackendError::operation("set_chord_size", e))
+    }
+
     async fn join_chord_part(&self, part: &ChordPart<'_>) -> Result<ChordJoin, BackendError> {
         let keys = ChordKeys::of(part.group_id);
         let index = part

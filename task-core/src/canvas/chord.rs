@@ -1,0 +1,90 @@
+//! [`Chord`]: a group whose values, in order, go to a body once every
+//! member finished (Celery's `chord(header, body)`), joined in the result
+//! backend as Celery's Redis backend joins chords, so Python and Rust
+//! workers run the parts and the body alike.
+
+use serde::de::DeserializeOwned;
+
+use super::group::{send_all, Group};
+use crate::backend::BackendError;
+use crate::{App, AsyncResult, Error, Signature};
+
+/// A header group and a body that receives the header's values.
+#[derive(Debug, Clone)]
+pub struct Chord<R, S> {
+    header: Group<R>,
+    body: Signature<S>,
+}
+
+/// A chord: once every member of `header` succeeded, `body` runs with the
+/// list of their values, in member order, in front of its own arguments
+/// (so `body` names every argument but its first, which must accept a
+/// `Vec` of the members' result type). A failed member makes the body
+/// FAILURE (`ChordError` naming it) and runs the body's errbacks.
+///
+/// Needs a result backend that joins chords (Redis): under `rpc://`,
+/// sending it fails with [`BackendError::Unsupported`], as Celery refuses.
+///
+/// ```no_run
+/// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
+/// use std::time::Duration;
+/// use task_core::canvas::{chord, group};
+/// # let add = |x: i64, y: i64| app.signature("tasks.add").arg(x).arg(y).returning::<i64>();
+/// let header = group((1..=3).map(|i| add(i, i)));
+/// let total = app.signature("tasks.sum_all").returning::<i64>(); // sum_all(values: Vec<i64>)
+/// let sum = chord(header, total).apply_async_with(&app).await?;
+/// assert_eq!(sum.get(Duration::from_secs(10)).await?, 12);
+/// # Ok(()) }
+/// ```
+pub fn chord<R, S>(header: Group<R>, body: Signature<S>) -> Chord<R, S> {
+    Chord { header, body }
+}
+
+impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
+    /// Sends the chord through the default app; see [`Chord::apply_async_with`].
+    pub async fn apply_async(self) -> Result<AsyncResult<S>, Error> {
+        self.apply_async_with(&App::current()?).await
+    }
+
+    /// Sends the chord through `app`: the body's result is awaited first
+    /// (so it cannot be missed), the header's size is written to the
+    /// backend, then the header's members are published with the body in
+    /// their message (Celery's `embed.chord`). Returns the body's handle.
+    pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<S>, Error> {
+        let Chord { header, mut body } = self;
+        if header.is_empty() {
+            // Nothing to wait for: the body runs at once with no values.
+            return app.send(body.arg(Vec::<()>::new())).await;
+        }
+        let backend = app
+            .result_backend()
+            .filter(|backend| backend.joins_chords())
+            .ok_or(BackendError::Unsupported {
+                backend: "rpc://",
+                operation: "run chords (use the Redis result backend)",
+            })?
+            .clone();
+        let body_id = body
+            .options
+            .task_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let mut body_dict = body.to_dict();
+        if let Some(options) = body_dict
+            .get_mut("options")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            options.insert("reply_to".into(), app.client_id().into());
+            options.insert("group_id".into(), header.id().into());
+        }
+        let result = app.result::<S>(&body_id).await?;
+        let size = header.len();
+        let (group_id, mut members) = header.marked_members();
+        backend.set_chord_size(&group_id, size).await?;
+        for member in &mut members {
+            member.options.chord = Some(body_dict.clone());
+        }
+        send_all(app, members, false).await?;
+        Ok(result)
+    }
+}

@@ -1,0 +1,204 @@
+//! Groups and chords built in Rust, on the real RabbitMQ (and Redis for
+//! chords and saved groups), run by a Rust worker: a group's results in
+//! member order, as they finish, counted; a chord's body receives the
+//! header's values in order; a failed part fails the body with
+//! `ChordError`; chords under `rpc://` are refused, typed.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use task_core::backend::BackendError;
+use task_core::canvas::{chord, group, GroupResult};
+use task_core::{App, Error, TaskState};
+use task_examples::{add, parse_int, Stats};
+use task_worker::Worker;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = common::RESULT_TIMEOUT;
+
+/// A worker on its own queue whose app stores results in `backend`.
+struct BackendWorker {
+    queue: String,
+    app: App,
+    stop: CancellationToken,
+    running: JoinHandle<Result<(), task_worker::WorkerError>>,
+}
+
+impl BackendWorker {
+    async fn start(label: &str, backend: &str) -> Self {
+        common::init_logs();
+        let queue = common::unique_queue(label);
+        let app = App::builder()
+            .broker_url(common::broker_url())
+            .queue(common::test_queue_spec(&queue))
+            .result_backend(backend)
+            .set_as_default(false)
+            .connect()
+            .await
+            .expect("RabbitMQ and Redis are running");
+        let worker = Worker::builder()
+            .app(app.clone())
+            .queues([queue.clone()])
+            .concurrency(8)
+            .build()
+            .await
+            .expect("worker starts");
+        let stop = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        Self {
+            queue,
+            app,
+            stop,
+            running,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.running.await.unwrap().unwrap();
+        self.app.broker().delete_queue(&self.queue).await.unwrap();
+        self.app.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_group_returns_its_members_results_in_order() {
+    let w = BackendWorker::start("grp-rpc", "rpc://").await;
+    let q = || w.queue.clone();
+    let sums = group((0..20).map(|i| add.s(i, 100).queue(q())))
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(sums.len(), 20);
+    let values = sums.get(WAIT).await.unwrap();
+    assert_eq!(values, (100..120).collect::<Vec<i64>>());
+    assert!(sums.ready());
+    assert_eq!(sums.completed_count(), 20);
+    assert!(!sums.failed());
+
+    // A failing member: get() names it, join_all() gives each outcome,
+    // as_completed() yields every member once.
+    let mixed = group([
+        parse_int.s("1".to_owned()).queue(q()),
+        parse_int.s("two".to_owned()).queue(q()),
+        parse_int.s("3".to_owned()).queue(q()),
+    ])
+    .apply_async_with(&w.app)
+    .await
+    .unwrap();
+    let error = mixed.get(WAIT).await.unwrap_err();
+    assert_eq!(error.as_task_failure().unwrap().exc_type, "ParseIntError");
+    let outcomes = mixed.join_all(WAIT).await;
+    assert_eq!(outcomes[0].as_ref().ok(), Some(&1));
+    assert!(outcomes[1].is_err());
+    assert_eq!(outcomes[2].as_ref().ok(), Some(&3));
+    assert!(mixed.failed());
+    assert_eq!(mixed.completed_count(), 2);
+    let mut seen: Vec<usize> = mixed
+        .as_completed(WAIT)
+        .map(|(index, _)| index)
+        .collect()
+        .await;
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2]);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_saved_group_is_restored_by_id_in_another_app() {
+    let url = common::redis_url();
+    let w = BackendWorker::start("grp-saved", &url).await;
+    let q = || w.queue.clone();
+    let sent = group((1..=3).map(|i| add.s(i, i).queue(q())))
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    sent.save(&w.app).await.unwrap();
+    let reader = App::builder()
+        .broker_url(common::broker_url())
+        .result_backend(&url)
+        .set_as_default(false)
+        .connect()
+        .await
+        .unwrap();
+    let restored: GroupResult<i64> = GroupResult::restore(&reader, sent.id())
+        .await
+        .unwrap()
+        .expect("saved");
+    assert_eq!(restored.get(WAIT).await.unwrap(), vec![2, 4, 6]);
+    // Each member's stored meta names the group.
+    let meta = reader
+        .result_meta(restored.results()[1].id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.group_id.as_deref(), Some(sent.id()));
+    reader.forget_group(sent.id()).await.unwrap();
+    reader.close().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_chord_body_gets_the_header_values_in_order() {
+    let url = common::redis_url();
+    let w = BackendWorker::start("chord-rs", &url).await;
+    let q = || w.queue.clone();
+    // tasks.stats(values: Vec<f64>): the header's values come first.
+    let body = w
+        .app
+        .signature("tasks.stats")
+        .queue(q())
+        .returning::<Stats>();
+    let header = group((1..=5).map(|i| add.s(i, i).queue(q())));
+    let stats = chord(header, body)
+        .apply_async_with(&w.app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.count, stats.mean, stats.max),
+        (5, Some(6.0), Some(10.0))
+    );
+
+    // A failed part: the body is FAILURE ChordError, naming the part.
+    let body = w
+        .app
+        .signature("tasks.stats")
+        .queue(q())
+        .returning::<Stats>();
+    let header = group([
+        parse_int.s("1".to_owned()).queue(q()),
+        parse_int.s("x".to_owned()).queue(q()),
+    ]);
+    let failed = chord(header, body).apply_async_with(&w.app).await.unwrap();
+    let error = failed.get(WAIT).await.unwrap_err();
+    let failure = error.as_task_failure().expect("a task failure");
+    assert_eq!(failure.exc_type, "ChordError");
+    assert!(
+        failure.message.contains("raised ParseIntError"),
+        "{failure}"
+    );
+    assert_eq!(failed.state(), TaskState::Failure);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn chords_need_a_backend_that_joins_them() {
+    let w = BackendWorker::start("chord-rpc", "rpc://").await;
+    let body = w.app.signature("tasks.stats").returning::<Stats>();
+    let header = group([add.s(1, 1).queue(w.queue.clone())]);
+    let refused = chord(header, body)
+        .apply_async_with(&w.app)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::Backend(BackendError::Unsupported { .. })),
+        "{refused}"
+    );
+    w.stop().await;
+}
