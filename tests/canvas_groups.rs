@@ -202,3 +202,39 @@ async fn chords_need_a_backend_that_joins_them() {
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn eager_mode_runs_groups_and_chords_inline() {
+    let app = App::builder()
+        .eager(true)
+        .set_as_default(false)
+        .connect()
+        .await
+        .unwrap();
+    let sums = group((1..=3).map(|i| add.s(i, i)))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert!(sums.ready(), "ran inline");
+    assert_eq!(sums.get(WAIT).await.unwrap(), vec![2, 4, 6]);
+
+    let body = || app.signature("tasks.stats").returning::<Stats>();
+    let stats = chord(group((1..=3).map(|i| add.s(i, i))), body())
+        .apply_async_with(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert_eq!((stats.count, stats.max), (3, Some(6.0)));
+
+    let header = group([parse_int.s("1".to_owned()), parse_int.s("x".to_owned())]);
+    let failed = chord(header, body()).apply_async_with(&app).await.unwrap();
+    let error = failed.get(WAIT).await.unwrap_err();
+    let failure = error.as_task_failure().expect("a task failure");
+    assert_eq!(failure.exc_type, "ChordError");
+    assert!(
+        failure.message.contains("raised ParseIntError"),
+        "{failure}"
+    );
+}

@@ -510,6 +510,22 @@ impl App {
         self.inner.pending.len() + self.inner.backend.as_ref().map_or(0, |b| b.awaited())
     }
 
+    /// A handle to task `task_id` that has already failed with `failure`
+    /// (a result message), for outcomes decided in the caller (an eager
+    /// chord whose part failed).
+    pub(crate) fn failed_result<R>(
+        &self,
+        task_id: String,
+        failure: &crate::broker::Message,
+    ) -> AsyncResult<R> {
+        let waiter = self.inner.pending.expect(&task_id);
+        match ResultBody::decode(&failure.body) {
+            Ok(body) => self.inner.pending.deliver(body),
+            Err(_) => self.inner.pending.forget(&task_id),
+        }
+        AsyncResult::new(task_id, Some(waiter), None)
+    }
+
     /// The id this client sends as `reply_to` when results go to a backend.
     pub(crate) fn client_id(&self) -> &str {
         &self.inner.client_id

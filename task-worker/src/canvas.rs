@@ -164,7 +164,7 @@ impl Canvas {
             Err(error) => return Err(error.to_string()),
         };
         if let Some(failed) = claim.failed_part() {
-            let reason = chord_error(&failed.task_id, &failed.result);
+            let reason = result_message::chord_error_reason(&failed.task_id, &failed.result);
             tracing::warn!(task_id = %job.request.id, group_id, %reason, "a chord failed");
             self.fail_chord_body(job, embed, &reason).await;
             return backend
@@ -198,15 +198,7 @@ impl Canvas {
     /// publishes its errbacks, as Celery's `chord_error_from_stack`.
     async fn fail_chord_body(&self, job: &Job<'_>, embed: &Embed, reason: &str) {
         if let Some((body_id, reply_to)) = embed.chord_body_caller() {
-            // Celery's own exception type, so Python raises it as such.
-            let info = ExceptionInfo {
-                exc_type: "ChordError".into(),
-                exc_message: serde_json::Value::Array(vec![reason.into()]),
-                exc_module: Some("celery.exceptions".into()),
-            };
-            let traceback = format!("ChordError: {reason}");
-            let failure =
-                result_message::exception(&body_id, TaskState::Failure, &info, Some(&traceback));
+            let failure = result_message::chord_error(&body_id, reason);
             let record = ResultRecord {
                 task_id: &body_id,
                 result: &failure,
@@ -242,32 +234,5 @@ impl Canvas {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
-    }
-}
-
-/// Celery's `ChordError` text for a failed part: `Dependency <id> raised
-/// ValueError('boom')`.
-fn chord_error(task_id: &str, result: &RawValue) -> String {
-    let raised = match serde_json::from_str::<ExceptionInfo>(result.get()) {
-        Ok(info) => format!("{}({:?})", info.exc_type, info.message()).replace('"', "'"),
-        Err(_) => result.get().to_owned(),
-    };
-    format!("Dependency {task_id} raised {raised}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chord_errors_name_the_part_and_its_exception_as_celery_does() {
-        let raw = serde_json::value::to_raw_value(&serde_json::json!(
-            {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}
-        ))
-        .unwrap();
-        assert_eq!(
-            chord_error("t-1", &raw),
-            "Dependency t-1 raised ValueError('boom')"
-        );
     }
 }

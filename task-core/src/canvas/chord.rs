@@ -3,10 +3,13 @@
 //! backend as Celery's Redis backend joins chords, so Python and Rust
 //! workers run the parts and the body alike.
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 
 use super::group::{send_all, Group};
 use crate::backend::BackendError;
+use crate::protocol::result_message::{self, ExceptionInfo};
 use crate::{App, AsyncResult, Error, Signature};
 
 /// A header group and a body that receives the header's values.
@@ -52,6 +55,9 @@ impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
     /// their message (Celery's `embed.chord`). Returns the body's handle.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<S>, Error> {
         let Chord { header, mut body } = self;
+        if app.is_eager() {
+            return run_inline(app, header, body).await;
+        }
         if header.is_empty() {
             // Nothing to wait for: the body runs at once with no values.
             return app.send(body.arg(Vec::<()>::new())).await;
@@ -87,4 +93,52 @@ impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
         send_all(app, members, false).await?;
         Ok(result)
     }
+}
+
+/// Eager mode (as Celery's `task_always_eager`): the header's members run
+/// inline, one after the other, then the body with their values, or the
+/// body fails with `ChordError` naming the first member that failed.
+async fn run_inline<R, S: DeserializeOwned>(
+    app: &App,
+    header: Group<R>,
+    mut body: Signature<S>,
+) -> Result<AsyncResult<S>, Error> {
+    let (_, members) = header.marked_members();
+    let mut values = Vec::with_capacity(members.len());
+    for member in members {
+        // Eager results are in once `send` returns.
+        let handle = app.send(member.returning::<serde_json::Value>()).await?;
+        match handle.get(Duration::from_secs(1)).await {
+            Ok(value) => values.push(value),
+            Err(error) => {
+                let (exc_type, message) = match error.as_task_failure() {
+                    Some(failure) => (failure.exc_type.clone(), failure.message.clone()),
+                    None => ("Exception".to_owned(), error.to_string()),
+                };
+                let info = ExceptionInfo {
+                    exc_type,
+                    exc_message: serde_json::Value::Array(vec![message.into()]),
+                    exc_module: None,
+                };
+                let raised =
+                    serde_json::value::to_raw_value(&info).map_err(|e| Error::EncodeArguments {
+                        task: body.name.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                let reason = result_message::chord_error_reason(handle.id(), &raised);
+                let body_id = body
+                    .options
+                    .task_id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let failure = result_message::chord_error(&body_id, &reason);
+                return Ok(app.failed_result(body_id, &failure));
+            }
+        }
+    }
+    match serde_json::value::to_raw_value(&values) {
+        Ok(values) => body.args.insert(0, values),
+        Err(error) => body.encode_error = Some(error.to_string()),
+    }
+    app.send(body).await
 }

@@ -218,6 +218,28 @@ pub fn not_registered(task_id: &str, name: &str) -> Message {
     exception(task_id, TaskState::Failure, &info, None)
 }
 
+/// Celery's `ChordError` reason for a chord whose part `task_id` failed
+/// with `result` (its exception): `Dependency <id> raised ValueError('boom')`.
+pub fn chord_error_reason(task_id: &str, result: &RawValue) -> String {
+    let raised = match serde_json::from_str::<ExceptionInfo>(result.get()) {
+        Ok(info) => format!("{}({:?})", info.exc_type, info.message()).replace('"', "'"),
+        Err(_) => result.get().to_owned(),
+    };
+    format!("Dependency {task_id} raised {raised}")
+}
+
+/// The FAILURE a chord's body gets when a part failed: Celery's own
+/// `celery.exceptions.ChordError`, so a Python client raises it as such.
+pub fn chord_error(body_id: &str, reason: &str) -> Message {
+    let info = ExceptionInfo {
+        exc_type: "ChordError".into(),
+        exc_message: serde_json::Value::Array(vec![reason.into()]),
+        exc_module: Some("celery.exceptions".into()),
+    };
+    let traceback = format!("ChordError: {reason}");
+    exception(body_id, TaskState::Failure, &info, Some(&traceback))
+}
+
 /// A STARTED result: `{"pid": ..., "hostname": ...}`.
 pub fn started(task_id: &str) -> Message {
     let info = serde_json::json!({ "pid": std::process::id(), "hostname": hostname() });
@@ -280,6 +302,20 @@ mod tests {
         }
         assert_eq!(TaskState::Rejected.as_str(), "REJECTED");
         assert_eq!(TaskState::Ignored.as_str(), "IGNORED");
+    }
+
+    #[test]
+    fn chord_errors_name_the_part_and_its_exception_as_celery_does() {
+        let raw = serde_json::value::to_raw_value(&serde_json::json!(
+            {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}
+        ))
+        .unwrap();
+        let reason = chord_error_reason("t-1", &raw);
+        assert_eq!(reason, "Dependency t-1 raised ValueError('boom')");
+        let value: serde_json::Value =
+            serde_json::from_slice(&chord_error("b-1", &reason).body).unwrap();
+        assert_eq!(value["result"]["exc_type"], "ChordError");
+        assert_eq!(value["result"]["exc_module"], "celery.exceptions");
     }
 
     #[test]
