@@ -216,7 +216,8 @@ impl AppBuilder {
         self
     }
 
-    /// Uses this backend, already connected, instead of one named by URL.
+    /// Uses this backend, already connected (e.g. a [`RedisBackend`] shared
+    /// by several apps), instead of one named by URL.
     pub fn result_backend_with(mut self, backend: Arc<dyn ResultBackend>) -> Self {
         self.backend = Some(backend);
         self

@@ -35,8 +35,12 @@ pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A result backend: stores task states (worker side) and reads them back
 /// by task id (any process). One per app, shared by its clones.
+///
+/// Implemented by this crate's backends only (sealed): waiting handles are
+/// fed through crate-internal tables. A new backend is a module of
+/// `task_core::backend` (see ARCHITECTURE.md).
 #[async_trait::async_trait]
-pub trait ResultBackend: Send + Sync + 'static {
+pub trait ResultBackend: sealed::Sealed + Send + Sync + 'static {
     /// Stores one state of a task. Returns once the backend holds it;
     /// an error means it is not stored (the caller retries or gives the
     /// task back to the broker).
@@ -111,6 +115,12 @@ pub trait ResultBackend: Send + Sync + 'static {
             operation: "join chords",
         })
     }
+}
+
+pub(crate) mod sealed {
+    /// Keeps [`ResultBackend`](super::ResultBackend) implemented in this crate only.
+    pub trait Sealed {}
+    impl Sealed for super::RedisBackend {}
 }
 
 /// One task's states as a backend delivers them to a waiting
