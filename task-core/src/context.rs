@@ -20,6 +20,7 @@
 //! }
 //! ```
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +39,8 @@ pub struct TaskContext {
 #[derive(Debug, Clone)]
 pub(crate) struct ContextParts {
     pub(crate) id: String,
-    pub(crate) name: String,
+    /// The registration's name when a pipeline runs the task (no copy).
+    pub(crate) name: Cow<'static, str>,
     pub(crate) queue: String,
     pub(crate) retries: u32,
     pub(crate) soft_deadline: Option<Instant>,
@@ -88,7 +90,7 @@ impl TaskContext {
         Self {
             inner: Arc::new(ContextParts {
                 id,
-                name,
+                name: Cow::Owned(name),
                 queue,
                 retries,
                 soft_deadline,

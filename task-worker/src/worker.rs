@@ -1,7 +1,10 @@
 //! [`Worker`]: consumes task queues and runs each message's task, at most
 //! `concurrency` at a time, until told to stop.
 
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -659,11 +662,11 @@ impl Worker {
                         let abandon = abandon.clone();
                         running.spawn(async move {
                             // Dropped unsettled, the delivery goes back to its
-                            // queue when the channel closes.
-                            tokio::select! {
-                                _ = abandon.cancelled() => {}
-                                () = executor.handle(delivery, slot) => {}
-                            }
+                            // queue when the channel closes. Boxed: the
+                            // spawned future stays small, and tokio moves it
+                            // several times on the way into its task.
+                            let handled = Box::pin(executor.handle(delivery, slot));
+                            unless_abandoned(&abandon, handled).await;
                         });
                     }
                     Some(Err(error)) => break error.to_string(),
@@ -728,6 +731,35 @@ impl Worker {
     }
 }
 
+/// Runs `work` to its end, unless `abandon` is cancelled first (then `work`
+/// is dropped).
+///
+/// Runs for every delivery, so the cancellation is cheaper than a `select!`:
+/// its future is polled once, to register the task's waker with the token,
+/// and later polls read the token's flag (a `select!` drew a random branch
+/// order and polled that future again on every poll). A cancellation wakes
+/// the registered waker, which is the spawned task's own: every poll of the
+/// task gets the same one.
+async fn unless_abandoned(abandon: &CancellationToken, work: impl Future<Output = ()>) {
+    let mut cancelled = pin!(abandon.cancelled());
+    let mut work = pin!(work);
+    let mut registered = false;
+    poll_fn(|cx| {
+        if registered {
+            if abandon.is_cancelled() {
+                return Poll::Ready(());
+            }
+        } else {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            registered = true;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::future::BoxFuture;
@@ -766,6 +798,48 @@ mod tests {
         capture(EnvFilter::new("warn"), || {
             warn_about_unreachable_tasks(registry, &queues);
         })
+    }
+
+    #[tokio::test]
+    async fn work_runs_to_its_end_unless_abandoned() {
+        let abandon = CancellationToken::new();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        unless_abandoned(&abandon, async move {
+            tokio::task::yield_now().await;
+            done.send(()).unwrap();
+        })
+        .await;
+        assert!(finished.await.is_ok(), "the work ran to its end");
+
+        // Abandoned while it waits (after its first poll registered the
+        // waker): the work is dropped.
+        let abandon = CancellationToken::new();
+        let (dropped, was_dropped) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tokio::spawn({
+            let abandon = abandon.clone();
+            async move {
+                unless_abandoned(&abandon, async move {
+                    let _dropped = dropped;
+                    std::future::pending::<()>().await;
+                })
+                .await;
+            }
+        });
+        tokio::task::yield_now().await;
+        abandon.cancel();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the abandoned work stops")
+            .unwrap();
+        assert!(was_dropped.await.is_err(), "the work was dropped");
+
+        // Abandoned before it starts: never polled.
+        let abandon = CancellationToken::new();
+        abandon.cancel();
+        unless_abandoned(&abandon, async {
+            unreachable!("abandoned before it started")
+        })
+        .await;
     }
 
     #[test]

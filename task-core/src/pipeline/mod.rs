@@ -335,7 +335,9 @@ impl Pipeline {
         };
         let context = TaskContext::from_parts(ContextParts {
             id: request.id.clone(),
-            name: request.name.clone(),
+            // The registration's own name: the one the request was looked
+            // up by.
+            name: std::borrow::Cow::Borrowed(task.name),
             queue: job.queue.to_owned(),
             retries: request.retries(),
             soft_deadline: soft.map(|soft| tokio::time::Instant::now() + soft),
