@@ -208,6 +208,9 @@ pub struct SideRun {
     pub worker_ctx_switches_per_task: Option<f64>,
     /// The local RabbitMQ's CPU over the end-to-end phase.
     pub broker_cpu_s_per_10k: Option<f64>,
+    /// The local redis-server's CPU over the end-to-end phase (`redis`
+    /// section only).
+    pub redis_cpu_s_per_10k: Option<f64>,
     pub worker_peak_rss_kib: Option<u64>,
     pub notes: Vec<String>,
 }
