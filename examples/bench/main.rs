@@ -255,7 +255,7 @@ pub struct Run {
     pub delays: Option<delays::DelayRun>,
     pub drain: Option<drain::DrainRun>,
     pub redis_round_trips: Option<redis_backend::RoundTrips>,
-    pub redis_await: Option<redis_backend::AwaitRun>,
+    pub redis_await: Option<redis_backend::AwaitRuns>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -367,6 +367,19 @@ impl Run {
             put(
                 "redis:celery_redis_cpu_over_fw_redis_cpu_per_task",
                 div(all_cpu(py_redis), all_cpu(fw_redis)),
+            );
+        }
+        if let Some(a) = &self.redis_await {
+            put(
+                "redis:await_collect_rate_redis_over_rpc",
+                Some(a.redis.collect_rate / a.rpc.collect_rate),
+            );
+            let growth = |r: &redis_backend::AwaitRun| {
+                Some(r.client_rss_peak_kib? as f64 - r.client_rss_before_kib? as f64)
+            };
+            put(
+                "redis:await_peak_rss_growth_redis_over_rpc",
+                div(growth(&a.redis), growth(&a.rpc)),
             );
         }
     }
@@ -605,7 +618,7 @@ async fn bench(args: Args) -> Result<()> {
             section!(
                 redis_await,
                 "redis: awaited at once",
-                redis_backend::await_bench(&cfg)
+                redis_backend::await_bench(&cfg, !raw_first)
             );
         }
         run.compute_ratios();

@@ -321,12 +321,24 @@ pub async fn round_trip_bench(
     Ok(out)
 }
 
-/// Many results awaited at once by one client.
+/// Many results awaited at once by one client, with the Redis backend
+/// and, as a baseline, with `rpc://` (the same client and worker; the
+/// client's memory that is not the backend's is in both).
+#[derive(Debug, Clone, Serialize)]
+pub struct AwaitRuns {
+    pub redis: AwaitRun,
+    pub rpc: AwaitRun,
+}
+
+/// Many results awaited at once by one client, on one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct AwaitRun {
+    pub backend: &'static str,
     pub tasks: usize,
     /// Publishing them all (each subscribed before it is published).
     pub publish_s: f64,
+    /// `(tasks published, seconds)` at each tenth of them.
+    pub publish_progress: Vec<(u64, f64)>,
     /// From the worker's start to the last result received.
     pub collect_s: f64,
     pub collect_rate: f64,
@@ -338,6 +350,9 @@ pub struct AwaitRun {
     pub client_rss_peak_kib: Option<u64>,
     /// Once all are collected and their handles dropped.
     pub client_rss_after_kib: Option<u64>,
+    /// The same once the allocator returned its free memory to the system
+    /// (`malloc_trim`): what is still allocated, not kept for reuse.
+    pub client_rss_after_trim_kib: Option<u64>,
     /// Whether the kernel let the benchmark reset its VmHWM (else the
     /// peak is the sampled one only).
     pub peak_reset: bool,
@@ -362,26 +377,54 @@ fn await_id(base: u128, i: usize) -> String {
         .to_string()
 }
 
-pub async fn await_bench(cfg: &Config) -> Result<AwaitRun> {
+/// Both backends, Redis first when `redis_first` (alternated between runs:
+/// the second starts with whatever the allocator kept of the first, as
+/// little as possible after `malloc_trim`).
+pub async fn await_bench(cfg: &Config, redis_first: bool) -> Result<AwaitRuns> {
     let mut redis = RedisAdmin::connect(&cfg.redis_url).await?;
-    let base = uuid::Uuid::new_v4().as_u128() & !u128::from(u32::MAX);
-    let outcome = await_inner(cfg, &mut redis, base).await;
-    redis
-        .delete_results((0..cfg.await_n).map(|i| await_id(base, i)))
-        .await?;
-    outcome
+    let (mut on_redis, mut on_rpc) = (None, None);
+    for use_redis in [redis_first, !redis_first] {
+        if use_redis {
+            let base = uuid::Uuid::new_v4().as_u128() & !u128::from(u32::MAX);
+            let outcome = await_inner(cfg, &mut redis, Some(base)).await;
+            redis
+                .delete_results((0..cfg.await_n).map(|i| await_id(base, i)))
+                .await?;
+            on_redis = Some(outcome?);
+        } else {
+            on_rpc = Some(await_inner(cfg, &mut redis, None).await?);
+        }
+    }
+    Ok(AwaitRuns {
+        redis: on_redis.context("the Redis run did not run")?,
+        rpc: on_rpc.context("the rpc:// run did not run")?,
+    })
 }
 
-async fn await_inner(cfg: &Config, redis: &mut RedisAdmin, base: u128) -> Result<AwaitRun> {
+/// Returns free heap memory to the system, where the allocator can.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One backend: Redis (ids counted from `base`) or `rpc://` (`None`).
+async fn await_inner(cfg: &Config, redis: &mut RedisAdmin, base: Option<u128>) -> Result<AwaitRun> {
     let n = cfg.await_n;
-    let url = cfg.redis_url.as_str();
+    let (backend, label, url) = match base {
+        Some(_) => ("redis", "redis-sect-await-redis", cfg.redis_url.as_str()),
+        None => ("rpc", "redis-sect-await-rpc", "rpc://"),
+    };
     let admin = admin::connect(&cfg.broker).await?;
-    let queue = admin::unique_queue("redis-sect-await", true);
+    let queue = admin::unique_queue(label, true);
     let app = client_app(cfg, &queue, url).await?;
     app.ensure_queue(&queue).await?;
     let me = std::process::id();
     let rss = || sys::status_kib(me, "VmRSS");
     let redis_before = redis.state().await;
+    trim_heap();
     let client_rss_before = rss();
     let peak_reset = sys::reset_peak_rss();
     let peak = Arc::new(AtomicU64::new(client_rss_before.unwrap_or(0)));
@@ -401,21 +444,36 @@ async fn await_inner(cfg: &Config, redis: &mut RedisAdmin, base: u128) -> Result
         }
     });
 
-    // Publish them all, nobody consuming: each handle is subscribed.
+    // Publish them all, nobody consuming: each handle is subscribed. The
+    // time at each tenth tells whether publishing slows down as more
+    // results are awaited.
     let started = Instant::now();
+    let published = AtomicU64::new(0);
+    let tenth = (n / 10).max(1) as u64;
+    let progress = Mutex::new(Vec::new());
     let handles: Vec<(i64, task_core::AsyncResult<i64>)> = futures_util::stream::iter(0..n)
-        .map(|i| async move {
-            let handle = add
-                .s(i as i64, 1)
-                .task_id(await_id(base, i))
-                .apply_async()
-                .await?;
-            anyhow::Ok((i as i64, handle))
+        .map(|i| {
+            let (published, progress) = (&published, &progress);
+            async move {
+                let call = add.s(i as i64, 1);
+                let call = match base {
+                    Some(base) => call.task_id(await_id(base, i)),
+                    None => call,
+                };
+                let handle = call.apply_async().await?;
+                let count = published.fetch_add(1, Ordering::Relaxed) + 1;
+                if count % tenth == 0 {
+                    let at = started.elapsed().as_secs_f64();
+                    progress.lock().unwrap().push((count, at));
+                }
+                anyhow::Ok((i as i64, handle))
+            }
         })
         .buffer_unordered(cfg.window)
         .try_collect()
         .await?;
     let publish_s = started.elapsed().as_secs_f64();
+    let publish_progress = progress.into_inner().unwrap();
     let client_rss_awaiting = rss();
     let redis_awaiting = redis.state().await;
 
@@ -452,6 +510,8 @@ async fn await_inner(cfg: &Config, redis: &mut RedisAdmin, base: u128) -> Result
     let still_awaited_after = app.pending_results();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client_rss_after = rss();
+    trim_heap();
+    let client_rss_after_trim = rss();
     stop.notify_one();
     sampler.await?;
     let hwm = if peak_reset {
@@ -467,14 +527,17 @@ async fn await_inner(cfg: &Config, redis: &mut RedisAdmin, base: u128) -> Result
     admin::delete(&admin, &queue, true).await?;
     let _ = admin.close(200, "done".into()).await;
     Ok(AwaitRun {
+        backend,
         tasks: n,
         publish_s,
+        publish_progress,
         collect_s,
         collect_rate: n as f64 / collect_s,
         client_rss_before_kib: client_rss_before,
         client_rss_awaiting_kib: client_rss_awaiting,
         client_rss_peak_kib: client_rss_peak,
         client_rss_after_kib: client_rss_after,
+        client_rss_after_trim_kib: client_rss_after_trim,
         peak_reset,
         still_awaited_after,
         redis_before,

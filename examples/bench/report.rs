@@ -169,6 +169,7 @@ pub struct Target {
 /// The awaited-at-once runs of the `redis` section: medians over runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct AwaitSummary {
+    pub backend: &'static str,
     pub runs: usize,
     pub tasks: usize,
     pub publish_s: Option<f64>,
@@ -178,6 +179,7 @@ pub struct AwaitSummary {
     pub client_rss_awaiting_kib: Option<f64>,
     pub client_rss_peak_kib: Option<f64>,
     pub client_rss_after_kib: Option<f64>,
+    pub client_rss_after_trim_kib: Option<f64>,
     /// (awaiting - before) / tasks.
     pub client_bytes_per_awaited_result: Option<f64>,
     /// Redis `used_memory` (awaiting - before) / tasks: the subscriptions.
@@ -200,6 +202,7 @@ impl AwaitSummary {
             Some((a? as f64 - b? as f64) * unit / n as f64)
         };
         Some(Self {
+            backend: first.backend,
             runs: runs.len(),
             tasks: first.tasks,
             publish_s: m(&|r| Some(r.publish_s)),
@@ -209,6 +212,7 @@ impl AwaitSummary {
             client_rss_awaiting_kib: m(&|r| kib(r.client_rss_awaiting_kib)),
             client_rss_peak_kib: m(&|r| kib(r.client_rss_peak_kib)),
             client_rss_after_kib: m(&|r| kib(r.client_rss_after_kib)),
+            client_rss_after_trim_kib: m(&|r| kib(r.client_rss_after_trim_kib)),
             client_bytes_per_awaited_result: m(&|r| {
                 per_task(
                     r.client_rss_awaiting_kib,
@@ -269,7 +273,9 @@ pub struct Summary {
     pub sides: BTreeMap<&'static str, SideSummary>,
     /// The `redis` section's round trips, by side.
     pub redis_sides: BTreeMap<&'static str, SideSummary>,
+    /// Results awaited at once: Redis, then the `rpc://` baseline.
     pub redis_await: Option<AwaitSummary>,
+    pub rpc_await: Option<AwaitSummary>,
     pub ratios: BTreeMap<&'static str, Ratio>,
     pub cost: Option<CostSummary>,
     pub delays: Option<DelaySummary>,
@@ -311,9 +317,16 @@ impl Summary {
                 redis_sides.insert(key, summary);
             }
         }
-        let await_runs: Vec<&AwaitRun> =
-            runs.iter().filter_map(|r| r.redis_await.as_ref()).collect();
-        let redis_await = AwaitSummary::of(&await_runs);
+        let awaits = |f: fn(&crate::redis_backend::AwaitRuns) -> &AwaitRun| {
+            let of_runs: Vec<&AwaitRun> = runs
+                .iter()
+                .filter_map(|r| r.redis_await.as_ref())
+                .map(f)
+                .collect();
+            AwaitSummary::of(&of_runs)
+        };
+        let redis_await = awaits(|a| &a.redis);
+        let rpc_await = awaits(|a| &a.rpc);
         let mut ratios: BTreeMap<&'static str, Ratio> = BTreeMap::new();
         for run in runs {
             for (key, value) in &run.ratios {
@@ -423,6 +436,7 @@ impl Summary {
             sides,
             redis_sides,
             redis_await,
+            rpc_await,
             ratios,
             cost,
             delays,
@@ -859,39 +873,55 @@ fn print_redis(summary: &Summary) {
             "  (redis-server CPU on the rpc:// sides is other use of the shared Redis meanwhile)"
         );
     }
-    if let Some(a) = &summary.redis_await {
-        let mib = |k: Option<f64>| fmt(k.map(|k| k / 1024.0), 1);
+    for a in [&summary.redis_await, &summary.rpc_await]
+        .into_iter()
+        .flatten()
+    {
+        print_await(a);
+    }
+}
+
+fn print_await(a: &AwaitSummary) {
+    let mib = |k: Option<f64>| fmt(k.map(|k| k / 1024.0), 1);
+    let redis = a.backend == "redis";
+    println!(
+        "\n{} results awaited at once by one client, {} ({} run(s), medians): published in {} s \
+         with no worker, collected in {} s from the worker's start ({} tasks/s)",
+        a.tasks,
+        if redis {
+            "Redis backend"
+        } else {
+            "rpc:// (baseline)"
+        },
+        a.runs,
+        fmt(a.publish_s, 2),
+        fmt(a.collect_s, 2),
+        fmt_rate(a.collect_rate)
+    );
+    println!(
+        "  client RSS (MiB): before {}, all awaited {}, peak {}, after collecting {} ({} after malloc_trim); \
+         {} bytes per awaited result",
+        mib(a.client_rss_before_kib),
+        mib(a.client_rss_awaiting_kib),
+        mib(a.client_rss_peak_kib),
+        mib(a.client_rss_after_kib),
+        mib(a.client_rss_after_trim_kib),
+        fmt(a.client_bytes_per_awaited_result, 0)
+    );
+    if redis {
         println!(
-            "\n{} results awaited at once by one client, Redis backend ({} run(s), medians): \
-             published in {} s with no worker, collected in {} s from the worker's start ({} tasks/s)",
-            a.tasks,
-            a.runs,
-            fmt(a.publish_s, 2),
-            fmt(a.collect_s, 2),
-            fmt_rate(a.collect_rate)
-        );
-        println!(
-            "  client RSS (MiB): before {}, all awaited {}, peak {}, after collecting {}; \
-             {} bytes per awaited result",
-            mib(a.client_rss_before_kib),
-            mib(a.client_rss_awaiting_kib),
-            mib(a.client_rss_peak_kib),
-            mib(a.client_rss_after_kib),
-            fmt(a.client_bytes_per_awaited_result, 0)
-        );
-        println!(
-            "  Redis used_memory: +{} bytes per subscription while awaited, +{} bytes per stored result after; \
-             results still awaited at the end: {}",
+            "  Redis used_memory: +{} bytes per subscription while awaited, +{} bytes per stored result after",
             fmt(a.redis_bytes_per_subscription, 0),
             fmt(a.redis_bytes_per_stored_result, 0),
-            a.still_awaited_after
-        );
-        println!(
-            "  CPU s / 10k over the collection: client {}, worker {} (from its start), RabbitMQ {}, redis-server {}",
-            fmt(a.client_cpu_s_per_10k, 2),
-            fmt(a.worker_cpu_s_per_10k, 2),
-            fmt(a.broker_cpu_s_per_10k, 2),
-            fmt(a.redis_cpu_s_per_10k, 2)
         );
     }
+    println!(
+        "  CPU s / 10k over the collection: client {}, worker {} (from its start), RabbitMQ {}, redis-server {}; \
+         results still awaited at the end: {}",
+        fmt(a.client_cpu_s_per_10k, 2),
+        fmt(a.worker_cpu_s_per_10k, 2),
+        fmt(a.broker_cpu_s_per_10k, 2),
+        fmt(a.redis_cpu_s_per_10k, 2),
+        a.still_awaited_after
+    );
 }
