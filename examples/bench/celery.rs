@@ -1,7 +1,8 @@
 //! Python Celery 5.7 on the same broker: a prefork worker (`-c 2`) running
 //! tests/interop/pyapp.py's `tasks.add` (through `celery_bench.py`) and a
 //! Python client (`celery_client.py`) using `tasks_add.delay(..)` and
-//! `rpc://` results.
+//! `rpc://` results (or, for the `redis` section, Celery's Redis backend:
+//! `BENCH_RESULT_BACKEND`, see `celery_bench.py`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,16 +44,33 @@ fn python_path() -> String {
     )
 }
 
-/// Runs the client script in `mode`; its last stdout line is JSON.
-async fn client(cfg: &Config, python: &Path, queue: &str, args: &[String]) -> Result<Value> {
-    let mut command = Command::new(python);
+/// The Celery app's environment: broker, queue, result backend (`None`:
+/// `rpc://`).
+fn celery_env(command: &mut Command, cfg: &Config, queue: &str, backend: Option<&str>) {
     command
-        .arg(sys::workspace_root().join("examples/bench/celery_client.py"))
-        .args(args)
         .current_dir(sys::workspace_root().join("examples/bench"))
         .env("PYTHONPATH", python_path())
         .env("BROKER_URL", &cfg.broker)
         .env("BENCH_QUEUE", queue);
+    match backend {
+        Some(url) => command.env("BENCH_RESULT_BACKEND", url),
+        None => command.env_remove("BENCH_RESULT_BACKEND"),
+    };
+}
+
+/// Runs the client script in `mode`; its last stdout line is JSON.
+async fn client(
+    cfg: &Config,
+    python: &Path,
+    queue: &str,
+    backend: Option<&str>,
+    args: &[String],
+) -> Result<Value> {
+    let mut command = Command::new(python);
+    command
+        .arg(sys::workspace_root().join("examples/bench/celery_client.py"))
+        .args(args);
+    celery_env(&mut command, cfg, queue, backend);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     if !output.status.success() {
         bail!(
@@ -76,16 +94,41 @@ fn number(value: &Value, key: &str) -> Result<f64> {
 pub async fn bench(cfg: &Config, python: &Path) -> Result<SideRun> {
     let mut out = SideRun::default();
     let admin = admin::connect(&cfg.broker).await?;
-    let (n, seq) = (cfg.celery_n, cfg.celery_seq);
+    let n = cfg.celery_n;
 
     // 1. Sending alone (no worker yet).
     let queue = admin::unique_queue("celery-pub", true);
-    let sent = client(cfg, python, &queue, &["publish".into(), n.to_string()]).await?;
+    let sent = client(
+        cfg,
+        python,
+        &queue,
+        None,
+        &["publish".into(), n.to_string()],
+    )
+    .await?;
     out.publish_rate = Some(n as f64 / number(&sent, "seconds")?);
     admin::delete(&admin, &queue, true).await?;
 
-    // 2. Round trips through a prefork worker.
-    let queue = admin::unique_queue("celery", true);
+    // 2. and 3.: round trips, then one at a time.
+    round_trip_side(cfg, python, &admin, None, None, "celery", &mut out).await?;
+    let _ = admin.close(200, "done".into()).await;
+    Ok(out)
+}
+
+/// Round trips through a prefork worker (`window` in flight), then one at
+/// a time, with this result backend (`None`: `rpc://`) on both sides; with
+/// `redis_pid`, the redis-server's CPU over the round trips too.
+pub async fn round_trip_side(
+    cfg: &Config,
+    python: &Path,
+    admin: &lapin::Connection,
+    backend: Option<&str>,
+    redis_pid: Option<u32>,
+    label: &str,
+    out: &mut SideRun,
+) -> Result<()> {
+    let (n, seq) = (cfg.celery_n, cfg.celery_seq);
+    let queue = admin::unique_queue(label, true);
     let mut command = Command::new(python);
     command
         .args(["-m", "celery", "-A", "celery_bench", "worker", "-Q", &queue])
@@ -95,13 +138,10 @@ pub async fn bench(cfg: &Config, python: &Path) -> Result<SideRun> {
             "--without-gossip",
             "--without-mingle",
         ])
-        .args(["-n", &format!("{queue}@%h")])
-        .current_dir(sys::workspace_root().join("examples/bench"))
-        .env("PYTHONPATH", python_path())
-        .env("BROKER_URL", &cfg.broker)
-        .env("BENCH_QUEUE", &queue);
+        .args(["-n", &format!("{queue}@%h")]);
+    celery_env(&mut command, cfg, &queue, backend);
     let mut worker = ChildProc::spawn("celery worker", command)?;
-    admin::wait_for_consumer(&admin, &queue, Duration::from_secs(60), || {
+    admin::wait_for_consumer(admin, &queue, Duration::from_secs(60), || {
         worker.check_alive()
     })
     .await?;
@@ -110,14 +150,29 @@ pub async fn bench(cfg: &Config, python: &Path) -> Result<SideRun> {
         cfg,
         python,
         &queue,
+        backend,
         &["warm".into(), cfg.warmup.min(n).to_string(), window.clone()],
     )
     .await?;
     let worker_before = worker.cpu_seconds();
     let broker_before = sys::broker_cpu_seconds();
+    let redis_cpu = || redis_pid.and_then(sys::process_cpu_seconds);
+    let redis_before = redis_cpu();
     let switches = worker.context_switches();
-    let e2e = client(cfg, python, &queue, &["e2e".into(), n.to_string(), window]).await?;
+    let e2e = client(
+        cfg,
+        python,
+        &queue,
+        backend,
+        &["e2e".into(), n.to_string(), window],
+    )
+    .await?;
     let worker_after = worker.cpu_seconds();
+    // The client deletes its result keys after its timing: the Redis CPU
+    // of the deletion is in here, a small share of the stores'.
+    out.redis_cpu_s_per_10k = redis_cpu()
+        .zip(redis_before)
+        .map(|(after, before)| per_10k(after - before, n));
     out.worker_ctx_switches_per_task = per_task(Some(switches), Some(worker.context_switches()), n);
     out.broker_cpu_s_per_10k = broker_per_10k(broker_before, n);
     out.e2e_rate = Some(n as f64 / number(&e2e, "seconds")?);
@@ -125,7 +180,14 @@ pub async fn bench(cfg: &Config, python: &Path) -> Result<SideRun> {
     out.worker_cpu_s_per_10k = Some(per_10k(worker_after - worker_before, n));
 
     // 3. One at a time (the client warms up with a few calls first).
-    let timed = client(cfg, python, &queue, &["seq".into(), (seq + 20).to_string()]).await?;
+    let timed = client(
+        cfg,
+        python,
+        &queue,
+        backend,
+        &["seq".into(), (seq + 20).to_string()],
+    )
+    .await?;
     let mut ms: Vec<f64> = timed["latencies_ms"]
         .as_array()
         .context("no latencies")?
@@ -141,7 +203,6 @@ pub async fn bench(cfg: &Config, python: &Path) -> Result<SideRun> {
             .into(),
     );
     worker.terminate(Duration::from_secs(15))?;
-    admin::delete(&admin, &queue, true).await?;
-    let _ = admin.close(200, "done".into()).await;
-    Ok(out)
+    admin::delete(admin, &queue, true).await?;
+    Ok(())
 }

@@ -3,6 +3,10 @@
 (prefetch multiplier 4), no remote control or events, and the benchmark's
 queue as the default queue so that `tasks_add.delay(x, y)` goes there.
 
+With BENCH_RESULT_BACKEND set (`redis://...`: the benchmark's `redis`
+section), results go to that backend instead of `rpc://`, kept one hour
+(the client deletes its keys anyway).
+
 Used as `celery -A celery_bench worker ...` and by celery_client.py, with
 PYTHONPATH=examples/bench:tests/interop and BENCH_QUEUE set."""
 
@@ -16,3 +20,8 @@ app.conf.update(
     worker_send_task_events=False,
     task_default_queue=os.environ.get("BENCH_QUEUE", "celery"),
 )
+if os.environ.get("BENCH_RESULT_BACKEND"):
+    app.conf.update(
+        result_backend=os.environ["BENCH_RESULT_BACKEND"],
+        result_expires=3600,
+    )

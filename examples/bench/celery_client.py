@@ -6,8 +6,10 @@
     python celery_client.py seq N         N one-at-a-time round trips
 
 Every task is `tasks_add.delay(i, 1)` to $BENCH_QUEUE; results come back
-through `rpc://`. Prints one JSON object on its last line. Celery publishes
-without publisher confirms by default: that is what is measured."""
+through `rpc://`, or through $BENCH_RESULT_BACKEND when set (Celery's Redis
+backend), whose keys the client deletes once its timing is done. Prints one
+JSON object on its last line. Celery publishes without publisher confirms by
+default: that is what is measured."""
 
 import json
 import resource
@@ -19,6 +21,25 @@ from celery_bench import app, tasks_add
 
 TIMEOUT = 120
 
+# Task ids whose results are kept in a key-value backend, deleted at the end.
+created = []
+keeps_results = not app.conf.result_backend.startswith("rpc")
+
+
+def sent(result):
+    if keeps_results:
+        created.append(result.id)
+    return result
+
+
+def forget_created():
+    """Deletes the result keys of the tasks this client sent."""
+    if not created:
+        return
+    keys = [app.backend.get_key_for_task(task_id) for task_id in created]
+    for start in range(0, len(keys), 1000):
+        app.backend.client.delete(*keys[start : start + 1000])
+
 
 def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -27,18 +48,18 @@ def cpu():
 
 def round_trips(n, window):
     pending = deque()
-    sent = 0
-    while sent < min(window, n):
-        pending.append((sent, tasks_add.delay(sent, 1)))
-        sent += 1
+    count = 0
+    while count < min(window, n):
+        pending.append((count, sent(tasks_add.delay(count, 1))))
+        count += 1
     while pending:
         i, result = pending.popleft()
         value = result.get(timeout=TIMEOUT)
         if value != i + 1:
             raise SystemExit(f"tasks.add({i}, 1) returned {value!r}")
-        if sent < n:
-            pending.append((sent, tasks_add.delay(sent, 1)))
-            sent += 1
+        if count < n:
+            pending.append((count, sent(tasks_add.delay(count, 1))))
+            count += 1
 
 
 def main():
@@ -46,6 +67,8 @@ def main():
     window = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     # Connect (and declare the reply queue) before any timing.
     app.connection_for_write().ensure_connection()
+    if keeps_results:
+        app.backend.client.ping()
     out = {"mode": mode, "n": n}
     if mode == "publish":
         for i in range(min(200, n)):
@@ -66,13 +89,14 @@ def main():
         latencies = []
         for i in range(n):
             start = time.perf_counter()
-            value = tasks_add.delay(i, 1).get(timeout=TIMEOUT)
+            value = sent(tasks_add.delay(i, 1)).get(timeout=TIMEOUT)
             latencies.append((time.perf_counter() - start) * 1e3)
             if value != i + 1:
                 raise SystemExit(f"tasks.add({i}, 1) returned {value!r}")
         out["latencies_ms"] = latencies
     else:
         raise SystemExit(f"unknown mode {mode}")
+    forget_created()
     print(json.dumps(out))
 
 

@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- --all      # everything, 3 runs, medians
 //! cargo run --release --example bench -- --quick    # CI smoke: small N, 1 run, < 60 s
 //! cargo run --release --example bench -- --only raw,framework --runs 5 --n 50000
+//! cargo run --release --example bench -- --redis    # the Redis result backend only
 //! ```
 //!
 //! Sections, run one after another against the same RabbitMQ:
@@ -26,6 +27,11 @@
 //!    worked off with late acks by the example worker, against the raw lapin
 //!    worker on the same backlog: tasks per second between 90% and 10% of
 //!    the backlog left (see `drain.rs`).
+//! 7. `redis`: the Redis result backend (`redis_backend.rs`): round trips
+//!    as in `framework`, with `redis://` against `rpc://`, and Celery 5.7
+//!    with its Redis backend against `rpc://`, all in the same run, with
+//!    the redis-server's CPU next to RabbitMQ's; then `--await-n` (100,000)
+//!    results awaited at once by one client (its RSS, the collection time).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -46,6 +52,7 @@ mod delays;
 mod drain;
 mod framework;
 mod raw;
+mod redis_backend;
 mod report;
 mod sys;
 
@@ -71,6 +78,23 @@ struct Args {
     /// Only these sections (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
+    /// The Redis result backend section (the same as `--only redis`; with
+    /// `--only`, added to its sections).
+    #[arg(long)]
+    redis: bool,
+    /// The Redis server of the `redis` section (result keys of its own
+    /// tasks only, all deleted at the end).
+    #[arg(
+        long,
+        env = "BENCH_REDIS_URL",
+        default_value = redis_backend::DEFAULT_REDIS_URL,
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// Results awaited at once in the `redis` section (default 100,000;
+    /// --quick 2,000).
+    #[arg(long)]
+    await_n: Option<usize>,
     /// Tasks per throughput measurement (default 20,000; --quick 2,000).
     #[arg(long)]
     n: Option<usize>,
@@ -153,6 +177,7 @@ enum Section {
     Cost,
     Delays,
     Drain,
+    Redis,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -179,6 +204,10 @@ pub struct Config {
     pub delay_seed: u64,
     pub in_process: bool,
     pub worker_binary: PathBuf,
+    pub redis_url_redacted: String,
+    #[serde(skip)]
+    pub redis_url: String,
+    pub await_n: usize,
 }
 
 impl Config {
@@ -208,6 +237,9 @@ pub struct SideRun {
     pub worker_ctx_switches_per_task: Option<f64>,
     /// The local RabbitMQ's CPU over the end-to-end phase.
     pub broker_cpu_s_per_10k: Option<f64>,
+    /// The local redis-server's CPU over the end-to-end phase (`redis`
+    /// section only).
+    pub redis_cpu_s_per_10k: Option<f64>,
     pub worker_peak_rss_kib: Option<u64>,
     pub notes: Vec<String>,
 }
@@ -222,6 +254,8 @@ pub struct Run {
     pub cost: Option<framework::CostRun>,
     pub delays: Option<delays::DelayRun>,
     pub drain: Option<drain::DrainRun>,
+    pub redis_round_trips: Option<redis_backend::RoundTrips>,
+    pub redis_await: Option<redis_backend::AwaitRuns>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -282,6 +316,72 @@ impl Run {
             "framework_publish_over_celery_publish",
             div(publish(fw), publish(celery)),
         );
+        if let Some(r) = &self.redis_round_trips {
+            let (fw_rpc, fw_redis, py_rpc, py_redis) = (
+                r.framework_rpc.as_ref(),
+                r.framework_redis.as_ref(),
+                r.celery_rpc.as_ref(),
+                r.celery_redis.as_ref(),
+            );
+            put(
+                "redis:fw_redis_e2e_over_fw_rpc_e2e",
+                div(e2e(fw_redis), e2e(fw_rpc)),
+            );
+            put(
+                "redis:fw_redis_e2e_over_celery_redis_e2e",
+                div(e2e(fw_redis), e2e(py_redis)),
+            );
+            put(
+                "redis:celery_redis_e2e_over_celery_rpc_e2e",
+                div(e2e(py_redis), e2e(py_rpc)),
+            );
+            put(
+                "redis:fw_redis_p50_minus_fw_rpc_p50_ms",
+                sub(p50(fw_redis), p50(fw_rpc)),
+            );
+            put(
+                "redis:celery_redis_p50_over_fw_redis_p50",
+                div(p50(py_redis), p50(fw_redis)),
+            );
+            let redis_cpu = |s: Option<&SideRun>| s.and_then(|s| s.redis_cpu_s_per_10k);
+            let broker_cpu = |s: Option<&SideRun>| s.and_then(|s| s.broker_cpu_s_per_10k);
+            put(
+                "redis:fw_redis_redis_cpu_over_rabbitmq_cpu",
+                div(redis_cpu(fw_redis), broker_cpu(fw_redis)),
+            );
+            // All CPU per task (client, worker, RabbitMQ, Redis).
+            let all_cpu = |s: Option<&SideRun>| {
+                s.and_then(|s| {
+                    Some(
+                        s.client_cpu_s_per_10k?
+                            + s.worker_cpu_s_per_10k?
+                            + s.broker_cpu_s_per_10k?
+                            + s.redis_cpu_s_per_10k.unwrap_or(0.0),
+                    )
+                })
+            };
+            put(
+                "redis:fw_redis_cpu_over_fw_rpc_cpu_per_task",
+                div(all_cpu(fw_redis), all_cpu(fw_rpc)),
+            );
+            put(
+                "redis:celery_redis_cpu_over_fw_redis_cpu_per_task",
+                div(all_cpu(py_redis), all_cpu(fw_redis)),
+            );
+        }
+        if let Some(a) = &self.redis_await {
+            put(
+                "redis:await_collect_rate_redis_over_rpc",
+                Some(a.redis.collect_rate / a.rpc.collect_rate),
+            );
+            let growth = |r: &redis_backend::AwaitRun| {
+                Some(r.client_rss_peak_kib? as f64 - r.client_rss_before_kib? as f64)
+            };
+            put(
+                "redis:await_peak_rss_growth_redis_over_rpc",
+                div(growth(&a.redis), growth(&a.rpc)),
+            );
+        }
     }
 }
 
@@ -340,23 +440,30 @@ fn main() -> std::process::ExitCode {
 
 async fn bench(args: Args) -> Result<()> {
     let quick = args.quick;
-    let sections: Vec<Section> = if args.only.is_empty() {
-        vec![
-            Section::Raw,
-            Section::Framework,
-            Section::Celery,
-            Section::Cost,
-            Section::Delays,
-            Section::Drain,
-        ]
-    } else {
-        args.only.clone()
-    };
+    let every = vec![
+        Section::Raw,
+        Section::Framework,
+        Section::Celery,
+        Section::Cost,
+        Section::Delays,
+        Section::Drain,
+        Section::Redis,
+    ];
+    let mut sections: Vec<Section> = args.only.clone();
+    if args.redis && !sections.contains(&Section::Redis) {
+        sections.push(Section::Redis);
+    }
+    // Named on the command line: a Redis that cannot be reached is an error.
+    let redis_named = sections.contains(&Section::Redis) && !args.all;
+    if args.all || sections.is_empty() {
+        sections = every;
+    }
     let n = args.n.unwrap_or(if quick { 2_000 } else { 20_000 }).max(1);
     let concurrency = args.concurrency.max(1);
     let needs_worker = sections.contains(&Section::Framework)
         || sections.contains(&Section::Cost)
-        || sections.contains(&Section::Drain);
+        || sections.contains(&Section::Drain)
+        || sections.contains(&Section::Redis);
     let worker_binary = if needs_worker {
         framework::ensure_worker_binary(!args.no_build)?
     } else {
@@ -401,10 +508,34 @@ async fn bench(args: Args) -> Result<()> {
         }),
         in_process: !args.no_in_process,
         worker_binary,
+        redis_url_redacted: task_core::broker::redact(&args.redis_url),
+        redis_url: args.redis_url.clone(),
+        await_n: args
+            .await_n
+            .unwrap_or(if quick { 2_000 } else { 100_000 })
+            .max(1),
     };
     let machine = sys::Machine::describe();
     let mut notes = Vec::new();
-    let python = if sections.contains(&Section::Celery) {
+    if sections.contains(&Section::Redis) {
+        match redis_backend::RedisAdmin::connect(&cfg.redis_url).await {
+            Ok(redis) => {
+                if redis.pid.is_none() {
+                    notes.push(format!(
+                        "no local redis-server process for {}: Redis CPU not measured",
+                        cfg.redis_url_redacted
+                    ));
+                }
+            }
+            Err(why) if !redis_named => {
+                eprintln!("skipping the Redis section: {why:#}");
+                notes.push(format!("Redis section skipped: {why:#}"));
+                sections.retain(|s| *s != Section::Redis);
+            }
+            Err(why) => return Err(why),
+        }
+    }
+    let python = if sections.contains(&Section::Celery) || sections.contains(&Section::Redis) {
         match celery::find_python() {
             Ok(python) => Some(python),
             Err(why) => {
@@ -461,7 +592,7 @@ async fn bench(args: Args) -> Result<()> {
                 framework::bench(&cfg, framework::WorkerKind::InProcess)
             );
         }
-        if let Some(python) = &python {
+        if let (Some(python), true) = (&python, sections.contains(&Section::Celery)) {
             section!(celery, "celery", celery::bench(&cfg, python));
         }
         if sections.contains(&Section::Cost) {
@@ -476,6 +607,18 @@ async fn bench(args: Args) -> Result<()> {
                 drain,
                 "drain (ignore_result)",
                 drain::bench(&cfg, raw_first)
+            );
+        }
+        if sections.contains(&Section::Redis) {
+            section!(
+                redis_round_trips,
+                "redis: round trips",
+                redis_backend::round_trip_bench(&cfg, python.as_deref(), raw_first)
+            );
+            section!(
+                redis_await,
+                "redis: awaited at once",
+                redis_backend::await_bench(&cfg, !raw_first)
             );
         }
         run.compute_ratios();
@@ -512,7 +655,7 @@ async fn bench(args: Args) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let json = serde_json::json!({
-        "benchmark": "task-core tasks.add round trips: raw lapin vs framework vs Celery 5.7; delayed tasks (countdowns) through RabbitMQ's delay levels",
+        "benchmark": "task-core tasks.add round trips: raw lapin vs framework vs Celery 5.7; delayed tasks (countdowns) through RabbitMQ's delay levels; the Redis result backend against rpc:// and Celery's Redis backend",
         "finished_at": chrono::Utc::now().to_rfc3339(),
         "args": args,
         "config": cfg,

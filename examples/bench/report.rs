@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::delays::DelayRun;
+use crate::redis_backend::{AwaitRun, RoundTrips};
 use crate::sys::{median, Machine};
 use crate::{Config, Run, Section, SideRun};
 
@@ -21,6 +22,7 @@ pub struct SideSummary {
     pub client_cpu_s_per_10k: Option<f64>,
     pub worker_cpu_s_per_10k: Option<f64>,
     pub broker_cpu_s_per_10k: Option<f64>,
+    pub redis_cpu_s_per_10k: Option<f64>,
     pub client_ctx_switches_per_task: Option<f64>,
     pub worker_ctx_switches_per_task: Option<f64>,
     pub worker_peak_rss_kib: Option<f64>,
@@ -47,6 +49,7 @@ impl SideSummary {
             client_cpu_s_per_10k: m(|s| s.client_cpu_s_per_10k),
             worker_cpu_s_per_10k: m(|s| s.worker_cpu_s_per_10k),
             broker_cpu_s_per_10k: m(|s| s.broker_cpu_s_per_10k),
+            redis_cpu_s_per_10k: m(|s| s.redis_cpu_s_per_10k),
             client_ctx_switches_per_task: m(|s| s.client_ctx_switches_per_task),
             worker_ctx_switches_per_task: m(|s| s.worker_ctx_switches_per_task),
             worker_peak_rss_kib: m(|s| s.worker_peak_rss_kib.map(|k| k as f64)),
@@ -163,9 +166,116 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// The awaited-at-once runs of the `redis` section: medians over runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AwaitSummary {
+    pub backend: &'static str,
+    pub runs: usize,
+    pub tasks: usize,
+    pub publish_s: Option<f64>,
+    pub collect_s: Option<f64>,
+    pub collect_rate: Option<f64>,
+    pub client_rss_before_kib: Option<f64>,
+    pub client_rss_awaiting_kib: Option<f64>,
+    pub client_rss_peak_kib: Option<f64>,
+    pub client_rss_after_kib: Option<f64>,
+    pub client_rss_after_trim_kib: Option<f64>,
+    /// (awaiting - before) / tasks.
+    pub client_bytes_per_awaited_result: Option<f64>,
+    /// Redis `used_memory` (awaiting - before) / tasks: the subscriptions.
+    pub redis_bytes_per_subscription: Option<f64>,
+    /// Redis `used_memory` (after - before) / tasks: the stored results.
+    pub redis_bytes_per_stored_result: Option<f64>,
+    pub client_cpu_s_per_10k: Option<f64>,
+    pub worker_cpu_s_per_10k: Option<f64>,
+    pub broker_cpu_s_per_10k: Option<f64>,
+    pub redis_cpu_s_per_10k: Option<f64>,
+    /// The largest over all runs (0 expected).
+    pub still_awaited_after: usize,
+}
+
+impl AwaitSummary {
+    fn of(runs: &[&AwaitRun]) -> Option<Self> {
+        let first = runs.first()?;
+        let m = |f: &dyn Fn(&AwaitRun) -> Option<f64>| median(runs.iter().map(|r| f(r)));
+        let per_task = |a: Option<u64>, b: Option<u64>, n: usize, unit: f64| {
+            Some((a? as f64 - b? as f64) * unit / n as f64)
+        };
+        Some(Self {
+            backend: first.backend,
+            runs: runs.len(),
+            tasks: first.tasks,
+            publish_s: m(&|r| Some(r.publish_s)),
+            collect_s: m(&|r| Some(r.collect_s)),
+            collect_rate: m(&|r| Some(r.collect_rate)),
+            client_rss_before_kib: m(&|r| kib(r.client_rss_before_kib)),
+            client_rss_awaiting_kib: m(&|r| kib(r.client_rss_awaiting_kib)),
+            client_rss_peak_kib: m(&|r| kib(r.client_rss_peak_kib)),
+            client_rss_after_kib: m(&|r| kib(r.client_rss_after_kib)),
+            client_rss_after_trim_kib: m(&|r| kib(r.client_rss_after_trim_kib)),
+            client_bytes_per_awaited_result: m(&|r| {
+                per_task(
+                    r.client_rss_awaiting_kib,
+                    r.client_rss_before_kib,
+                    r.tasks,
+                    1024.0,
+                )
+            }),
+            redis_bytes_per_subscription: m(&|r| {
+                per_task(
+                    r.redis_awaiting.used_memory_bytes,
+                    r.redis_before.used_memory_bytes,
+                    r.tasks,
+                    1.0,
+                )
+            }),
+            redis_bytes_per_stored_result: m(&|r| {
+                per_task(
+                    r.redis_after.used_memory_bytes,
+                    r.redis_before.used_memory_bytes,
+                    r.tasks,
+                    1.0,
+                )
+            }),
+            client_cpu_s_per_10k: m(&|r| Some(r.client_cpu_s_per_10k)),
+            worker_cpu_s_per_10k: m(&|r| Some(r.worker_cpu_s_per_10k)),
+            broker_cpu_s_per_10k: m(&|r| r.broker_cpu_s_per_10k),
+            redis_cpu_s_per_10k: m(&|r| r.redis_cpu_s_per_10k),
+            still_awaited_after: runs
+                .iter()
+                .map(|r| r.still_awaited_after)
+                .max()
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// The sides of the `redis` section's round trips.
+pub const REDIS_SIDES: [(&str, &str); 4] = [
+    ("framework_rpc", "fw rpc://"),
+    ("framework_redis", "fw redis://"),
+    ("celery_rpc", "Celery rpc://"),
+    ("celery_redis", "Celery redis"),
+];
+
+fn redis_side<'a>(run: &'a RoundTrips, key: &str) -> Option<&'a SideRun> {
+    match key {
+        "framework_rpc" => run.framework_rpc.as_ref(),
+        "framework_redis" => run.framework_redis.as_ref(),
+        "celery_rpc" => run.celery_rpc.as_ref(),
+        "celery_redis" => run.celery_redis.as_ref(),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub sides: BTreeMap<&'static str, SideSummary>,
+    /// The `redis` section's round trips, by side.
+    pub redis_sides: BTreeMap<&'static str, SideSummary>,
+    /// Results awaited at once: Redis, then the `rpc://` baseline.
+    pub redis_await: Option<AwaitSummary>,
+    pub rpc_await: Option<AwaitSummary>,
     pub ratios: BTreeMap<&'static str, Ratio>,
     pub cost: Option<CostSummary>,
     pub delays: Option<DelaySummary>,
@@ -197,6 +307,26 @@ impl Summary {
                 sides.insert(key, summary);
             }
         }
+        let mut redis_sides = BTreeMap::new();
+        for (key, _) in REDIS_SIDES {
+            let of_runs = runs
+                .iter()
+                .filter_map(|r| r.redis_round_trips.as_ref())
+                .filter_map(|r| redis_side(r, key));
+            if let Some(summary) = SideSummary::of(of_runs) {
+                redis_sides.insert(key, summary);
+            }
+        }
+        let awaits = |f: fn(&crate::redis_backend::AwaitRuns) -> &AwaitRun| {
+            let of_runs: Vec<&AwaitRun> = runs
+                .iter()
+                .filter_map(|r| r.redis_await.as_ref())
+                .map(f)
+                .collect();
+            AwaitSummary::of(&of_runs)
+        };
+        let redis_await = awaits(|a| &a.redis);
+        let rpc_await = awaits(|a| &a.rpc);
         let mut ratios: BTreeMap<&'static str, Ratio> = BTreeMap::new();
         for run in runs {
             for (key, value) in &run.ratios {
@@ -304,6 +434,9 @@ impl Summary {
         ];
         Self {
             sides,
+            redis_sides,
+            redis_await,
+            rpc_await,
             ratios,
             cost,
             delays,
@@ -324,7 +457,7 @@ pub fn print_header(cfg: &Config, machine: &Machine, sections: &[Section]) {
     println!(
         "sections {:?}; {} run(s), median shown; N={} (Celery {}), window {} in flight, \
          framework worker -c {} (prefetch {}), one-at-a-time {} calls (Celery {}), cost run {} tasks, \
-         delays {} tasks with countdowns in [0, {} s]{}",
+         delays {} tasks with countdowns in [0, {} s], {} results awaited at once (Redis {}){}",
         sections,
         cfg.runs,
         cfg.n,
@@ -337,6 +470,8 @@ pub fn print_header(cfg: &Config, machine: &Machine, sections: &[Section]) {
         cfg.cost_n,
         cfg.delay_n,
         cfg.delay_max_s,
+        cfg.await_n,
+        cfg.redis_url_redacted,
         if cfg.quick {
             " [--quick: smoke sizes, figures not meaningful]"
         } else {
@@ -359,49 +494,8 @@ pub fn print_table(cfg: &Config, summary: &Summary, runs: &[Run]) {
         .copied()
         .filter(|(key, _)| summary.sides.contains_key(key))
         .collect();
-    println!();
-    print!("{:<38}", "median of runs");
-    for (_, label) in &cols {
-        print!("{label:>13}");
-    }
-    println!();
-    let row = |name: &str, f: &dyn Fn(&SideSummary) -> String| {
-        print!("{name:<38}");
-        for (key, _) in &cols {
-            print!("{:>13}", f(&summary.sides[key]));
-        }
-        println!();
-    };
-    row("publish, confirmed (msg/s)", &|s| fmt_rate(s.publish_rate));
-    row("end-to-end round trips (tasks/s)", &|s| {
-        fmt_rate(s.e2e_rate)
-    });
-    row("one-at-a-time p50 (ms)", &|s| fmt(s.p50_ms, 3));
-    row("one-at-a-time p99 (ms)", &|s| fmt(s.p99_ms, 3));
-    row("one-at-a-time mean (ms)", &|s| fmt(s.mean_ms, 3));
-    row("client CPU s / 10k tasks", &|s| {
-        fmt(s.client_cpu_s_per_10k, 2)
-    });
-    row("worker CPU s / 10k tasks", &|s| {
-        fmt(s.worker_cpu_s_per_10k, 2)
-    });
-    row("RabbitMQ CPU s / 10k tasks", &|s| {
-        fmt(s.broker_cpu_s_per_10k, 2)
-    });
-    row("client context switches / task", &|s| {
-        fmt(s.client_ctx_switches_per_task, 2)
-    });
-    row("worker context switches / task", &|s| {
-        fmt(s.worker_ctx_switches_per_task, 2)
-    });
-    row("worker peak RSS (MiB)", &|s| {
-        fmt(s.worker_peak_rss_kib.map(|k| k / 1024.0), 1)
-    });
-    if summary.sides.contains_key("celery") {
-        println!("  (Celery's publish column is unconfirmed sends, its default; its worker is -c 2 prefork, main + pool)");
-    }
-    if summary.sides.contains_key("framework_in_process") {
-        println!("  (fw in-proc: client and worker share one process; its client CPU includes the worker)");
+    if !cols.is_empty() {
+        print_sides(summary, &cols);
     }
 
     if let Some(cost) = &summary.cost {
@@ -454,11 +548,13 @@ pub fn print_table(cfg: &Config, summary: &Summary, runs: &[Run]) {
         );
     }
 
+    print_redis(summary);
+
     println!("\nratios (median of the per-run ratios; per run in brackets)");
     for (key, ratio) in &summary.ratios {
         let per_run: Vec<String> = ratio.runs.iter().map(|v| format!("{v:.3}")).collect();
         println!(
-            "  {key:<40} {:>9.3}  [{}]",
+            "  {key:<48} {:>9.3}  [{}]",
             ratio.median,
             per_run.join(", ")
         );
@@ -486,6 +582,53 @@ pub fn print_table(cfg: &Config, summary: &Summary, runs: &[Run]) {
         for error in &run.errors {
             println!("ERROR: {error}");
         }
+    }
+}
+
+fn print_sides(summary: &Summary, cols: &[(&str, &str)]) {
+    println!();
+    print!("{:<38}", "median of runs");
+    for (_, label) in cols {
+        print!("{label:>13}");
+    }
+    println!();
+    let row = |name: &str, f: &dyn Fn(&SideSummary) -> String| {
+        print!("{name:<38}");
+        for (key, _) in cols {
+            print!("{:>13}", f(&summary.sides[key]));
+        }
+        println!();
+    };
+    row("publish, confirmed (msg/s)", &|s| fmt_rate(s.publish_rate));
+    row("end-to-end round trips (tasks/s)", &|s| {
+        fmt_rate(s.e2e_rate)
+    });
+    row("one-at-a-time p50 (ms)", &|s| fmt(s.p50_ms, 3));
+    row("one-at-a-time p99 (ms)", &|s| fmt(s.p99_ms, 3));
+    row("one-at-a-time mean (ms)", &|s| fmt(s.mean_ms, 3));
+    row("client CPU s / 10k tasks", &|s| {
+        fmt(s.client_cpu_s_per_10k, 2)
+    });
+    row("worker CPU s / 10k tasks", &|s| {
+        fmt(s.worker_cpu_s_per_10k, 2)
+    });
+    row("RabbitMQ CPU s / 10k tasks", &|s| {
+        fmt(s.broker_cpu_s_per_10k, 2)
+    });
+    row("client context switches / task", &|s| {
+        fmt(s.client_ctx_switches_per_task, 2)
+    });
+    row("worker context switches / task", &|s| {
+        fmt(s.worker_ctx_switches_per_task, 2)
+    });
+    row("worker peak RSS (MiB)", &|s| {
+        fmt(s.worker_peak_rss_kib.map(|k| k / 1024.0), 1)
+    });
+    if summary.sides.contains_key("celery") {
+        println!("  (Celery's publish column is unconfirmed sends, its default; its worker is -c 2 prefork, main + pool)");
+    }
+    if summary.sides.contains_key("framework_in_process") {
+        println!("  (fw in-proc: client and worker share one process; its client CPU includes the worker)");
     }
 }
 
@@ -682,4 +825,103 @@ fn print_delays(summary: &DelaySummary, runs: &[Run]) {
             );
         }
     }
+}
+
+fn print_redis(summary: &Summary) {
+    let cols: Vec<(&str, &str)> = REDIS_SIDES
+        .iter()
+        .copied()
+        .filter(|(key, _)| summary.redis_sides.contains_key(key))
+        .collect();
+    if !cols.is_empty() {
+        println!(
+            "\nRedis result backend: round trips as above, the same worker and client on each backend"
+        );
+        print!("{:<38}", "median of runs");
+        for (_, label) in &cols {
+            print!("{label:>15}");
+        }
+        println!();
+        let row = |name: &str, f: &dyn Fn(&SideSummary) -> String| {
+            print!("{name:<38}");
+            for (key, _) in &cols {
+                print!("{:>15}", f(&summary.redis_sides[key]));
+            }
+            println!();
+        };
+        row("end-to-end round trips (tasks/s)", &|s| {
+            fmt_rate(s.e2e_rate)
+        });
+        row("one-at-a-time p50 (ms)", &|s| fmt(s.p50_ms, 3));
+        row("one-at-a-time p99 (ms)", &|s| fmt(s.p99_ms, 3));
+        row("client CPU s / 10k tasks", &|s| {
+            fmt(s.client_cpu_s_per_10k, 2)
+        });
+        row("worker CPU s / 10k tasks", &|s| {
+            fmt(s.worker_cpu_s_per_10k, 2)
+        });
+        row("RabbitMQ CPU s / 10k tasks", &|s| {
+            fmt(s.broker_cpu_s_per_10k, 2)
+        });
+        row("redis-server CPU s / 10k tasks", &|s| {
+            fmt(s.redis_cpu_s_per_10k, 2)
+        });
+        row("worker peak RSS (MiB)", &|s| {
+            fmt(s.worker_peak_rss_kib.map(|k| k / 1024.0), 1)
+        });
+        println!(
+            "  (redis-server CPU on the rpc:// sides is other use of the shared Redis meanwhile)"
+        );
+    }
+    for a in [&summary.redis_await, &summary.rpc_await]
+        .into_iter()
+        .flatten()
+    {
+        print_await(a);
+    }
+}
+
+fn print_await(a: &AwaitSummary) {
+    let mib = |k: Option<f64>| fmt(k.map(|k| k / 1024.0), 1);
+    let redis = a.backend == "redis";
+    println!(
+        "\n{} results awaited at once by one client, {} ({} run(s), medians): published in {} s \
+         with no worker, collected in {} s from the worker's start ({} tasks/s)",
+        a.tasks,
+        if redis {
+            "Redis backend"
+        } else {
+            "rpc:// (baseline)"
+        },
+        a.runs,
+        fmt(a.publish_s, 2),
+        fmt(a.collect_s, 2),
+        fmt_rate(a.collect_rate)
+    );
+    println!(
+        "  client RSS (MiB): before {}, all awaited {}, peak {}, after collecting {} ({} after malloc_trim); \
+         {} bytes per awaited result",
+        mib(a.client_rss_before_kib),
+        mib(a.client_rss_awaiting_kib),
+        mib(a.client_rss_peak_kib),
+        mib(a.client_rss_after_kib),
+        mib(a.client_rss_after_trim_kib),
+        fmt(a.client_bytes_per_awaited_result, 0)
+    );
+    if redis {
+        println!(
+            "  Redis used_memory: +{} bytes per subscription while awaited, +{} bytes per stored result after",
+            fmt(a.redis_bytes_per_subscription, 0),
+            fmt(a.redis_bytes_per_stored_result, 0),
+        );
+    }
+    println!(
+        "  CPU s / 10k over the collection: client {}, worker {} (from its start), RabbitMQ {}, redis-server {}; \
+         results still awaited at the end: {}",
+        fmt(a.client_cpu_s_per_10k, 2),
+        fmt(a.worker_cpu_s_per_10k, 2),
+        fmt(a.broker_cpu_s_per_10k, 2),
+        fmt(a.redis_cpu_s_per_10k, 2),
+        a.still_awaited_after
+    );
 }

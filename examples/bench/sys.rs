@@ -208,6 +208,12 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// Resets this process's peak RSS (`VmHWM`) to its current RSS (writes 5
+/// to `/proc/self/clear_refs`, Linux 4.0+); whether it could.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Latency percentiles of a set of samples.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Latency {
