@@ -309,3 +309,32 @@ async fn a_failed_step_fails_the_chain_and_the_rest_never_runs() {
         ("ValueError", "no 5")
     );
 }
+
+#[test]
+fn a_worker_publishes_a_step_with_its_own_timing() {
+    let (first, _) = chain(add.s(1, 2))
+        .then(mul.partial(10).with(|s| {
+            s.countdown(Duration::from_secs(90))
+                .expires_in(Duration::from_secs(600))
+                .time_limit(Duration::from_secs(30))
+                .soft_time_limit(Duration::from_secs(20))
+        }))
+        .freeze("r")
+        .unwrap();
+    let call = first.encode_call(Some("r")).unwrap();
+    let first_request = request(&call.message);
+    let three = serde_json::value::to_raw_value(&3).unwrap();
+    let before = crate::clock::now();
+    let follow = Embed::of(&first_request)
+        .unwrap()
+        .after_success(&first_request, &three)
+        .unwrap();
+    let step = request(&follow[0].message);
+    let eta = step.eta.expect("the countdown became an eta");
+    let waits = (eta - before).num_seconds();
+    assert!((89..=91).contains(&waits), "{waits}");
+    let expires = step.expires.expect("expires");
+    assert!((599..=601).contains(&(expires - before).num_seconds()));
+    let headers = follow[0].message.properties.headers.to_json();
+    assert_eq!(headers["timelimit"], json!([30.0, 20.0]));
+}
