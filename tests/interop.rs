@@ -640,3 +640,73 @@ async fn a_callback_set_in_rust_is_run_by_a_python_worker_and_reaches_a_rust_one
     // (cleanup closes the app it is given.)
     cleanup(&plain_app().await, &py_queue).await;
 }
+
+// ---------------------------------------------------------------- chains built in Rust
+
+/// A step of a chain known by name, taking an `i64` first, on `queue`.
+fn py_step(name: &'static str, arg: i64, queue: &str) -> task_core::canvas::Partial<i64, i64> {
+    task_core::canvas::Partial::new(Signature::new(name).arg(arg).queue(queue.to_owned()))
+}
+
+#[tokio::test]
+async fn a_chain_built_in_rust_runs_on_a_python_worker() {
+    let queue = common::unique_queue("rs2py-chain");
+    let app = plain_app().await;
+    let python_worker = PythonWorker::start(&app, &queue).await;
+    // py.mul(py.add(py.add(2, 3), 10), 2): Celery's worker reads embed.chain,
+    // each step's frozen id and reply_to bring the last value back.
+    let first = Signature::<i64>::new("py.add")
+        .arg(2)
+        .arg(3)
+        .queue(queue.clone());
+    let result = task_core::canvas::chain(first)
+        .then(py_step("py.add", 10, &queue))
+        .then(py_step("py.mul", 2, &queue))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(result.get(TIMEOUT).await.unwrap(), 30);
+
+    // A failing step: Celery tells the remaining step FAILURE, to our reply queue.
+    let failed = task_core::canvas::chain(
+        Signature::<Value>::new("py.fail")
+            .arg("chain broke")
+            .queue(queue.clone()),
+    )
+    .then(task_core::canvas::Partial::<Value, i64>::new(
+        Signature::new("py.add").arg(1).queue(queue.clone()),
+    ))
+    .apply_async_with(&app)
+    .await
+    .unwrap();
+    let error = failed.get(TIMEOUT).await.unwrap_err();
+    let failure = error.as_task_failure().expect("a task failure");
+    assert_eq!(
+        (failure.exc_type.as_str(), failure.message.as_str()),
+        ("ValueError", "chain broke")
+    );
+    drop(python_worker);
+    cleanup(&app, &queue).await;
+}
+
+#[tokio::test]
+async fn a_chain_built_in_rust_crosses_rust_and_python_workers() {
+    // tasks.add on the Rust worker, py.mul on the Python one, then Rust again.
+    let rust = RustWorker::start("rs-py-chain").await;
+    let py_queue = common::unique_queue("rs-py-chain-py");
+    let python_worker = PythonWorker::start(&rust.app, &py_queue).await;
+    let result = task_core::canvas::chain(task_examples::add.s(2, 3).queue(rust.queue.clone()))
+        .then(py_step("py.mul", 10, &py_queue))
+        .then(
+            task_examples::add
+                .partial(-8)
+                .with(|s| s.queue(rust.queue.clone())),
+        )
+        .apply_async_with(&rust.app)
+        .await
+        .unwrap();
+    assert_eq!(result.get(TIMEOUT).await.unwrap(), 42);
+    drop(python_worker);
+    rust.stop().await;
+    cleanup(&plain_app().await, &py_queue).await;
+}

@@ -501,6 +501,20 @@ impl App {
             .map(String::as_str)
     }
 
+    /// Where the results of this app's calls go (their `reply_to`): the
+    /// reply queue under `rpc://` (declared and consumed on first use), this
+    /// client's id with a result backend, eager mode's own address. A chain
+    /// freezes each step with it, so its last step answers this app.
+    pub(crate) async fn result_address(&self) -> Result<String, Error> {
+        if self.inner.eager {
+            return Ok(crate::eager::EAGER_REPLY_TO.to_owned());
+        }
+        match &self.inner.backend {
+            Some(_) => Ok(self.inner.client_id.clone()),
+            None => Ok(self.reply_queue().await?.to_owned()),
+        }
+    }
+
     /// The name of this app's reply queue, once its first call created it.
     pub fn reply_queue_name(&self) -> Option<&str> {
         self.inner.reply_queue.get().map(String::as_str)

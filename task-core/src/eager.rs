@@ -35,7 +35,7 @@ use crate::signature::EncodedCall;
 use crate::{App, AsyncResult, DeliveryInfo, Error, Registry, Signature, States, TaskError};
 
 /// The `reply_to` of an eager call's message: results never leave the process.
-const EAGER_REPLY_TO: &str = "eager";
+pub(crate) const EAGER_REPLY_TO: &str = "eager";
 
 /// At most this many inline retries of one call, so a task that always
 /// fails under an unlimited retry policy ends its test instead of hanging it.

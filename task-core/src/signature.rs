@@ -64,6 +64,10 @@ pub struct CallOptions {
     /// The chord body this call is a header part of, in Celery's dict form
     /// (the message's `embed.chord`); set by [`chord`](crate::canvas::chord).
     pub chord: Option<serde_json::Value>,
+    /// The steps that follow this call in its chain, in Celery's dict form,
+    /// the next one last (the message's `embed.chain`); set by
+    /// [`Chain`](crate::canvas::Chain).
+    pub chain: Vec<serde_json::Value>,
 }
 
 /// A task call, typed by the value it returns: built by `task.s(..)` for
@@ -325,6 +329,27 @@ impl<R> Signature<R> {
         if let Some(priority) = options.priority {
             dict_options.insert("priority".into(), priority.into());
         }
+        if let Some(countdown) = options.countdown {
+            dict_options.insert("countdown".into(), countdown.as_secs_f64().into());
+        }
+        if let Some(eta) = options.eta {
+            dict_options.insert("eta".into(), eta.to_rfc3339().into());
+        }
+        match options.expires {
+            Some(Expiry::After(after)) => {
+                dict_options.insert("expires".into(), after.as_secs_f64().into());
+            }
+            Some(Expiry::At(time)) => {
+                dict_options.insert("expires".into(), time.to_rfc3339().into());
+            }
+            None => {}
+        }
+        if let Some(limit) = options.time_limit {
+            dict_options.insert("time_limit".into(), limit.as_secs_f64().into());
+        }
+        if let Some(limit) = options.soft_time_limit {
+            dict_options.insert("soft_time_limit".into(), limit.as_secs_f64().into());
+        }
         if !options.link.is_empty() {
             dict_options.insert("link".into(), options.link.clone().into());
         }
@@ -394,14 +419,18 @@ impl<R> Signature<R> {
             }
             headers.insert_json(name, value);
         }
-        if !options.link.is_empty() || !options.link_error.is_empty() || options.chord.is_some() {
+        if !options.link.is_empty()
+            || !options.link_error.is_empty()
+            || options.chord.is_some()
+            || !options.chain.is_empty()
+        {
             let nonempty = |list: &Vec<serde_json::Value>| {
                 (!list.is_empty()).then(|| serde_json::Value::from(list.clone()))
             };
             let embed = serde_json::json!({
                 "callbacks": nonempty(&options.link),
                 "errbacks": nonempty(&options.link_error),
-                "chain": null,
+                "chain": nonempty(&options.chain),
                 "chord": options.chord,
             });
             let kwargs: serde_json::Map<String, serde_json::Value> = self

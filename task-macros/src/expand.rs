@@ -117,6 +117,33 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
          once the broker confirmed it (Celery's `{unraw}.delay(...)`)."
     );
 
+    // `partial` (tasks with an argument) takes every argument but the first,
+    // which the previous step of a chain supplies: its type is the
+    // `Partial`'s input, so a chain checks that steps fit at compile time.
+    let partial = params.split_first().map(|(first, rest)| {
+        let first_ty = &first.ty;
+        let rest_idents: Vec<_> = rest.iter().map(|param| &param.ident).collect();
+        let rest_types: Vec<_> = rest.iter().map(|param| &param.ty).collect();
+        let partial_path = locate(quote!(#krate::canvas::Partial), ret_span);
+        let partial_ret = quote!(#partial_path<#first_ty, #task_output>);
+        let first_name = &first.name;
+        let partial_doc = format!(
+            " Builds a chain step calling this task with every argument but its \
+             first, `{first_name}`, which the previous step's result supplies \
+             (Celery's `{unraw}.s(...)` inside a chain)."
+        );
+        quote! {
+            #[doc = #partial_doc]
+            #[allow(dead_code)]
+            #vis fn partial<#result>(
+                &self,
+                #(#rest_idents: #rest_types),*
+            ) -> #partial_ret #result_bound {
+                #partial_path::new(#of_task #(.arg(#rest_idents))*)
+            }
+        }
+    });
+
     let name = match &attr.name {
         Some(name) => name.to_token_stream(),
         None => quote!(::core::concat!(::core::module_path!(), "::", #unraw)),
@@ -209,6 +236,8 @@ fn expand(attr: &TaskAttr, task: &TaskFn) -> TokenStream {
             ) -> #delay_ret #result_bound {
                 #of_task #(.arg(#arg_idents))* .apply_async().await
             }
+
+            #partial
         }
 
         #(#cfg)*

@@ -33,6 +33,11 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="py.mul")
+def mul(x, y):
+    return x * y
+
+
 @app.task(name="py.echo")
 def echo(*args, **kwargs):
     return {"args": list(args), "kwargs": kwargs}

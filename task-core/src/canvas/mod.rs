@@ -1,11 +1,14 @@
 //! Canvas built in Rust, as Celery's wire format has it, so Rust and Python
-//! workers run it: [`group`] (members sent at once, a typed, ordered
-//! [`GroupResult`]) and [`chord`] (a group whose values, in order, go to a
+//! workers run it: [`chain`] (steps run one after the other, each given the
+//! previous result, typed at compile time), [`group`] (members sent at
+//! once, a typed, ordered [`GroupResult`]) and [`chord`] (a group whose values, in order, go to a
 //! body once all are in; joined in the result backend as Celery's Redis
 //! backend joins chords).
 
+mod chain;
 mod chord;
 mod group;
 
+pub use chain::{chain, Chain, Follows, InvalidSignature, Partial};
 pub use chord::{chord, Chord};
 pub use group::{group, Group, GroupResult};

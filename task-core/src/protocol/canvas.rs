@@ -7,6 +7,7 @@
 //! chain step. Whoever runs the task sends them (a worker publishes them,
 //! eager mode runs them inline).
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -65,6 +66,50 @@ struct SignatureOptions {
     /// The group it belongs to (a chord body's: its header's group).
     #[serde(default)]
     group_id: Option<String>,
+    /// Seconds to wait, from when it is published.
+    #[serde(default)]
+    countdown: Option<f64>,
+    /// When to run (ISO 8601).
+    #[serde(default)]
+    eta: Option<String>,
+    /// Seconds from when it is published, or a time (ISO 8601).
+    #[serde(default)]
+    expires: Option<Value>,
+    /// Hard time limit, seconds.
+    #[serde(default)]
+    time_limit: Option<f64>,
+    /// Soft time limit, seconds.
+    #[serde(default)]
+    soft_time_limit: Option<f64>,
+}
+
+impl SignatureOptions {
+    /// When it may run and when it expires, from its `eta` / `countdown` and
+    /// `expires` (seconds from now or a time), as Celery's `apply_async`
+    /// reads them when the worker publishes it; unreadable values are left
+    /// out.
+    fn schedule(&self) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        let now = crate::clock::now();
+        let after = |secs: f64| {
+            let delay = std::time::Duration::try_from_secs_f64(secs).ok()?;
+            Some(now + chrono::Duration::from_std(delay).ok()?)
+        };
+        let time = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|time| time.with_timezone(&Utc))
+        };
+        let eta = match &self.eta {
+            Some(eta) => time(eta),
+            None => self.countdown.and_then(after),
+        };
+        let expires = match &self.expires {
+            Some(Value::String(at)) => time(at),
+            Some(secs) => secs.as_f64().and_then(after),
+            None => None,
+        };
+        (eta, expires)
+    }
 }
 
 /// The task a follow-up descends from: its parent and the root of the tree.
@@ -342,17 +387,18 @@ fn step(
         })
         .collect();
     let id = sig.options.task_id.clone().unwrap_or_else(uuid_string);
+    let (eta, expires) = sig.options.schedule();
     let call = TaskCall {
         id: &id,
         name: &sig.task,
         args: &args,
         kwargs: &kwargs,
         reply_to: sig.options.reply_to.as_deref(),
-        eta: None,
-        expires: None,
+        eta,
+        expires,
         priority: sig.options.priority,
-        time_limit: None,
-        soft_time_limit: None,
+        time_limit: sig.options.time_limit,
+        soft_time_limit: sig.options.soft_time_limit,
         ignore_result: false,
         retries: 0,
         root_id: Some(parent.root_id),

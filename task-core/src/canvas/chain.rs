@@ -1,0 +1,541 @@
+//! [`Chain`]: tasks run one after the other, each step given the previous
+//! step's result in front of its own arguments (Celery's `chain(...)` /
+//! `a | b | c`), typed at compile time by [`Partial`] and [`Follows`]; and
+//! signatures read from Celery's dict form ([`Signature::from_dict`],
+//! [`Chain::from_dict`]).
+//!
+//! On the wire a chain is Celery's: only the first step is published, its
+//! message's `embed.chain` holding the remaining steps in reverse order (the
+//! next one last), each frozen with its `task_id` and the caller's
+//! `reply_to`, so that whichever worker runs a step (Rust or Python)
+//! publishes the next one, and the last step's result reaches the caller.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{App, AsyncResult, Error, Signature};
+
+/// A call of a task with every argument but its first, which the previous
+/// step of a [`Chain`] supplies: its result, of type `A`. `R` is the task's
+/// own result type. `#[task]` generates it as `task.partial(..)` for tasks
+/// with at least one argument (`add.partial(10)` is Celery's `add.s(10)` as
+/// a chain step); for a task known by name, [`Partial::new`] states `A`.
+pub struct Partial<A, R> {
+    signature: Signature<R>,
+    takes: PhantomData<fn(A)>,
+}
+
+impl<A, R> Partial<A, R> {
+    /// A step calling `signature` with a value of type `A` in front of its
+    /// arguments. Nothing checks that the task's first parameter takes an
+    /// `A` (the task may be a Python one): `#[task]`'s `partial` does.
+    ///
+    /// ```
+    /// use task_core::canvas::Partial;
+    /// use task_core::Signature;
+    /// // py.add(x, y): x comes from the previous step.
+    /// let add_ten: Partial<i64, i64> = Partial::new(Signature::new("py.add").arg(10));
+    /// ```
+    pub fn new(signature: Signature<R>) -> Self {
+        Self {
+            signature,
+            takes: PhantomData,
+        }
+    }
+
+    /// The call without its first argument.
+    pub fn signature(&self) -> &Signature<R> {
+        &self.signature
+    }
+
+    /// The call without its first argument, to send as it is (Celery's
+    /// partial signature).
+    pub fn into_signature(self) -> Signature<R> {
+        self.signature
+    }
+
+    /// Sets the step's options through its signature's builder methods:
+    /// `add.partial(10).with(|s| s.queue("math").countdown(delay))`.
+    pub fn with(self, options: impl FnOnce(Signature<R>) -> Signature<R>) -> Self {
+        Self::new(options(self.signature))
+    }
+
+    /// The full call, with `first` as its first argument.
+    pub fn complete(self, first: A) -> Signature<R>
+    where
+        A: Serialize,
+    {
+        let mut signature = self.signature;
+        match serde_json::value::to_raw_value(&first) {
+            Ok(raw) => signature.args.insert(0, raw),
+            Err(error) => {
+                signature
+                    .encode_error
+                    .get_or_insert_with(|| error.to_string());
+            }
+        }
+        signature
+    }
+}
+
+impl<A, R> Clone for Partial<A, R> {
+    fn clone(&self) -> Self {
+        Self::new(self.signature.clone())
+    }
+}
+
+impl<A, R> fmt::Debug for Partial<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partial")
+            .field("takes", &std::any::type_name::<A>())
+            .field("signature", &self.signature)
+            .finish()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A step that can follow a step whose result is `R`: a [`Partial<R, _>`]
+/// whose task takes exactly an `R` first. The type must match exactly
+/// (`i64` does not follow `i32`, though JSON would carry it): whether a
+/// value's JSON form decodes as another type is not something the compiler
+/// can tell, so a mismatch is a compile error, and a deliberate conversion
+/// is spelled out with [`Signature::returning`] or [`Partial::new`].
+#[diagnostic::on_unimplemented(
+    message = "this chain step does not take `{R}`, the previous step's result, as its first argument",
+    label = "expected a step taking `{R}` first",
+    note = "`.then(task.partial(..))` puts the previous step's result in front of the step's arguments: the task's first parameter must be `{R}`",
+    note = "a step that takes no previous result is added with `.then_immutable(task.s(..))`"
+)]
+pub trait Follows<R>: sealed::Sealed {
+    /// The result of the step.
+    type Output;
+
+    /// The step, untyped.
+    #[doc(hidden)]
+    fn into_step(self) -> Signature<Value>;
+}
+
+impl<A, R> sealed::Sealed for Partial<A, R> {}
+
+impl<A, R> Follows<A> for Partial<A, R> {
+    type Output = R;
+
+    fn into_step(self) -> Signature<Value> {
+        self.signature.returning()
+    }
+}
+
+/// Tasks run one after the other (Celery's `chain`), typed by the result of
+/// its last step. Built with [`chain`] from a full first call, then
+/// [`then`](Chain::then) for each step that takes the previous result, or
+/// [`then_immutable`](Chain::then_immutable) for one that does not. A step
+/// that fails ends the chain: the steps after it are told FAILURE with the
+/// same error, so the chain's handle reports it.
+///
+/// ```no_run
+/// # use task_core::{task, TaskError};
+/// # #[task(name = "doc.chain.add")]
+/// # async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
+/// # #[task(name = "doc.chain.mul")]
+/// # async fn mul(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x * y) }
+/// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
+/// use std::time::Duration;
+/// use task_core::canvas::chain;
+/// // mul(add(add(2, 3), 10), 2)
+/// let steps = chain(add.s(2, 3)).then(add.partial(10)).then(mul.partial(2));
+/// let result = steps.apply_async_with(&app).await?;
+/// assert_eq!(result.get(Duration::from_secs(10)).await?, 30);
+/// # Ok(()) }
+/// ```
+pub struct Chain<R> {
+    steps: Vec<Signature<Value>>,
+    result: PhantomData<fn() -> R>,
+}
+
+/// A chain that starts with the call `first`.
+pub fn chain<R>(first: Signature<R>) -> Chain<R> {
+    Chain {
+        steps: vec![first.returning()],
+        result: PhantomData,
+    }
+}
+
+impl<R> Clone for Chain<R> {
+    fn clone(&self) -> Self {
+        Self {
+            steps: self.steps.clone(),
+            result: PhantomData,
+        }
+    }
+}
+
+impl<R> fmt::Debug for Chain<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain").field("steps", &self.steps).finish()
+    }
+}
+
+impl<R> Chain<R> {
+    /// Appends `next`, which receives this chain's result in front of its
+    /// arguments. Compiles only when `next` takes an `R` first (see
+    /// [`Follows`]).
+    pub fn then<P: Follows<R>>(mut self, next: P) -> Chain<P::Output> {
+        self.steps.push(next.into_step());
+        self.retyped()
+    }
+
+    /// Appends `next`, which runs after this chain succeeded but does not
+    /// receive its result (Celery's `.si()`: `immutable`).
+    pub fn then_immutable<S>(mut self, next: Signature<S>) -> Chain<S> {
+        self.steps.push(next.immutable().returning());
+        self.retyped()
+    }
+
+    /// Changes the result type (for chains read with
+    /// [`Chain::from_dict`], which start untyped).
+    pub fn returning<T>(self) -> Chain<T> {
+        self.retyped()
+    }
+
+    fn retyped<T>(self) -> Chain<T> {
+        Chain {
+            steps: self.steps,
+            result: PhantomData,
+        }
+    }
+
+    /// Its steps, in order, untyped.
+    pub fn steps(&self) -> &[Signature<Value>] {
+        &self.steps
+    }
+
+    /// How many steps it has (at least one).
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether it has no steps (never: a chain starts with a call).
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The chain in Celery's dict form, as Celery serialises a chain:
+    /// `{"task": "celery.chain", "args": [], "kwargs": {"tasks": [...]},
+    /// "options": {}, "subtask_type": "chain", "immutable": false}`, its
+    /// steps in order, each in [`Signature::to_dict`]'s form.
+    pub fn to_dict(&self) -> Value {
+        let tasks: Vec<Value> = self.steps.iter().map(Signature::to_dict).collect();
+        serde_json::json!({
+            "task": "celery.chain",
+            "args": [],
+            "kwargs": {"tasks": tasks},
+            "options": {},
+            "subtask_type": "chain",
+            "immutable": false,
+        })
+    }
+
+    /// The first step, frozen: every step gets its task id (its own if
+    /// set), and the first carries the others, reversed, each with its id
+    /// and `reply_to` (Celery's `embed.chain`). Returns it with the last
+    /// step's id.
+    fn freeze(self, reply_to: &str) -> Result<(Signature<Value>, String), Error> {
+        let mut steps = self.steps;
+        for step in &mut steps {
+            if let Some(reason) = &step.encode_error {
+                return Err(Error::EncodeArguments {
+                    task: step.name.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            step.options
+                .task_id
+                .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
+        }
+        let last_id = steps
+            .last()
+            .and_then(|step| step.options.task_id.clone())
+            .unwrap_or_default();
+        let mut steps = steps.into_iter();
+        let Some(mut first) = steps.next() else {
+            return Err(Error::EncodeArguments {
+                task: "celery.chain".to_owned(),
+                reason: "a chain needs at least one step".to_owned(),
+            });
+        };
+        first.options.chain = steps
+            .rev()
+            .map(|step| {
+                let mut dict = step.to_dict();
+                if let Some(options) = dict.get_mut("options").and_then(Value::as_object_mut) {
+                    options.insert("reply_to".into(), reply_to.into());
+                }
+                dict
+            })
+            .collect();
+        Ok((first, last_id))
+    }
+}
+
+impl<R: DeserializeOwned> Chain<R> {
+    /// Sends the chain through the process's default app; see
+    /// [`Chain::apply_async_with`].
+    pub async fn apply_async(self) -> Result<AsyncResult<R>, Error> {
+        self.apply_async_with(&App::current()?).await
+    }
+
+    /// Sends the chain through `app` and returns the handle of its last
+    /// step (awaited before anything is published, so its result cannot be
+    /// missed): the first step is published with the others in its
+    /// message's `embed.chain`, reversed, each frozen with its task id and
+    /// this app's `reply_to`; the worker that runs a step publishes the
+    /// next. Each step keeps its own options (queue, countdown, expiry,
+    /// time limits, priority). An eager app runs the steps inline, through
+    /// the same messages.
+    pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<R>, Error> {
+        if self.steps.len() == 1 {
+            let first = self.steps.into_iter().next().expect("one step");
+            return app.send(first.returning()).await;
+        }
+        let reply_to = app.result_address().await?;
+        let (first, last_id) = self.freeze(&reply_to)?;
+        let result = app.result::<R>(&last_id).await?;
+        app.send_awaited(first, false).await?;
+        Ok(result)
+    }
+}
+
+impl Chain<Value> {
+    /// A chain read from Celery's dict form (see [`Chain::to_dict`]; a
+    /// `celery.chain` signature as Python stores or sends it), untyped:
+    /// type it with [`Chain::returning`]. Each step is read by
+    /// [`Signature::from_dict`]; a nested group, chord or chain is refused.
+    pub fn from_dict(dict: &Value) -> Result<Self, InvalidSignature> {
+        let object = dict
+            .as_object()
+            .ok_or_else(|| InvalidSignature::new("a chain is a JSON object"))?;
+        let is_chain = object.get("subtask_type").and_then(Value::as_str) == Some("chain")
+            || object.get("task").and_then(Value::as_str) == Some("celery.chain");
+        if !is_chain {
+            return Err(InvalidSignature::new(
+                "not a chain (`subtask_type` is not \"chain\"): read it with Signature::from_dict",
+            ));
+        }
+        let tasks = object
+            .get("kwargs")
+            .and_then(|kwargs| kwargs.get("tasks"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| InvalidSignature::new("a chain lists its steps in `kwargs.tasks`"))?;
+        if tasks.is_empty() {
+            return Err(InvalidSignature::new("a chain needs at least one step"));
+        }
+        let steps = tasks
+            .iter()
+            .map(Signature::from_dict)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chain {
+            steps,
+            result: PhantomData,
+        })
+    }
+}
+
+/// A JSON value that is not a signature in Celery's dict form, or one this
+/// crate cannot send (a nested group or chord), with why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a signature this crate can read: {reason}")]
+pub struct InvalidSignature {
+    reason: String,
+}
+
+impl InvalidSignature {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl Signature<Value> {
+    /// A plain signature read from Celery's dict form (`{"task", "args",
+    /// "kwargs", "options", "subtask_type", "immutable"}`, as
+    /// [`Signature::to_dict`] writes it and Celery stores and sends it),
+    /// untyped: type it with [`Signature::returning`]. The options read are
+    /// `queue`, `task_id`, `priority`, `countdown`, `eta`, `expires`,
+    /// `time_limit`, `soft_time_limit`, `link` and `link_error`; others
+    /// (`reply_to`, ...) are left out. A chain, group or chord is refused
+    /// (a chain is read by [`Chain::from_dict`]).
+    ///
+    /// ```
+    /// use task_core::Signature;
+    /// let dict = serde_json::json!({
+    ///     "task": "tasks.add", "args": [2], "kwargs": {"y": 3},
+    ///     "options": {"queue": "math"}, "subtask_type": null, "immutable": false,
+    /// });
+    /// let add = Signature::from_dict(&dict).unwrap().returning::<i64>();
+    /// assert_eq!(add.name(), "tasks.add");
+    /// assert_eq!(add.to_dict(), dict);
+    /// ```
+    pub fn from_dict(dict: &Value) -> Result<Self, InvalidSignature> {
+        let object = dict
+            .as_object()
+            .ok_or_else(|| InvalidSignature::new("a signature is a JSON object"))?;
+        match object.get("subtask_type") {
+            None | Some(Value::Null) => {}
+            Some(kind) => {
+                return Err(InvalidSignature::new(format!(
+                    "a {} (subtask_type {kind}), not a plain signature",
+                    kind.as_str().unwrap_or("canvas")
+                )))
+            }
+        }
+        let name = object
+            .get("task")
+            .and_then(Value::as_str)
+            .ok_or_else(|| InvalidSignature::new("`task` (the task name) is missing"))?;
+        let mut signature = Signature::<Value>::new(Cow::Owned(name.to_owned()));
+        match object.get("args") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(args)) => {
+                for arg in args {
+                    signature = signature.arg(arg);
+                }
+            }
+            Some(_) => return Err(InvalidSignature::new("`args` is not a list")),
+        }
+        match object.get("kwargs") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(kwargs)) => {
+                for (key, value) in kwargs {
+                    signature = signature.kwarg(key.clone(), value);
+                }
+            }
+            Some(_) => return Err(InvalidSignature::new("`kwargs` is not an object")),
+        }
+        if let Some(options) = object.get("options").filter(|o| !o.is_null()) {
+            let options = options
+                .as_object()
+                .ok_or_else(|| InvalidSignature::new("`options` is not an object"))?;
+            signature = read_options(signature, options)?;
+        }
+        match object.get("immutable") {
+            Some(Value::Bool(true)) => signature = signature.immutable(),
+            None | Some(Value::Null | Value::Bool(false)) => {}
+            Some(_) => return Err(InvalidSignature::new("`immutable` is not a boolean")),
+        }
+        Ok(signature)
+    }
+
+    /// A plain signature read from JSON text in Celery's dict form; see
+    /// [`Signature::from_dict`].
+    pub fn from_json(text: &str) -> Result<Self, InvalidSignature> {
+        let dict: Value = serde_json::from_str(text)
+            .map_err(|error| InvalidSignature::new(format!("not JSON: {error}")))?;
+        Self::from_dict(&dict)
+    }
+}
+
+/// `signature` with the call options of a dict's `options` that this crate
+/// sends.
+fn read_options(
+    mut signature: Signature<Value>,
+    options: &Map<String, Value>,
+) -> Result<Signature<Value>, InvalidSignature> {
+    let seconds = |key: &str| -> Result<Option<Duration>, InvalidSignature> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    InvalidSignature::new(format!("`{key}` is not a number of seconds"))
+                }),
+        }
+    };
+    let time = |key: &str, value: &str| -> Result<DateTime<Utc>, InvalidSignature> {
+        DateTime::parse_from_rfc3339(value)
+            .map(|time| time.with_timezone(&Utc))
+            .map_err(|error| {
+                InvalidSignature::new(format!("`{key}` is not an ISO 8601 time: {error}"))
+            })
+    };
+    let text = |key: &str| -> Result<Option<String>, InvalidSignature> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(InvalidSignature::new(format!("`{key}` is not a string"))),
+        }
+    };
+    if let Some(queue) = text("queue")? {
+        signature = signature.queue(queue);
+    }
+    if let Some(id) = text("task_id")? {
+        signature = signature.task_id(id);
+    }
+    match options.get("priority") {
+        None | Some(Value::Null) => {}
+        Some(value) => {
+            let priority = value
+                .as_u64()
+                .and_then(|p| u8::try_from(p).ok())
+                .ok_or_else(|| InvalidSignature::new("`priority` is not an integer of 0..=255"))?;
+            signature = signature.priority(priority);
+        }
+    }
+    if let Some(delay) = seconds("countdown")? {
+        signature = signature.countdown(delay);
+    }
+    if let Some(eta) = text("eta")? {
+        signature = signature.eta(time("eta", &eta)?);
+    }
+    match options.get("expires") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(at)) => signature = signature.expires_at(time("expires", at)?),
+        Some(_) => {
+            if let Some(after) = seconds("expires")? {
+                signature = signature.expires_in(after);
+            }
+        }
+    }
+    if let Some(limit) = seconds("time_limit")? {
+        signature = signature.time_limit(limit);
+    }
+    if let Some(limit) = seconds("soft_time_limit")? {
+        signature = signature.soft_time_limit(limit);
+    }
+    for (key, list) in [
+        ("link", &mut signature.options.link),
+        ("link_error", &mut signature.options.link_error),
+    ] {
+        match options.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(callbacks)) => list.extend(callbacks.iter().cloned()),
+            Some(callback @ Value::Object(_)) => list.push(callback.clone()),
+            Some(_) => {
+                return Err(InvalidSignature::new(format!(
+                    "`{key}` is not a signature or a list of them"
+                )))
+            }
+        }
+    }
+    Ok(signature)
+}
+
+#[cfg(test)]
+mod tests;

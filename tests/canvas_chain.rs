@@ -1,0 +1,117 @@
+//! Chains built in Rust, on the real RabbitMQ, run by a Rust worker: a
+//! 3-step chain's value reaches its handle (`rpc://` and the Redis backend),
+//! an immutable step ignores the previous result, a failing middle step
+//! fails the chain's handle with its error and the steps after it never run.
+//! (Chains run by a Python Celery worker, and mixed ones: `interop.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use task_core::canvas::{chain, Partial};
+use task_core::{App, Error, Signature, TaskState};
+use task_examples::{add, hello, mul, parse_int};
+use task_worker::Worker;
+
+use common::TestWorker;
+
+const WAIT: Duration = common::RESULT_TIMEOUT;
+
+/// `sig` routed to `queue` (chain steps go where their signature says, else
+/// to the default queue, as in Celery).
+fn on<R>(queue: &str) -> impl Fn(Signature<R>) -> Signature<R> + '_ {
+    move |sig| sig.queue(queue.to_owned())
+}
+
+#[tokio::test]
+async fn a_three_step_chain_gives_its_last_value_over_rpc() {
+    let worker = TestWorker::start("chain-rpc", 4).await;
+    let q = worker.queue.clone();
+    // mul(add(add(2, 3), 10), 2)
+    let result = chain(add.s(2, 3).queue(q.clone()))
+        .then(add.partial(10).with(on(&q)))
+        .then(mul.partial(2).with(on(&q)))
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(result.get(WAIT).await.unwrap(), 30);
+
+    // An immutable step runs after the previous one, without its result.
+    let greeting = chain(add.s(1, 1).queue(q.clone()))
+        .then_immutable(hello.s("chain".to_owned()).queue(q.clone()))
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(greeting.get(WAIT).await.unwrap(), "Hello, chain!");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_middle_step_fails_the_chains_handle() {
+    let worker = TestWorker::start("chain-fail", 4).await;
+    let q = worker.queue.clone();
+    // hello("x") is "Hello, x!", which parse_int refuses: add never runs.
+    let last = chain(hello.s("x".to_owned()).queue(q.clone()))
+        .then(parse_int.partial().with(on(&q)))
+        .then(add.partial(1).with(on(&q)))
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    let error = last.get(WAIT).await.unwrap_err();
+    let failure = error.as_task_failure().expect("the chain's failure");
+    assert_eq!(failure.exc_type, "ParseIntError", "{error}");
+    assert_eq!(last.state(), TaskState::Failure);
+
+    // A first step that fails tells every later step, the last included.
+    let never = chain(parse_int.s("nope".to_owned()).queue(q.clone()))
+        .then(add.partial(1).with(on(&q)))
+        .then(mul.partial(2).with(on(&q)))
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert!(matches!(
+        never.get(WAIT).await,
+        Err(Error::TaskFailed(failure)) if failure.exc_type == "ParseIntError"
+    ));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_chain_gives_its_last_value_from_the_redis_backend() {
+    common::init_logs();
+    let queue = common::unique_queue("chain-redis");
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .queue(common::test_queue_spec(&queue))
+        .result_backend(common::redis_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ and Redis are running");
+    let worker = Worker::builder()
+        .app(app.clone())
+        .queues([queue.clone()])
+        .concurrency(4)
+        .build()
+        .await
+        .unwrap();
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+
+    // A step known by name: `Partial::new` states what it takes.
+    let by_name: Partial<i64, i64> = Partial::new(app.signature("tasks.mul").arg(3).returning());
+    let result = chain(add.s(4, 5).queue(queue.clone()))
+        .then(by_name.with(on(&queue)))
+        .then(add.partial(-7).with(on(&queue)))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(result.get(WAIT).await.unwrap(), 20);
+    // Any process can read it by id from the backend.
+    let meta = app.result_meta(result.id()).await.unwrap().unwrap();
+    assert_eq!(meta.status, TaskState::Success);
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    app.broker().delete_queue(&queue).await.unwrap();
+}
