@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use task_core::backend::BackendError;
-use task_core::canvas::{chord, group, GroupResult};
+use task_core::canvas::{chord, group, GroupResult, Partial};
 use task_core::{App, Error, TaskState};
-use task_examples::{add, parse_int, Stats};
+use task_examples::{add, parse_int, sum_all, Stats};
 use task_worker::Worker;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -147,11 +147,12 @@ async fn a_chord_body_gets_the_header_values_in_order() {
     let w = BackendWorker::start("chord-rs", &url).await;
     let q = || w.queue.clone();
     // tasks.stats(values: Vec<f64>): the header's values come first.
-    let body = w
-        .app
-        .signature("tasks.stats")
-        .queue(q())
-        .returning::<Stats>();
+    let body = Partial::new(
+        w.app
+            .signature("tasks.stats")
+            .queue(q())
+            .returning::<Stats>(),
+    );
     let header = group((1..=5).map(|i| add.s(i, i).queue(q())));
     let stats = chord(header, body)
         .apply_async_with(&w.app)
@@ -166,11 +167,12 @@ async fn a_chord_body_gets_the_header_values_in_order() {
     );
 
     // A failed part: the body is FAILURE ChordError, naming the part.
-    let body = w
-        .app
-        .signature("tasks.stats")
-        .queue(q())
-        .returning::<Stats>();
+    let body = Partial::new(
+        w.app
+            .signature("tasks.stats")
+            .queue(q())
+            .returning::<Stats>(),
+    );
     let header = group([
         parse_int.s("1".to_owned()).queue(q()),
         parse_int.s("x".to_owned()).queue(q()),
@@ -190,7 +192,7 @@ async fn a_chord_body_gets_the_header_values_in_order() {
 #[tokio::test]
 async fn chords_need_a_backend_that_joins_them() {
     let w = BackendWorker::start("chord-rpc", "rpc://").await;
-    let body = w.app.signature("tasks.stats").returning::<Stats>();
+    let body = Partial::new(w.app.signature("tasks.stats").returning::<Stats>());
     let header = group([add.s(1, 1).queue(w.queue.clone())]);
     let refused = chord(header, body)
         .apply_async_with(&w.app)
@@ -218,7 +220,7 @@ async fn eager_mode_runs_groups_and_chords_inline() {
     assert!(sums.ready(), "ran inline");
     assert_eq!(sums.get(WAIT).await.unwrap(), vec![2, 4, 6]);
 
-    let body = || app.signature("tasks.stats").returning::<Stats>();
+    let body = || Partial::new(app.signature("tasks.stats").returning::<Stats>());
     let stats = chord(group((1..=3).map(|i| add.s(i, i))), body())
         .apply_async_with(&app)
         .await
@@ -227,6 +229,12 @@ async fn eager_mode_runs_groups_and_chords_inline() {
         .await
         .unwrap();
     assert_eq!((stats.count, stats.max), (3, Some(6.0)));
+    // A task of this crate as the body: its first parameter checked at compile time.
+    let total = chord(group((1..=3).map(|i| add.s(i, i))), sum_all.partial())
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(total.get(WAIT).await.unwrap(), 12);
 
     let header = group([parse_int.s("1".to_owned()), parse_int.s("x".to_owned())]);
     let failed = chord(header, body()).apply_async_with(&app).await.unwrap();

@@ -407,10 +407,12 @@ async fn rust_chords_run_on_python_workers() {
             .returning::<i64>()
     };
     let py_sum = || {
-        w.app
-            .signature("interop.py_sum")
-            .queue(py_queue.clone())
-            .returning::<i64>()
+        task_core::canvas::Partial::new(
+            w.app
+                .signature("interop.py_sum")
+                .queue(py_queue.clone())
+                .returning::<i64>(),
+        )
     };
     let all_python = chord(group((1..=4).map(py_add)), py_sum())
         .apply_async_with(&w.app)

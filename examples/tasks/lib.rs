@@ -45,6 +45,12 @@ pub async fn stats(values: Vec<f64>) -> Result<Stats, TaskError> {
     Ok(Stats { count, mean, max })
 }
 
+/// Sums a list of integers (a chord body: the header's values come first).
+#[task(name = "tasks.sum_all")]
+pub async fn sum_all(values: Vec<i64>) -> Result<i64, TaskError> {
+    Ok(values.iter().sum())
+}
+
 /// Parses an integer: fails with `ParseIntError` on bad input.
 #[task(name = "tasks.parse_int")]
 pub async fn parse_int(text: String) -> Result<i64, TaskError> {

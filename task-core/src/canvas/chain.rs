@@ -111,10 +111,10 @@ mod sealed {
 /// can tell, so a mismatch is a compile error, and a deliberate conversion
 /// is spelled out with [`Signature::returning`] or [`Partial::new`].
 #[diagnostic::on_unimplemented(
-    message = "this chain step does not take `{R}`, the previous step's result, as its first argument",
+    message = "this step does not take `{R}` as its first argument (a chain step takes the previous step's result, a chord's body the header's values)",
     label = "expected a step taking `{R}` first",
-    note = "`.then(task.partial(..))` puts the previous step's result in front of the step's arguments: the task's first parameter must be `{R}`",
-    note = "a step that takes no previous result is added with `.then_immutable(task.s(..))`"
+    note = "`.then(task.partial(..))` and `chord(header, task.partial(..))` put what comes before in front of the step's arguments: the task's first parameter must be `{R}`",
+    note = "a chain step that takes no previous result is added with `.then_immutable(task.s(..))`"
 )]
 pub trait Follows<R>: sealed::Sealed {
     /// The result of the step.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use super::chain::Follows;
 use super::group::{send_all, Group};
 use crate::backend::BackendError;
 use crate::protocol::result_message::{self, ExceptionInfo};
@@ -20,10 +21,12 @@ pub struct Chord<R, S> {
 }
 
 /// A chord: once every member of `header` succeeded, `body` runs with the
-/// list of their values, in member order, in front of its own arguments
-/// (so `body` names every argument but its first, which must accept a
-/// `Vec` of the members' result type). A failed member makes the body
-/// FAILURE (`ChordError` naming it) and runs the body's errbacks.
+/// list of their values, in member order, in front of its own arguments.
+/// `body` is a [`Partial`](super::Partial) whose first parameter is a `Vec`
+/// of the members' result type (`sum_all.partial()` for
+/// `sum_all(values: Vec<i64>)`; checked at compile time, as a chain's
+/// steps are). A failed member makes the body FAILURE (`ChordError` naming
+/// it) and runs the body's errbacks.
 ///
 /// Needs a result backend that joins chords (Redis): under `rpc://`,
 /// sending it fails with [`BackendError::Unsupported`], as Celery refuses.
@@ -31,16 +34,20 @@ pub struct Chord<R, S> {
 /// ```no_run
 /// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
 /// use std::time::Duration;
-/// use task_core::canvas::{chord, group};
+/// use task_core::canvas::{chord, group, Partial};
 /// # let add = |x: i64, y: i64| app.signature("tasks.add").arg(x).arg(y).returning::<i64>();
 /// let header = group((1..=3).map(|i| add(i, i)));
-/// let total = app.signature("tasks.sum_all").returning::<i64>(); // sum_all(values: Vec<i64>)
+/// // A task of this crate: `sum_all.partial()`; by name (any language):
+/// let total = Partial::new(app.signature("tasks.sum_all").returning::<i64>());
 /// let sum = chord(header, total).apply_async_with(&app).await?;
 /// assert_eq!(sum.get(Duration::from_secs(10)).await?, 12);
 /// # Ok(()) }
 /// ```
-pub fn chord<R, S>(header: Group<R>, body: Signature<S>) -> Chord<R, S> {
-    Chord { header, body }
+pub fn chord<R, P: Follows<Vec<R>>>(header: Group<R>, body: P) -> Chord<R, P::Output> {
+    Chord {
+        header,
+        body: body.into_step().returning(),
+    }
 }
 
 impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
