@@ -108,12 +108,6 @@ pub struct AppBuilder {
     backend: Option<Arc<dyn ResultBackend>>,
 }
 
-impl std::fmt::Debug for dyn ResultBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
-    }
-}
-
 impl Default for AppBuilder {
     fn default() -> Self {
         Self {

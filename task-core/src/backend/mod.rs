@@ -117,6 +117,12 @@ pub trait ResultBackend: sealed::Sealed + Send + Sync + 'static {
     }
 }
 
+impl std::fmt::Debug for dyn ResultBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 pub(crate) mod sealed {
     /// Keeps [`ResultBackend`](super::ResultBackend) implemented in this crate only.
     pub trait Sealed {}
