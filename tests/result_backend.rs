@@ -376,6 +376,36 @@ async fn thousands_of_results_are_awaited_on_one_connection() {
     w.stop().await;
 }
 
+/// A handle dropped before its result came, and a new one made at once for
+/// the same id: the first one's unsubscription must not take the second
+/// one's subscription with it (both go through one ordered queue, and a
+/// channel is dropped only when nobody waits on it).
+#[tokio::test]
+async fn a_handle_made_again_for_the_same_id_keeps_its_subscription() {
+    let url = common::redis_url();
+    let app = app_with("unused", &url, false).await;
+    let mut redis = redis(&url).await;
+    for round in 0..20_i64 {
+        let id = uuid::Uuid::new_v4().to_string();
+        let first = app.result::<i64>(&id).await.unwrap();
+        drop(first);
+        let second = app.result::<i64>(&id).await.unwrap();
+        let key = format!("celery-task-meta-{id}");
+        let meta = serde_json::json!({
+            "status": "SUCCESS", "result": round, "traceback": null, "children": [],
+            "date_done": "2026-12-04T00:00:00.000000+00:00", "task_id": id,
+        })
+        .to_string();
+        // Stored and published the way Celery's backend does it.
+        let _: () = redis.set_ex(&key, &meta, 60).await.unwrap();
+        let _: i64 = redis.publish(&key, &meta).await.unwrap();
+        assert_eq!(second.get(WAIT).await.unwrap(), round, "round {round}");
+        let _: () = redis.del(&key).await.unwrap();
+    }
+    assert_eq!(app.pending_results(), 0);
+    app.close().await.unwrap();
+}
+
 /// One permit per run of `counted`.
 static COUNTED_RUNS: Semaphore = Semaphore::const_new(0);
 

@@ -93,16 +93,28 @@ pub fn tree_cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
-/// The local RabbitMQ's Erlang VM (`beam.smp`), if it runs on this machine.
+/// The local RabbitMQ server's Erlang VM (`beam.smp` booting `rabbit`), if
+/// it runs on this machine. CLI tools (`rabbitmqctl`) run in a `beam.smp` of
+/// their own, and the tests' private nodes set `RABBITMQ_NODE_PORT`: neither
+/// is the broker the bench talks to.
 pub fn broker_pid() -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
         .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "beam.smp")
+            let is_beam = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp");
+            let boots_rabbit = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| contains(&cmdline, b"rabbit\0boot"));
+            let private_node = std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| contains(&environ, b"RABBITMQ_NODE_PORT="));
+            is_beam && boots_rabbit && !private_node
         })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// CPU seconds of the local broker so far (`None` if it is not local).

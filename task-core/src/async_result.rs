@@ -111,6 +111,11 @@ impl PendingResults {
         self.lock().slots.keys().cloned().collect()
     }
 
+    /// Whether a result is awaited for `task_id`.
+    pub(crate) fn is_awaited(&self, task_id: &str) -> bool {
+        self.lock().slots.contains_key(task_id)
+    }
+
     /// Starts expecting a result for `task_id` (before its message is published,
     /// so a fast result cannot be missed). Handles to an id already expected
     /// share its entry: each of them receives the result.
