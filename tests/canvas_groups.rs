@@ -189,6 +189,57 @@ async fn a_chord_body_gets_the_header_values_in_order() {
     w.stop().await;
 }
 
+/// A chord inside a chain (Celery's `a | group(..) | b | c`), built in Rust
+/// and run by a Rust worker: the header parts get the previous result, the
+/// body their values in order, and the chain goes on from the body; a part
+/// that fails fails the chain's handle with `ChordError`.
+#[tokio::test]
+async fn a_chord_step_inside_a_chain_feeds_the_steps_after_it() {
+    use task_core::canvas::chain;
+    let url = common::redis_url();
+    let w = BackendWorker::start("chain-chord-rs", &url).await;
+    let q = || w.queue.clone();
+    let on_queue = |p: Partial<i64, i64>| p.with(|s| s.queue(q()));
+    let steps = chain(add.s(1, 1).queue(q()))
+        .then_chord(
+            [on_queue(add.partial(10)), on_queue(add.partial(20))],
+            sum_all.partial().with(|s| s.queue(q())),
+        )
+        .then(on_queue(add.partial(100)));
+    let total = steps.apply_async_with(&w.app).await.unwrap();
+    assert_eq!(total.get(WAIT).await.unwrap(), 134);
+
+    // The chord as the last step: the chain's handle is the body's.
+    let ends_in_chord = chain(add.s(2, 2).queue(q())).then_chord(
+        (1..=4).map(|i| on_queue(add.partial(i))),
+        sum_all.partial().with(|s| s.queue(q())),
+    );
+    let sum = ends_in_chord.apply_async_with(&w.app).await.unwrap();
+    assert_eq!(sum.get(WAIT).await.unwrap(), 4 * 4 + 10);
+
+    // A part fails: the body, and the step after it, never run; the
+    // chain's handle hears of it.
+    let failing = chain(parse_int.s("7".to_owned()).queue(q()))
+        .then_chord(
+            [
+                on_queue(add.partial(1)),
+                on_queue(Partial::new(
+                    w.app
+                        .signature("tasks.parse_int")
+                        .queue(q())
+                        .returning::<i64>(),
+                )),
+            ],
+            sum_all.partial().with(|s| s.queue(q())),
+        )
+        .then(on_queue(add.partial(100)));
+    let failed = failing.apply_async_with(&w.app).await.unwrap();
+    let error = failed.get(WAIT).await.unwrap_err();
+    let failure = error.as_task_failure().expect("a task failure");
+    assert_eq!(failure.exc_type, "ChordError", "{failure}");
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn chords_need_a_backend_that_joins_them() {
     let w = BackendWorker::start("chord-rpc", "rpc://").await;

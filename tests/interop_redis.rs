@@ -389,9 +389,98 @@ async fn python_chords_join_across_rust_and_python_workers() {
     w.stop().await;
 }
 
+/// Nested canvas a Python client sends, run by a Rust worker as Celery's
+/// worker runs it (CELERY_OPERATIONS.md §1.7): a group chained into a task
+/// (Celery sends a `celery.chord` chain element: the worker publishes the
+/// header with the previous result in front, the body gets the values in
+/// order), the same with a step after the body, a chain ending in a group,
+/// a group holding a chain, and a chord step whose Python body runs on a
+/// Python worker.
+#[tokio::test]
+async fn python_nested_canvas_runs_on_a_rust_worker() {
+    let w = RustWorker::start("redis-nested").await;
+    let py_queue = common::unique_queue("redis-nested-py");
+    let _python = PythonWorker::start(&w.app, &py_queue).await;
+    let rq = w.queue.as_str();
+    let pq = py_queue.as_str();
+    let add = |args: Value| json!({"task": "tasks.add", "args": args, "queue": rq});
+    let sum_all = json!({"task": "tasks.sum_all", "queue": rq});
+    let apply = |tree: Value| async move {
+        let printed = py_client(&["canvas", &tree.to_string()]).await;
+        serde_json::from_str::<Value>(&printed).expect("one JSON id")
+    };
+    let value_of = |id: Value| {
+        let app = w.app.clone();
+        async move {
+            let id = id.as_str().expect("one task id").to_owned();
+            app.result::<i64>(&id)
+                .await
+                .unwrap()
+                .get(TIMEOUT)
+                .await
+                .unwrap()
+        }
+    };
+
+    // add(1,1) | group(add(10), add(20)) | sum_all: (2+10) + (2+20).
+    let chord_in_chain = json!({"chain": [
+        add(json!([1, 1])),
+        {"group": [add(json!([10])), add(json!([20]))]},
+        sum_all,
+    ]});
+    assert_eq!(value_of(apply(chord_in_chain).await).await, 34);
+
+    // The chain goes on after the chord's body.
+    let step_after_chord = json!({"chain": [
+        add(json!([1, 1])),
+        {"group": [add(json!([10])), add(json!([20]))]},
+        sum_all,
+        add(json!([100])),
+    ]});
+    assert_eq!(value_of(apply(step_after_chord).await).await, 134);
+
+    // A chain that ends in a group: each member gets the result.
+    let ends_in_group = json!({"chain": [
+        add(json!([1, 2])),
+        {"group": [add(json!([10])), add(json!([20])), add(json!([30]))]},
+    ]});
+    let ids = apply(ends_in_group).await;
+    let mut values = Vec::new();
+    for id in ids.as_array().expect("a group's ids").clone() {
+        values.push(value_of(id).await);
+    }
+    assert_eq!(values, [13, 23, 33]);
+
+    // A group holding a chain.
+    let chain_in_group = json!({"group": [
+        {"chain": [add(json!([1, 2])), add(json!([3]))]},
+        add(json!([5, 5])),
+    ]});
+    let ids = apply(chain_in_group).await;
+    let mut values = Vec::new();
+    for id in ids.as_array().expect("a group's ids").clone() {
+        values.push(value_of(id).await);
+    }
+    assert_eq!(values, [6, 10]);
+
+    // Rust steps, then a chord whose body is a Python task.
+    let python_body = json!({"chain": [
+        add(json!([2, 2])),
+        {"group": [add(json!([1])), add(json!([2]))]},
+        {"task": "interop.py_sum", "queue": pq},
+    ]});
+    let body_id = apply(python_body).await;
+    let summed = py_get(body_id.as_str().unwrap()).await;
+    assert_eq!(summed["result"], 11, "{summed}");
+
+    delete_queue(&w.app, &py_queue).await;
+    w.stop().await;
+}
+
 /// A chord built in Rust runs on Python workers: header parts and body on a
-/// Python Celery worker, joined in Redis by Celery's own code; and a Rust
-/// header with a Python body.
+/// Python Celery worker, joined in Redis by Celery's own code; a Rust
+/// header with a Python body; a chord step in a chain applied by a Python
+/// worker, with parts on both.
 #[tokio::test]
 async fn rust_chords_run_on_python_workers() {
     use task_core::canvas::{chord, group};
@@ -426,6 +515,30 @@ async fn rust_chords_run_on_python_workers() {
         .await
         .unwrap();
     assert_eq!(rust_header.get(TIMEOUT).await.unwrap(), 12);
+
+    // A chord step inside a chain built in Rust: a Python worker runs the
+    // step before it, so Celery's own worker applies the `celery.chord`
+    // element (header parts on Python and Rust workers), and the step after
+    // the body is a Rust task.
+    let py_add_to = |y: i64| {
+        task_core::canvas::Partial::new(
+            w.app
+                .signature("interop.py_add")
+                .arg(y)
+                .queue(py_queue.clone())
+                .returning::<i64>(),
+        )
+    };
+    let rust_add_to = |y: i64| {
+        task_examples::add
+            .partial(y)
+            .with(|s| s.queue(w.queue.clone()))
+    };
+    let mixed = task_core::canvas::chain(py_add(1))
+        .then_chord([py_add_to(10), rust_add_to(20)], py_sum())
+        .then(rust_add_to(100));
+    let total = mixed.apply_async_with(&w.app).await.unwrap();
+    assert_eq!(total.get(TIMEOUT).await.unwrap(), (2 + 10) + (2 + 20) + 100);
 
     delete_queue(&w.app, &py_queue).await;
     w.stop().await;

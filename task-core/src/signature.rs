@@ -356,6 +356,16 @@ impl<R> Signature<R> {
         if !options.link_error.is_empty() {
             dict_options.insert("link_error".into(), options.link_error.clone().into());
         }
+        if let Some((group_id, index)) = &options.group {
+            dict_options.insert("group_id".into(), group_id.as_str().into());
+            dict_options.insert("group_index".into(), (*index).into());
+        }
+        if !options.chain.is_empty() {
+            dict_options.insert("chain".into(), options.chain.clone().into());
+        }
+        if let Some(chord) = &options.chord {
+            dict_options.insert("chord".into(), chord.clone());
+        }
         serde_json::json!({
             "task": self.name.as_ref(),
             "args": args,

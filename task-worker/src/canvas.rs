@@ -8,8 +8,10 @@
 //! in the result backend after it ran; the part that completes the header
 //! publishes the body with the parts' values, or, when a part failed, tells
 //! the body FAILURE (`ChordError`) and publishes the body's errbacks.
-//! Chords without a backend that joins them, and nested canvas (a group or
-//! chain as a callback or step), are refused, not half-run.
+//! A group, chain or chord as a chain step, callback or errback is applied
+//! as Celery's worker applies it (a chord's size written to the backend
+//! before its header goes out). Chords without a backend that joins them,
+//! and shapes Celery never sends, are refused, not half-run.
 
 use std::time::Duration;
 
@@ -195,9 +197,10 @@ impl Canvas {
     }
 
     /// Tells the chord's body FAILURE (`ChordError`, `reason`) and
-    /// publishes its errbacks, as Celery's `chord_error_from_stack`.
+    /// publishes its errbacks, as Celery's `chord_error_from_stack`; the
+    /// chain steps after the body are told the same (none of them runs).
     async fn fail_chord_body(&self, job: &Job<'_>, embed: &Embed, reason: &str) {
-        if let Some((body_id, reply_to)) = embed.chord_body_caller() {
+        for (body_id, reply_to) in embed.chord_body_callers() {
             let failure = result_message::chord_error(&body_id, reason);
             let record = ResultRecord {
                 task_id: &body_id,
@@ -222,6 +225,19 @@ impl Canvas {
     /// signature names, else its task's declared queue, else the default.
     async fn publish_all(&self, follow: Vec<FollowUp>) -> Result<(), String> {
         for follow_up in follow {
+            if let Some((group_id, size)) = &follow_up.chord_size {
+                // A chord starts here (in a chain or a callback): its size
+                // goes to the backend before its header is published.
+                let backend = self
+                    .app
+                    .result_backend()
+                    .filter(|backend| backend.joins_chords())
+                    .ok_or("no result backend joins chords here")?;
+                backend
+                    .set_chord_size(group_id, *size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             let queue = follow_up.queue_in(&self.registry, self.app.default_queue());
             self.app
                 .ensure_queue(&queue)

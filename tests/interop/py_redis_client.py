@@ -14,7 +14,12 @@
         deletes the stored result;
     py_redis_client.py chord <json header> <json body>
         sends chord(header, body), each signature {"task", "args", "queue"},
-        and prints the body's task id without waiting.
+        and prints the body's task id without waiting;
+    py_redis_client.py canvas <json canvas>
+        builds a canvas from a tree ({"task", "args", "queue"} for a task,
+        {"chain": [...]}, {"group": [...]}, {"chord": [...], "body": {...}}),
+        applies it and prints, without waiting, the JSON id of its result:
+        a string, or a list of ids for a group's results.
 
 The broker is $BROKER_URL and the result backend $INTEROP_RESULT_BACKEND
 (default redis://127.0.0.1:6379/0), or --broker / --backend before the command."""
@@ -45,6 +50,7 @@ for name in ("state", "forget"):
 chord_command = commands.add_parser("chord")
 chord_command.add_argument("header", type=json.loads)
 chord_command.add_argument("body", type=json.loads)
+commands.add_parser("canvas").add_argument("tree", type=json.loads)
 cli = parser.parse_args()
 if not cli.broker:
     parser.error("no broker: set BROKER_URL or pass --broker")
@@ -99,3 +105,22 @@ elif cli.command == "chord":
 
     result = chord([signature(s) for s in cli.header])(signature(cli.body))
     print(result.id)
+elif cli.command == "canvas":
+    from celery import chain, chord, group
+    from celery.result import GroupResult
+
+    def build(spec):
+        if "chain" in spec:
+            return chain(*[build(s) for s in spec["chain"]])
+        if "group" in spec:
+            return group([build(s) for s in spec["group"]])
+        if "chord" in spec:
+            return chord([build(s) for s in spec["chord"]], build(spec["body"]))
+        options = {"queue": spec["queue"]} if spec.get("queue") else {}
+        return app.signature(spec["task"], args=spec.get("args", []), **options)
+
+    result = build(cli.tree).apply_async()
+    if isinstance(result, GroupResult):
+        print(json.dumps([r.id for r in result.results]))
+    else:
+        print(json.dumps(result.id))

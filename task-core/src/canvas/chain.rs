@@ -9,6 +9,9 @@
 //! next one last), each frozen with its `task_id` and the caller's
 //! `reply_to`, so that whichever worker runs a step (Rust or Python)
 //! publishes the next one, and the last step's result reaches the caller.
+//! A chord step ([`Chain::then_chord`]) is a `celery.chord` element, as
+//! Celery sends `a | group(..) | b`: the worker that runs the step before it
+//! publishes its header, and the steps after it follow its body.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,6 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::group::{group, Group};
+use crate::backend::BackendError;
 use crate::{App, AsyncResult, Error, Signature};
 
 /// A call of a task with every argument but its first, which the previous
@@ -158,14 +163,31 @@ impl<A, R> Follows<A> for Partial<A, R> {
 /// # Ok(()) }
 /// ```
 pub struct Chain<R> {
-    steps: Vec<Signature<Value>>,
+    steps: Vec<ChainStep>,
     result: PhantomData<fn() -> R>,
+}
+
+/// One step of a [`Chain`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ChainStep {
+    /// A task.
+    Task(Signature<Value>),
+    /// A chord (Celery's `group(..)` followed by a task in a chain): each
+    /// member of `header` gets the previous step's result in front of its
+    /// arguments, `body` their values in member order.
+    Chord {
+        /// The members, run at once.
+        header: Group<Value>,
+        /// Runs once every member succeeded.
+        body: Signature<Value>,
+    },
 }
 
 /// A chain that starts with the call `first`.
 pub fn chain<R>(first: Signature<R>) -> Chain<R> {
     Chain {
-        steps: vec![first.returning()],
+        steps: vec![ChainStep::Task(first.returning())],
         result: PhantomData,
     }
 }
@@ -190,14 +212,60 @@ impl<R> Chain<R> {
     /// arguments. Compiles only when `next` takes an `R` first (see
     /// [`Follows`]).
     pub fn then<P: Follows<R>>(mut self, next: P) -> Chain<P::Output> {
-        self.steps.push(next.into_step());
+        self.steps.push(ChainStep::Task(next.into_step()));
         self.retyped()
     }
 
     /// Appends `next`, which runs after this chain succeeded but does not
     /// receive its result (Celery's `.si()`: `immutable`).
     pub fn then_immutable<S>(mut self, next: Signature<S>) -> Chain<S> {
-        self.steps.push(next.immutable().returning());
+        self.steps
+            .push(ChainStep::Task(next.immutable().returning()));
+        self.retyped()
+    }
+
+    /// Appends a chord (Celery's `chain | group(..) | body`): every member
+    /// of `header` receives this chain's result in front of its arguments
+    /// and they run at once; `body` receives their values, in member
+    /// order, once all succeeded, and the chain goes on from the body's
+    /// result. Compiles only when each member takes an `R` first and the
+    /// body a `Vec` of the members' result type. A failed member makes the
+    /// body, and so the chain, FAILURE (`ChordError` naming it).
+    ///
+    /// Like [`chord`](super::chord), needs a result backend that joins
+    /// chords (Redis): sending it under `rpc://` or in eager mode fails
+    /// with [`BackendError::Unsupported`].
+    ///
+    /// ```no_run
+    /// # use task_core::{task, TaskError};
+    /// # #[task(name = "doc.then_chord.add")]
+    /// # async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
+    /// # #[task(name = "doc.then_chord.sum_all")]
+    /// # async fn sum_all(values: Vec<i64>) -> Result<i64, TaskError> { Ok(values.iter().sum()) }
+    /// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
+    /// use std::time::Duration;
+    /// use task_core::canvas::chain;
+    /// // add(1, 1), then add(2, 10) and add(2, 20) at once, then their sum.
+    /// let steps = chain(add.s(1, 1))
+    ///     .then_chord([add.partial(10), add.partial(20)], sum_all.partial());
+    /// let total = steps.apply_async_with(&app).await?;
+    /// assert_eq!(total.get(Duration::from_secs(10)).await?, 34);
+    /// # Ok(()) }
+    /// ```
+    pub fn then_chord<H, P>(
+        mut self,
+        header: impl IntoIterator<Item = H>,
+        body: P,
+    ) -> Chain<P::Output>
+    where
+        H: Follows<R>,
+        P: Follows<Vec<H::Output>>,
+    {
+        let header = group(header.into_iter().map(Follows::into_step));
+        self.steps.push(ChainStep::Chord {
+            header,
+            body: body.into_step(),
+        });
         self.retyped()
     }
 
@@ -215,7 +283,7 @@ impl<R> Chain<R> {
     }
 
     /// Its steps, in order, untyped.
-    pub fn steps(&self) -> &[Signature<Value>] {
+    pub fn steps(&self) -> &[ChainStep] {
         &self.steps
     }
 
@@ -234,7 +302,7 @@ impl<R> Chain<R> {
     /// "options": {}, "subtask_type": "chain", "immutable": false}`, its
     /// steps in order, each in [`Signature::to_dict`]'s form.
     pub fn to_dict(&self) -> Value {
-        let tasks: Vec<Value> = self.steps.iter().map(Signature::to_dict).collect();
+        let tasks: Vec<Value> = self.steps.iter().map(ChainStep::to_dict).collect();
         serde_json::json!({
             "task": "celery.chain",
             "args": [],
@@ -245,46 +313,131 @@ impl<R> Chain<R> {
         })
     }
 
-    /// The first step, frozen: every step gets its task id (its own if
-    /// set), and the first carries the others, reversed, each with its id
-    /// and `reply_to` (Celery's `embed.chain`). Returns it with the last
-    /// step's id.
-    fn freeze(self, reply_to: &str) -> Result<(Signature<Value>, String), Error> {
-        let mut steps = self.steps;
-        for step in &mut steps {
-            if let Some(reason) = &step.encode_error {
-                return Err(Error::EncodeArguments {
-                    task: step.name.to_string(),
-                    reason: reason.clone(),
-                });
-            }
-            step.options
-                .task_id
-                .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
-        }
-        let last_id = steps
-            .last()
-            .and_then(|step| step.options.task_id.clone())
-            .unwrap_or_default();
+    /// Whether a step is a chord.
+    fn has_chord(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|step| matches!(step, ChainStep::Chord { .. }))
+    }
+}
+
+/// The first of `steps`, frozen: every task gets its id (its own if set),
+/// and the first carries the steps after it, reversed, each with its id
+/// and `reply_to` (Celery's `embed.chain`, a chord as a `celery.chord`
+/// element among them). Returns it with the id of the task whose result is
+/// the chain's.
+fn freeze(steps: Vec<ChainStep>, reply_to: &str) -> Result<(Signature<Value>, String), Error> {
+    {
         let mut steps = steps.into_iter();
-        let Some(mut first) = steps.next() else {
+        let Some(ChainStep::Task(mut first)) = steps.next() else {
             return Err(Error::EncodeArguments {
                 task: "celery.chain".to_owned(),
-                reason: "a chain needs at least one step".to_owned(),
+                reason: "a chain starts with a task".to_owned(),
             });
         };
-        first.options.chain = steps
-            .rev()
-            .map(|step| {
-                let mut dict = step.to_dict();
-                if let Some(options) = dict.get_mut("options").and_then(Value::as_object_mut) {
-                    options.insert("reply_to".into(), reply_to.into());
+        let mut last_id = freeze_task(&mut first)?;
+        let mut frozen = Vec::with_capacity(steps.len());
+        for mut step in steps {
+            last_id = match &mut step {
+                ChainStep::Task(task) => freeze_task(task)?,
+                ChainStep::Chord { header, body } => {
+                    for member in &mut header.members {
+                        freeze_task(member)?;
+                    }
+                    freeze_task(body)?
                 }
-                dict
+            };
+            frozen.push(step);
+        }
+        // Reversed, the next step last; a chord's body is frozen into the
+        // header's group, and the steps after the chord stay in this list:
+        // whoever applies the chord hands them to its body, as Celery does.
+        let after: Vec<Value> = frozen
+            .into_iter()
+            .rev()
+            .map(|step| match step {
+                ChainStep::Task(task) => with_reply_to(task.to_dict(), reply_to),
+                ChainStep::Chord { header, body } => chord_dict(header, &body, Some(reply_to)),
             })
             .collect();
+        first.options.chain = after;
         Ok((first, last_id))
     }
+}
+
+impl ChainStep {
+    /// The step in Celery's dict form: a task's [`Signature::to_dict`], or
+    /// a `celery.chord` whose header is a `celery.group`.
+    pub fn to_dict(&self) -> Value {
+        match self {
+            Self::Task(task) => task.to_dict(),
+            Self::Chord { header, body } => chord_dict(header.clone(), body, None),
+        }
+    }
+}
+
+/// Gives `task` its id unless it has one; refuses it if its arguments did
+/// not encode. Returns the id.
+fn freeze_task(task: &mut Signature<Value>) -> Result<String, Error> {
+    if let Some(reason) = &task.encode_error {
+        return Err(Error::EncodeArguments {
+            task: task.name.to_string(),
+            reason: reason.clone(),
+        });
+    }
+    Ok(task
+        .options
+        .task_id
+        .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+        .clone())
+}
+
+fn with_reply_to(mut dict: Value, reply_to: &str) -> Value {
+    if let Some(options) = dict.get_mut("options").and_then(Value::as_object_mut) {
+        options.insert("reply_to".into(), reply_to.into());
+    }
+    dict
+}
+
+/// A chord as Celery's client puts it in a chain (CELERY_OPERATIONS.md
+/// §1.7): `celery.chord` with the header as a `celery.group` of its
+/// members (marked with the group id and their index) and the body in the
+/// header's group, `reply_to` on the members and the body when given.
+fn chord_dict(header: Group<Value>, body: &Signature<Value>, reply_to: Option<&str>) -> Value {
+    let (group_id, members) = header.marked_members();
+    let tasks: Vec<Value> = members
+        .iter()
+        .map(|member| match reply_to {
+            Some(reply_to) => with_reply_to(member.to_dict(), reply_to),
+            None => member.to_dict(),
+        })
+        .collect();
+    let mut body = match reply_to {
+        Some(reply_to) => with_reply_to(body.to_dict(), reply_to),
+        None => body.to_dict(),
+    };
+    if let Some(options) = body.get_mut("options").and_then(Value::as_object_mut) {
+        options.insert("group_id".into(), group_id.as_str().into());
+    }
+    serde_json::json!({
+        "task": "celery.chord",
+        "args": [],
+        "kwargs": {
+            "kwargs": {},
+            "header": {
+                "task": "celery.group",
+                "args": [],
+                "kwargs": {"tasks": tasks},
+                "options": {"task_id": group_id},
+                "subtask_type": "group",
+                "immutable": false,
+            },
+            "body": body,
+        },
+        "options": {"task_id": group_id},
+        "subtask_type": "chord",
+        "immutable": false,
+    })
 }
 
 impl<R: DeserializeOwned> Chain<R> {
@@ -303,12 +456,29 @@ impl<R: DeserializeOwned> Chain<R> {
     /// time limits, priority). An eager app runs the steps inline, through
     /// the same messages.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<R>, Error> {
-        if self.steps.len() == 1 {
-            let first = self.steps.into_iter().next().expect("one step");
-            return app.send(first.returning()).await;
+        if self.has_chord() {
+            if app.is_eager() {
+                return Err(BackendError::Unsupported {
+                    backend: "eager",
+                    operation: "run a chord inside a chain (send the chord on its own)",
+                }
+                .into());
+            }
+            if !app.result_backend().is_some_and(|b| b.joins_chords()) {
+                return Err(BackendError::Unsupported {
+                    backend: "rpc://",
+                    operation: "run chords (use the Redis result backend)",
+                }
+                .into());
+            }
         }
+        let steps = match <[ChainStep; 1]>::try_from(self.steps) {
+            Ok([ChainStep::Task(first)]) => return app.send(first.returning()).await,
+            Ok([step]) => vec![step],
+            Err(steps) => steps,
+        };
         let reply_to = app.result_address().await?;
-        let (first, last_id) = self.freeze(&reply_to)?;
+        let (first, last_id) = freeze(steps, &reply_to)?;
         let result = app.result::<R>(&last_id).await?;
         app.send_awaited(first, false).await?;
         Ok(result)
@@ -319,7 +489,7 @@ impl Chain<Value> {
     /// A chain read from Celery's dict form (see [`Chain::to_dict`]; a
     /// `celery.chain` signature as Python stores or sends it), untyped:
     /// type it with [`Chain::returning`]. Each step is read by
-    /// [`Signature::from_dict`]; a nested group, chord or chain is refused.
+    /// [`ChainStep::from_dict`].
     pub fn from_dict(dict: &Value) -> Result<Self, InvalidSignature> {
         let object = dict
             .as_object()
@@ -341,12 +511,69 @@ impl Chain<Value> {
         }
         let steps = tasks
             .iter()
-            .map(Signature::from_dict)
+            .map(ChainStep::from_dict)
             .collect::<Result<Vec<_>, _>>()?;
+        if !matches!(steps.first(), Some(ChainStep::Task(_))) {
+            return Err(InvalidSignature::new("a chain starts with a task"));
+        }
         Ok(Chain {
             steps,
             result: PhantomData,
         })
+    }
+}
+
+impl ChainStep {
+    /// A chain step read from Celery's dict form: a plain signature
+    /// ([`Signature::from_dict`]) or a `celery.chord` (its header a
+    /// `celery.group` or a list of plain signatures, its body a plain
+    /// signature). A group (in a Celery chain only ever the last step) or a
+    /// nested chain is refused.
+    pub fn from_dict(dict: &Value) -> Result<Self, InvalidSignature> {
+        if dict.get("subtask_type").and_then(Value::as_str) != Some("chord") {
+            return Signature::from_dict(dict).map(Self::Task);
+        }
+        let kwargs = dict
+            .get("kwargs")
+            .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs`"))?;
+        let header = kwargs
+            .get("header")
+            .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs.header`"))?;
+        let (members, header_id) = match header {
+            Value::Array(members) => (members, None),
+            Value::Object(group) => (
+                group
+                    .get("kwargs")
+                    .and_then(|kwargs| kwargs.get("tasks"))
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        InvalidSignature::new("a chord's header group has no `kwargs.tasks`")
+                    })?,
+                group
+                    .get("options")
+                    .and_then(|options| options.get("task_id"))
+                    .and_then(Value::as_str),
+            ),
+            _ => return Err(InvalidSignature::new("a chord's header is not a group")),
+        };
+        let members = members
+            .iter()
+            .map(Signature::from_dict)
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = Signature::from_dict(
+            kwargs
+                .get("body")
+                .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs.body`"))?,
+        )?;
+        let chord_id = dict
+            .get("options")
+            .and_then(|options| options.get("task_id"))
+            .and_then(Value::as_str);
+        let mut header = group(members);
+        if let Some(id) = header_id.or(chord_id) {
+            header = header.with_id(id);
+        }
+        Ok(Self::Chord { header, body })
     }
 }
 

@@ -9,6 +9,6 @@ mod chain;
 mod chord;
 mod group;
 
-pub use chain::{chain, Chain, Follows, InvalidSignature, Partial};
+pub use chain::{chain, Chain, ChainStep, Follows, InvalidSignature, Partial};
 pub use chord::{chord, Chord};
 pub use group::{group, Group, GroupResult};

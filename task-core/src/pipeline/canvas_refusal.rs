@@ -1,18 +1,19 @@
 //! [`CanvasRefusal`]: canvas that cannot run here (chords without a backend
-//! that joins them, nested canvas) is refused, not half-run.
+//! that joins them, shapes Celery never sends) is refused, not half-run.
 
 use super::{Job, Outcome, Rejection, Stage, Step};
 use crate::protocol::canvas::Embed;
 use crate::TaskError;
 
-/// Refuses a message whose `embed` carries what cannot run here (a chord
-/// part, unless the chords are joined, or a group or chain nested as a
-/// callback or step): running the task and
+/// Refuses a message whose `embed` carries what cannot run here (a chord,
+/// as a header part or nested in a chain or callback, unless the chords are
+/// joined; a shape Celery never sends; see `Embed::unsupported`): running
+/// the task and
 /// dropping the rest of the workflow would lose work in silence. The task
 /// and every remaining chain step (their frozen ids) are told FAILURE
 /// `NotImplementedError`, as Celery fails a chain, and the message is
-/// rejected (dead-lettered, so it can be replayed). Callbacks, errbacks and
-/// plain chains pass: whoever runs the task sends what follows it.
+/// rejected (dead-lettered, so it can be replayed). Callbacks, errbacks,
+/// chains and groups pass: whoever runs the task sends what follows it.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CanvasRefusal {
     /// Whether chord parts run (their worker joins chords in its result

@@ -63,6 +63,10 @@ struct SignatureOptions {
     /// Its own errbacks (a chain step's `link_error`).
     #[serde(default)]
     link_error: Option<Box<RawValue>>,
+    /// The steps that follow it, the next one last (a chord body inside a
+    /// chain carries the rest of the chain here).
+    #[serde(default)]
+    chain: Option<Vec<Box<RawValue>>>,
     /// The group it belongs to (a chord body's: its header's group).
     #[serde(default)]
     group_id: Option<String>,
@@ -137,6 +141,10 @@ pub struct FollowUp {
     pub queue: Option<String>,
     /// The message, ready to publish.
     pub message: Message,
+    /// A chord this message starts: its group id and header size, to
+    /// write to the result backend before the message is published (as
+    /// Celery's client does before it publishes a chord's header).
+    pub chord_size: Option<(String, usize)>,
 }
 
 impl FollowUp {
@@ -183,44 +191,33 @@ impl Embed {
         self.chord().is_some()
     }
 
-    /// What cannot run yet, if anything: a chord part when `chords` is off
-    /// (no backend that joins chords), nested canvas (a group or chain as a
-    /// callback or step), or a signature that does not decode.
+    /// What cannot run here, if anything: a chord (a header part, or a
+    /// chord in a chain or callback) when `chords` is off (no backend that
+    /// joins chords), a shape Celery never sends (a group followed by more
+    /// chain steps, which Celery turns into a chord; a chord whose header
+    /// holds a group, chain or chord, or whose body is not a plain task), or
+    /// a signature that does not decode.
     pub fn unsupported(&self, chords: bool) -> Option<String> {
-        match self.chord() {
-            Some(_) if !chords => {
-                return Some("a chord (its worker needs the Redis result backend)".to_owned())
+        if let Some(body) = self.chord() {
+            if !chords {
+                return Some(NO_CHORDS.to_owned());
             }
-            Some(body) => match decode(body) {
-                Ok(sig) if sig.subtask_type.is_none() => {}
-                Ok(sig) => {
-                    return Some(format!(
-                        "a chord whose body is a {}",
-                        sig.subtask_type.unwrap_or_default()
-                    ))
-                }
-                Err(error) => return Some(error),
-            },
-            None => {}
+            if let Some(problem) = check_chord_body(body) {
+                return Some(problem);
+            }
         }
-        for raw in self
-            .callbacks()
+        let chain = self.chain();
+        for (position, raw) in chain.iter().enumerate() {
+            // The next step is the last element: only it may be a group.
+            let last_step = position == 0;
+            if let Some(problem) = check(raw, chords, last_step) {
+                return Some(problem);
+            }
+        }
+        self.callbacks()
             .iter()
             .chain(self.errbacks())
-            .chain(self.chain())
-        {
-            match serde_json::from_str::<SignatureDict>(raw.get()) {
-                Ok(sig) if sig.subtask_type.is_none() => {}
-                Ok(sig) => {
-                    return Some(format!(
-                        "a nested {} in its canvas",
-                        sig.subtask_type.unwrap_or_default()
-                    ))
-                }
-                Err(error) => return Some(format!("a signature that does not decode ({error})")),
-            }
-        }
-        None
+            .find_map(|raw| check(raw, chords, true))
     }
 
     /// `(task_id, reply_to)` of every remaining chain step that has them,
@@ -249,26 +246,15 @@ impl Embed {
     ) -> Result<Vec<FollowUp>, String> {
         let callbacks = self.callbacks();
         let mut follow = Vec::with_capacity(callbacks.len() + 1);
-        // Several callbacks go out as a group of their own.
+        // Several callbacks go out as a group of their own (a callback that
+        // is a group keeps its own).
         let group = (callbacks.len() > 1).then(uuid_string);
         for (index, raw) in callbacks.iter().enumerate() {
             let member = group.as_deref().map(|id| (id, Some(index)));
-            follow.push(step(
-                Parent::of(request),
-                &decode(raw)?,
-                Some(value),
-                &[],
-                member,
-            )?);
+            follow.extend(apply(Parent::of(request), raw, Some(value), &[], member)?);
         }
         if let Some((next, rest)) = self.chain().split_last() {
-            follow.push(step(
-                Parent::of(request),
-                &decode(next)?,
-                Some(value),
-                rest,
-                None,
-            )?);
+            follow.extend(apply(Parent::of(request), next, Some(value), rest, None)?);
         }
         Ok(follow)
     }
@@ -285,20 +271,35 @@ impl Embed {
     ) -> Result<FollowUp, String> {
         let body = decode(self.chord().ok_or("the message carries no chord")?)?;
         let group = body.options.group_id.as_deref().unwrap_or(group_id);
+        let rest = body.options.chain.as_deref().unwrap_or_default();
         step(
             Parent::of(request),
             &body,
             Some(values),
-            &[],
+            rest,
             Some((group, None)),
+            None,
         )
     }
 
-    /// `(task_id, reply_to)` of the chord body, told FAILURE when a part
-    /// failed (Celery's `ChordError`).
-    pub fn chord_body_caller(&self) -> Option<(String, Option<String>)> {
-        let body = decode(self.chord()?).ok()?;
-        Some((body.options.task_id?, body.options.reply_to))
+    /// `(task_id, reply_to)` of the chord body and of the chain steps after
+    /// it (next first), told FAILURE when a part failed (Celery's
+    /// `ChordError`): none of them will run.
+    pub fn chord_body_callers(&self) -> Vec<(String, Option<String>)> {
+        let Some(body) = self.chord().and_then(|body| decode(body).ok()) else {
+            return Vec::new();
+        };
+        let steps = body.options.chain.as_deref().unwrap_or_default();
+        std::iter::once((body.options.task_id, body.options.reply_to))
+            .chain(
+                steps
+                    .iter()
+                    .rev()
+                    .filter_map(|raw| decode(raw).ok())
+                    .map(|step| (step.options.task_id, step.options.reply_to)),
+            )
+            .filter_map(|(id, reply_to)| Some((id?, reply_to)))
+            .collect()
     }
 
     /// The chord body's errbacks after a part failed, each with the body's
@@ -326,19 +327,12 @@ impl Embed {
             root_id: body_id,
         };
         let group = uuid_string();
-        errbacks
-            .iter()
-            .enumerate()
-            .map(|(index, raw)| {
-                step(
-                    parent,
-                    &decode(raw)?,
-                    Some(&failed_id),
-                    &[],
-                    Some((&group, Some(index))),
-                )
-            })
-            .collect()
+        let mut follow = Vec::with_capacity(errbacks.len());
+        for (index, raw) in errbacks.iter().enumerate() {
+            let member = Some((group.as_str(), Some(index)));
+            follow.extend(apply(parent, raw, Some(&failed_id), &[], member)?);
+        }
+        Ok(follow)
     }
 
     /// The errbacks of a failure of `request`, each with the failed task's
@@ -347,32 +341,280 @@ impl Embed {
         let failed_id = serde_json::value::to_raw_value(&request.id).map_err(|e| e.to_string())?;
         let errbacks = self.errbacks();
         let group = (!errbacks.is_empty()).then(uuid_string);
-        errbacks
-            .iter()
-            .enumerate()
-            .map(|(index, raw)| {
-                let member = group.as_deref().map(|id| (id, Some(index)));
-                step(
-                    Parent::of(request),
-                    &decode(raw)?,
-                    Some(&failed_id),
-                    &[],
-                    member,
-                )
-            })
-            .collect()
+        let mut follow = Vec::with_capacity(errbacks.len());
+        for (index, raw) in errbacks.iter().enumerate() {
+            let member = group.as_deref().map(|id| (id, Some(index)));
+            follow.extend(apply(
+                Parent::of(request),
+                raw,
+                Some(&failed_id),
+                &[],
+                member,
+            )?);
+        }
+        Ok(follow)
     }
+}
+
+/// Why a chord cannot run without a backend that joins it.
+const NO_CHORDS: &str = "a chord (its worker needs the Redis result backend)";
+
+/// What of signature `raw` (in a chain, a callback or an errback) cannot
+/// run here; `last_step`: nothing follows it in its chain.
+fn check(raw: &RawValue, chords: bool, last_step: bool) -> Option<String> {
+    let sig = match decode(raw) {
+        Ok(sig) => sig,
+        Err(error) => return Some(error),
+    };
+    let members = match sig.subtask_type.as_deref() {
+        None => return None,
+        Some("group") if !last_step => {
+            return Some(
+                "a group followed by more chain steps (Celery sends a chord there)".to_owned(),
+            )
+        }
+        Some("chord") if !chords => return Some(NO_CHORDS.to_owned()),
+        Some("group" | "chain") => Members::Tasks,
+        Some("chord") => Members::Header,
+        Some(other) => return Some(format!("a signature of unknown type `{other}`")),
+    };
+    let nested = match Nested::of(raw) {
+        Ok(nested) => nested,
+        Err(error) => return Some(error),
+    };
+    let tasks = match nested.members(members) {
+        Ok(tasks) => tasks,
+        Err(error) => return Some(error),
+    };
+    match members {
+        Members::Tasks => {
+            let count = tasks.len();
+            // In a chain only the last member may be a group; in a group
+            // each member ends its own line.
+            let is_chain = sig.subtask_type.as_deref() == Some("chain");
+            tasks.iter().enumerate().find_map(|(i, task)| {
+                check(task, chords, !is_chain || (last_step && i + 1 == count))
+            })
+        }
+        Members::Header => tasks
+            .iter()
+            .find_map(|task| match decode(task) {
+                Ok(part) => part
+                    .subtask_type
+                    .map(|kind| format!("a chord whose header holds a {kind}")),
+                Err(error) => Some(error),
+            })
+            .or_else(|| match nested.kwargs.body.as_deref() {
+                Some(body) => check_chord_body(body),
+                None => Some("a chord without a body".to_owned()),
+            }),
+    }
+}
+
+/// What of a chord's body cannot run here: it must be a plain task.
+fn check_chord_body(body: &RawValue) -> Option<String> {
+    match decode(body) {
+        Ok(sig) if sig.subtask_type.is_none() => None,
+        Ok(sig) => Some(format!(
+            "a chord whose body is a {}",
+            sig.subtask_type.unwrap_or_default()
+        )),
+        Err(error) => Some(error),
+    }
+}
+
+/// Which members of a nested signature to read.
+#[derive(Clone, Copy)]
+enum Members {
+    /// A group's or a chain's `kwargs.tasks`.
+    Tasks,
+    /// A chord's header: `kwargs.header`, a `celery.group` dict or a list.
+    Header,
+}
+
+/// The `kwargs` of a group, chain or chord in Celery's dict form.
+#[derive(Deserialize)]
+struct Nested {
+    #[serde(default)]
+    kwargs: NestedKwargs,
+}
+
+#[derive(Deserialize, Default)]
+struct NestedKwargs {
+    #[serde(default)]
+    tasks: Option<Box<RawValue>>,
+    #[serde(default)]
+    header: Option<Box<RawValue>>,
+    #[serde(default)]
+    body: Option<Box<RawValue>>,
+}
+
+impl Nested {
+    fn of(raw: &RawValue) -> Result<Self, String> {
+        serde_json::from_str(raw.get())
+            .map_err(|error| format!("a group, chain or chord does not decode: {error}"))
+    }
+
+    /// The member signatures, in order.
+    fn members(&self, what: Members) -> Result<Vec<Box<RawValue>>, String> {
+        let list = |raw: &RawValue| {
+            serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                .map_err(|error| format!("the members of a group or chain do not decode: {error}"))
+        };
+        match what {
+            Members::Tasks => self.kwargs.tasks.as_deref().map_or(Ok(Vec::new()), list),
+            Members::Header => {
+                let Some(header) = self.kwargs.header.as_deref() else {
+                    return Ok(Vec::new());
+                };
+                if header.get().trim_start().starts_with('[') {
+                    list(header)
+                } else {
+                    Nested::of(header)?.members(Members::Tasks)
+                }
+            }
+        }
+    }
+
+    /// The group id of a chord: its header group's frozen id, else the
+    /// chord's own.
+    fn chord_group_id(&self, chord: &SignatureDict) -> Option<String> {
+        let header_id = self
+            .kwargs
+            .header
+            .as_deref()
+            .and_then(|header| decode(header).ok())
+            .and_then(|header| header.options.task_id);
+        header_id.or_else(|| chord.options.task_id.clone())
+    }
+}
+
+/// Signature `raw` (a plain task, or a group, chain or chord, as Celery's
+/// worker applies them) as the messages that follow `parent`: `first` in
+/// front of the arguments (of each member of a group or chord header, of
+/// the first step of a chain), `chain` as the steps after it, in group
+/// `member` (id, index) if given.
+fn apply(
+    parent: Parent<'_>,
+    raw: &RawValue,
+    first: Option<&RawValue>,
+    chain: &[Box<RawValue>],
+    member: Option<(&str, Option<usize>)>,
+) -> Result<Vec<FollowUp>, String> {
+    let sig = decode(raw)?;
+    match sig.subtask_type.as_deref() {
+        None => Ok(vec![step(parent, &sig, first, chain, member, None)?]),
+        Some("group") => {
+            if !chain.is_empty() {
+                return Err("a group followed by more chain steps".to_owned());
+            }
+            // A group keeps its own id (its members' results are read by it).
+            let group = sig.options.task_id.clone().unwrap_or_else(uuid_string);
+            let mut follow = Vec::new();
+            for (index, task) in Nested::of(raw)?.members(Members::Tasks)?.iter().enumerate() {
+                follow.extend(apply(
+                    parent,
+                    task,
+                    first,
+                    &[],
+                    Some((&group, Some(index))),
+                )?);
+            }
+            Ok(follow)
+        }
+        Some("chain") => {
+            let tasks = Nested::of(raw)?.members(Members::Tasks)?;
+            let Some((head, rest)) = tasks.split_first() else {
+                return Ok(Vec::new());
+            };
+            // After the head: its own steps (the next one last), then ours.
+            let mut steps = chain.to_vec();
+            steps.extend(rest.iter().rev().cloned());
+            apply(parent, head, first, &steps, member)
+        }
+        Some("chord") => {
+            let nested = Nested::of(raw)?;
+            let header = nested.members(Members::Header)?;
+            let group = nested.chord_group_id(&sig).unwrap_or_else(uuid_string);
+            let body = nested
+                .kwargs
+                .body
+                .as_deref()
+                .ok_or("a chord without a body")?;
+            // The body, frozen into the header's group, carries the rest of
+            // the chain: it runs after the chord.
+            let body = frozen_body(body, &group, chain)?;
+            if header.is_empty() {
+                // Nothing to wait for: the body runs at once with [].
+                let empty = RawValue::from_string("[]".to_owned()).map_err(|e| e.to_string())?;
+                return apply(parent, &body, Some(&empty), &[], None);
+            }
+            let mut follow = Vec::with_capacity(header.len());
+            for (index, task) in header.iter().enumerate() {
+                follow.push(step(
+                    parent,
+                    &decode(task)?,
+                    first,
+                    &[],
+                    Some((&group, Some(index))),
+                    Some(&body),
+                )?);
+            }
+            if let Some(first_part) = follow.first_mut() {
+                first_part.chord_size = Some((group, header.len()));
+            }
+            Ok(follow)
+        }
+        Some(other) => Err(format!("a signature of unknown type `{other}`")),
+    }
+}
+
+/// A chord's body with the id it will run under (its own frozen one, or a
+/// new one), in the chord's `group`, the steps `chain` after it added to
+/// its own.
+fn frozen_body(
+    body: &RawValue,
+    group: &str,
+    chain: &[Box<RawValue>],
+) -> Result<Box<RawValue>, String> {
+    let mut body: serde_json::Map<String, Value> = serde_json::from_str(body.get())
+        .map_err(|e| format!("a chord body does not decode: {e}"))?;
+    let options = body
+        .entry("options")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Value::Object(options) = options else {
+        return Err("a chord body's options are not a map".to_owned());
+    };
+    if !options.get("task_id").is_some_and(Value::is_string) {
+        options.insert("task_id".to_owned(), Value::String(uuid_string()));
+    }
+    options.insert("group_id".to_owned(), Value::String(group.to_owned()));
+    if !chain.is_empty() {
+        // Its own steps run first: they come after ours in the list.
+        let mut steps: Vec<Value> = chain
+            .iter()
+            .map(|raw| serde_json::from_str(raw.get()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        if let Some(Value::Array(own)) = options.get("chain") {
+            steps.extend(own.iter().cloned());
+        }
+        options.insert("chain".to_owned(), Value::Array(steps));
+    }
+    serde_json::value::to_raw_value(&body).map_err(|e| e.to_string())
 }
 
 /// Signature `sig` as a task message following `parent`: `first` in front
 /// of its arguments (unless immutable), `chain` as its remaining steps, in
-/// group `member` (id, index) if given; its root is the parent's root.
+/// group `member` (id, index) if given, a header part of chord `chord` (the
+/// body) if given; its root is the parent's root.
 fn step(
     parent: Parent<'_>,
     sig: &SignatureDict,
     first: Option<&RawValue>,
     chain: &[Box<RawValue>],
     member: Option<(&str, Option<usize>)>,
+    chord: Option<&RawValue>,
 ) -> Result<FollowUp, String> {
     let mut args: Vec<Box<RawValue>> = Vec::with_capacity(sig.args.len() + 1);
     if let (Some(first), false) = (first, sig.immutable) {
@@ -405,7 +647,7 @@ fn step(
         parent_id: Some(parent.id),
     };
     let mut message = encode_task(&call).map_err(|e| e.to_string())?;
-    set_embed(&mut message, &args, &kwargs, sig, chain).map_err(|e| e.to_string())?;
+    set_embed(&mut message, &args, &kwargs, sig, chain, chord).map_err(|e| e.to_string())?;
     if let Some((group, index)) = member {
         let headers = &mut message.properties.headers;
         headers.insert("group", text_value(group));
@@ -420,25 +662,28 @@ fn step(
         task: sig.task.clone(),
         queue: sig.options.queue.clone(),
         message,
+        chord_size: None,
     })
 }
 
 /// Rewrites the message body with this step's own `embed`: its callbacks
-/// and errbacks (`link`, `link_error` options) and the remaining `chain`
-/// (`[]` on the last step, as Celery sends it).
+/// and errbacks (`link`, `link_error` options), the remaining `chain`
+/// (`[]` on the last step, as Celery sends it) and the `chord` body of a
+/// header part.
 fn set_embed(
     message: &mut Message,
     args: &[Box<RawValue>],
     kwargs: &[(String, Box<RawValue>)],
     sig: &SignatureDict,
     chain: &[Box<RawValue>],
+    chord: Option<&RawValue>,
 ) -> Result<(), serde_json::Error> {
     #[derive(serde::Serialize)]
     struct OutEmbed<'a> {
         callbacks: Option<&'a RawValue>,
         errbacks: Option<&'a RawValue>,
         chain: &'a [Box<RawValue>],
-        chord: Option<()>,
+        chord: Option<&'a RawValue>,
     }
     let kwargs: serde_json::Map<String, Value> = kwargs
         .iter()
@@ -448,7 +693,7 @@ fn set_embed(
         callbacks: sig.options.link.as_deref(),
         errbacks: sig.options.link_error.as_deref(),
         chain,
-        chord: None,
+        chord,
     };
     message.body = serde_json::to_vec(&(args, kwargs, embed))?;
     Ok(())
@@ -511,5 +756,101 @@ mod tests {
             embed.chain_callers(None),
             [("last".to_owned(), "r1".to_owned())]
         );
+    }
+
+    /// Celery 5.7's `add.s(1,1) | group(mul.s(2), mul.s(3)) | tsum.s()`
+    /// (CELERY_OPERATIONS.md §1.7): the chord element becomes its header
+    /// parts, the previous result in front, in the header's group, each
+    /// carrying the body (with the rest of the chain) in `embed.chord`; the
+    /// first part says the chord's size.
+    #[test]
+    fn a_chord_in_a_chain_becomes_its_header_parts() {
+        let request = request_with_embed(
+            r#"{"chain": [
+            {"task": "add", "args": [100], "options": {"task_id": "last"}},
+            {"task": "celery.chord", "args": [], "subtask_type": "chord",
+             "options": {"task_id": "g1"},
+             "kwargs": {"kwargs": {},
+               "header": {"task": "celery.group", "subtask_type": "group", "args": [],
+                          "options": {"task_id": "g1"},
+                          "kwargs": {"tasks": [
+                            {"task": "mul", "args": [2], "options": {"task_id": "p0"}},
+                            {"task": "mul", "args": [3], "options": {"task_id": "p1"}}]}},
+               "body": {"task": "tsum", "args": [], "options": {"task_id": "b"}}}}]}"#,
+        );
+        let embed = Embed::of(&request).unwrap();
+        assert_eq!(embed.unsupported(false).as_deref(), Some(NO_CHORDS));
+        assert_eq!(embed.unsupported(true), None);
+        let two = RawValue::from_string("2".into()).unwrap();
+        let follow = embed.after_success(&request, &two).unwrap();
+        assert_eq!(follow.len(), 2);
+        assert_eq!(follow[0].chord_size, Some(("g1".to_owned(), 2)));
+        assert_eq!(follow[1].chord_size, None);
+        for (index, part) in follow.iter().enumerate() {
+            let sent = decode_task(&part.message).unwrap();
+            assert_eq!(sent.id, format!("p{index}"));
+            assert_eq!(sent.parent_id.as_deref(), Some("t"));
+            let headers = &part.message.properties.headers;
+            assert_eq!(headers.get_str("group"), Some("g1"));
+            let body: Value = serde_json::from_slice(&part.message.body).unwrap();
+            assert_eq!(body[0], serde_json::json!([2, index + 2]));
+            let chord = &body[2]["chord"];
+            assert_eq!(chord["task"], "tsum");
+            assert_eq!(chord["options"]["group_id"], "g1");
+            assert_eq!(chord["options"]["chain"][0]["options"]["task_id"], "last");
+        }
+        // The part that completes the chord publishes the body, which
+        // carries the rest of the chain.
+        let part = decode_task(&follow[1].message).unwrap();
+        let values = RawValue::from_string("[4, 6]".into()).unwrap();
+        let body = Embed::of(&part)
+            .unwrap()
+            .chord_body(&part, "g1", &values)
+            .unwrap();
+        let sent = decode_task(&body.message).unwrap();
+        assert_eq!(sent.id, "b");
+        let next: Value = serde_json::from_slice(&body.message.body).unwrap();
+        assert_eq!(next[0], serde_json::json!([[4, 6]]));
+        assert_eq!(next[2]["chain"][0]["options"]["task_id"], "last");
+    }
+
+    #[test]
+    fn groups_end_a_chain_and_hold_chains() {
+        let group_last = request_with_embed(
+            r#"{"chain": [{"task": "celery.group", "subtask_type": "group",
+             "options": {"task_id": "g"},
+             "kwargs": {"tasks": [
+               {"task": "add", "args": [1], "options": {"task_id": "a"}},
+               {"task": "celery.chain", "subtask_type": "chain", "kwargs": {"tasks": [
+                 {"task": "add", "args": [2], "options": {"task_id": "b"}},
+                 {"task": "mul", "args": [3], "options": {"task_id": "c"}}]}}]}}]}"#,
+        );
+        let embed = Embed::of(&group_last).unwrap();
+        assert_eq!(embed.unsupported(false), None);
+        let one = RawValue::from_string("1".into()).unwrap();
+        let follow = embed.after_success(&group_last, &one).unwrap();
+        let sent: Vec<_> = follow
+            .iter()
+            .map(|f| decode_task(&f.message).unwrap())
+            .collect();
+        assert_eq!((sent[0].id.as_str(), sent[1].id.as_str()), ("a", "b"));
+        let second: Value = serde_json::from_slice(&follow[1].message.body).unwrap();
+        assert_eq!(second[0], serde_json::json!([1, 2]));
+        assert_eq!(second[2]["chain"][0]["options"]["task_id"], "c");
+        assert_eq!(
+            follow[1].message.properties.headers.get_str("group"),
+            Some("g")
+        );
+
+        let group_then_more = request_with_embed(
+            r#"{"chain": [{"task": "add"},
+             {"task": "celery.group", "subtask_type": "group", "kwargs": {"tasks": []}}]}"#,
+        );
+        let refused = Embed::of(&group_then_more).unwrap().unsupported(true);
+        assert!(refused.unwrap().contains("followed by more chain steps"));
+        let unknown =
+            request_with_embed(r#"{"callbacks": [{"task": "x", "subtask_type": "map"}]}"#);
+        let refused = Embed::of(&unknown).unwrap().unsupported(true);
+        assert!(refused.unwrap().contains("unknown type `map`"));
     }
 }

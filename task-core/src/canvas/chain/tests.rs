@@ -49,7 +49,7 @@ fn request(message: &crate::broker::Message) -> TaskRequest {
 
 #[test]
 fn the_first_message_carries_the_rest_reversed_and_frozen() {
-    let (first, last_id) = wire_chain().freeze("client-oid").unwrap();
+    let (first, last_id) = freeze(wire_chain().steps, "client-oid").unwrap();
     let call = first.encode_call(Some("client-oid")).unwrap();
     let headers = call.message.properties.headers.to_json();
     assert_eq!(headers["task"], "test.chain.add");
@@ -94,7 +94,7 @@ fn the_first_message_carries_the_rest_reversed_and_frozen() {
 
 #[test]
 fn a_worker_publishes_each_step_with_the_previous_result_and_lineage() {
-    let (first, last_id) = wire_chain().freeze("client-oid").unwrap();
+    let (first, last_id) = freeze(wire_chain().steps, "client-oid").unwrap();
     let call = first.encode_call(Some("client-oid")).unwrap();
     let first_request = request(&call.message);
     let embed = Embed::of(&first_request).unwrap();
@@ -138,7 +138,7 @@ fn immutable_steps_and_step_options_travel_in_the_frozen_dicts() {
         }))
         .then_immutable(show.s("done".to_owned()));
     let _: &Chain<String> = &steps;
-    let (first, last_id) = steps.freeze("r").unwrap();
+    let (first, last_id) = freeze(steps.steps, "r").unwrap();
     let embed = first.options.chain.clone();
     let (show_step, mul_step) = (&embed[0], &embed[1]);
     assert_eq!(show_step["immutable"], true);
@@ -180,9 +180,12 @@ fn a_chain_in_celerys_dict_form_and_back() {
         ]},
     });
     let read = Chain::from_dict(&python).unwrap();
-    assert_eq!(read.steps()[1].name(), "py.mul");
-    assert!(read.steps()[1].options().immutable);
-    assert_eq!(read.steps()[1].options().queue.as_deref(), Some("q"));
+    let ChainStep::Task(second) = &read.steps()[1] else {
+        panic!("a task step: {:?}", read.steps()[1]);
+    };
+    assert_eq!(second.name(), "py.mul");
+    assert!(second.options().immutable);
+    assert_eq!(second.options().queue.as_deref(), Some("q"));
 
     let refused = Chain::from_dict(&tasks[0]).unwrap_err();
     assert!(refused.reason().contains("not a chain"), "{refused}");
@@ -250,7 +253,7 @@ fn an_argument_that_does_not_encode_fails_the_send() {
     let steps = chain(add.s(1, 2)).then(Partial::<i64, i64>::new(
         Signature::new("test.chain.add").arg(NotJson),
     ));
-    match steps.freeze("r") {
+    match freeze(steps.steps, "r") {
         Err(Error::EncodeArguments { task, reason }) => {
             assert_eq!(task, "test.chain.add");
             assert!(reason.contains("not JSON"), "{reason}");
@@ -312,15 +315,13 @@ async fn a_failed_step_fails_the_chain_and_the_rest_never_runs() {
 
 #[test]
 fn a_worker_publishes_a_step_with_its_own_timing() {
-    let (first, _) = chain(add.s(1, 2))
-        .then(mul.partial(10).with(|s| {
-            s.countdown(Duration::from_secs(90))
-                .expires_in(Duration::from_secs(600))
-                .time_limit(Duration::from_secs(30))
-                .soft_time_limit(Duration::from_secs(20))
-        }))
-        .freeze("r")
-        .unwrap();
+    let steps = chain(add.s(1, 2)).then(mul.partial(10).with(|s| {
+        s.countdown(Duration::from_secs(90))
+            .expires_in(Duration::from_secs(600))
+            .time_limit(Duration::from_secs(30))
+            .soft_time_limit(Duration::from_secs(20))
+    }));
+    let (first, _) = freeze(steps.steps, "r").unwrap();
     let call = first.encode_call(Some("r")).unwrap();
     let first_request = request(&call.message);
     let three = serde_json::value::to_raw_value(&3).unwrap();
@@ -337,4 +338,78 @@ fn a_worker_publishes_a_step_with_its_own_timing() {
     assert!((599..=601).contains(&(expires - before).num_seconds()));
     let headers = follow[0].message.properties.headers.to_json();
     assert_eq!(headers["timelimit"], json!([30.0, 20.0]));
+}
+
+#[task(name = "test.chain.sum_all")]
+async fn sum_all(values: Vec<i64>) -> Result<i64, TaskError> {
+    Ok(values.iter().sum())
+}
+
+/// `chain(add(1, 1)).then_chord([add(10), add(20)], sum_all).then(add(100))`
+/// goes out as Celery sends `add.s(1, 1) | group(..) | sum_all.s() |
+/// add.s(100)`: one `celery.chord` element whose body carries the step after
+/// it; a worker turns it into the header parts, each carrying the body.
+#[test]
+fn a_chord_step_travels_as_celerys_chord_element() {
+    let steps = chain(add.s(1, 1))
+        .then_chord([add.partial(10), add.partial(20)], sum_all.partial())
+        .then(add.partial(100));
+    assert_eq!(steps.len(), 3);
+    let dict = steps.to_dict();
+    let back = Chain::from_dict(&dict).unwrap();
+    assert_eq!(back.to_dict(), dict);
+
+    let (first, last_id) = freeze(steps.steps, "client-oid").unwrap();
+    // As Celery 5.7's client sends it: the chord, then the step after it,
+    // in the reversed list (the next step last).
+    let [after, chord] = first.options.chain.as_slice() else {
+        panic!("two elements: {:?}", first.options.chain);
+    };
+    assert_eq!(chord["task"], "celery.chord");
+    assert_eq!(chord["subtask_type"], "chord");
+    let group_id = chord["options"]["task_id"].as_str().unwrap();
+    let header = &chord["kwargs"]["header"];
+    assert_eq!(header["subtask_type"], "group");
+    assert_eq!(header["options"]["task_id"], group_id);
+    let members = header["kwargs"]["tasks"].as_array().unwrap();
+    assert_eq!(members[1]["args"], json!([20]));
+    assert_eq!(members[1]["options"]["group_index"], 1);
+    let body = &chord["kwargs"]["body"];
+    assert_eq!(body["task"], "test.chain.sum_all");
+    assert_eq!(body["options"]["group_id"], group_id);
+    assert_eq!(body["options"]["reply_to"], "client-oid");
+    assert_eq!(after["args"], json!([100]));
+    assert_eq!(after["options"]["task_id"], last_id.as_str());
+
+    let call = first.encode_call(Some("client-oid")).unwrap();
+    let first_request = request(&call.message);
+    let embed = Embed::of(&first_request).unwrap();
+    assert!(
+        embed.unsupported(false).is_some(),
+        "needs a backend that joins chords"
+    );
+    assert_eq!(embed.unsupported(true), None);
+    let two = serde_json::value::to_raw_value(&2).unwrap();
+    let parts = embed.after_success(&first_request, &two).unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].chord_size, Some((group_id.to_owned(), 2)));
+    let part: Value = serde_json::from_slice(&parts[1].message.body).unwrap();
+    assert_eq!(part[0], json!([2, 20]));
+    // The body carries the step after the chord.
+    let carried = &part[2]["chord"];
+    assert_eq!(carried["options"]["task_id"], body["options"]["task_id"]);
+    assert_eq!(
+        carried["options"]["chain"][0]["options"]["task_id"],
+        last_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_chord_step_is_refused_without_a_joining_backend() {
+    let steps = chain(add.s(1, 1)).then_chord([add.partial(1)], sum_all.partial());
+    let error = steps.apply_async_with(&eager_app()).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Backend(BackendError::Unsupported { .. })),
+        "{error}"
+    );
 }
