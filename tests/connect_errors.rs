@@ -114,3 +114,27 @@ async fn a_missing_vhost_is_named_with_the_brokers_reason() {
     );
     assert!(message.contains("refused the virtual host"), "{message}");
 }
+
+/// A peer that accepts the connection and then says nothing (a black-holed
+/// port, a stuck proxy): the attempt fails after `CONNECT_TIMEOUT` with a
+/// typed timeout instead of holding the caller forever.
+#[tokio::test]
+async fn a_peer_that_never_answers_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().expect("the client connects");
+        // Holds the socket open, silent, until the client has given up.
+        let _ = released.recv();
+        drop(socket);
+    });
+    let (failure, _, message) = connect(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
+    release.send(()).expect("the peer waits");
+    peer.join().expect("the peer thread");
+    assert_eq!(failure, ConnectFailure::TimedOut);
+    assert!(
+        message.starts_with(&format!("no answer from 127.0.0.1:{port} within 20 s")),
+        "{message}"
+    );
+}

@@ -93,13 +93,14 @@ impl RustWorker {
 async fn python_client(calls: Value) -> Vec<Value> {
     let python = python().to_owned();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(repo().join("tests/interop/py_client.py"))
             .arg(calls.to_string())
-            .env("BROKER_URL", common::broker_url())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("python client runs")
+            .env("BROKER_URL", common::broker_url());
+        let output = common::output_within(command, common::CHILD_PROCESS_TIMEOUT);
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        output
     })
     .await
     .unwrap();

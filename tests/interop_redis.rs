@@ -59,14 +59,15 @@ async fn redis_app() -> App {
 async fn py_client(args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(common::python())
+        let mut command = Command::new(common::python());
+        command
             .arg(common::repo().join("tests/interop/py_redis_client.py"))
             .args(&args)
             .env("BROKER_URL", common::broker_url())
-            .env("INTEROP_RESULT_BACKEND", common::redis_url())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("the python client runs")
+            .env("INTEROP_RESULT_BACKEND", common::redis_url());
+        let output = common::output_within(command, common::CHILD_PROCESS_TIMEOUT);
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        output
     })
     .await
     .unwrap();

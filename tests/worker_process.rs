@@ -95,11 +95,9 @@ fn example_binary(name: &str) -> PathBuf {
 
 /// Runs the worker binary with `args` to the end (it must exit by itself).
 fn run_worker(args: &[&str]) -> Output {
-    Command::new(worker_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("worker binary runs")
+    let mut command = Command::new(worker_binary());
+    command.args(args).stdin(Stdio::null());
+    common::output_within(command, common::CHILD_PROCESS_TIMEOUT)
 }
 
 /// An AMQP URL where nothing listens.
@@ -346,10 +344,11 @@ async fn the_client_example_calls_a_worker_in_another_process() {
     command
         .args(["-Q", &queue, "--name", "Zoë", "40", "2"])
         .env("BROKER_URL", common::broker_url());
-    let client = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("client runs");
+    let client = tokio::task::spawn_blocking(move || {
+        common::output_within(command, common::CHILD_PROCESS_TIMEOUT)
+    })
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&client.stdout);
     assert!(client.status.success(), "{client:?}");
     assert!(stdout.contains("tasks.add(40, 2) = 42"), "{stdout}");
@@ -374,7 +373,8 @@ fn the_worker_binary_reports_a_wrong_password_in_one_error_line() {
         "amqp://{user}:not-the-password@{}:{}/%2f",
         good.authority.host, good.authority.port
     );
-    let output = Command::new(worker_binary())
+    let mut command = Command::new(worker_binary());
+    command
         .args([
             "--broker",
             &url,
@@ -383,9 +383,8 @@ fn the_worker_binary_reports_a_wrong_password_in_one_error_line() {
         ])
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the worker binary runs");
+        .stdin(Stdio::null());
+    let output = common::output_within(command, common::CHILD_PROCESS_TIMEOUT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let errors: Vec<&str> = stderr

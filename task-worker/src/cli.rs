@@ -215,6 +215,10 @@ pub fn main() -> ExitCode {
 /// Parses the command line, runs a worker until SIGTERM / Ctrl-C (or the
 /// command given) and returns the process's exit code. `binary` names the
 /// binary in `--version` and in the startup log line.
+/// How long the binary waits for the tokio runtime's leftover tasks once its
+/// command has finished, before it exits all the same.
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn main_for(binary: BinaryInfo) -> ExitCode {
     let version: &'static str = Box::leak(
         format!(
@@ -247,6 +251,10 @@ pub fn main_for(binary: BinaryInfo) -> ExitCode {
             None => run(args).await.map_err(|error| error.to_string()),
         }
     });
+    // What is still running once the command is done (a blocking call
+    // stuck in the system, a client library's task) must not keep the
+    // process from exiting.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

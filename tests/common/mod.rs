@@ -50,6 +50,42 @@ pub fn python() -> &'static std::path::Path {
     })
 }
 
+/// How long a child process a test runs to completion (the worker binary
+/// refusing its arguments, a Python client) may take before the test fails.
+pub const CHILD_PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to completion like [`std::process::Command::output`],
+/// but kills it and fails the test if it has not exited within `limit`: a
+/// hung child must fail its test, not hold the whole run.
+pub fn output_within(mut command: std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = child.id();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(limit) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {command:?}: {e}")),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            let output = outcome.recv().ok().and_then(Result::ok);
+            panic!(
+                "{command:?} did not exit within {limit:?}; killed. stderr: {}",
+                output
+                    .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// A queue name no other test (or test run) uses.
 pub fn unique_queue(label: &str) -> String {
     format!("test.{label}.{}", uuid::Uuid::new_v4().simple())

@@ -18,9 +18,9 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
-use super::connect_failure::{connect_error, Target};
+use super::connect_failure::{connect_error, connect_timed_out, Target};
 use super::url::redact;
-use super::{BrokerError, ReplyCode, TlsOptions};
+use super::{BrokerError, ReplyCode, TlsOptions, CONNECT_TIMEOUT};
 
 /// How a broker connection recovers from RabbitMQ going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +325,16 @@ impl Endpoint {
 
     /// Opens a connection; an `amqps://` one is TLS or fails (lapin is built
     /// with rustls: see the workspace Cargo.toml).
+    /// Opens a connection and its publishing channel, within
+    /// [`CONNECT_TIMEOUT`] (a peer that accepts but never answers must not
+    /// hold a worker's start or a reconnection forever).
     async fn open(&self, generation: u64) -> Result<Link, BrokerError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.open_unbounded(generation))
+            .await
+            .map_err(|elapsed| connect_timed_out(&self.target, elapsed))?
+    }
+
+    async fn open_unbounded(&self, generation: u64) -> Result<Link, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("task-core pid={}", std::process::id()).into());
         let runtime =

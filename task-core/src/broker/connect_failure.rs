@@ -38,6 +38,10 @@ pub enum ConnectFailure {
     /// show: the broker checks it after the client's side of the handshake
     /// is done, and its alert can be lost in the reset.
     Closed,
+    /// The connection and its handshake did not complete within
+    /// [`CONNECT_TIMEOUT`](super::CONNECT_TIMEOUT): a peer that accepts the
+    /// connection but never answers, or a network that drops packets.
+    TimedOut,
     /// Anything else, with lapin's explanation.
     Other(String),
 }
@@ -172,7 +176,26 @@ pub(crate) fn describe(url: &str, address: &str, failure: &ConnectFailure) -> St
             "the peer at {address} closed the connection during the handshake: \
              check the broker's log"
         ),
+        ConnectFailure::TimedOut => format!(
+            "no answer from {address} within {} s: is this the broker's address, \
+             does a firewall drop the packets?",
+            super::CONNECT_TIMEOUT.as_secs()
+        ),
         ConnectFailure::Other(reason) => format!("cannot connect to {url}: {reason}"),
+    }
+}
+
+/// The typed error for a connection attempt to `target` that did not
+/// complete in time.
+pub(crate) fn connect_timed_out(
+    target: &Target,
+    elapsed: tokio::time::error::Elapsed,
+) -> BrokerError {
+    BrokerError::Connect {
+        url: target.url.clone(),
+        address: target.address.clone(),
+        failure: ConnectFailure::TimedOut,
+        source: Box::new(elapsed),
     }
 }
 

@@ -222,6 +222,11 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
+/// How long one attempt to open a broker connection (TCP, TLS and the AMQP
+/// handshake, up to the first channel) may take before it fails with
+/// [`ConnectFailure::TimedOut`].
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// AMQP's limit for names and text properties ("short strings"), in bytes.
 pub const MAX_SHORT_STRING: usize = 255;
 

@@ -16,7 +16,7 @@
 //!    make it wait, or end it with an outcome (the worker's list: canvas
 //!    (publishes what follows a task, refuses chords), expiry, ETA, rate
 //!    limit, expiry again, early ack, logging, then the user's stages; eager
-//!    mode's: canvas refusal (chords, nested canvas), expiry);
+//!    mode's: canvas refusal (chords), expiry);
 //! 5. **run**: STARTED when the task tracks it, the body inside its
 //!    [`TaskContext`] under its hard time limit with panics caught, then the
 //!    **retry decision** ([`TaskRegistration::retry_delay`]): success,
