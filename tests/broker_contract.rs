@@ -613,6 +613,50 @@ async fn no_ack_deliveries_are_forgotten_when_sent(mut f: Fixture) {
     f.finish().await;
 }
 
+contract_test!(an_exclusive_consumer_holds_its_queue_alone_until_it_goes);
+async fn an_exclusive_consumer_holds_its_queue_alone_until_it_goes(mut f: Fixture) {
+    let q = f.queue("exclusive-consume", json!({})).await;
+    let queues = std::slice::from_ref(&q);
+    let exclusive = ConsumeOptions::manual_ack(0).exclusive(true);
+    let other = f.another_connection().await;
+    let holder = f.broker.consume(queues, exclusive).await.unwrap();
+    // Neither a second exclusive consumer nor a plain one gets in.
+    for options in [exclusive, ConsumeOptions::manual_ack(1)] {
+        let refused = other.consume(queues, options).await.err().expect("refused");
+        assert_eq!(
+            refused.reply_code(),
+            Some(ReplyCode::AccessRefused),
+            "{refused}"
+        );
+    }
+    // Nor does an exclusive consumer while a plain one is on the queue.
+    holder.cancel.close().await.unwrap();
+    let plain = other
+        .consume(queues, ConsumeOptions::manual_ack(1))
+        .await
+        .unwrap();
+    let third = f.another_connection().await;
+    let refused = third
+        .consume(queues, exclusive)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        refused.reply_code(),
+        Some(ReplyCode::AccessRefused),
+        "{refused}"
+    );
+    // Once it has gone, the queue can be taken again.
+    plain.cancel.close().await.unwrap();
+    let mut again = third.consume(queues, exclusive).await.unwrap();
+    f.publish(&q, &message("m")).await;
+    assert_eq!(body(&next(&mut again).await), "m");
+    again.cancel.close().await.unwrap();
+    other.close().await.unwrap();
+    third.close().await.unwrap();
+    f.finish().await;
+}
+
 contract_test!(higher_priorities_come_first_in_publish_order_within_a_priority);
 async fn higher_priorities_come_first_in_publish_order_within_a_priority(mut f: Fixture) {
     let q = f.queue("priority", json!({"x-max-priority": 10})).await;

@@ -2,15 +2,16 @@
 //! chords and saved groups), run by a Rust worker: a group's results in
 //! member order, as they finish, counted; a chord's body receives the
 //! header's values in order; a failed part fails the body with
-//! `ChordError`; chords under `rpc://` are refused, typed.
+//! `ChordError`; without a result backend chords are joined on RabbitMQ
+//! alone, a part counted once however often it reports.
 
 mod common;
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use task_core::backend::BackendError;
 use task_core::canvas::{chord, group, GroupResult, Partial};
+use task_core::protocol::chord_join::{self, PartEntry};
 use task_core::{App, Error, TaskState};
 use task_examples::{add, parse_int, sum_all, Stats};
 use task_worker::Worker;
@@ -143,8 +144,17 @@ async fn a_saved_group_is_restored_by_id_in_another_app() {
 
 #[tokio::test]
 async fn a_chord_body_gets_the_header_values_in_order() {
-    let url = common::redis_url();
-    let w = BackendWorker::start("chord-rs", &url).await;
+    chord_body_gets_the_header_values(&common::redis_url(), "chord-rs").await;
+}
+
+/// The same chords without a result backend: joined on RabbitMQ alone.
+#[tokio::test]
+async fn a_chord_joined_on_rabbitmq_alone_gets_the_header_values_in_order() {
+    chord_body_gets_the_header_values("rpc://", "chord-amqp").await;
+}
+
+async fn chord_body_gets_the_header_values(backend: &str, label: &str) {
+    let w = BackendWorker::start(label, backend).await;
     let q = || w.queue.clone();
     // tasks.stats(values: Vec<f64>): the header's values come first.
     let body = Partial::new(
@@ -195,9 +205,19 @@ async fn a_chord_body_gets_the_header_values_in_order() {
 /// that fails fails the chain's handle with `ChordError`.
 #[tokio::test]
 async fn a_chord_step_inside_a_chain_feeds_the_steps_after_it() {
+    chord_step_feeds_the_steps_after_it(&common::redis_url(), "chain-chord-rs").await;
+}
+
+/// The same chains without a result backend: the worker that reaches the
+/// chord starts its join on RabbitMQ.
+#[tokio::test]
+async fn a_chord_step_joined_on_rabbitmq_alone_feeds_the_steps_after_it() {
+    chord_step_feeds_the_steps_after_it("rpc://", "chain-chord-amqp").await;
+}
+
+async fn chord_step_feeds_the_steps_after_it(backend: &str, label: &str) {
     use task_core::canvas::chain;
-    let url = common::redis_url();
-    let w = BackendWorker::start("chain-chord-rs", &url).await;
+    let w = BackendWorker::start(label, backend).await;
     let q = || w.queue.clone();
     let on_queue = |p: Partial<i64, i64>| p.with(|s| s.queue(q()));
     let steps = chain(add.s(1, 1).queue(q()))
@@ -240,20 +260,52 @@ async fn a_chord_step_inside_a_chain_feeds_the_steps_after_it() {
     w.stop().await;
 }
 
+/// On RabbitMQ alone, a part whose result reaches the join twice (a part
+/// redelivered and run again) is counted once: the body runs when every
+/// place of the header is filled, not when enough entries came, and the
+/// join queue is deleted once the body is out.
 #[tokio::test]
-async fn chords_need_a_backend_that_joins_them() {
-    let w = BackendWorker::start("chord-rpc", "rpc://").await;
-    let body = Partial::new(w.app.signature("tasks.stats").returning::<Stats>());
-    let header = group([add.s(1, 1).queue(w.queue.clone())]);
-    let refused = chord(header, body)
-        .apply_async_with(&w.app)
+async fn a_part_that_reaches_the_rabbitmq_join_twice_is_counted_once() {
+    let queue = common::unique_queue("chord-amqp-twice");
+    let app = common::client(&[&queue]).await;
+    let header = group((1..=4).map(|i| add.s(i, i).queue(queue.clone())));
+    let join_queue = chord_join::join_queue_name(header.id());
+    let body = sum_all.partial().with(|s| s.queue(queue.clone()));
+    // No worker yet: the parts wait in their queue.
+    let sum = chord(header, body).apply_async_with(&app).await.unwrap();
+    // A copy of the first part's result (value 1000) comes first.
+    let copy = PartEntry {
+        task_id: "an-earlier-run-of-part-0".into(),
+        group_index: Some(0),
+        state: TaskState::Success,
+        result: serde_json::value::to_raw_value(&1000).unwrap(),
+    };
+    app.broker()
+        .publish("", &join_queue, &copy.message().unwrap())
         .await
-        .unwrap_err();
-    assert!(
-        matches!(refused, Error::Backend(BackendError::Unsupported { .. })),
-        "{refused}"
-    );
-    w.stop().await;
+        .unwrap();
+    let worker = Worker::builder()
+        .app(app.clone())
+        .queues([queue.clone()])
+        .build()
+        .await
+        .unwrap();
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    // Four places, five entries: place 0 once (the first entry for it).
+    assert_eq!(sum.get(WAIT).await.unwrap(), 1000 + 4 + 6 + 8);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match app.broker().queue_message_count(&join_queue).await {
+            Err(error) if error.is_not_found() => break,
+            _ if tokio::time::Instant::now() > deadline => panic!("the join queue stays"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    app.broker().delete_queue(&queue).await.unwrap();
+    app.close().await.unwrap();
 }
 
 #[tokio::test]

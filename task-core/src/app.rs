@@ -535,11 +535,6 @@ impl App {
         AsyncResult::new(task_id, Some(waiter), None)
     }
 
-    /// The id this client sends as `reply_to` when results go to a backend.
-    pub(crate) fn client_id(&self) -> &str {
-        &self.inner.client_id
-    }
-
     /// The result backend, when it is not `rpc://`.
     pub fn result_backend(&self) -> Option<&Arc<dyn ResultBackend>> {
         self.inner.backend.as_ref()

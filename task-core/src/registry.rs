@@ -114,6 +114,29 @@ impl TaskRegistration {
 
 inventory::collect!(TaskRegistration);
 
+/// The framework's own tasks, known to every registry (like Celery's
+/// `celery.*` tasks) but not listed among its names: each is run by a
+/// worker stage, never by its handler.
+static BUILTINS: [TaskRegistration; 1] = [TaskRegistration {
+    name: crate::protocol::chord_join::JOIN_TASK,
+    params: &["group_id", "size", "body", "body_queue"],
+    options: TaskOptions::DEFAULT,
+    states: &[],
+    handler: run_in_worker_stage,
+}];
+
+/// The handler of a builtin task: reached only where no worker stage runs
+/// it (eager mode never sends one).
+fn run_in_worker_stage(args: TaskArgs) -> BoxFuture<'static, TaskOutcome> {
+    drop(args);
+    Box::pin(async {
+        Err(TaskError::new(
+            "NotImplementedError",
+            "the framework's own tasks run in a worker's canvas stage, and there is none here",
+        ))
+    })
+}
+
 /// Two tasks were registered under the same name.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
@@ -223,7 +246,10 @@ impl Registry {
 
     /// The task registered under `name`.
     pub fn get(&self, name: &str) -> Option<&'static TaskRegistration> {
-        self.by_name.get(name).copied()
+        self.by_name
+            .get(name)
+            .copied()
+            .or_else(|| BUILTINS.iter().find(|builtin| builtin.name == name))
     }
 
     /// All registered names, sorted.

@@ -23,7 +23,9 @@ pub(crate) struct Executor {
 
 impl Executor {
     /// Processes one delivery to the end, never panicking.
-    pub(crate) async fn handle(&self, mut delivery: Delivery, mut slot: Slot) {
+    /// `slot` is the concurrency slot the delivery holds (`None` for the
+    /// framework's own tasks, which wait rather than run).
+    pub(crate) async fn handle(&self, mut delivery: Delivery, mut slot: Option<Slot>) {
         // Settlement needs the message, queue and acker, not these.
         let exchange = std::mem::take(&mut delivery.exchange);
         let routing_key = std::mem::take(&mut delivery.routing_key);
@@ -37,7 +39,7 @@ impl Executor {
                 priority: delivery.message.properties.priority,
             },
             acker: Some(delivery.acker.as_ref()),
-            slot: Some(&mut slot),
+            slot: slot.as_mut(),
             results: self.settler.results.as_ref(),
             states: &self.states,
         };

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use task_core::broker::{
-    check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, TlsOptions,
+    check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, QueueSpec, TlsOptions,
 };
 use task_core::pipeline::{Expiry, Pipeline, Slot, Stage, TaskSettings};
+use task_core::protocol::chord_join;
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry, States};
 use tokio::sync::Semaphore;
@@ -577,6 +578,7 @@ impl Worker {
             .stage(Canvas {
                 app: self.app.clone(),
                 registry: self.registry.clone(),
+                shutdown: self.shutdown.clone(),
             })
             .stage(Expiry)
             .stage(stages::Eta)
@@ -642,6 +644,13 @@ impl Worker {
         // Cancelled when the shutdown timeout runs out: the tasks still
         // running are dropped, so none runs on after `run` returned.
         let abandon = CancellationToken::new();
+        let joins = tokio::spawn(consume_chord_joins(
+            self.app.clone(),
+            Arc::clone(&executor),
+            running.clone(),
+            abandon.clone(),
+            self.shutdown.clone(),
+        ));
         'consuming: loop {
             let lost = loop {
                 let slot = tokio::select! {
@@ -665,7 +674,7 @@ impl Worker {
                             // queue when the channel closes. Boxed: the
                             // spawned future stays small, and tokio moves it
                             // several times on the way into its task.
-                            let handled = Box::pin(executor.handle(delivery, slot));
+                            let handled = Box::pin(executor.handle(delivery, Some(slot)));
                             unless_abandoned(&abandon, handled).await;
                         });
                     }
@@ -698,6 +707,9 @@ impl Worker {
             tracing::info!(queues = ?self.queues, "resumed consuming");
         }
         tracing::info!("worker stopping: no new tasks will start");
+        if let Err(error) = joins.await {
+            tracing::debug!(%error, "the chord joins consumer ended abnormally");
+        }
         if let Err(error) = consumer.cancel.cancel().await {
             tracing::debug!(%error, "could not cancel the consumer");
         }
@@ -728,6 +740,76 @@ impl Worker {
     async fn consume(&self) -> Result<task_core::broker::Consumer, BrokerError> {
         let options = ConsumeOptions::manual_ack(self.prefetch).with_ack_timeout(self.ack_timeout);
         self.app.broker().consume(&self.queues, options).await
+    }
+}
+
+/// Consumes the chord join tasks ([`chord_join::JOIN_TASK_QUEUE`]) until
+/// `stop`, reconnecting when the broker goes away. A join task waits for
+/// its chord's parts without a concurrency slot and outside the task
+/// queues' prefetch window (its own consumer has none), so that joins
+/// waiting on a worker never keep the parts they wait for from running
+/// there.
+async fn consume_chord_joins(
+    app: App,
+    executor: Arc<Executor>,
+    running: TaskTracker,
+    abandon: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let consumed = async {
+            app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
+                .await?;
+            app.broker()
+                .consume(
+                    &[chord_join::JOIN_TASK_QUEUE.to_owned()],
+                    ConsumeOptions::manual_ack(0),
+                )
+                .await
+        };
+        let mut consumer = tokio::select! {
+            () = stop.cancelled() => return,
+            consumed = consumed => match consumed {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "cannot consume the chord joins; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let delivery = tokio::select! {
+                () = stop.cancelled() => {
+                    if let Err(error) = consumer.cancel.cancel().await {
+                        tracing::debug!(%error, "could not cancel the chord joins consumer");
+                    }
+                    return;
+                }
+                delivery = consumer.deliveries.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let executor = Arc::clone(&executor);
+                    let abandon = abandon.clone();
+                    running.spawn(async move {
+                        let handled = Box::pin(executor.handle(delivery, None));
+                        unless_abandoned(&abandon, handled).await;
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "lost the chord joins consumer; resuming");
+                    break;
+                }
+                None => break,
+            }
+        }
     }
 }
 

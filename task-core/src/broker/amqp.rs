@@ -278,6 +278,7 @@ async fn consume_on(
                 "".into(),
                 BasicConsumeOptions {
                     no_ack: options.no_ack,
+                    exclusive: options.exclusive,
                     ..BasicConsumeOptions::default()
                 },
                 consumer_arguments(&options),

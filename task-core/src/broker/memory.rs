@@ -375,6 +375,7 @@ mod tests {
         prefetch: 10,
         no_ack: false,
         ack_timeout: None,
+        exclusive: false,
     };
 
     async fn next(consumer: &mut Consumer) -> Delivery {

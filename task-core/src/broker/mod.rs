@@ -577,6 +577,11 @@ pub struct ConsumeOptions {
     /// sent as the `x-consumer-timeout` consumer argument, which RabbitMQ
     /// 3.11.15+ honours). `None`: the broker's setting.
     pub ack_timeout: Option<Duration>,
+    /// The only consumer of its queues: refused with 403 `ACCESS_REFUSED`
+    /// while another consumer is on one of them, and other consumers are
+    /// refused while it is (AMQP's exclusive `basic.consume`). A mutex
+    /// held by the broker: it goes with the consumer's channel.
+    pub exclusive: bool,
 }
 
 impl ConsumeOptions {
@@ -586,6 +591,7 @@ impl ConsumeOptions {
             prefetch,
             no_ack: false,
             ack_timeout: None,
+            exclusive: false,
         }
     }
 
@@ -595,7 +601,14 @@ impl ConsumeOptions {
             prefetch: 0,
             no_ack: true,
             ack_timeout: None,
+            exclusive: false,
         }
+    }
+
+    /// Sets [`ConsumeOptions::exclusive`].
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
     }
 
     /// Sets [`ConsumeOptions::ack_timeout`].

@@ -232,9 +232,10 @@ impl<R> Chain<R> {
     /// body a `Vec` of the members' result type. A failed member makes the
     /// body, and so the chain, FAILURE (`ChordError` naming it).
     ///
-    /// Like [`chord`](super::chord), needs a result backend that joins
-    /// chords (Redis): sending it under `rpc://` or in eager mode fails
-    /// with [`BackendError::Unsupported`].
+    /// The worker that runs the step before the chord starts it, joined as
+    /// [`chord`](super::chord) says (in the Redis result backend, else on
+    /// RabbitMQ alone). Eager mode does not run a chord inside a chain:
+    /// sending it fails with [`BackendError::Unsupported`].
     ///
     /// ```no_run
     /// # use task_core::{task, TaskError};
@@ -456,21 +457,12 @@ impl<R: DeserializeOwned> Chain<R> {
     /// time limits, priority). An eager app runs the steps inline, through
     /// the same messages.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<R>, Error> {
-        if self.has_chord() {
-            if app.is_eager() {
-                return Err(BackendError::Unsupported {
-                    backend: "eager",
-                    operation: "run a chord inside a chain (send the chord on its own)",
-                }
-                .into());
+        if self.has_chord() && app.is_eager() {
+            return Err(BackendError::Unsupported {
+                backend: "eager",
+                operation: "run a chord inside a chain (send the chord on its own)",
             }
-            if !app.result_backend().is_some_and(|b| b.joins_chords()) {
-                return Err(BackendError::Unsupported {
-                    backend: "rpc://",
-                    operation: "run chords (use the Redis result backend)",
-                }
-                .into());
-            }
+            .into());
         }
         let steps = match <[ChainStep; 1]>::try_from(self.steps) {
             Ok([ChainStep::Task(first)]) => return app.send(first.returning()).await,

@@ -1,7 +1,8 @@
 //! [`Chord`]: a group whose values, in order, go to a body once every
 //! member finished (Celery's `chord(header, body)`), joined in the result
 //! backend as Celery's Redis backend joins chords, so Python and Rust
-//! workers run the parts and the body alike.
+//! workers run the parts and the body alike, or on RabbitMQ alone
+//! ([`chord_join`](crate::protocol::chord_join)) without a backend.
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::chain::Follows;
 use super::group::{send_all, Group};
-use crate::backend::BackendError;
+use crate::broker::QueueSpec;
+use crate::protocol::chord_join::{self, JoinRequest, JOIN_QUEUE_HEADER};
 use crate::protocol::result_message::{self, ExceptionInfo};
 use crate::{App, AsyncResult, Error, Signature};
 
@@ -28,8 +30,10 @@ pub struct Chord<R, S> {
 /// steps are). A failed member makes the body FAILURE (`ChordError` naming
 /// it) and runs the body's errbacks.
 ///
-/// Needs a result backend that joins chords (Redis): under `rpc://`,
-/// sending it fails with [`BackendError::Unsupported`], as Celery refuses.
+/// Joined in the result backend when it joins chords (Redis, Celery's
+/// protocol: Python and Rust workers share the chord), else on RabbitMQ
+/// alone, where Celery's `rpc://` refuses chords (Rust workers run the
+/// parts and the join; see [`Chord::apply_async_with`]).
 ///
 /// ```no_run
 /// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
@@ -57,9 +61,18 @@ impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
     }
 
     /// Sends the chord through `app`: the body's result is awaited first
-    /// (so it cannot be missed), the header's size is written to the
-    /// backend, then the header's members are published with the body in
-    /// their message (Celery's `embed.chord`). Returns the body's handle.
+    /// (so it cannot be missed), the chord's join is set up, then the
+    /// header's members are published with the body in their message
+    /// (Celery's `embed.chord`). Returns the body's handle.
+    ///
+    /// With a result backend that joins chords (Redis) the join is Celery's:
+    /// the header's size is written to the backend, and Python and Rust
+    /// workers run the parts and the body alike. Otherwise (`rpc://`) the
+    /// chord is joined on RabbitMQ alone: a durable join queue receives the
+    /// parts' results and a join task, sent with the header to the body's
+    /// queue, publishes the body once every part is in (see
+    /// [`chord_join`](crate::protocol::chord_join)); its parts and join task
+    /// need Rust workers.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<S>, Error> {
         let Chord { header, mut body } = self;
         if app.is_eager() {
@@ -69,37 +82,103 @@ impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
             // Nothing to wait for: the body runs at once with no values.
             return app.send(body.arg(Vec::<()>::new())).await;
         }
-        let backend = app
-            .result_backend()
-            .filter(|backend| backend.joins_chords())
-            .ok_or(BackendError::Unsupported {
-                backend: "rpc://",
-                operation: "run chords (use the Redis result backend)",
-            })?
-            .clone();
         let body_id = body
             .options
             .task_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
+        let body_queue = body
+            .options
+            .queue
+            .as_deref()
+            .unwrap_or(app.default_queue())
+            .to_owned();
         let mut body_dict = body.to_dict();
         if let Some(options) = body_dict
             .get_mut("options")
             .and_then(serde_json::Value::as_object_mut)
         {
-            options.insert("reply_to".into(), app.client_id().into());
+            options.insert("reply_to".into(), app.result_address().await?.into());
             options.insert("group_id".into(), header.id().into());
         }
         let result = app.result::<S>(&body_id).await?;
         let size = header.len();
         let (group_id, mut members) = header.marked_members();
-        backend.set_chord_size(&group_id, size).await?;
+        match app
+            .result_backend()
+            .filter(|backend| backend.joins_chords())
+        {
+            Some(backend) => backend.set_chord_size(&group_id, size).await?,
+            None => {
+                let join_queue =
+                    start_broker_join(app, &group_id, size, &body_dict, &body_queue).await?;
+                for member in &mut members {
+                    member
+                        .options
+                        .headers
+                        .push((JOIN_QUEUE_HEADER.to_owned(), join_queue.clone().into()));
+                }
+            }
+        }
         for member in &mut members {
             member.options.chord = Some(body_dict.clone());
         }
         send_all(app, members, false).await?;
         Ok(result)
     }
+}
+
+/// Sets up the join of chord `group_id` (`size` parts) on the broker: its
+/// durable join queue, then its join task. Returns the join queue's name,
+/// for the header parts.
+async fn start_broker_join(
+    app: &App,
+    group_id: &str,
+    size: usize,
+    body: &serde_json::Value,
+    body_queue: &str,
+) -> Result<String, Error> {
+    let body = serde_json::value::to_raw_value(body).map_err(|e| Error::EncodeArguments {
+        task: chord_join::JOIN_TASK.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let request = JoinRequest {
+        group_id: group_id.to_owned(),
+        size,
+        body,
+        body_queue: body_queue.to_owned(),
+    };
+    start_join_on_broker(app, &request, None).await
+}
+
+/// Starts the join of a chord on the broker ([`chord_join`]): declares its
+/// durable join queue, then publishes its join task (in the tree
+/// `root_id`). Returns the join queue's name, which each header part must
+/// carry in its [`JOIN_QUEUE_HEADER`] header. Whoever starts a chord
+/// without a result backend that joins chords calls it before publishing
+/// the header: a client, or the worker that reaches a chord in a chain.
+pub async fn start_join_on_broker(
+    app: &App,
+    request: &JoinRequest,
+    root_id: Option<&str>,
+) -> Result<String, Error> {
+    let join_queue = chord_join::join_queue_name(&request.group_id);
+    app.broker()
+        .declare_queue(&chord_join::join_queue_spec(&join_queue))
+        .await?;
+    let join_id = uuid::Uuid::new_v4().to_string();
+    let message = request
+        .message(&join_id, root_id)
+        .map_err(|reason| Error::EncodeArguments {
+            task: chord_join::JOIN_TASK.to_owned(),
+            reason,
+        })?;
+    app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
+        .await?;
+    app.broker()
+        .publish("", chord_join::JOIN_TASK_QUEUE, &message)
+        .await?;
+    Ok(join_queue)
 }
 
 /// Eager mode (as Celery's `task_always_eager`): the header's members run

@@ -10,5 +10,5 @@ mod chord;
 mod group;
 
 pub use chain::{chain, Chain, ChainStep, Follows, InvalidSignature, Partial};
-pub use chord::{chord, Chord};
+pub use chord::{chord, start_join_on_broker, Chord};
 pub use group::{group, Group, GroupResult};

@@ -1,24 +1,30 @@
-//! [`CanvasRefusal`]: canvas that cannot run here (chords without a backend
-//! that joins them, shapes Celery never sends) is refused, not half-run.
+//! [`CanvasRefusal`]: canvas that cannot run here (chords nothing here
+//! joins, shapes Celery never sends) is refused, not half-run.
 
 use super::{Job, Outcome, Rejection, Stage, Step};
 use crate::protocol::canvas::Embed;
+use crate::protocol::chord_join::JOIN_QUEUE_HEADER;
 use crate::TaskError;
 
 /// Refuses a message whose `embed` carries what cannot run here (a chord,
-/// as a header part or nested in a chain or callback, unless the chords are
-/// joined; a shape Celery never sends; see `Embed::unsupported`): running
-/// the task and
-/// dropping the rest of the workflow would lose work in silence. The task
+/// as a header part or nested in a chain or callback, that nothing here
+/// joins; a shape Celery never sends; see `Embed::unsupported`): running
+/// the task and dropping the rest of the workflow would lose work in
+/// silence. The task
 /// and every remaining chain step (their frozen ids) are told FAILURE
 /// `NotImplementedError`, as Celery fails a chain, and the message is
 /// rejected (dead-lettered, so it can be replayed). Callbacks, errbacks,
 /// chains and groups pass: whoever runs the task sends what follows it.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CanvasRefusal {
-    /// Whether chord parts run (their worker joins chords in its result
-    /// backend); refused otherwise.
-    pub chords: bool,
+    /// Whether the result backend joins chords (Celery's chords on Redis):
+    /// every chord part runs, and chords in chains start.
+    pub backend_joins: bool,
+    /// Whether chords are joined on the broker ([`chord_join`]): the parts
+    /// that name their join queue run, and chords in chains start.
+    ///
+    /// [`chord_join`]: crate::protocol::chord_join
+    pub broker_joins: bool,
 }
 
 impl Stage for CanvasRefusal {
@@ -26,7 +32,16 @@ impl Stage for CanvasRefusal {
         let Some(embed) = Embed::of(&job.request) else {
             return Step::Next;
         };
-        let Some(what) = embed.unsupported(self.chords) else {
+        let names_join_queue = || {
+            job.message
+                .properties
+                .headers
+                .get_str(JOIN_QUEUE_HEADER)
+                .is_some()
+        };
+        let part_joined = self.backend_joins || (self.broker_joins && names_join_queue());
+        let nested_chords = self.backend_joins || self.broker_joins;
+        let Some(what) = embed.unsupported(part_joined, nested_chords) else {
             return Step::Next;
         };
         let request = &job.request;

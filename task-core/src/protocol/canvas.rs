@@ -141,10 +141,118 @@ pub struct FollowUp {
     pub queue: Option<String>,
     /// The message, ready to publish.
     pub message: Message,
-    /// A chord this message starts: its group id and header size, to
-    /// write to the result backend before the message is published (as
-    /// Celery's client does before it publishes a chord's header).
-    pub chord_size: Option<(String, usize)>,
+    /// A chord this message starts (on its first header part): to write to
+    /// the result backend, or to set up its join on the broker, before the
+    /// message is published (as Celery's client writes the size before it
+    /// publishes a chord's header).
+    pub chord_start: Option<ChordStart>,
+    /// The group id of the chord this message is a header part of.
+    pub chord_group: Option<String>,
+}
+
+/// A chord a worker starts (a `celery.chord` in a chain or a callback).
+pub struct ChordStart {
+    /// Its group id.
+    pub group_id: String,
+    /// How many header parts it has.
+    pub size: usize,
+    /// Its body, frozen (task id, group), carrying the steps after it.
+    pub body: Box<RawValue>,
+}
+
+/// A chord's body as its header parts carry it: a signature in Celery's
+/// dict form, frozen with its task id (and reply queue).
+#[derive(Clone, Copy)]
+pub struct ChordBody<'a> {
+    raw: &'a RawValue,
+}
+
+impl<'a> ChordBody<'a> {
+    /// The body `raw` (a signature dict).
+    pub fn new(raw: &'a RawValue) -> Self {
+        Self { raw }
+    }
+
+    /// The task it calls, if it decodes.
+    pub fn task(&self) -> Option<String> {
+        decode(self.raw).ok().map(|body| body.task)
+    }
+
+    /// The queue its options name, if any.
+    pub fn queue(&self) -> Option<String> {
+        decode(self.raw).ok()?.options.queue
+    }
+
+    /// The body's message once the header is complete: the header's values
+    /// (in header order, `values`) in front of its arguments unless
+    /// immutable, in the header's group `group_id`, its parent the part
+    /// `parent_id` that completed the header, in the tree `root_id`.
+    pub fn message(
+        &self,
+        parent_id: &str,
+        root_id: &str,
+        group_id: &str,
+        values: &RawValue,
+    ) -> Result<FollowUp, String> {
+        let body = decode(self.raw)?;
+        let group = body.options.group_id.as_deref().unwrap_or(group_id);
+        let rest = body.options.chain.as_deref().unwrap_or_default();
+        let parent = Parent {
+            id: parent_id,
+            root_id,
+        };
+        step(parent, &body, Some(values), rest, Some((group, None)), None)
+    }
+
+    /// `(task_id, reply_to)` of the body and of the chain steps after it
+    /// (next first), told FAILURE when a part failed (Celery's
+    /// `ChordError`): none of them will run.
+    pub fn callers(&self) -> Vec<(String, Option<String>)> {
+        let Ok(body) = decode(self.raw) else {
+            return Vec::new();
+        };
+        let steps = body.options.chain.as_deref().unwrap_or_default();
+        std::iter::once((body.options.task_id, body.options.reply_to))
+            .chain(
+                steps
+                    .iter()
+                    .rev()
+                    .filter_map(|raw| decode(raw).ok())
+                    .map(|step| (step.options.task_id, step.options.reply_to)),
+            )
+            .filter_map(|(id, reply_to)| Some((id?, reply_to)))
+            .collect()
+    }
+
+    /// The body's errbacks after a part failed, each with the body's id as
+    /// its argument, the body as parent and root, in a new group (as
+    /// Celery's `chord_error_from_stack` calls them).
+    pub fn errbacks(&self) -> Result<Vec<FollowUp>, String> {
+        let body = decode(self.raw)?;
+        let Some(body_id) = body.options.task_id.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let Some(link_error) = body.options.link_error.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let errbacks: Vec<Box<RawValue>> = match serde_json::from_str(link_error.get()) {
+            Ok(list) => list,
+            // A single signature rather than a list.
+            Err(_) => vec![link_error.to_owned()],
+        };
+        let failed_id = serde_json::value::to_raw_value(body_id).map_err(|e| e.to_string())?;
+        let parent = Parent {
+            id: body_id,
+            root_id: body_id,
+        };
+        let group = uuid_string();
+        let mut follow = Vec::with_capacity(errbacks.len());
+        for (index, raw) in errbacks.iter().enumerate() {
+            let member = Some((group.as_str(), Some(index)));
+            follow.extend(apply(parent, raw, Some(&failed_id), &[], member)?);
+        }
+        Ok(follow)
+    }
 }
 
 impl FollowUp {
@@ -191,15 +299,16 @@ impl Embed {
         self.chord().is_some()
     }
 
-    /// What cannot run here, if anything: a chord (a header part, or a
-    /// chord in a chain or callback) when `chords` is off (no backend that
-    /// joins chords), a shape Celery never sends (a group followed by more
-    /// chain steps, which Celery turns into a chord; a chord whose header
-    /// holds a group, chain or chord, or whose body is not a plain task), or
-    /// a signature that does not decode.
-    pub fn unsupported(&self, chords: bool) -> Option<String> {
+    /// What cannot run here, if anything: a chord header part when
+    /// `part_joined` is off (nothing here joins its chord), a chord nested in
+    /// a chain or callback when `nested_chords` is off (nothing here could
+    /// join it), a shape Celery never sends (a group followed by more chain
+    /// steps, which Celery turns into a chord; a chord whose header holds a
+    /// group, chain or chord, or whose body is not a plain task), or a
+    /// signature that does not decode.
+    pub fn unsupported(&self, part_joined: bool, nested_chords: bool) -> Option<String> {
         if let Some(body) = self.chord() {
-            if !chords {
+            if !part_joined {
                 return Some(NO_CHORDS.to_owned());
             }
             if let Some(problem) = check_chord_body(body) {
@@ -210,14 +319,14 @@ impl Embed {
         for (position, raw) in chain.iter().enumerate() {
             // The next step is the last element: only it may be a group.
             let last_step = position == 0;
-            if let Some(problem) = check(raw, chords, last_step) {
+            if let Some(problem) = check(raw, nested_chords, last_step) {
                 return Some(problem);
             }
         }
         self.callbacks()
             .iter()
             .chain(self.errbacks())
-            .find_map(|raw| check(raw, chords, true))
+            .find_map(|raw| check(raw, nested_chords, true))
     }
 
     /// `(task_id, reply_to)` of every remaining chain step that has them,
@@ -259,80 +368,9 @@ impl Embed {
         Ok(follow)
     }
 
-    /// The body of the chord `request` is a header part of, as the part
-    /// that completed the header publishes it: the header's values (in
-    /// header order, `values`) in front of its arguments unless immutable,
-    /// in the header's group `group_id`, its parent this part.
-    pub fn chord_body(
-        &self,
-        request: &TaskRequest,
-        group_id: &str,
-        values: &RawValue,
-    ) -> Result<FollowUp, String> {
-        let body = decode(self.chord().ok_or("the message carries no chord")?)?;
-        let group = body.options.group_id.as_deref().unwrap_or(group_id);
-        let rest = body.options.chain.as_deref().unwrap_or_default();
-        step(
-            Parent::of(request),
-            &body,
-            Some(values),
-            rest,
-            Some((group, None)),
-            None,
-        )
-    }
-
-    /// `(task_id, reply_to)` of the chord body and of the chain steps after
-    /// it (next first), told FAILURE when a part failed (Celery's
-    /// `ChordError`): none of them will run.
-    pub fn chord_body_callers(&self) -> Vec<(String, Option<String>)> {
-        let Some(body) = self.chord().and_then(|body| decode(body).ok()) else {
-            return Vec::new();
-        };
-        let steps = body.options.chain.as_deref().unwrap_or_default();
-        std::iter::once((body.options.task_id, body.options.reply_to))
-            .chain(
-                steps
-                    .iter()
-                    .rev()
-                    .filter_map(|raw| decode(raw).ok())
-                    .map(|step| (step.options.task_id, step.options.reply_to)),
-            )
-            .filter_map(|(id, reply_to)| Some((id?, reply_to)))
-            .collect()
-    }
-
-    /// The chord body's errbacks after a part failed, each with the body's
-    /// id as its argument, the body as parent and root, in a new group (as
-    /// Celery's `chord_error_from_stack` calls them).
-    pub fn chord_body_errbacks(&self) -> Result<Vec<FollowUp>, String> {
-        let Some(body) = self.chord() else {
-            return Ok(Vec::new());
-        };
-        let body = decode(body)?;
-        let Some(body_id) = body.options.task_id.as_deref() else {
-            return Ok(Vec::new());
-        };
-        let Some(link_error) = body.options.link_error.as_deref() else {
-            return Ok(Vec::new());
-        };
-        let errbacks: Vec<Box<RawValue>> = match serde_json::from_str(link_error.get()) {
-            Ok(list) => list,
-            // A single signature rather than a list.
-            Err(_) => vec![link_error.to_owned()],
-        };
-        let failed_id = serde_json::value::to_raw_value(body_id).map_err(|e| e.to_string())?;
-        let parent = Parent {
-            id: body_id,
-            root_id: body_id,
-        };
-        let group = uuid_string();
-        let mut follow = Vec::with_capacity(errbacks.len());
-        for (index, raw) in errbacks.iter().enumerate() {
-            let member = Some((group.as_str(), Some(index)));
-            follow.extend(apply(parent, raw, Some(&failed_id), &[], member)?);
-        }
-        Ok(follow)
+    /// The chord body, when the message is a header part of a chord.
+    pub fn chord_body(&self) -> Option<ChordBody<'_>> {
+        self.chord().map(ChordBody::new)
     }
 
     /// The errbacks of a failure of `request`, each with the failed task's
@@ -357,7 +395,8 @@ impl Embed {
 }
 
 /// Why a chord cannot run without a backend that joins it.
-const NO_CHORDS: &str = "a chord (its worker needs the Redis result backend)";
+const NO_CHORDS: &str =
+    "a chord that nothing here joins (a chord part needs the result backend its chord was sent with)";
 
 /// What of signature `raw` (in a chain, a callback or an errback) cannot
 /// run here; `last_step`: nothing follows it in its chain.
@@ -560,8 +599,15 @@ fn apply(
                     Some(&body),
                 )?);
             }
+            for part in &mut follow {
+                part.chord_group = Some(group.clone());
+            }
             if let Some(first_part) = follow.first_mut() {
-                first_part.chord_size = Some((group, header.len()));
+                first_part.chord_start = Some(ChordStart {
+                    group_id: group,
+                    size: header.len(),
+                    body,
+                });
             }
             Ok(follow)
         }
@@ -662,7 +708,8 @@ fn step(
         task: sig.task.clone(),
         queue: sig.options.queue.clone(),
         message,
-        chord_size: None,
+        chord_start: None,
+        chord_group: None,
     })
 }
 
@@ -779,13 +826,20 @@ mod tests {
                "body": {"task": "tsum", "args": [], "options": {"task_id": "b"}}}}]}"#,
         );
         let embed = Embed::of(&request).unwrap();
-        assert_eq!(embed.unsupported(false).as_deref(), Some(NO_CHORDS));
-        assert_eq!(embed.unsupported(true), None);
+        assert_eq!(embed.unsupported(false, false).as_deref(), Some(NO_CHORDS));
+        assert_eq!(embed.unsupported(false, true), None);
         let two = RawValue::from_string("2".into()).unwrap();
         let follow = embed.after_success(&request, &two).unwrap();
         assert_eq!(follow.len(), 2);
-        assert_eq!(follow[0].chord_size, Some(("g1".to_owned(), 2)));
-        assert_eq!(follow[1].chord_size, None);
+        let start = follow[0]
+            .chord_start
+            .as_ref()
+            .expect("the first part starts it");
+        assert_eq!((start.group_id.as_str(), start.size), ("g1", 2));
+        assert!(follow[1].chord_start.is_none());
+        assert!(follow
+            .iter()
+            .all(|part| part.chord_group.as_deref() == Some("g1")));
         for (index, part) in follow.iter().enumerate() {
             let sent = decode_task(&part.message).unwrap();
             assert_eq!(sent.id, format!("p{index}"));
@@ -805,7 +859,9 @@ mod tests {
         let values = RawValue::from_string("[4, 6]".into()).unwrap();
         let body = Embed::of(&part)
             .unwrap()
-            .chord_body(&part, "g1", &values)
+            .chord_body()
+            .unwrap()
+            .message(&part.id, "t", "g1", &values)
             .unwrap();
         let sent = decode_task(&body.message).unwrap();
         assert_eq!(sent.id, "b");
@@ -826,7 +882,7 @@ mod tests {
                  {"task": "mul", "args": [3], "options": {"task_id": "c"}}]}}]}}]}"#,
         );
         let embed = Embed::of(&group_last).unwrap();
-        assert_eq!(embed.unsupported(false), None);
+        assert_eq!(embed.unsupported(false, false), None);
         let one = RawValue::from_string("1".into()).unwrap();
         let follow = embed.after_success(&group_last, &one).unwrap();
         let sent: Vec<_> = follow
@@ -846,11 +902,11 @@ mod tests {
             r#"{"chain": [{"task": "add"},
              {"task": "celery.group", "subtask_type": "group", "kwargs": {"tasks": []}}]}"#,
         );
-        let refused = Embed::of(&group_then_more).unwrap().unsupported(true);
+        let refused = Embed::of(&group_then_more).unwrap().unsupported(true, true);
         assert!(refused.unwrap().contains("followed by more chain steps"));
         let unknown =
             request_with_embed(r#"{"callbacks": [{"task": "x", "subtask_type": "map"}]}"#);
-        let refused = Embed::of(&unknown).unwrap().unsupported(true);
+        let refused = Embed::of(&unknown).unwrap().unsupported(true, true);
         assert!(refused.unwrap().contains("unknown type `map`"));
     }
 }

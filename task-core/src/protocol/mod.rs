@@ -1,8 +1,11 @@
 //! Celery protocol v2 on the wire: task messages ([`task_message`]), result
-//! messages of the `rpc://` backend ([`result_message`]) and the Python-style
-//! `repr` Celery puts in `argsrepr`/`kwargsrepr` ([`repr`]).
+//! messages of the `rpc://` backend ([`result_message`]), the Python-style
+//! `repr` Celery puts in `argsrepr`/`kwargsrepr` ([`repr`]), canvas in a
+//! message's `embed` ([`canvas`]), and this framework's own join of chords
+//! on RabbitMQ alone ([`chord_join`]).
 
 pub mod canvas;
+pub mod chord_join;
 pub mod repr;
 pub mod result_message;
 pub mod task_message;

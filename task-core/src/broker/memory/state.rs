@@ -78,6 +78,8 @@ struct Queue {
     ready_bytes: usize,
     /// Consumers, in round-robin order.
     consumers: Vec<u64>,
+    /// The consumer that holds the queue alone (an exclusive consume).
+    exclusive_consumer: Option<u64>,
     next_consumer: usize,
     /// For `auto_delete`: deleted when its last consumer goes, once it had one.
     had_consumer: bool,
@@ -267,7 +269,19 @@ impl State {
         closed: Arc<AtomicBool>,
     ) -> Result<u64, BrokerError> {
         for queue in queues {
-            self.accessible_queue("basic.consume", queue, session)?;
+            let queue_state = self.accessible_queue("basic.consume", queue, session)?;
+            if queue_state.exclusive_consumer.is_some()
+                || (options.exclusive && !queue_state.consumers.is_empty())
+            {
+                return Err(BrokerError::refused(
+                    "basic.consume",
+                    ReplyCode::AccessRefused,
+                    format!(
+                        "queue `{queue}`: ACCESS_REFUSED - queue '{queue}' in vhost '/' \
+                         in exclusive use"
+                    ),
+                ));
+            }
         }
         let mut names: Vec<String> = Vec::with_capacity(queues.len());
         for queue in queues {
@@ -280,6 +294,9 @@ impl State {
             if let Some(queue) = self.queues.get_mut(name) {
                 queue.consumers.push(id);
                 queue.had_consumer = true;
+                if options.exclusive {
+                    queue.exclusive_consumer = Some(id);
+                }
             }
         }
         let consumer = ConsumerState {
@@ -538,6 +555,7 @@ impl State {
                         ready_len: 0,
                         ready_bytes: 0,
                         consumers: Vec::new(),
+                        exclusive_consumer: None,
                         next_consumer: 0,
                         had_consumer: false,
                         scheduled: None,
@@ -909,6 +927,9 @@ impl State {
                 continue;
             };
             queue.consumers.retain(|c| *c != id);
+            if queue.exclusive_consumer == Some(id) {
+                queue.exclusive_consumer = None;
+            }
             if queue.declaration.auto_delete && queue.had_consumer && queue.consumers.is_empty() {
                 self.delete_queue(name);
             }

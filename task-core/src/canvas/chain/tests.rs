@@ -98,7 +98,7 @@ fn a_worker_publishes_each_step_with_the_previous_result_and_lineage() {
     let call = first.encode_call(Some("client-oid")).unwrap();
     let first_request = request(&call.message);
     let embed = Embed::of(&first_request).unwrap();
-    assert_eq!(embed.unsupported(false), None);
+    assert_eq!(embed.unsupported(false, false), None);
     let three = serde_json::value::to_raw_value(&3).unwrap();
     let follow = embed.after_success(&first_request, &three).unwrap();
     assert_eq!(follow.len(), 1);
@@ -385,14 +385,18 @@ fn a_chord_step_travels_as_celerys_chord_element() {
     let first_request = request(&call.message);
     let embed = Embed::of(&first_request).unwrap();
     assert!(
-        embed.unsupported(false).is_some(),
-        "needs a backend that joins chords"
+        embed.unsupported(false, false).is_some(),
+        "needs a worker that joins chords"
     );
-    assert_eq!(embed.unsupported(true), None);
+    assert_eq!(embed.unsupported(false, true), None);
     let two = serde_json::value::to_raw_value(&2).unwrap();
     let parts = embed.after_success(&first_request, &two).unwrap();
     assert_eq!(parts.len(), 2);
-    assert_eq!(parts[0].chord_size, Some((group_id.to_owned(), 2)));
+    let start = parts[0]
+        .chord_start
+        .as_ref()
+        .expect("the first part starts it");
+    assert_eq!((start.group_id.as_str(), start.size), (group_id, 2));
     let part: Value = serde_json::from_slice(&parts[1].message.body).unwrap();
     assert_eq!(part[0], json!([2, 20]));
     // The body carries the step after the chord.
