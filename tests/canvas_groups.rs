@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use task_core::canvas::{chord, group, GroupResult, Partial};
 use task_core::protocol::chord_join::{self, PartEntry};
-use task_core::{App, Error, TaskState};
+use task_core::{App, TaskState};
 use task_examples::{add, parse_int, sum_all, Stats};
 use task_worker::Worker;
 use tokio::task::JoinHandle;
