@@ -46,8 +46,10 @@ use private_broker::PrivateBroker;
 use serde_json::Value;
 use task_core::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use task_core::broker::{BrokerError, QueueSpec};
+use task_core::canvas::{chord, group, Partial};
+use task_core::protocol::chord_join;
 use task_core::{current_task, task, App, AsyncResult, Error, TaskError};
-use task_examples::{add, sleep};
+use task_examples::{add, sleep, Stats};
 use task_worker::Worker;
 
 /// Every wait in these tests is bounded by one of these.
@@ -623,6 +625,78 @@ async fn a_killed_worker_loses_no_task() {
     }
     assert_eq!(figures.dead_lettered, 0);
     assert!(second.terminate().await.success());
+    QueueCleanup::run(&app, &queue).await;
+    drop(cleanup);
+    app.close().await.unwrap();
+}
+
+/// SIGKILL a worker while a chord's parts run, the chord joined on RabbitMQ
+/// alone (no result backend): a second worker runs the parts that were
+/// lost, the join counts each part once however often it ran, and the body
+/// runs once, with every part's value; its one result reaches the caller,
+/// and the join queue is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chord_joined_on_rabbitmq_survives_a_killed_worker() {
+    let url = common::broker_url();
+    let queue = common::unique_queue("faults.chord");
+    let app = client(&url).await;
+    app.ensure_queue(&queue).await.unwrap();
+    let cleanup = QueueCleanup {
+        url: url.clone(),
+        queue: queue.clone(),
+    };
+    let mut first = WorkerProcess::spawn("chord-1", &url, &queue, 4);
+    first.wait_ready().await;
+    let parts = 8;
+    let header = group((0..parts).map(|_| sleep.s(1.0).queue(queue.clone())));
+    let join_queue = chord_join::join_queue_name(header.id());
+    let body = Partial::new(
+        app.signature("tasks.stats")
+            .queue(queue.clone())
+            .returning::<Stats>(),
+    );
+    let stats = chord(header, body).apply_async_with(&app).await.unwrap();
+    let body_id = stats.id().to_owned();
+    // Killed once some parts are done and others run.
+    first
+        .wait_until("a second round of parts", Duration::from_secs(20), |w| {
+            let done = w.succeeded().len();
+            done >= 4 && w.received().len() > done
+        })
+        .await;
+    first.signal(libc::SIGKILL);
+    assert!(!first.wait_exit().await.success());
+    let in_flight = first.received().len() - first.succeeded().len();
+
+    let mut second = WorkerProcess::spawn("chord-2", &url, &queue, 4);
+    second.wait_ready().await;
+    let stats = stats.get(SETTLE_LIMIT).await.expect("the body's result");
+    assert_eq!((stats.count, stats.mean), (parts, Some(1.0)));
+    // The join deletes its queue once the body is out.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !app
+        .broker()
+        .queue_message_count(&join_queue)
+        .await
+        .is_err_and(|error| error.is_not_found())
+    {
+        assert!(Instant::now() < deadline, "the join queue stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(second.terminate().await.success());
+    let body_runs = first
+        .received()
+        .into_iter()
+        .chain(second.received())
+        .filter(|id| *id == body_id)
+        .count();
+    println!(
+        "[faults] SIGKILL mid-chord: {parts} parts, {in_flight} in flight when killed, \
+         {} part runs in all, body ran {body_runs} time(s)",
+        first.received().len() + second.received().len() - body_runs
+    );
+    assert!(in_flight > 0, "the worker was killed mid-part");
+    assert_eq!(body_runs, 1, "the body runs once");
     QueueCleanup::run(&app, &queue).await;
     drop(cleanup);
     app.close().await.unwrap();
