@@ -456,6 +456,21 @@ async fn delayed_messages(app: &App) -> u32 {
 }
 
 /// Polls `queue`'s ready count until it is `expected` (bounded).
+/// Waits (bounded) until `queue` is gone: a chord's join deletes its join
+/// queue just after it published the body.
+async fn wait_until_deleted(app: &App, queue: &str) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !app
+        .broker()
+        .queue_message_count(queue)
+        .await
+        .is_err_and(|error| error.is_not_found())
+    {
+        assert!(Instant::now() < deadline, "queue {queue} stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_for_ready_count(app: &App, queue: &str, expected: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -672,17 +687,7 @@ async fn a_chord_joined_on_rabbitmq_survives_a_killed_worker() {
     second.wait_ready().await;
     let stats = stats.get(SETTLE_LIMIT).await.expect("the body's result");
     assert_eq!((stats.count, stats.mean), (parts, Some(1.0)));
-    // The join deletes its queue once the body is out.
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !app
-        .broker()
-        .queue_message_count(&join_queue)
-        .await
-        .is_err_and(|error| error.is_not_found())
-    {
-        assert!(Instant::now() < deadline, "the join queue stays");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_deleted(&app, &join_queue).await;
     assert!(second.terminate().await.success());
     let body_runs = first
         .received()
@@ -1025,6 +1030,69 @@ async fn a_delayed_task_survives_a_broker_restart() {
         );
         assert_eq!(value, &Value::from(42));
     }
+    assert!(process.terminate().await.success());
+    let _ = tokio::time::timeout(Duration::from_secs(10), app.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), admin.close()).await;
+    node.shutdown().await;
+}
+
+/// A RabbitMQ restart while a chord joined on RabbitMQ alone runs: the
+/// join queue (durable), the parts' entries (persistent) and the join task
+/// survive it, and the body runs once, with every part's value. (Its
+/// `rpc://` result may be lost in the restart, as any result in flight:
+/// the worker's log shows the body ran.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chord_joined_on_rabbitmq_survives_a_broker_restart() {
+    let node = PrivateBroker::start("chord").await;
+    let url = node.url();
+    let queue = common::unique_queue("faults.chord-restart");
+    let app = client(&url).await;
+    app.ensure_queue(&queue).await.unwrap();
+    let mut process = WorkerProcess::spawn("chord-restart", &url, &queue, 2);
+    process.wait_ready().await;
+    let parts = 6;
+    let header = group((0..parts).map(|_| sleep.s(1.0).queue(queue.clone())));
+    let join_queue = chord_join::join_queue_name(header.id());
+    let body = Partial::new(
+        app.signature("tasks.stats")
+            .queue(queue.clone())
+            .returning::<Stats>(),
+    );
+    let stats = chord(header, body).apply_async_with(&app).await.unwrap();
+    let body_id = stats.id().to_owned();
+    process
+        .wait_until("two parts done", Duration::from_secs(20), |w| {
+            w.succeeded().len() >= 2
+        })
+        .await;
+    let before_restart = process.succeeded().len();
+    node.restart_app(Duration::from_millis(500)).await;
+    process
+        .wait_until("the body ran", SETTLE_LIMIT, |w| {
+            w.succeeded().contains(&body_id)
+        })
+        .await;
+    let outcome = stats.get(Duration::from_secs(15)).await;
+    let body_runs = process
+        .received()
+        .iter()
+        .filter(|id| **id == body_id)
+        .count();
+    println!(
+        "[faults] broker restart mid-chord: {before_restart} of {parts} parts done before it, \
+         {} part runs in all, body ran {body_runs} time(s), its result: {}",
+        process.received().len() - body_runs,
+        match &outcome {
+            Ok(stats) => format!("{} values", stats.count),
+            Err(error) => format!("lost in the restart ({error})"),
+        }
+    );
+    assert_eq!(body_runs, 1, "the body runs once");
+    if let Ok(stats) = outcome {
+        assert_eq!((stats.count, stats.mean), (parts, Some(1.0)));
+    }
+    let admin = client(&url).await;
+    wait_until_deleted(&admin, &join_queue).await;
     assert!(process.terminate().await.success());
     let _ = tokio::time::timeout(Duration::from_secs(10), app.close()).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), admin.close()).await;
