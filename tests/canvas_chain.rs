@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use task_core::canvas::{chain, Partial};
 use task_core::{App, Error, Signature, TaskState};
-use task_examples::{add, hello, mul, parse_int};
+use task_examples::{add, delegate_add, hello, mul, parse_int};
 use task_worker::Worker;
 
 use common::TestWorker;
@@ -73,6 +73,31 @@ async fn a_failing_middle_step_fails_the_chains_handle() {
         never.get(WAIT).await,
         Err(Error::TaskFailed(failure)) if failure.exc_type == "ParseIntError"
     ));
+    worker.stop().await;
+}
+
+/// A task that replaces itself (Celery's `self.replace`): its caller gets
+/// the replacement's value under the same id, over `rpc://` too (Celery's
+/// worker sends the replacement's result to itself there, and the caller
+/// waits in vain); in a chain, the steps after it get that value.
+#[tokio::test]
+async fn a_task_replaced_by_another_answers_its_caller_and_its_chain() {
+    let worker = TestWorker::start("replace", 4).await;
+    let q = worker.queue.clone();
+    let sent = delegate_add
+        .s(20, 22)
+        .queue(q.clone())
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(sent.get(WAIT).await.unwrap(), 42);
+
+    let chained = chain(delegate_add.s(1, 2).queue(q.clone()))
+        .then(mul.partial(10).with(on(&q)))
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(chained.get(WAIT).await.unwrap(), 30);
     worker.stop().await;
 }
 

@@ -132,6 +132,10 @@ async fn python_calls_rust_tasks_with_positional_and_keyword_arguments() {
         {"name": "interop.echo_json", "queue": q, "args": [nested]},
         {"name": "interop.echo_json", "queue": q, "kwargs": {"value": null}},
         {"name": "tasks.stats", "queue": q, "args": [[1.5, 2.5]]},
+        // Replaced by tasks.add on the Rust worker: the Python caller gets
+        // the replacement's result over rpc:// (Celery's own worker would
+        // send it to itself).
+        {"name": "tasks.delegate_add", "queue": q, "args": [20, 22]},
     ]))
     .await;
     let values: Vec<&Value> = reports.iter().map(|r| &r["result"]).collect();
@@ -146,6 +150,7 @@ async fn python_calls_rust_tasks_with_positional_and_keyword_arguments() {
     assert_eq!(values[4], &nested);
     assert_eq!(values[5], &Value::Null);
     assert_eq!(values[6], &json!({"count": 2, "mean": 2.0, "max": 2.5}));
+    assert_eq!(values[7], &json!(42));
     w.stop().await;
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use task_core::{task, TaskError};
+use task_core::{task, TaskContext, TaskError};
 
 /// Adds two integers (Celery's tutorial task).
 #[task(name = "tasks.add")]
@@ -64,6 +64,16 @@ pub async fn sleep(seconds: f64) -> Result<f64, TaskError> {
     Ok(seconds)
 }
 
+/// Hands its work to `tasks.add` (Celery's `self.replace`): the caller gets
+/// `add`'s result under this task's id. The replacement goes to the queue
+/// this task came from, so the same workers run it.
+#[task(name = "tasks.delegate_add")]
+pub async fn delegate_add(x: i64, y: i64, task: TaskContext) -> Result<i64, TaskError> {
+    Err(TaskError::replace(
+        add.s(x, y).queue(task.queue().to_owned()),
+    ))
+}
+
 /// Sums `0..n` on the blocking pool (a CPU-bound, non-async task).
 #[task(name = "tasks.cpu_sum")]
 pub fn cpu_sum(n: u64) -> Result<u64, TaskError> {
@@ -88,6 +98,13 @@ mod tests {
         let result = add.delay(2, 3).await.unwrap();
         assert!(result.ready());
         assert_eq!(result.get(Duration::ZERO).await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_replaces_itself_answers_with_the_replacement() {
+        let _app = App::eager();
+        let result = delegate_add.delay(20, 22).await.unwrap();
+        assert_eq!(result.get(Duration::ZERO).await.unwrap(), 42);
     }
 
     #[tokio::test]

@@ -223,6 +223,27 @@ async fn follow_up(
     results: &EagerResults<'_>,
     states: &Arc<States>,
 ) {
+    if let Outcome::Replaced { signature } = outcome {
+        // The replacement answers the caller, under the same id.
+        match crate::protocol::canvas::replacement(job.message, &job.request, signature) {
+            Ok(replacement) => {
+                let queue = replacement.queue_in(pipeline.registry(), default_queue);
+                Box::pin(execute(
+                    replacement.message,
+                    &queue,
+                    default_queue,
+                    results,
+                    states,
+                ))
+                .await;
+            }
+            Err(reason) => {
+                let failure = TaskError::new("ReplaceError", reason);
+                results.deliver(&result_message::failure(&job.request.id, &failure));
+            }
+        }
+        return;
+    }
     let Some(embed) = Embed::of(&job.request) else {
         return;
     };

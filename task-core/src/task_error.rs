@@ -58,6 +58,8 @@ pub struct TaskError {
     message: String,
     traceback: Option<String>,
     retry: Option<RetryRequest>,
+    /// The signature (Celery's dict form) the task is replaced by.
+    replacement: Option<Box<serde_json::Value>>,
     /// The type of the Rust error this was converted from, when known.
     source_type: Option<TypeId>,
 }
@@ -77,6 +79,7 @@ impl TaskError {
             message: message.into(),
             traceback: None,
             retry: None,
+            replacement: None,
             source_type: None,
         }
     }
@@ -107,6 +110,45 @@ impl TaskError {
     /// The retry this error asks for, if any.
     pub fn retry_request(&self) -> Option<RetryRequest> {
         self.retry
+    }
+
+    /// Ends the task by replacing it with `signature` (Celery's
+    /// `self.replace(sig)`): the worker publishes `signature` under the
+    /// running task's id, with its callbacks, errbacks, remaining chain
+    /// steps, group and chord, and the running task ends without a result;
+    /// its caller gets the replacement's result, under the same id. Unlike
+    /// Celery's worker, the caller's `reply_to` is kept, so a caller on
+    /// `rpc://` gets it too. The replacement's result type should be the
+    /// task's own: the caller reads it as that.
+    ///
+    /// ```
+    /// use task_core::{task, Signature, TaskError};
+    ///
+    /// #[task(name = "doc.replace.add")]
+    /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
+    ///
+    /// /// Hands the sum to `doc.replace.add`, which answers the caller.
+    /// #[task(name = "doc.replace.delegate")]
+    /// async fn delegate(x: i64, y: i64) -> Result<i64, TaskError> {
+    ///     Err(TaskError::replace(add.s(x, y)))
+    /// }
+    /// ```
+    pub fn replace<R>(signature: crate::Signature<R>) -> Self {
+        let message = format!("replaced by {}", signature.name());
+        let mut error = Self::new("Replace", message);
+        error.replacement = Some(Box::new(signature.to_dict()));
+        error
+    }
+
+    /// The signature this error replaces the task by, if any
+    /// ([`TaskError::replace`]).
+    pub fn replacement(&self) -> Option<&serde_json::Value> {
+        self.replacement.as_deref()
+    }
+
+    /// Takes the replacement out of the error.
+    pub(crate) fn take_replacement(&mut self) -> Option<Box<serde_json::Value>> {
+        self.replacement.take()
     }
 
     /// An error of the generic type `TaskError` with the given message.
@@ -180,6 +222,7 @@ impl TaskError {
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
+            replacement: None,
             source_type: Some(TypeId::of::<E>()),
         }
     }
@@ -192,6 +235,7 @@ impl TaskError {
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
+            replacement: None,
             source_type: None,
         }
     }
@@ -219,6 +263,7 @@ where
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
+            replacement: None,
             source_type: Some(TypeId::of::<E>()),
         }
     }

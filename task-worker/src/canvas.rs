@@ -26,7 +26,7 @@ use task_core::backend::{ChordEnd, ChordJoin, ChordPart, ResultRecord};
 use task_core::broker::{BrokerError, ConsumeOptions};
 use task_core::canvas::start_join_on_broker;
 use task_core::pipeline::{CanvasRefusal, Job, Outcome, Rejection, Stage, Step};
-use task_core::protocol::canvas::{ChordBody, Embed, FollowUp};
+use task_core::protocol::canvas::{self, ChordBody, Embed, FollowUp};
 use task_core::protocol::chord_join::{
     JoinRequest, PartEntry, PartKey, JOIN_QUEUE_HEADER, JOIN_TASK,
 };
@@ -88,6 +88,10 @@ impl Stage for Canvas {
         job: &'a Job<'_>,
         outcome: &'a mut Outcome,
     ) -> Option<BoxFuture<'a, ()>> {
+        if let Outcome::Replaced { signature } = outcome {
+            let signature = signature.clone();
+            return Some(Box::pin(self.replace(job, signature, outcome)));
+        }
         if !matches!(outcome, Outcome::Succeeded { .. } | Outcome::Failed { .. })
             || job.task.name == JOIN_TASK
         {
@@ -168,6 +172,35 @@ impl Stage for Canvas {
 }
 
 impl Canvas {
+    /// Publishes the replacement of a task that replaced itself (Celery's
+    /// `Task.replace`) before the task's ack; a replacement that cannot be
+    /// sent fails the task, one that cannot be published now retries it.
+    async fn replace(
+        &self,
+        job: &Job<'_>,
+        signature: Box<serde_json::Value>,
+        outcome: &mut Outcome,
+    ) {
+        let replacement = match canvas::replacement(job.message, &job.request, &signature) {
+            Ok(replacement) => replacement,
+            Err(reason) => {
+                tracing::warn!(task_id = %job.request.id, %reason, "the task's replacement cannot be sent");
+                *outcome = Outcome::Failed {
+                    error: TaskError::new("ReplaceError", reason),
+                };
+                return;
+            }
+        };
+        if let Err(error) = self.publish_all(vec![replacement]).await {
+            tracing::error!(task_id = %job.request.id, %error,
+                "could not publish the task's replacement; it will run again");
+            *outcome = Outcome::Retry {
+                error: TaskError::new("CanvasPublishError", error),
+                delay: Duration::from_secs(1),
+            };
+        }
+    }
+
     /// Whether the result backend joins chords (Celery's Redis chords).
     fn backend_joins(&self) -> bool {
         self.app

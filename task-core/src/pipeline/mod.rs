@@ -363,7 +363,10 @@ impl Pipeline {
         job.runtime = Some(started.elapsed());
         match ran {
             Ok(value) => Outcome::Succeeded { value },
-            Err(error) => {
+            Err(mut error) => {
+                if let Some(signature) = error.take_replacement() {
+                    return Outcome::Replaced { signature };
+                }
                 match task.retry_delay(&error, job.request.retries(), (self.unit_random)()) {
                     Some(delay) => Outcome::Retry { error, delay },
                     None => Outcome::Failed { error },

@@ -45,6 +45,13 @@ pub enum Outcome {
         /// How long until it is due.
         wait: Duration,
     },
+    /// The task replaced itself ([`TaskError::replace`]): the replacement,
+    /// published under the task's id, answers the caller; the message is
+    /// acked once it is published.
+    Replaced {
+        /// The replacement (a signature in Celery's dict form).
+        signature: Box<serde_json::Value>,
+    },
     /// Nothing to report and nothing to run: acked (unless settled already)
     /// and forgotten.
     Ignored {
@@ -106,12 +113,15 @@ impl Outcome {
                 ))
             }
             Outcome::Revoked { reason } => Some(result_message::revoked(task_id, reason)),
-            Outcome::Rejected(_) | Outcome::Deferred { .. } | Outcome::Ignored { .. } => None,
+            Outcome::Rejected(_)
+            | Outcome::Deferred { .. }
+            | Outcome::Replaced { .. }
+            | Outcome::Ignored { .. } => None,
         }
     }
 
     /// The outcome's name, for logs and metrics: `succeeded`, `failed`,
-    /// `retry`, `revoked`, `rejected`, `deferred`, `ignored`.
+    /// `retry`, `revoked`, `rejected`, `deferred`, `replaced`, `ignored`.
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Succeeded { .. } => "succeeded",
@@ -120,6 +130,7 @@ impl Outcome {
             Outcome::Revoked { .. } => "revoked",
             Outcome::Rejected(_) => "rejected",
             Outcome::Deferred { .. } => "deferred",
+            Outcome::Replaced { .. } => "replaced",
             Outcome::Ignored { .. } => "ignored",
         }
     }

@@ -394,6 +394,94 @@ impl Embed {
     }
 }
 
+/// The message that replaces the task of `message` (decoded as `request`,
+/// whose lineage and embed the run step may have moved out: they are read
+/// from the message) by `signature` (a plain signature in Celery's dict
+/// form), as Celery's `Task.replace` sends it: under the replaced task's id,
+/// its parent the replaced task, the same root, its callbacks and errbacks
+/// added to the replacement's own, its remaining chain steps after the
+/// replacement's own, its group, index and chord carried over, and
+/// `replaced_task_nesting` one higher. Unlike Celery's worker, the caller's
+/// `reply_to` is kept, so the caller gets the replacement's result.
+pub fn replacement(
+    message: &Message,
+    request: &TaskRequest,
+    signature: &Value,
+) -> Result<FollowUp, String> {
+    let mut sig: SignatureDict = serde_json::from_str(&signature.to_string())
+        .map_err(|error| format!("the replacement does not decode: {error}"))?;
+    if let Some(kind) = &sig.subtask_type {
+        return Err(format!(
+            "a task is replaced by a plain signature, not a {kind}"
+        ));
+    }
+    let original: Embed = match &request.embed {
+        Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+        None => decode_embed(message).unwrap_or_default(),
+    };
+    let merged = |own: Option<Box<RawValue>>, added: &[Box<RawValue>]| {
+        if added.is_empty() {
+            return Ok(own);
+        }
+        let mut list: Vec<Box<RawValue>> = match own {
+            Some(own) => match serde_json::from_str::<Vec<Box<RawValue>>>(own.get()) {
+                Ok(list) => list,
+                Err(_) => vec![own],
+            },
+            None => Vec::new(),
+        };
+        list.extend(added.iter().cloned());
+        serde_json::value::to_raw_value(&list)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    };
+    sig.options.link = merged(sig.options.link.take(), original.callbacks())?;
+    sig.options.link_error = merged(sig.options.link_error.take(), original.errbacks())?;
+    sig.options.task_id = Some(request.id.clone());
+    sig.options.reply_to = request.reply_to.clone();
+    // Its own steps run first: they come after the replaced task's in the
+    // list (the next one last).
+    let mut steps = original.chain().to_vec();
+    steps.extend(sig.options.chain.take().unwrap_or_default());
+    let headers = &message.properties.headers;
+    let root_id = headers.get_str("root_id").unwrap_or(&request.id);
+    let parent = Parent {
+        id: &request.id,
+        root_id,
+    };
+    let group = headers.get_str("group");
+    let index = headers
+        .get_json("group_index")
+        .and_then(|index| index.as_u64())
+        .and_then(|index| usize::try_from(index).ok());
+    let member = group.map(|group| (group, index));
+    let mut replacement = step(parent, &sig, None, &steps, member, original.chord())?;
+    let nesting = headers
+        .get_json("replaced_task_nesting")
+        .and_then(|nesting| nesting.as_i64())
+        .unwrap_or(0);
+    let out = &mut replacement.message.properties.headers;
+    out.insert(
+        "replaced_task_nesting",
+        integer_value(nesting.saturating_add(1)),
+    );
+    if let Some(join_queue) = headers.get_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER) {
+        out.insert_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER, join_queue);
+    }
+    Ok(replacement)
+}
+
+/// The `embed` of a task message's body, if it has one that reads.
+fn decode_embed(message: &Message) -> Option<Embed> {
+    #[derive(Deserialize)]
+    struct Body(
+        serde::de::IgnoredAny,
+        serde::de::IgnoredAny,
+        #[serde(default)] Option<Embed>,
+    );
+    serde_json::from_slice::<Body>(&message.body).ok()?.2
+}
+
 /// Why a chord cannot run without a backend that joins it.
 const NO_CHORDS: &str =
     "a chord that nothing here joins (a chord part needs the result backend its chord was sent with)";
@@ -779,6 +867,78 @@ mod tests {
         let mut message = encode_task(&call).unwrap();
         message.body = format!("[[], {{}}, {embed}]").into_bytes();
         decode_task(&message).unwrap()
+    }
+
+    #[test]
+    fn a_replacement_takes_over_the_id_lineage_and_canvas_of_the_task() {
+        let call = TaskCall {
+            id: "t",
+            name: "tasks.delegate",
+            args: &[],
+            kwargs: &[],
+            reply_to: Some("caller"),
+            eta: None,
+            expires: None,
+            priority: None,
+            time_limit: None,
+            soft_time_limit: None,
+            ignore_result: false,
+            retries: 0,
+            root_id: Some("root"),
+            parent_id: Some("p"),
+        };
+        let mut message = encode_task(&call).unwrap();
+        message.body = br#"[[], {}, {"callbacks": [{"task": "cb"}], "errbacks": null,
+            "chain": [{"task": "last", "options": {"task_id": "l"}}], "chord": null}]"#
+            .to_vec();
+        let headers = &mut message.properties.headers;
+        headers.insert_str("group", "g");
+        headers.insert("group_index", integer_value(3));
+        headers.insert_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER, "chord.g");
+        let request = decode_task(&message).unwrap();
+        let by = serde_json::json!({"task": "tasks.add", "args": [1, 2], "kwargs": {},
+            "options": {"queue": "q", "link": [{"task": "own"}]}});
+        let replacement = replacement(&message, &request, &by).unwrap();
+        assert_eq!(replacement.queue.as_deref(), Some("q"));
+        let sent = decode_task(&replacement.message).unwrap();
+        assert_eq!(sent.id, "t");
+        assert_eq!(sent.name, "tasks.add");
+        assert_eq!(
+            sent.reply_to.as_deref(),
+            Some("caller"),
+            "the caller's kept"
+        );
+        assert_eq!(sent.parent_id.as_deref(), Some("t"));
+        assert_eq!(sent.root_id.as_deref(), Some("root"));
+        assert_eq!(
+            (sent.group_id.as_deref(), sent.group_index),
+            (Some("g"), Some(3))
+        );
+        let headers = &replacement.message.properties.headers;
+        assert_eq!(
+            headers.get_json("replaced_task_nesting"),
+            Some(serde_json::json!(1))
+        );
+        assert_eq!(
+            headers.get_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER),
+            Some("chord.g")
+        );
+        let body: Value = serde_json::from_slice(&replacement.message.body).unwrap();
+        assert_eq!(body[0], serde_json::json!([1, 2]));
+        let callbacks: Vec<&str> = body[2]["callbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|cb| cb["task"].as_str().unwrap())
+            .collect();
+        assert_eq!(callbacks, ["own", "cb"]);
+        assert_eq!(body[2]["chain"][0]["options"]["task_id"], "l");
+
+        let group = serde_json::json!({"task": "celery.group", "subtask_type": "group"});
+        let refused = super::replacement(&message, &request, &group)
+            .err()
+            .unwrap();
+        assert!(refused.contains("plain signature"), "{refused}");
     }
 
     #[test]

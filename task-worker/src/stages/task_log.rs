@@ -31,6 +31,13 @@ impl Stage for TaskLog {
                 tracing::warn!(%task_id, %task, retries = job.request.retries() + 1, ?delay, %error,
                     "task will be retried");
             }
+            Outcome::Replaced { signature } => {
+                let by = signature
+                    .get("task")
+                    .and_then(|name| name.as_str())
+                    .unwrap_or("?");
+                tracing::info!(%task_id, %task, ?elapsed, replaced_by = by, "task replaced");
+            }
             _ => {}
         }
         None
