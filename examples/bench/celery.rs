@@ -59,7 +59,7 @@ fn celery_env(command: &mut Command, cfg: &Config, queue: &str, backend: Option<
 }
 
 /// Runs the client script in `mode`; its last stdout line is JSON.
-async fn client(
+pub async fn client(
     cfg: &Config,
     python: &Path,
     queue: &str,
@@ -84,7 +84,7 @@ async fn client(
     serde_json::from_str(last).with_context(|| format!("celery client printed {stdout:?}"))
 }
 
-fn number(value: &Value, key: &str) -> Result<f64> {
+pub fn number(value: &Value, key: &str) -> Result<f64> {
     value[key]
         .as_f64()
         .with_context(|| format!("celery client output has no `{key}`: {value}"))
@@ -115,6 +115,28 @@ pub async fn bench(cfg: &Config, python: &Path) -> Result<SideRun> {
     Ok(out)
 }
 
+/// A Celery prefork worker (`-c 2`) on `queue` with this result backend
+/// (`None`: `rpc://`).
+pub fn spawn_worker(
+    cfg: &Config,
+    python: &Path,
+    queue: &str,
+    backend: Option<&str>,
+) -> Result<ChildProc> {
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "celery", "-A", "celery_bench", "worker", "-Q", queue])
+        .args(["-c", "2", "-P", "prefork", "--loglevel", "WARNING"])
+        .args([
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ])
+        .args(["-n", &format!("{queue}@%h")]);
+    celery_env(&mut command, cfg, queue, backend);
+    ChildProc::spawn("celery worker", command)
+}
+
 /// Round trips through a prefork worker (`window` in flight), then one at
 /// a time, with this result backend (`None`: `rpc://`) on both sides; with
 /// `redis_pid`, the redis-server's CPU over the round trips too.
@@ -129,18 +151,7 @@ pub async fn round_trip_side(
 ) -> Result<()> {
     let (n, seq) = (cfg.celery_n, cfg.celery_seq);
     let queue = admin::unique_queue(label, true);
-    let mut command = Command::new(python);
-    command
-        .args(["-m", "celery", "-A", "celery_bench", "worker", "-Q", &queue])
-        .args(["-c", "2", "-P", "prefork", "--loglevel", "WARNING"])
-        .args([
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-        ])
-        .args(["-n", &format!("{queue}@%h")]);
-    celery_env(&mut command, cfg, &queue, backend);
-    let mut worker = ChildProc::spawn("celery worker", command)?;
+    let mut worker = spawn_worker(cfg, python, &queue, backend)?;
     admin::wait_for_consumer(admin, &queue, Duration::from_secs(60), || {
         worker.check_alive()
     })

@@ -14,6 +14,13 @@ import os
 
 from pyapp import app, tasks_add  # noqa: F401  (tasks_add is `tasks.add`)
 
+
+@app.task(name="tasks.sum_all")
+def tasks_sum_all(values):
+    """A chord body: the header's values come first (the canvas section)."""
+    return sum(values)
+
+
 app.conf.update(
     worker_prefetch_multiplier=4,  # Celery's default (pyapp uses 1 for tests)
     worker_enable_remote_control=False,  # no pidbox queue left behind

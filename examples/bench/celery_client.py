@@ -4,6 +4,8 @@
     python celery_client.py warm N W      N round trips, untimed
     python celery_client.py e2e N W       N round trips with W in flight, timed
     python celery_client.py seq N         N one-at-a-time round trips
+    python celery_client.py burst N       N tasks sent at once, then every result, timed
+    python celery_client.py chord N       chord(N tasks, tasks.sum_all), timed
 
 Every task is `tasks_add.delay(i, 1)` to $BENCH_QUEUE; results come back
 through `rpc://`, or through $BENCH_RESULT_BACKEND when set (Celery's Redis
@@ -17,7 +19,8 @@ import sys
 import time
 from collections import deque
 
-from celery_bench import app, tasks_add
+from celery import chord, group
+from celery_bench import app, tasks_add, tasks_sum_all
 
 TIMEOUT = 120
 
@@ -94,6 +97,27 @@ def main():
             if value != i + 1:
                 raise SystemExit(f"tasks.add({i}, 1) returned {value!r}")
         out["latencies_ms"] = latencies
+    elif mode == "burst":
+        start, cpu0 = time.perf_counter(), cpu()
+        results = [sent(tasks_add.delay(i, 1)) for i in range(n)]
+        for i, result in enumerate(results):
+            value = result.get(timeout=TIMEOUT)
+            if value != i + 1:
+                raise SystemExit(f"tasks.add({i}, 1) returned {value!r}")
+        out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = cpu() - cpu0
+    elif mode == "chord":
+        start, cpu0 = time.perf_counter(), cpu()
+        header = group(tasks_add.s(i, 1) for i in range(n))
+        result = sent(chord(header)(tasks_sum_all.s()))
+        value = result.get(timeout=TIMEOUT)
+        out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = cpu() - cpu0
+        if value != n * (n + 1) // 2:
+            raise SystemExit(f"the chord's body returned {value!r}")
+        parent = getattr(result, "parent", None)
+        for part in getattr(parent, "results", None) or []:
+            created.append(part.id)
     else:
         raise SystemExit(f"unknown mode {mode}")
     forget_created()

@@ -32,6 +32,10 @@
 //!    with its Redis backend against `rpc://`, all in the same run, with
 //!    the redis-server's CPU next to RabbitMQ's; then `--await-n` (100,000)
 //!    results awaited at once by one client (its RSS, the collection time).
+//! 8. `canvas`: 10,000 `tasks.add` as plain calls, as a group and as a
+//!    chord's header (on RabbitMQ alone and on Redis), a chain of 1,000
+//!    steps against a plain round trip, and Celery's chord on its Redis
+//!    backend against its plain calls, all in the same run (`canvas.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -46,6 +50,7 @@
 //! worker).
 
 mod admin;
+mod canvas;
 mod celery;
 mod child;
 mod delays;
@@ -95,6 +100,13 @@ struct Args {
     /// --quick 2,000).
     #[arg(long)]
     await_n: Option<usize>,
+    /// Tasks of the `canvas` section's plain calls, group and chord
+    /// (default 10,000; --quick 500).
+    #[arg(long)]
+    canvas_n: Option<usize>,
+    /// Steps of the `canvas` section's chain (default 1,000; --quick 50).
+    #[arg(long)]
+    chain_steps: Option<usize>,
     /// Tasks per throughput measurement (default 20,000; --quick 2,000).
     #[arg(long)]
     n: Option<usize>,
@@ -178,6 +190,7 @@ enum Section {
     Delays,
     Drain,
     Redis,
+    Canvas,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -208,6 +221,8 @@ pub struct Config {
     #[serde(skip)]
     pub redis_url: String,
     pub await_n: usize,
+    pub canvas_n: usize,
+    pub chain_steps: usize,
 }
 
 impl Config {
@@ -256,6 +271,7 @@ pub struct Run {
     pub drain: Option<drain::DrainRun>,
     pub redis_round_trips: Option<redis_backend::RoundTrips>,
     pub redis_await: Option<redis_backend::AwaitRuns>,
+    pub canvas: Option<canvas::CanvasRun>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -369,6 +385,11 @@ impl Run {
                 div(all_cpu(py_redis), all_cpu(fw_redis)),
             );
         }
+        if let Some(canvas) = &self.canvas {
+            for (key, value) in canvas.ratios() {
+                put(key, Some(value));
+            }
+        }
         if let Some(a) = &self.redis_await {
             put(
                 "redis:await_collect_rate_redis_over_rpc",
@@ -448,6 +469,7 @@ async fn bench(args: Args) -> Result<()> {
         Section::Delays,
         Section::Drain,
         Section::Redis,
+        Section::Canvas,
     ];
     let mut sections: Vec<Section> = args.only.clone();
     if args.redis && !sections.contains(&Section::Redis) {
@@ -463,7 +485,8 @@ async fn bench(args: Args) -> Result<()> {
     let needs_worker = sections.contains(&Section::Framework)
         || sections.contains(&Section::Cost)
         || sections.contains(&Section::Drain)
-        || sections.contains(&Section::Redis);
+        || sections.contains(&Section::Redis)
+        || sections.contains(&Section::Canvas);
     let worker_binary = if needs_worker {
         framework::ensure_worker_binary(!args.no_build)?
     } else {
@@ -514,9 +537,26 @@ async fn bench(args: Args) -> Result<()> {
             .await_n
             .unwrap_or(if quick { 2_000 } else { 100_000 })
             .max(1),
+        canvas_n: args
+            .canvas_n
+            .unwrap_or(if quick { 500 } else { 10_000 })
+            .max(1),
+        chain_steps: args
+            .chain_steps
+            .unwrap_or(if quick { 50 } else { 1_000 })
+            .max(1),
     };
     let machine = sys::Machine::describe();
     let mut notes = Vec::new();
+    // The canvas section measures the Redis backend's chords when Redis
+    // answers, and only RabbitMQ's otherwise.
+    let canvas_redis = sections.contains(&Section::Canvas)
+        && redis_backend::RedisAdmin::connect(&cfg.redis_url)
+            .await
+            .is_ok();
+    if sections.contains(&Section::Canvas) && !canvas_redis {
+        notes.push("canvas: no Redis, the Redis backend's chords not measured".into());
+    }
     if sections.contains(&Section::Redis) {
         match redis_backend::RedisAdmin::connect(&cfg.redis_url).await {
             Ok(redis) => {
@@ -535,7 +575,10 @@ async fn bench(args: Args) -> Result<()> {
             Err(why) => return Err(why),
         }
     }
-    let python = if sections.contains(&Section::Celery) || sections.contains(&Section::Redis) {
+    let python = if sections.contains(&Section::Celery)
+        || sections.contains(&Section::Redis)
+        || sections.contains(&Section::Canvas)
+    {
         match celery::find_python() {
             Ok(python) => Some(python),
             Err(why) => {
@@ -621,6 +664,13 @@ async fn bench(args: Args) -> Result<()> {
                 redis_backend::await_bench(&cfg, !raw_first)
             );
         }
+        if sections.contains(&Section::Canvas) {
+            section!(
+                canvas,
+                "canvas (group, chord, chain)",
+                canvas::bench(&cfg, python.as_deref(), canvas_redis)
+            );
+        }
         run.compute_ratios();
         runs.push(run);
         // Whatever a failed section left behind.
@@ -630,6 +680,9 @@ async fn bench(args: Args) -> Result<()> {
     let cpu_use = cpu_share.finish();
     let summary = report::Summary::of(&runs);
     report::print_table(&cfg, &summary, &runs);
+    let canvas_runs: Vec<canvas::CanvasRun> =
+        runs.iter().filter_map(|r| r.canvas.clone()).collect();
+    canvas::print(&canvas_runs);
     let cpus = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{v:.2}"));
     println!(
         "machine: {} CPUs; over these {:.0} s on average {} CPUs were busy: benchmark {:.2} \

@@ -161,7 +161,7 @@ pub struct RoundTrips {
 }
 
 /// The example worker binary on `queue` with this result backend.
-fn spawn_worker(cfg: &Config, queue: &str, backend: &str) -> Result<ChildProc> {
+pub fn spawn_worker(cfg: &Config, queue: &str, backend: &str) -> Result<ChildProc> {
     let mut command = Command::new(&cfg.worker_binary);
     command
         .args(["-Q", queue, "-c", &cfg.concurrency.to_string()])
