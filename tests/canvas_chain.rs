@@ -101,6 +101,62 @@ async fn a_task_replaced_by_another_answers_its_caller_and_its_chain() {
     worker.stop().await;
 }
 
+/// A chain that ends in a group (Celery's `chain(a, group(b, c))`): each
+/// member gets the last step's value, the handle is their `GroupResult`;
+/// eager mode runs the same inline.
+#[tokio::test]
+async fn a_chain_ending_in_a_group_gives_every_members_value() {
+    let worker = TestWorker::start("chain-group", 4).await;
+    let q = worker.queue.clone();
+    let members = chain(add.s(1, 1).queue(q.clone()))
+        .then(add.partial(1).with(on(&q)))
+        .then_group([add.partial(10).with(on(&q)), mul.partial(3).with(on(&q))])
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(members.get(WAIT).await.unwrap(), vec![13, 9]);
+    worker.stop().await;
+
+    let eager = App::builder()
+        .eager(true)
+        .set_as_default(false)
+        .connect()
+        .await
+        .unwrap();
+    let inline = chain(add.s(2, 2))
+        .then_group([add.partial(1), mul.partial(2)])
+        .apply_async_with(&eager)
+        .await
+        .unwrap();
+    assert_eq!(inline.get(WAIT).await.unwrap(), vec![5, 8]);
+}
+
+/// A callback given its own id answers the caller over `rpc://` (Celery's
+/// worker would send its result to its own reply queue).
+#[tokio::test]
+async fn a_callback_with_its_own_id_answers_the_caller_over_rpc() {
+    let worker = TestWorker::start("link-rpc", 4).await;
+    let q = worker.queue.clone();
+    let callback_id = uuid::Uuid::new_v4().to_string();
+    let callback = worker.app.result::<i64>(&callback_id).await.unwrap();
+    let times_ten = worker
+        .app
+        .signature("tasks.mul")
+        .arg(10)
+        .queue(q.clone())
+        .task_id(callback_id.clone());
+    let sent = add
+        .s(2, 3)
+        .queue(q.clone())
+        .link(times_ten)
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(sent.get(WAIT).await.unwrap(), 5);
+    assert_eq!(callback.get(WAIT).await.unwrap(), 50);
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn a_chain_gives_its_last_value_from_the_redis_backend() {
     common::init_logs();

@@ -284,6 +284,9 @@ impl<R> Signature<R> {
     /// Runs `callback` after this task succeeds, with this task's result in
     /// front of its arguments unless it is [`immutable`](Signature::immutable)
     /// (Celery's `link`); a worker publishes it before it acks this task.
+    /// A callback given its own id ([`Signature::task_id`]) answers this
+    /// call's caller too, `rpc://` included: `app.result(id)` awaits it
+    /// (call it before sending, so that the result cannot be missed).
     pub fn link<C>(mut self, callback: Signature<C>) -> Self {
         self.options.link.push(callback.to_dict());
         self
@@ -437,9 +440,31 @@ impl<R> Signature<R> {
             let nonempty = |list: &Vec<serde_json::Value>| {
                 (!list.is_empty()).then(|| serde_json::Value::from(list.clone()))
             };
+            // A callback or errback given its own id answers this caller
+            // too (under `rpc://` Celery's worker sends it to its own reply
+            // queue, where nobody waits for it).
+            let answering = |list: &Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+                list.iter()
+                    .cloned()
+                    .map(|mut dict| {
+                        if let (Some(reply_to), Some(options)) = (
+                            reply_to.filter(|_| !options.ignore_result),
+                            dict.get_mut("options").and_then(|o| o.as_object_mut()),
+                        ) {
+                            if options.get("task_id").is_some_and(|id| id.is_string())
+                                && !options.get("reply_to").is_some_and(|to| to.is_string())
+                            {
+                                options.insert("reply_to".into(), reply_to.into());
+                            }
+                        }
+                        dict
+                    })
+                    .collect()
+            };
+            let (link, link_error) = (answering(&options.link), answering(&options.link_error));
             let embed = serde_json::json!({
-                "callbacks": nonempty(&options.link),
-                "errbacks": nonempty(&options.link_error),
+                "callbacks": nonempty(&link),
+                "errbacks": nonempty(&link_error),
                 "chain": nonempty(&options.chain),
                 "chord": options.chord,
             });

@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use task_core::backend::{ChordEnd, ChordJoin, ChordPart, ResultRecord};
-use task_core::broker::{BrokerError, ConsumeOptions};
+use task_core::broker::{BrokerError, ConsumeOptions, HeaderValue};
 use task_core::canvas::start_join_on_broker;
 use task_core::pipeline::{CanvasRefusal, Job, Outcome, Rejection, Stage, Step};
 use task_core::protocol::canvas::{self, ChordBody, Embed, FollowUp};
@@ -498,11 +498,16 @@ impl Canvas {
                 (&follow_up.chord_group, &joined_on_broker)
             {
                 if group == joined {
-                    follow_up
-                        .message
+                    let message = &mut follow_up.message;
+                    message
                         .properties
                         .headers
                         .insert_str(JOIN_QUEUE_HEADER, join_queue);
+                    // Its result goes to the join alone (see `chord`).
+                    message
+                        .properties
+                        .headers
+                        .insert("ignore_result", HeaderValue::Boolean(true));
                 }
             }
             let queue = follow_up.queue_in(&self.registry, self.app.default_queue());

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::group::{group, Group};
+use super::group::{group, Group, GroupResult};
 use crate::backend::BackendError;
 use crate::{App, AsyncResult, Error, Signature};
 
@@ -270,6 +270,41 @@ impl<R> Chain<R> {
         self.retyped()
     }
 
+    /// Ends the chain with a group (Celery's `chain(a, group(b, c))`): every
+    /// member gets this chain's result in front of its arguments and they
+    /// run at once; the chain's handle is their [`GroupResult`], in member
+    /// order. Compiles only when each member takes an `R` first. Nothing
+    /// can follow (Celery turns a group followed by a step into a chord:
+    /// [`Chain::then_chord`]).
+    ///
+    /// ```no_run
+    /// # use task_core::{task, TaskError};
+    /// # #[task(name = "doc.then_group.add")]
+    /// # async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
+    /// # #[task(name = "doc.then_group.mul")]
+    /// # async fn mul(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x * y) }
+    /// # async fn demo(app: task_core::App) -> Result<(), task_core::Error> {
+    /// use std::time::Duration;
+    /// use task_core::canvas::chain;
+    /// // add(1, 1), then add(2, 10) and mul(2, 3) at once.
+    /// let both = chain(add.s(1, 1))
+    ///     .then_group([add.partial(10), mul.partial(3)])
+    ///     .apply_async_with(&app)
+    ///     .await?;
+    /// assert_eq!(both.get(Duration::from_secs(10)).await?, vec![12, 6]);
+    /// # Ok(()) }
+    /// ```
+    pub fn then_group<H: Follows<R>>(
+        self,
+        members: impl IntoIterator<Item = H>,
+    ) -> ChainToGroup<H::Output> {
+        ChainToGroup {
+            steps: self.steps,
+            group: group(members.into_iter().map(Follows::into_step)),
+            result: PhantomData,
+        }
+    }
+
     /// Changes the result type (for chains read with
     /// [`Chain::from_dict`], which start untyped).
     pub fn returning<T>(self) -> Chain<T> {
@@ -474,6 +509,75 @@ impl<R: DeserializeOwned> Chain<R> {
         let result = app.result::<R>(&last_id).await?;
         app.send_awaited(first, false).await?;
         Ok(result)
+    }
+}
+
+/// A chain that ends with a group ([`Chain::then_group`]), typed by the
+/// members' result type: its handle is their [`GroupResult`].
+pub struct ChainToGroup<T> {
+    steps: Vec<ChainStep>,
+    group: Group<Value>,
+    result: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for ChainToGroup<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainToGroup")
+            .field("steps", &self.steps)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> ChainToGroup<T> {
+    /// Sends it through the process's default app; see
+    /// [`ChainToGroup::apply_async_with`].
+    pub async fn apply_async(self) -> Result<GroupResult<T>, Error> {
+        self.apply_async_with(&App::current()?).await
+    }
+
+    /// Sends it through `app` as Celery's client sends it: the chain's
+    /// steps frozen as [`Chain::apply_async_with`] freezes them, the group
+    /// as a `celery.group` element after them, each member frozen with its
+    /// id and this app's `reply_to`, so the worker that runs the last step
+    /// publishes the members. Returns the members' handles (awaited before
+    /// anything is published).
+    pub async fn apply_async_with(self, app: &App) -> Result<GroupResult<T>, Error> {
+        let ChainToGroup { steps, group, .. } = self;
+        if app.is_eager() && steps.iter().any(|s| matches!(s, ChainStep::Chord { .. })) {
+            return Err(BackendError::Unsupported {
+                backend: "eager",
+                operation: "run a chord inside a chain (send the chord on its own)",
+            }
+            .into());
+        }
+        let reply_to = app.result_address().await?;
+        let (group_id, mut members) = group.marked_members();
+        let mut ids = Vec::with_capacity(members.len());
+        for member in &mut members {
+            ids.push(freeze_task(member)?);
+        }
+        let tasks: Vec<Value> = members
+            .iter()
+            .map(|member| with_reply_to(member.to_dict(), &reply_to))
+            .collect();
+        let group_dict = serde_json::json!({
+            "task": "celery.group",
+            "args": [],
+            "kwargs": {"tasks": tasks},
+            "options": {"task_id": group_id},
+            "subtask_type": "group",
+            "immutable": false,
+        });
+        let (mut first, _) = freeze(steps, &reply_to)?;
+        // Reversed: the last step first.
+        first.options.chain.insert(0, group_dict);
+        let mut results = Vec::with_capacity(ids.len());
+        for id in &ids {
+            results.push(app.result::<T>(id).await?);
+        }
+        app.send_awaited(first, false).await?;
+        Ok(GroupResult::from_parts(group_id, results))
     }
 }
 

@@ -117,6 +117,10 @@ impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
                         .options
                         .headers
                         .push((JOIN_QUEUE_HEADER.to_owned(), join_queue.clone().into()));
+                    // Their results go to the join alone: under `rpc://`
+                    // nobody could read them (the caller holds the body's
+                    // handle only).
+                    member.options.ignore_result = true;
                 }
             }
         }

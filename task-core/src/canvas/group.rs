@@ -110,6 +110,11 @@ pub struct GroupResult<R> {
 }
 
 impl<R> GroupResult<R> {
+    /// The handles `results` of group `id`, in member order.
+    pub(crate) fn from_parts(id: String, results: Vec<AsyncResult<R>>) -> Self {
+        Self { id, results }
+    }
+
     /// The group id.
     pub fn id(&self) -> &str {
         &self.id

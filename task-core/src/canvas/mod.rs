@@ -9,6 +9,6 @@ mod chain;
 mod chord;
 mod group;
 
-pub use chain::{chain, Chain, ChainStep, Follows, InvalidSignature, Partial};
+pub use chain::{chain, Chain, ChainStep, ChainToGroup, Follows, InvalidSignature, Partial};
 pub use chord::{chord, start_join_on_broker, Chord};
 pub use group::{group, Group, GroupResult};
