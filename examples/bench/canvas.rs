@@ -64,6 +64,9 @@ pub struct CanvasRun {
     pub rpc: CanvasSide,
     pub redis: Option<CanvasSide>,
     pub celery_redis: Option<CelerySide>,
+    /// Why Celery's side has no figures, when it failed (its chords have
+    /// been seen to hang: the run keeps the framework's figures).
+    pub celery_error: Option<String>,
 }
 
 impl CanvasRun {
@@ -119,22 +122,26 @@ impl CanvasRun {
 /// reachable (`redis`) and Celery is (`python`).
 pub async fn bench(cfg: &Config, python: Option<&Path>, redis: bool) -> Result<CanvasRun> {
     let rpc = side(cfg, "rpc://").await?;
-    let (redis_side, celery_redis) = if redis {
-        let side = side(cfg, &cfg.redis_url).await?;
-        let celery = match python {
-            Some(python) => Some(celery_side(cfg, python).await?),
-            None => None,
-        };
-        (Some(side), celery)
-    } else {
-        (None, None)
-    };
+    let (mut redis_side, mut celery_redis, mut celery_error) = (None, None, None);
+    if redis {
+        redis_side = Some(side(cfg, &cfg.redis_url).await?);
+        if let Some(python) = python {
+            match celery_side(cfg, python).await {
+                Ok(celery) => celery_redis = Some(celery),
+                Err(error) => {
+                    eprint!("(celery's side failed: {error:#}) ");
+                    celery_error = Some(format!("{error:#}"));
+                }
+            }
+        }
+    }
     Ok(CanvasRun {
         n: cfg.canvas_n,
         chain_steps: cfg.chain_steps,
         rpc,
         redis: redis_side,
         celery_redis,
+        celery_error,
     })
 }
 
@@ -262,10 +269,22 @@ async fn celery_side(cfg: &Config, python: &Path) -> Result<CelerySide> {
     let conn = admin::connect(&cfg.broker).await?;
     let queue = admin::unique_queue("canvas-celery", true);
     let mut worker = celery::spawn_worker(cfg, python, &queue, Some(&cfg.redis_url))?;
-    admin::wait_for_consumer(&conn, &queue, Duration::from_secs(60), || {
-        worker.check_alive()
-    })
-    .await?;
+    let measured = async {
+        admin::wait_for_consumer(&conn, &queue, Duration::from_secs(60), || {
+            worker.check_alive()
+        })
+        .await?;
+        celery_timings(cfg, python, &queue).await
+    }
+    .await;
+    worker.terminate(Duration::from_secs(15))?;
+    admin::delete(&conn, &queue, true).await?;
+    let _ = conn.close(200, "done".into()).await;
+    measured
+}
+
+async fn celery_timings(cfg: &Config, python: &Path, queue: &str) -> Result<CelerySide> {
+    let queue = queue.to_owned();
     let backend = Some(cfg.redis_url.as_str());
     let n = cfg.canvas_n.to_string();
     celery::client(
@@ -278,9 +297,6 @@ async fn celery_side(cfg: &Config, python: &Path) -> Result<CelerySide> {
     .await?;
     let burst = celery::client(cfg, python, &queue, backend, &["burst".into(), n.clone()]).await?;
     let chord = celery::client(cfg, python, &queue, backend, &["chord".into(), n]).await?;
-    worker.terminate(Duration::from_secs(15))?;
-    admin::delete(&conn, &queue, true).await?;
-    let _ = conn.close(200, "done".into()).await;
     Ok(CelerySide {
         plain_s: celery::number(&burst, "seconds")?,
         chord_s: celery::number(&chord, "seconds")?,
@@ -328,4 +344,10 @@ pub fn print(runs: &[CanvasRun]) {
     line("celery redis: chord", &|r| {
         r.celery_redis.as_ref().map(|s| s.chord_s)
     });
+    for (k, run) in runs.iter().enumerate() {
+        if let Some(error) = &run.celery_error {
+            let first_line = error.lines().next().unwrap_or_default();
+            println!("  (run {}: Celery's side failed: {first_line})", k + 1);
+        }
+    }
 }
