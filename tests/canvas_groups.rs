@@ -348,4 +348,27 @@ async fn eager_mode_runs_groups_and_chords_inline() {
         failure.message.contains("raised ParseIntError"),
         "{failure}"
     );
+
+    // A chord inside a chain runs inline too, and the chain goes on from
+    // its body; a failed part fails the steps after the body.
+    use task_core::canvas::chain;
+    let steps = chain(add.s(1, 1))
+        .then_chord([add.partial(10), add.partial(20)], sum_all.partial())
+        .then(add.partial(100));
+    let total = steps.apply_async_with(&app).await.unwrap();
+    assert!(total.ready(), "ran inline");
+    assert_eq!(total.get(WAIT).await.unwrap(), 134);
+    let failing = chain(parse_int.s("7".to_owned()))
+        .then_chord(
+            [
+                add.partial(1),
+                Partial::new(app.signature("tasks.parse_int").returning::<i64>()),
+            ],
+            sum_all.partial(),
+        )
+        .then(add.partial(100));
+    let failed = failing.apply_async_with(&app).await.unwrap();
+    let error = failed.get(WAIT).await.unwrap_err();
+    let failure = error.as_task_failure().expect("a task failure");
+    assert_eq!(failure.exc_type, "ChordError", "{failure}");
 }

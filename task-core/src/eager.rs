@@ -27,8 +27,8 @@ use crate::backend::{BackendError, ResultRecord};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::Message;
 use crate::pipeline::{CanvasRefusal, Expiry, Input, Outcome, Pipeline, Processed, ResultSink};
-use crate::protocol::canvas::Embed;
-use crate::protocol::result_message::{self, ResultBody};
+use crate::protocol::canvas::{ChordBody, ChordStart, Embed, FollowUp};
+use crate::protocol::result_message::{self, ExceptionInfo, ResultBody};
 use crate::protocol::task_message::{retried_copy, PartialRequest};
 use crate::registry::DuplicateTaskName;
 use crate::signature::EncodedCall;
@@ -80,7 +80,12 @@ fn pipeline() -> Result<&'static Pipeline, DuplicateTaskName> {
         .get_or_init(|| {
             let registry = Registry::global()?.clone();
             Ok(Pipeline::builder(registry)
-                .stage(CanvasRefusal::default())
+                // Chords in chains and callbacks run inline (parts of a
+                // chord joined elsewhere never reach eager mode).
+                .stage(CanvasRefusal {
+                    backend_joins: false,
+                    broker_joins: true,
+                })
                 .stage(Expiry)
                 .build())
         })
@@ -264,7 +269,25 @@ async fn follow_up(
             return;
         }
     };
-    for follow_up in follow {
+    let mut follow = follow.into_iter().peekable();
+    while let Some(mut follow_up) = follow.next() {
+        if let Some(start) = follow_up.chord_start.take() {
+            // A chord in a chain or callback: its parts follow its first.
+            let mut parts = vec![follow_up];
+            while let Some(part) =
+                follow.next_if(|next| next.chord_group.as_deref() == Some(&start.group_id))
+            {
+                parts.push(part);
+            }
+            let context = InlineContext {
+                pipeline,
+                default_queue,
+                results,
+                states,
+            };
+            Box::pin(run_chord_inline(&context, start, parts)).await;
+            continue;
+        }
         let queue = follow_up.queue_in(pipeline.registry(), default_queue);
         Box::pin(execute(
             follow_up.message,
@@ -274,6 +297,124 @@ async fn follow_up(
             states,
         ))
         .await;
+    }
+}
+
+/// What running a message inline needs.
+struct InlineContext<'a, 'p> {
+    pipeline: &'a Pipeline,
+    default_queue: &'a str,
+    results: &'a EagerResults<'p>,
+    states: &'a Arc<States>,
+}
+
+impl InlineContext<'_, '_> {
+    async fn execute(&self, follow_up: FollowUp) {
+        let queue = follow_up.queue_in(self.pipeline.registry(), self.default_queue);
+        Box::pin(execute(
+            follow_up.message,
+            &queue,
+            self.default_queue,
+            self.results,
+            self.states,
+        ))
+        .await;
+    }
+}
+
+/// A chord a chain or callback reached, run inline: its parts one after
+/// the other (without the body they carry), then its body with their
+/// values, or, when a part failed, `ChordError` for the body and the steps
+/// after it, and the body's errbacks.
+async fn run_chord_inline(
+    context: &InlineContext<'_, '_>,
+    start: ChordStart,
+    parts: Vec<FollowUp>,
+) {
+    let pending = context.results.pending;
+    let mut values = Vec::with_capacity(parts.len());
+    let mut failed = None;
+    let mut last_part = String::new();
+    let mut root_id = None;
+    for mut part in parts {
+        let id = part
+            .message
+            .properties
+            .correlation_id
+            .clone()
+            .unwrap_or_default();
+        root_id = root_id.or_else(|| {
+            part.message
+                .properties
+                .headers
+                .get_str("root_id")
+                .map(str::to_owned)
+        });
+        without_chord(&mut part.message);
+        let handle =
+            AsyncResult::<serde_json::Value>::new(id.clone(), Some(pending.expect(&id)), None);
+        context.execute(part).await;
+        match handle.get(std::time::Duration::ZERO).await {
+            Ok(value) => values.push(value),
+            Err(error) => {
+                let (exc_type, message) = match error.as_task_failure() {
+                    Some(failure) => (failure.exc_type.clone(), failure.message.clone()),
+                    None => ("Exception".to_owned(), error.to_string()),
+                };
+                failed.get_or_insert((id.clone(), exc_type, message));
+            }
+        }
+        last_part = id;
+    }
+    let body = ChordBody::new(&start.body);
+    if let Some((id, exc_type, message)) = failed {
+        let info = ExceptionInfo {
+            exc_type,
+            exc_message: serde_json::Value::Array(vec![message.into()]),
+            exc_module: None,
+        };
+        let reason = match serde_json::value::to_raw_value(&info) {
+            Ok(raised) => result_message::chord_error_reason(&id, &raised),
+            Err(_) => format!("Dependency {id} raised an error"),
+        };
+        for (body_id, _) in body.callers() {
+            context
+                .results
+                .deliver(&result_message::chord_error(&body_id, &reason));
+        }
+        match body.errbacks() {
+            Ok(errbacks) => {
+                for errback in errbacks {
+                    context.execute(errback).await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "a chord body's errbacks do not encode"),
+        }
+        return;
+    }
+    let sent = serde_json::value::to_raw_value(&values)
+        .map_err(|e| e.to_string())
+        .and_then(|values| {
+            let root = root_id.as_deref().unwrap_or(&last_part);
+            body.message(&last_part, root, &start.group_id, &values)
+        });
+    match sent {
+        Ok(message) => context.execute(message).await,
+        Err(error) => tracing::error!(%error, "an eager chord's body does not encode"),
+    }
+}
+
+/// Removes the chord body a header part carries (`embed.chord`): inline,
+/// the chord is joined by its runner, not by its parts.
+fn without_chord(message: &mut Message) {
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&message.body) else {
+        return;
+    };
+    if let Some(embed) = body.get_mut(2).and_then(serde_json::Value::as_object_mut) {
+        embed.insert("chord".into(), serde_json::Value::Null);
+    }
+    if let Ok(bytes) = serde_json::to_vec(&body) {
+        message.body = bytes;
     }
 }
 

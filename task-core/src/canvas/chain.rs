@@ -24,7 +24,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::group::{group, Group, GroupResult};
-use crate::backend::BackendError;
 use crate::{App, AsyncResult, Error, Signature};
 
 /// A call of a task with every argument but its first, which the previous
@@ -234,8 +233,7 @@ impl<R> Chain<R> {
     ///
     /// The worker that runs the step before the chord starts it, joined as
     /// [`chord`](super::chord) says (in the Redis result backend, else on
-    /// RabbitMQ alone). Eager mode does not run a chord inside a chain:
-    /// sending it fails with [`BackendError::Unsupported`].
+    /// RabbitMQ alone); eager mode runs it inline.
     ///
     /// ```no_run
     /// # use task_core::{task, TaskError};
@@ -347,13 +345,6 @@ impl<R> Chain<R> {
             "subtask_type": "chain",
             "immutable": false,
         })
-    }
-
-    /// Whether a step is a chord.
-    fn has_chord(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|step| matches!(step, ChainStep::Chord { .. }))
     }
 }
 
@@ -492,13 +483,6 @@ impl<R: DeserializeOwned> Chain<R> {
     /// time limits, priority). An eager app runs the steps inline, through
     /// the same messages.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<R>, Error> {
-        if self.has_chord() && app.is_eager() {
-            return Err(BackendError::Unsupported {
-                backend: "eager",
-                operation: "run a chord inside a chain (send the chord on its own)",
-            }
-            .into());
-        }
         let steps = match <[ChainStep; 1]>::try_from(self.steps) {
             Ok([ChainStep::Task(first)]) => return app.send(first.returning()).await,
             Ok([step]) => vec![step],
@@ -544,13 +528,6 @@ impl<T: DeserializeOwned> ChainToGroup<T> {
     /// anything is published).
     pub async fn apply_async_with(self, app: &App) -> Result<GroupResult<T>, Error> {
         let ChainToGroup { steps, group, .. } = self;
-        if app.is_eager() && steps.iter().any(|s| matches!(s, ChainStep::Chord { .. })) {
-            return Err(BackendError::Unsupported {
-                backend: "eager",
-                operation: "run a chord inside a chain (send the chord on its own)",
-            }
-            .into());
-        }
         let reply_to = app.result_address().await?;
         let (group_id, mut members) = group.marked_members();
         let mut ids = Vec::with_capacity(members.len());

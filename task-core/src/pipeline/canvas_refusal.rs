@@ -20,8 +20,9 @@ pub struct CanvasRefusal {
     /// Whether the result backend joins chords (Celery's chords on Redis):
     /// every chord part runs, and chords in chains start.
     pub backend_joins: bool,
-    /// Whether chords are joined on the broker ([`chord_join`]): the parts
-    /// that name their join queue run, and chords in chains start.
+    /// Whether chords are joined here without a result backend: by a
+    /// worker on the broker ([`chord_join`]: the parts that name their join
+    /// queue run), or inline by eager mode; chords in chains start.
     ///
     /// [`chord_join`]: crate::protocol::chord_join
     pub broker_joins: bool,
