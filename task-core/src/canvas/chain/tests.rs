@@ -409,11 +409,9 @@ fn a_chord_step_travels_as_celerys_chord_element() {
 }
 
 #[tokio::test]
-async fn a_chord_step_is_refused_without_a_joining_backend() {
-    let steps = chain(add.s(1, 1)).then_chord([add.partial(1)], sum_all.partial());
-    let error = steps.apply_async_with(&eager_app()).await.unwrap_err();
-    assert!(
-        matches!(error, Error::Backend(BackendError::Unsupported { .. })),
-        "{error}"
-    );
+async fn a_chord_step_runs_inline_in_eager_mode() {
+    let steps = chain(add.s(1, 1)).then_chord([add.partial(1), add.partial(2)], sum_all.partial());
+    let total = steps.apply_async_with(&eager_app()).await.unwrap();
+    assert!(total.ready());
+    assert_eq!(total.get(Duration::ZERO).await.unwrap(), 3 + 4);
 }
