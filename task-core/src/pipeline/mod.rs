@@ -22,9 +22,8 @@
 //!    **retry decision** ([`TaskRegistration::retry_delay`]): success,
 //!    failure, retry after a delay, or (an error from
 //!    [`TaskError::replace`]) replaced by another signature;
-//! 6. the job gives back its concurrency slot (what is left is broker
-//!    I/O), and every stage whose `before` ran sees the outcome in `after`,
-//!    in reverse order (where events, metrics and hooks observe it).
+//! 6. every stage whose `before` ran sees the outcome in `after`, in
+//!    reverse order (where events, metrics and hooks observe it).
 //!
 //! A cross-cutting feature is a [`Stage`] in its own module, added to the
 //! stage list where it belongs ([`PipelineBuilder::stage`]).
@@ -299,12 +298,6 @@ impl Pipeline {
             Some(outcome) => outcome,
             None => self.run(&mut job).await,
         };
-        // The body has run: what is left (publishing what follows it, its
-        // result, the ack) is broker I/O, which must not keep the next task
-        // from running (the prefetch window still bounds the messages held).
-        if let Some(slot) = job.slot.as_deref_mut() {
-            slot.release();
-        }
         for stage in self.stages[..entered].iter().rev() {
             if let Some(observing) = stage.after(&job, &mut outcome) {
                 observing.await;
