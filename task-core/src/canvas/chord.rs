@@ -69,10 +69,11 @@ impl<R: DeserializeOwned, S: DeserializeOwned> Chord<R, S> {
     /// the header's size is written to the backend, and Python and Rust
     /// workers run the parts and the body alike. Otherwise (`rpc://`) the
     /// chord is joined on RabbitMQ alone: a durable join queue receives the
-    /// parts' results and a join task, sent with the header to the body's
-    /// queue, publishes the body once every part is in (see
-    /// [`chord_join`](crate::protocol::chord_join)); its parts and join task
-    /// need Rust workers.
+    /// parts' results, and a join task, sent before the header to the queue
+    /// every worker consumes join tasks from, publishes the body once every
+    /// part is in (see [`chord_join`](crate::protocol::chord_join)); its
+    /// parts and join task need Rust workers, and the parts' own results go
+    /// to the join only.
     pub async fn apply_async_with(self, app: &App) -> Result<AsyncResult<S>, Error> {
         let Chord { header, mut body } = self;
         if app.is_eager() {
