@@ -456,6 +456,16 @@ async fn delayed_messages(app: &App) -> u32 {
 }
 
 /// Polls `queue`'s ready count until it is `expected` (bounded).
+/// One test at a time runs a private RabbitMQ node: two Erlang VMs
+/// booting and restarting on two cores beside the shared broker slowed
+/// reconnections past the timings the outage tests check.
+async fn private_node_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    TURN.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 /// Waits (bounded) until `queue` is gone: a chord's join deletes its join
 /// queue just after it published the body.
 async fn wait_until_deleted(app: &App, queue: &str) {
@@ -803,6 +813,7 @@ async fn a_terminated_worker_finishes_its_tasks_and_returns_the_rest() {
 /// hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_no_task() {
+    let _turn = private_node_turn().await;
     let node = PrivateBroker::start("restart").await;
     let url = node.url();
     let process_queue = common::unique_queue("faults.restart.process");
@@ -933,6 +944,7 @@ async fn a_broker_restart_loses_no_task() {
 /// yet. The worker's publish must wait for it rather than drop the result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_task_survives_a_broker_restart() {
+    let _turn = private_node_turn().await;
     let node = PrivateBroker::start("delay").await;
     let url = node.url();
     let queue = common::unique_queue("faults.delay");
@@ -1043,6 +1055,7 @@ async fn a_delayed_task_survives_a_broker_restart() {
 /// the worker's log shows the body ran.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chord_joined_on_rabbitmq_survives_a_broker_restart() {
+    let _turn = private_node_turn().await;
     let node = PrivateBroker::start("chord").await;
     let url = node.url();
     let queue = common::unique_queue("faults.chord-restart");
@@ -1105,6 +1118,7 @@ async fn a_chord_joined_on_rabbitmq_survives_a_broker_restart() {
 /// the same app works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_during_an_outage_retries_then_fails_with_a_typed_error() {
+    let _turn = private_node_turn().await;
     let node = PrivateBroker::start("outage").await;
     let url = node.url();
     let deadline = Duration::from_secs(8);

@@ -2,6 +2,7 @@
 //! results, and the process-wide default app that `.delay()` uses.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use futures_util::StreamExt;
@@ -42,6 +43,10 @@ struct AppInner {
     queue_specs: HashMap<String, QueueSpec>,
     declared_queues: Mutex<HashSet<String>>,
     reply_queue: OnceCell<String>,
+    /// Set while the reply consumer has lost the broker and not resumed:
+    /// a call sent meanwhile declares the reply queue first, so that its
+    /// result waits there instead of being dropped as unroutable.
+    reply_consumer_down: Arc<AtomicBool>,
     pending: Arc<PendingResults>,
     /// Where results are stored and read, when not `rpc://` (the reply
     /// queue above).
@@ -282,6 +287,7 @@ impl AppBuilder {
                 queue_specs: self.queue_specs,
                 declared_queues: Mutex::new(HashSet::new()),
                 reply_queue: OnceCell::new(),
+                reply_consumer_down: Arc::new(AtomicBool::new(false)),
                 pending: Arc::new(PendingResults::default()),
                 backend: self.backend.filter(|_| !self.eager),
                 client_id: uuid::Uuid::new_v4().to_string(),
@@ -439,7 +445,7 @@ impl App {
         let reply_to = match (signature.options.ignore_result, backend) {
             (true, _) => None,
             (false, Some(_)) => Some(self.inner.client_id.as_str()),
-            (false, None) => Some(self.reply_queue().await?),
+            (false, None) => Some(self.live_reply_queue().await?),
         };
         let EncodedCall {
             task_id,
@@ -488,11 +494,27 @@ impl App {
                     name.clone(),
                     deliveries,
                     Arc::clone(&self.inner.pending),
+                    Arc::clone(&self.inner.reply_consumer_down),
                 ));
                 Ok(name)
             })
             .await
             .map(String::as_str)
+    }
+
+    /// The reply queue, declared again first while its consumer is down
+    /// (after a broker restart it exists again only once declared: a
+    /// worker answering a call sent meanwhile would find no queue, and
+    /// drop the result).
+    async fn live_reply_queue(&self) -> Result<&str, BrokerError> {
+        let name = self.reply_queue().await?;
+        if self.inner.reply_consumer_down.load(Ordering::Acquire) {
+            self.inner
+                .broker
+                .declare_queue(&QueueSpec::reply_queue(name.to_owned()))
+                .await?;
+        }
+        Ok(name)
     }
 
     /// Where the results of this app's calls go (their `reply_to`): the
@@ -505,7 +527,7 @@ impl App {
         }
         match &self.inner.backend {
             Some(_) => Ok(self.inner.client_id.clone()),
-            None => Ok(self.reply_queue().await?.to_owned()),
+            None => Ok(self.live_reply_queue().await?.to_owned()),
         }
     }
 
@@ -666,6 +688,7 @@ async fn route_results(
     name: String,
     mut deliveries: crate::broker::DeliveryStream,
     pending: Arc<PendingResults>,
+    down: Arc<AtomicBool>,
 ) {
     loop {
         let lost = loop {
@@ -678,10 +701,12 @@ async fn route_results(
                 None => break "result consumer stopped".to_owned(),
             }
         };
+        down.store(true, Ordering::Release);
         let mut failed_attempts = 0u32;
         deliveries = loop {
             match consume_reply_queue(broker.as_ref(), &name).await {
                 Ok(resumed) => {
+                    down.store(false, Ordering::Release);
                     tracing::info!(%lost, failed_attempts, "resumed consuming results");
                     break resumed;
                 }
