@@ -15,59 +15,28 @@ use task_core::protocol::chord_join::{self, PartEntry};
 use task_core::{App, TaskState};
 use task_examples::{add, parse_int, sum_all, Stats};
 use task_worker::Worker;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use common::TestWorker;
 
 const WAIT: Duration = common::RESULT_TIMEOUT;
 
 /// A worker on its own queue whose app stores results in `backend`.
-struct BackendWorker {
-    queue: String,
-    app: App,
-    stop: CancellationToken,
-    running: JoinHandle<Result<(), task_worker::WorkerError>>,
-}
-
-impl BackendWorker {
-    async fn start(label: &str, backend: &str) -> Self {
-        common::init_logs();
-        let queue = common::unique_queue(label);
-        let app = App::builder()
-            .broker_url(common::broker_url())
-            .queue(common::test_queue_spec(&queue))
-            .result_backend(backend)
-            .set_as_default(false)
-            .connect()
-            .await
-            .expect("RabbitMQ and Redis are running");
-        let worker = Worker::builder()
-            .app(app.clone())
-            .queues([queue.clone()])
-            .concurrency(8)
-            .build()
-            .await
-            .expect("worker starts");
-        let stop = worker.shutdown_handle();
-        let running = tokio::spawn(worker.run());
-        Self {
-            queue,
-            app,
-            stop,
-            running,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.running.await.unwrap().unwrap();
-        self.app.broker().delete_queue(&self.queue).await.unwrap();
-        self.app.close().await.unwrap();
-    }
+async fn backend_worker(label: &str, backend: &str) -> TestWorker {
+    let queue = common::unique_queue(label);
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .queue(common::test_queue_spec(&queue))
+        .result_backend(backend)
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ and Redis are running");
+    TestWorker::start_on(queue, app, 8, |builder| builder).await
 }
 
 #[tokio::test]
 async fn a_group_returns_its_members_results_in_order() {
-    let w = BackendWorker::start("grp-rpc", "rpc://").await;
+    let w = backend_worker("grp-rpc", "rpc://").await;
     let q = || w.queue.clone();
     let sums = group((0..20).map(|i| add.s(i, 100).queue(q())))
         .apply_async_with(&w.app)
@@ -111,7 +80,7 @@ async fn a_group_returns_its_members_results_in_order() {
 #[tokio::test]
 async fn a_saved_group_is_restored_by_id_in_another_app() {
     let url = common::redis_url();
-    let w = BackendWorker::start("grp-saved", &url).await;
+    let w = backend_worker("grp-saved", &url).await;
     let q = || w.queue.clone();
     let sent = group((1..=3).map(|i| add.s(i, i).queue(q())))
         .apply_async_with(&w.app)
@@ -154,7 +123,7 @@ async fn a_chord_joined_on_rabbitmq_alone_gets_the_header_values_in_order() {
 }
 
 async fn chord_body_gets_the_header_values(backend: &str, label: &str) {
-    let w = BackendWorker::start(label, backend).await;
+    let w = backend_worker(label, backend).await;
     let q = || w.queue.clone();
     // tasks.stats(values: Vec<f64>): the header's values come first.
     let body = Partial::new(
@@ -217,7 +186,7 @@ async fn a_chord_step_joined_on_rabbitmq_alone_feeds_the_steps_after_it() {
 
 async fn chord_step_feeds_the_steps_after_it(backend: &str, label: &str) {
     use task_core::canvas::chain;
-    let w = BackendWorker::start(label, backend).await;
+    let w = backend_worker(label, backend).await;
     let q = || w.queue.clone();
     let on_queue = |p: Partial<i64, i64>| p.with(|s| s.queue(q()));
     let steps = chain(add.s(1, 1).queue(q()))

@@ -17,11 +17,10 @@ use task_core::{task, App, Error, Signature, TaskError};
 // Link the example tasks (tasks.add, ...) into this test binary.
 use task_examples as _;
 use task_worker::Worker;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+use common::TestWorker;
 use common::{python, repo};
 
 #[task(name = "interop.echo_json")]
@@ -54,39 +53,9 @@ async fn cleanup(app: &App, queue: &str) {
 
 // ---------------------------------------------------------------- Python → Rust
 
-struct RustWorker {
-    app: App,
-    queue: String,
-    stop: CancellationToken,
-    running: JoinHandle<Result<(), task_worker::WorkerError>>,
-}
-
-impl RustWorker {
-    async fn start(label: &str) -> Self {
-        let queue = common::unique_queue(label);
-        let app = plain_app().await;
-        let worker = Worker::builder()
-            .app(app.clone())
-            .queues([queue.clone()])
-            .concurrency(4)
-            .build()
-            .await
-            .unwrap();
-        let stop = worker.shutdown_handle();
-        let running = tokio::spawn(worker.run());
-        Self {
-            app,
-            queue,
-            stop,
-            running,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.running.await.unwrap().unwrap();
-        cleanup(&self.app, &self.queue).await;
-    }
+/// A Rust worker on its own (plain, Celery-declared) queue.
+async fn rust_worker(label: &str) -> TestWorker {
+    TestWorker::start_on(common::unique_queue(label), plain_app().await, 4, |b| b).await
 }
 
 /// Runs the Python client on `calls` and returns its per-call reports.
@@ -114,7 +83,7 @@ async fn python_client(calls: Value) -> Vec<Value> {
 
 #[tokio::test]
 async fn python_calls_rust_tasks_with_positional_and_keyword_arguments() {
-    let w = RustWorker::start("py2rs-args").await;
+    let w = rust_worker("py2rs-args").await;
     let nested = json!({
         "text": "naïve café ✓ 日本",
         "nested": {"list": [1, 2.5, null, true, {"deep": "é"}], "empty": {}},
@@ -156,7 +125,7 @@ async fn python_calls_rust_tasks_with_positional_and_keyword_arguments() {
 
 #[tokio::test]
 async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker() {
-    let w = RustWorker::start("py2rs-states").await;
+    let w = rust_worker("py2rs-states").await;
     let q = &w.queue;
     let reports = python_client(json!([
         {"name": "tasks.parse_int", "queue": q, "args": ["forty-two"]},
@@ -241,7 +210,7 @@ async fn record(value: i64, label: String) -> Result<(), TaskError> {
 
 #[tokio::test]
 async fn python_canvas_runs_on_a_rust_worker() {
-    let w = RustWorker::start("py2rs-canvas").await;
+    let w = rust_worker("py2rs-canvas").await;
     let q = &w.queue;
     let label = format!("linked-{q}");
     let reports = python_client(json!([
@@ -274,7 +243,7 @@ async fn python_canvas_runs_on_a_rust_worker() {
 
 #[tokio::test]
 async fn python_sees_the_rust_error_and_its_causes_as_the_traceback() {
-    let w = RustWorker::start("py2rs-traceback").await;
+    let w = rust_worker("py2rs-traceback").await;
     let reports = python_client(json!([
         {"name": "interop.chained_error", "queue": &w.queue, "args": []},
     ]))
@@ -301,7 +270,7 @@ async fn chained_error() -> Result<(), ConfigError> {
 
 #[tokio::test]
 async fn python_countdown_is_honoured_by_the_rust_worker() {
-    let w = RustWorker::start("py2rs-countdown").await;
+    let w = rust_worker("py2rs-countdown").await;
     let reports = python_client(json!([
         {"name": "tasks.add", "queue": &w.queue, "args": [1, 1], "options": {"countdown": 1}},
     ]))
@@ -619,7 +588,7 @@ async fn python_workers_honour_rust_call_options() {
 #[tokio::test]
 async fn a_callback_set_in_rust_is_run_by_a_python_worker_and_reaches_a_rust_one() {
     // py.add runs on Python; its callback, interop.record, on Rust.
-    let rust = RustWorker::start("rs2py-link").await;
+    let rust = rust_worker("rs2py-link").await;
     let py_queue = common::unique_queue("rs2py-link-py");
     let python_worker = PythonWorker::start(&rust.app, &py_queue).await;
     let label = format!("py-linked-{py_queue}");
@@ -698,7 +667,7 @@ async fn a_chain_built_in_rust_runs_on_a_python_worker() {
 #[tokio::test]
 async fn a_chain_built_in_rust_crosses_rust_and_python_workers() {
     // tasks.add on the Rust worker, py.mul on the Python one, then Rust again.
-    let rust = RustWorker::start("rs-py-chain").await;
+    let rust = rust_worker("rs-py-chain").await;
     let py_queue = common::unique_queue("rs-py-chain-py");
     let python_worker = PythonWorker::start(&rust.app, &py_queue).await;
     let result = task_core::canvas::chain(task_examples::add.s(2, 3).queue(rust.queue.clone()))

@@ -12,15 +12,13 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::TestWorker;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use task_core::broker::QueueSpec;
 use task_core::{current_task, task, App, TaskError, TaskState};
 use task_examples as _;
-use task_worker::Worker;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -81,40 +79,9 @@ async fn py_get(task_id: &str) -> Value {
         .expect("one JSON line")
 }
 
-struct RustWorker {
-    app: App,
-    queue: String,
-    stop: CancellationToken,
-    running: JoinHandle<Result<(), task_worker::WorkerError>>,
-}
-
-impl RustWorker {
-    async fn start(label: &str) -> Self {
-        let queue = common::unique_queue(label);
-        let app = redis_app().await;
-        let worker = Worker::builder()
-            .app(app.clone())
-            .queues([queue.clone()])
-            .concurrency(4)
-            .build()
-            .await
-            .unwrap();
-        let stop = worker.shutdown_handle();
-        let running = tokio::spawn(worker.run());
-        Self {
-            app,
-            queue,
-            stop,
-            running,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.running.await.unwrap().unwrap();
-        delete_queue(&self.app, &self.queue).await;
-        self.app.close().await.unwrap();
-    }
+/// A Rust worker on its own queue whose app stores results in Redis.
+async fn rust_worker(label: &str) -> TestWorker {
+    TestWorker::start_on(common::unique_queue(label), redis_app().await, 4, |b| b).await
 }
 
 async fn delete_queue(app: &App, queue: &str) {
@@ -167,7 +134,7 @@ impl Drop for PythonWorker {
 
 #[tokio::test]
 async fn python_sends_rust_runs_and_another_python_process_reads_by_id() {
-    let w = RustWorker::start("redis-py2rs").await;
+    let w = rust_worker("redis-py2rs").await;
     let q = w.queue.as_str();
     let sum_id = py_client(&["send", "tasks.add", "[2, 3]", "--queue", q]).await;
     let sum = py_get(&sum_id).await;
@@ -330,7 +297,7 @@ async fn rust_reads_a_python_workers_results_by_id() {
 /// fails the body with Celery's `ChordError`.
 #[tokio::test]
 async fn python_chords_join_across_rust_and_python_workers() {
-    let w = RustWorker::start("redis-chord").await;
+    let w = rust_worker("redis-chord").await;
     let py_queue = common::unique_queue("redis-chord-py");
     let _python = PythonWorker::start(&w.app, &py_queue).await;
     let rq = w.queue.as_str();
@@ -399,7 +366,7 @@ async fn python_chords_join_across_rust_and_python_workers() {
 /// Python worker.
 #[tokio::test]
 async fn python_nested_canvas_runs_on_a_rust_worker() {
-    let w = RustWorker::start("redis-nested").await;
+    let w = rust_worker("redis-nested").await;
     let py_queue = common::unique_queue("redis-nested-py");
     let _python = PythonWorker::start(&w.app, &py_queue).await;
     let rq = w.queue.as_str();
@@ -485,7 +452,7 @@ async fn python_nested_canvas_runs_on_a_rust_worker() {
 #[tokio::test]
 async fn rust_chords_run_on_python_workers() {
     use task_core::canvas::{chord, group};
-    let w = RustWorker::start("redis-rs-chord").await;
+    let w = rust_worker("redis-rs-chord").await;
     let py_queue = common::unique_queue("redis-rs-chord-py");
     let _python = PythonWorker::start(&w.app, &py_queue).await;
     let py_add = |x: i64| {

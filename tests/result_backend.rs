@@ -13,15 +13,13 @@ mod private_redis;
 
 use std::time::Duration;
 
+use common::TestWorker;
 use redis::AsyncCommands;
 use task_core::backend::BackendError;
-use task_core::broker::QueueSpec;
 use task_core::{task, App, Error, TaskError, TaskState};
 use task_examples::{add, parse_int, sleep};
 use task_worker::Worker;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = common::RESULT_TIMEOUT;
 
@@ -39,55 +37,19 @@ async fn app_with(queue: &str, redis_url: &str, extended: bool) -> App {
 }
 
 /// A worker on its own queue whose app stores results in Redis.
-struct RedisWorker {
-    queue: String,
-    app: App,
-    stop: CancellationToken,
-    running: JoinHandle<Result<(), task_worker::WorkerError>>,
+async fn redis_worker(label: &str, redis_url: &str, extended: bool) -> TestWorker {
+    redis_worker_with(label, redis_url, extended, |builder| builder).await
 }
 
-impl RedisWorker {
-    async fn start(label: &str, redis_url: &str, extended: bool) -> Self {
-        Self::start_with(label, redis_url, extended, |builder| builder).await
-    }
-
-    async fn start_with(
-        label: &str,
-        redis_url: &str,
-        extended: bool,
-        configure: impl FnOnce(task_worker::WorkerBuilder) -> task_worker::WorkerBuilder,
-    ) -> Self {
-        common::init_logs();
-        let queue = common::unique_queue(label);
-        let app = app_with(&queue, redis_url, extended).await;
-        let worker = configure(
-            Worker::builder()
-                .app(app.clone())
-                .queues([queue.clone()])
-                .concurrency(4),
-        )
-        .build()
-        .await
-        .expect("worker starts");
-        let stop = worker.shutdown_handle();
-        let running = tokio::spawn(worker.run());
-        Self {
-            queue,
-            app,
-            stop,
-            running,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.running.await.unwrap().unwrap();
-        let dead_letters = QueueSpec::dead_letter_queue(&self.queue).name;
-        for queue in [&self.queue, &dead_letters] {
-            self.app.broker().delete_queue(queue).await.unwrap();
-        }
-        self.app.close().await.unwrap();
-    }
+async fn redis_worker_with(
+    label: &str,
+    redis_url: &str,
+    extended: bool,
+    configure: impl FnOnce(task_worker::WorkerBuilder) -> task_worker::WorkerBuilder,
+) -> TestWorker {
+    let queue = common::unique_queue(label);
+    let app = app_with(&queue, redis_url, extended).await;
+    TestWorker::start_on(queue, app, 4, configure).await
 }
 
 async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
@@ -101,7 +63,7 @@ async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
 #[tokio::test]
 async fn a_result_is_read_by_id_from_another_app() {
     let url = common::redis_url();
-    let w = RedisWorker::start("rb-by-id", &url, false).await;
+    let w = redis_worker("rb-by-id", &url, false).await;
     let sent = add
         .s(2, 3)
         .queue(w.queue.clone())
@@ -146,7 +108,7 @@ async fn a_result_is_read_by_id_from_another_app() {
 #[tokio::test]
 async fn states_reach_a_reader_as_they_are_stored() {
     let url = common::redis_url();
-    let w = RedisWorker::start("rb-states", &url, false).await;
+    let w = redis_worker("rb-states", &url, false).await;
     let sent = sleep
         .s(1.0)
         .queue(w.queue.clone())
@@ -171,7 +133,7 @@ async fn states_reach_a_reader_as_they_are_stored() {
 #[tokio::test]
 async fn failures_are_stored_with_their_traceback() {
     let url = common::redis_url();
-    let w = RedisWorker::start("rb-failure", &url, false).await;
+    let w = redis_worker("rb-failure", &url, false).await;
     let sent = parse_int
         .s("forty-two".to_owned())
         .queue(w.queue.clone())
@@ -195,7 +157,7 @@ async fn failures_are_stored_with_their_traceback() {
 #[tokio::test]
 async fn forget_deletes_a_stored_result() {
     let url = common::redis_url();
-    let w = RedisWorker::start("rb-forget", &url, false).await;
+    let w = redis_worker("rb-forget", &url, false).await;
     let sent = add
         .s(1, 1)
         .queue(w.queue.clone())
@@ -281,7 +243,7 @@ async fn results_expire_as_configured_and_ignored_results_are_not_stored() {
 #[tokio::test]
 async fn extended_results_carry_the_request() {
     let url = common::redis_url();
-    let w = RedisWorker::start("rb-extended", &url, true).await;
+    let w = redis_worker("rb-extended", &url, true).await;
     let sent = add
         .s(20, 22)
         .queue(w.queue.clone())
@@ -356,7 +318,7 @@ async fn corrupt_and_foreign_values_are_typed_errors() {
 async fn thousands_of_results_are_awaited_on_one_connection() {
     const N: usize = 2_000;
     let url = common::redis_url();
-    let w = RedisWorker::start("rb-many", &url, false).await;
+    let w = redis_worker("rb-many", &url, false).await;
     let mut handles = Vec::with_capacity(N);
     for i in 0..N as i64 {
         handles.push(
@@ -424,7 +386,7 @@ async fn counted(x: i64) -> Result<i64, TaskError> {
 async fn a_redis_restart_delays_results_but_loses_none() {
     let mut redis = private_redis::PrivateRedis::start().await;
     let url = redis.url();
-    let w = RedisWorker::start_with("rb-restart", &url, false, |builder| {
+    let w = redis_worker_with("rb-restart", &url, false, |builder| {
         builder.result_store_deadline(Duration::from_millis(500))
     })
     .await;

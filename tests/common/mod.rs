@@ -142,18 +142,31 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    /// Starts a worker on a fresh queue.
+    /// Starts a worker on a fresh queue (`rpc://` results).
     pub async fn start(label: &str, concurrency: usize) -> Self {
-        init_logs();
         let queue = unique_queue(label);
         let app = client(&[&queue]).await;
-        let worker = Worker::builder()
-            .app(app.clone())
-            .queues([queue.clone()])
-            .concurrency(concurrency)
-            .build()
-            .await
-            .expect("worker starts");
+        Self::start_on(queue, app, concurrency, |builder| builder).await
+    }
+
+    /// Starts a worker of `app` (its broker, result backend and queue
+    /// declarations) on `queue`, the builder finished by `configure`.
+    pub async fn start_on(
+        queue: String,
+        app: App,
+        concurrency: usize,
+        configure: impl FnOnce(task_worker::WorkerBuilder) -> task_worker::WorkerBuilder,
+    ) -> Self {
+        init_logs();
+        let worker = configure(
+            Worker::builder()
+                .app(app.clone())
+                .queues([queue.clone()])
+                .concurrency(concurrency),
+        )
+        .build()
+        .await
+        .expect("worker starts");
         let stop = worker.shutdown_handle();
         let running = tokio::spawn(worker.run());
         Self {
@@ -174,7 +187,8 @@ impl TestWorker {
         (self.app, self.queue)
     }
 
-    /// Stops the worker gracefully and deletes its queue.
+    /// Stops the worker gracefully, deletes its queue, the queue's
+    /// dead-letter queue and same-name exchange, and closes its app.
     pub async fn stop(self) {
         let (app, queue) = self.halt().await;
         let dead_letters = QueueSpec::dead_letter_queue(&queue).name;
@@ -184,6 +198,10 @@ impl TestWorker {
                 .await
                 .expect("queue deleted");
         }
+        app.broker()
+            .delete_exchange(&queue)
+            .await
+            .expect("exchange deleted");
         let _ = app.close().await;
     }
 }
