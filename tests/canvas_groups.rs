@@ -263,14 +263,7 @@ async fn a_part_that_reaches_the_rabbitmq_join_twice_is_counted_once() {
     let running = tokio::spawn(worker.run());
     // Four places, five entries: place 0 once (the first entry for it).
     assert_eq!(sum.get(WAIT).await.unwrap(), 1000 + 4 + 6 + 8);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match app.broker().queue_message_count(&join_queue).await {
-            Err(error) if error.is_not_found() => break,
-            _ if tokio::time::Instant::now() > deadline => panic!("the join queue stays"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    common::wait_until_deleted(&app, &join_queue).await;
     stop.cancel();
     running.await.unwrap().unwrap();
     app.broker().delete_queue(&queue).await.unwrap();

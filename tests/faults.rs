@@ -466,21 +466,6 @@ async fn private_node_turn() -> tokio::sync::MutexGuard<'static, ()> {
         .await
 }
 
-/// Waits (bounded) until `queue` is gone: a chord's join deletes its join
-/// queue just after it published the body.
-async fn wait_until_deleted(app: &App, queue: &str) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !app
-        .broker()
-        .queue_message_count(queue)
-        .await
-        .is_err_and(|error| error.is_not_found())
-    {
-        assert!(Instant::now() < deadline, "queue {queue} stays");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn wait_for_ready_count(app: &App, queue: &str, expected: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -697,7 +682,7 @@ async fn a_chord_joined_on_rabbitmq_survives_a_killed_worker() {
     second.wait_ready().await;
     let stats = stats.get(SETTLE_LIMIT).await.expect("the body's result");
     assert_eq!((stats.count, stats.mean), (parts, Some(1.0)));
-    wait_until_deleted(&app, &join_queue).await;
+    common::wait_until_deleted(&app, &join_queue).await;
     assert!(second.terminate().await.success());
     let body_runs = first
         .received()
@@ -1105,7 +1090,7 @@ async fn a_chord_joined_on_rabbitmq_survives_a_broker_restart() {
         assert_eq!((stats.count, stats.mean), (parts, Some(1.0)));
     }
     let admin = client(&url).await;
-    wait_until_deleted(&admin, &join_queue).await;
+    common::wait_until_deleted(&admin, &join_queue).await;
     assert!(process.terminate().await.success());
     let _ = tokio::time::timeout(Duration::from_secs(10), app.close()).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), admin.close()).await;

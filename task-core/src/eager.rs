@@ -333,7 +333,7 @@ async fn run_chord_inline(
 ) {
     let pending = context.results.pending;
     let mut values = Vec::with_capacity(parts.len());
-    let mut failed = None;
+    let mut failed: Option<String> = None;
     let mut last_part = String::new();
     let mut root_id = None;
     for mut part in parts {
@@ -357,26 +357,13 @@ async fn run_chord_inline(
         match handle.get(std::time::Duration::ZERO).await {
             Ok(value) => values.push(value),
             Err(error) => {
-                let (exc_type, message) = match error.as_task_failure() {
-                    Some(failure) => (failure.exc_type.clone(), failure.message.clone()),
-                    None => ("Exception".to_owned(), error.to_string()),
-                };
-                failed.get_or_insert((id.clone(), exc_type, message));
+                failed.get_or_insert_with(|| failed_part_reason(&id, &error));
             }
         }
         last_part = id;
     }
     let body = ChordBody::new(&start.body);
-    if let Some((id, exc_type, message)) = failed {
-        let info = ExceptionInfo {
-            exc_type,
-            exc_message: serde_json::Value::Array(vec![message.into()]),
-            exc_module: None,
-        };
-        let reason = match serde_json::value::to_raw_value(&info) {
-            Ok(raised) => result_message::chord_error_reason(&id, &raised),
-            Err(_) => format!("Dependency {id} raised an error"),
-        };
+    if let Some(reason) = failed {
         for (body_id, _) in body.callers() {
             context
                 .results
@@ -401,6 +388,25 @@ async fn run_chord_inline(
     match sent {
         Ok(message) => context.execute(message).await,
         Err(error) => tracing::error!(%error, "an eager chord's body does not encode"),
+    }
+}
+
+/// The `ChordError` reason for a chord whose part `part_id` ended in
+/// `error`, in Celery's words (eager mode learns of a part's failure as an
+/// [`Error`], not as the stored exception a worker's join reads).
+pub(crate) fn failed_part_reason(part_id: &str, error: &Error) -> String {
+    let (exc_type, message) = match error.as_task_failure() {
+        Some(failure) => (failure.exc_type.clone(), failure.message.clone()),
+        None => ("Exception".to_owned(), error.to_string()),
+    };
+    let info = ExceptionInfo {
+        exc_type,
+        exc_message: serde_json::Value::Array(vec![message.into()]),
+        exc_module: None,
+    };
+    match serde_json::value::to_raw_value(&info) {
+        Ok(raised) => result_message::chord_error_reason(part_id, &raised),
+        Err(_) => format!("Dependency {part_id} raised {}", info.exc_type),
     }
 }
 

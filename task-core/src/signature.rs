@@ -437,8 +437,8 @@ impl<R> Signature<R> {
             || options.chord.is_some()
             || !options.chain.is_empty()
         {
-            let nonempty = |list: &Vec<serde_json::Value>| {
-                (!list.is_empty()).then(|| serde_json::Value::from(list.clone()))
+            let nonempty = |list: Vec<serde_json::Value>| {
+                (!list.is_empty()).then(|| serde_json::Value::from(list))
             };
             // A callback or errback given its own id answers this caller
             // too (under `rpc://` Celery's worker sends it to its own reply
@@ -463,9 +463,9 @@ impl<R> Signature<R> {
             };
             let (link, link_error) = (answering(&options.link), answering(&options.link_error));
             let embed = serde_json::json!({
-                "callbacks": nonempty(&link),
-                "errbacks": nonempty(&link_error),
-                "chain": nonempty(&options.chain),
+                "callbacks": nonempty(link),
+                "errbacks": nonempty(link_error),
+                "chain": nonempty(options.chain.clone()),
                 "chord": options.chord,
             });
             let kwargs: serde_json::Map<String, serde_json::Value> = self

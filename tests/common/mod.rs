@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use task_core::broker::QueueSpec;
 use task_core::{App, DEFAULT_BROKER_URL};
 use task_worker::{Worker, WorkerError};
@@ -94,15 +93,28 @@ pub fn unique_queue(label: &str) -> String {
 /// How test queues are declared: like task queues, but expiring two minutes
 /// after their last use, so an aborted test leaves nothing behind.
 pub fn test_queue_spec(name: &str) -> QueueSpec {
-    let mut arguments = Map::new();
-    arguments.insert("x-expires".into(), Value::from(120_000u32));
     QueueSpec {
-        name: name.to_owned(),
-        durable: true,
-        auto_delete: false,
-        exclusive: false,
-        arguments,
         bind_same_name_exchange: false,
+        ..QueueSpec::task_queue(name)
+    }
+    .expires_after(Duration::from_secs(120))
+}
+
+/// Waits (bounded by [`RESULT_TIMEOUT`]) until `queue` is gone: a chord's
+/// join deletes its join queue just after it published the body.
+pub async fn wait_until_deleted(app: &App, queue: &str) {
+    let deadline = tokio::time::Instant::now() + RESULT_TIMEOUT;
+    while !app
+        .broker()
+        .queue_message_count(queue)
+        .await
+        .is_err_and(|error| error.is_not_found())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue {queue} stays"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -408,16 +408,15 @@ impl QueueSpec {
     /// A client's result queue as Celery 5.7 declares it: durable,
     /// auto-delete, expiring one day after its last use.
     pub fn reply_queue(name: impl Into<String>) -> Self {
-        let mut arguments = Map::new();
-        arguments.insert("x-expires".into(), Value::from(86_400_000u64));
         Self {
             name: name.into(),
             durable: true,
             auto_delete: true,
             exclusive: false,
-            arguments,
+            arguments: Map::new(),
             bind_same_name_exchange: false,
         }
+        .expires_after(Duration::from_secs(86_400))
     }
 
     /// Where a worker puts the messages of `queue` that it cannot process
@@ -471,6 +470,14 @@ impl QueueSpec {
             arguments: Map::new(),
             bind_same_name_exchange: false,
         }
+    }
+
+    /// Sets `x-expires`: the broker deletes the queue once it has gone
+    /// `unused` unused (no consumer, no declaration, no get).
+    pub fn expires_after(mut self, unused: Duration) -> Self {
+        let ms = u64::try_from(unused.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.arguments.insert("x-expires".into(), Value::from(ms));
+        self
     }
 
     /// Sets `x-max-priority` so the queue orders messages by priority.

@@ -12,7 +12,7 @@ use super::chain::Follows;
 use super::group::{send_all, Group};
 use crate::broker::QueueSpec;
 use crate::protocol::chord_join::{self, JoinRequest, JOIN_QUEUE_HEADER};
-use crate::protocol::result_message::{self, ExceptionInfo};
+use crate::protocol::result_message;
 use crate::{App, AsyncResult, Error, Signature};
 
 /// A header group and a body that receives the header's values.
@@ -202,21 +202,7 @@ async fn run_inline<R, S: DeserializeOwned>(
         match handle.get(Duration::from_secs(1)).await {
             Ok(value) => values.push(value),
             Err(error) => {
-                let (exc_type, message) = match error.as_task_failure() {
-                    Some(failure) => (failure.exc_type.clone(), failure.message.clone()),
-                    None => ("Exception".to_owned(), error.to_string()),
-                };
-                let info = ExceptionInfo {
-                    exc_type,
-                    exc_message: serde_json::Value::Array(vec![message.into()]),
-                    exc_module: None,
-                };
-                let raised =
-                    serde_json::value::to_raw_value(&info).map_err(|e| Error::EncodeArguments {
-                        task: body.name.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                let reason = result_message::chord_error_reason(handle.id(), &raised);
+                let reason = crate::eager::failed_part_reason(handle.id(), &error);
                 let body_id = body
                     .options
                     .task_id

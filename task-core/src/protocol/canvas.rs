@@ -395,8 +395,8 @@ impl Embed {
 }
 
 /// The message that replaces the task of `message` (decoded as `request`,
-/// whose lineage and embed the run step may have moved out: they are read
-/// from the message) by `signature` (a plain signature in Celery's dict
+/// whose lineage the run step moved out: it is read from the message; the
+/// run step keeps the embed of a request that carries canvas) by `signature` (a plain signature in Celery's dict
 /// form), as Celery's `Task.replace` sends it: under the replaced task's id,
 /// its parent the replaced task, the same root, its callbacks and errbacks
 /// added to the replacement's own, its remaining chain steps after the
@@ -415,10 +415,7 @@ pub fn replacement(
             "a task is replaced by a plain signature, not a {kind}"
         ));
     }
-    let original: Embed = match &request.embed {
-        Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
-        None => decode_embed(message).unwrap_or_default(),
-    };
+    let original = Embed::of(request).unwrap_or_default();
     let merged = |own: Option<Box<RawValue>>, added: &[Box<RawValue>]| {
         if added.is_empty() {
             return Ok(own);
@@ -469,17 +466,6 @@ pub fn replacement(
         out.insert_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER, join_queue);
     }
     Ok(replacement)
-}
-
-/// The `embed` of a task message's body, if it has one that reads.
-fn decode_embed(message: &Message) -> Option<Embed> {
-    #[derive(Deserialize)]
-    struct Body(
-        serde::de::IgnoredAny,
-        serde::de::IgnoredAny,
-        #[serde(default)] Option<Embed>,
-    );
-    serde_json::from_slice::<Body>(&message.body).ok()?.2
 }
 
 /// Why a chord cannot run without a backend that joins it.
@@ -849,20 +835,8 @@ mod tests {
 
     fn request_with_embed(embed: &str) -> TaskRequest {
         let call = TaskCall {
-            id: "t",
-            name: "tasks.add",
-            args: &[],
-            kwargs: &[],
             reply_to: Some("caller"),
-            eta: None,
-            expires: None,
-            priority: None,
-            time_limit: None,
-            soft_time_limit: None,
-            ignore_result: false,
-            retries: 0,
-            root_id: None,
-            parent_id: None,
+            ..TaskCall::plain("t", "tasks.add")
         };
         let mut message = encode_task(&call).unwrap();
         message.body = format!("[[], {{}}, {embed}]").into_bytes();
@@ -872,20 +846,10 @@ mod tests {
     #[test]
     fn a_replacement_takes_over_the_id_lineage_and_canvas_of_the_task() {
         let call = TaskCall {
-            id: "t",
-            name: "tasks.delegate",
-            args: &[],
-            kwargs: &[],
             reply_to: Some("caller"),
-            eta: None,
-            expires: None,
-            priority: None,
-            time_limit: None,
-            soft_time_limit: None,
-            ignore_result: false,
-            retries: 0,
             root_id: Some("root"),
             parent_id: Some("p"),
+            ..TaskCall::plain("t", "tasks.delegate")
         };
         let mut message = encode_task(&call).unwrap();
         message.body = br#"[[], {}, {"callbacks": [{"task": "cb"}], "errbacks": null,

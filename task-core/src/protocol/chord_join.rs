@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::broker::{Message, Properties, QueueSpec};
 use crate::protocol::task_message::{encode_task, TaskCall, TaskRequest};
@@ -49,17 +48,11 @@ pub fn join_queue_name(group_id: &str) -> String {
 /// that restarts finds its entries), gone after [`JOIN_QUEUE_EXPIRES`]
 /// unused.
 pub fn join_queue_spec(name: &str) -> QueueSpec {
-    let mut arguments = Map::new();
-    let expires_ms = u64::try_from(JOIN_QUEUE_EXPIRES.as_millis()).unwrap_or(u64::MAX);
-    arguments.insert("x-expires".into(), Value::from(expires_ms));
     QueueSpec {
-        name: name.to_owned(),
-        durable: true,
-        auto_delete: false,
-        exclusive: false,
-        arguments,
         bind_same_name_exchange: false,
+        ..QueueSpec::task_queue(name)
     }
+    .expires_after(JOIN_QUEUE_EXPIRES)
 }
 
 /// What the join task is asked: join chord `group_id` of `size` parts,
@@ -88,20 +81,10 @@ impl JoinRequest {
             raw(&self.body_queue)?,
         ];
         let call = TaskCall {
-            id: join_id,
-            name: JOIN_TASK,
             args: &args,
-            kwargs: &[],
-            reply_to: None,
-            eta: None,
-            expires: None,
-            priority: None,
-            time_limit: None,
-            soft_time_limit: None,
             ignore_result: true,
-            retries: 0,
             root_id,
-            parent_id: None,
+            ..TaskCall::plain(join_id, JOIN_TASK)
         };
         encode_task(&call).map_err(|e| e.to_string())
     }

@@ -44,6 +44,30 @@ pub struct TaskCall<'a> {
     pub parent_id: Option<&'a str>,
 }
 
+impl<'a> TaskCall<'a> {
+    /// A call of task `name` as `id` with no arguments and nothing else
+    /// set (no reply, no schedule, no limits, a root of its own): the base
+    /// of a struct update that sets what differs.
+    pub const fn plain(id: &'a str, name: &'a str) -> Self {
+        Self {
+            id,
+            name,
+            args: &[],
+            kwargs: &[],
+            reply_to: None,
+            eta: None,
+            expires: None,
+            priority: None,
+            time_limit: None,
+            soft_time_limit: None,
+            ignore_result: false,
+            retries: 0,
+            root_id: None,
+            parent_id: None,
+        }
+    }
+}
+
 /// `gen<pid>@<host>`: this process as a producer.
 fn origin() -> &'static str {
     static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
