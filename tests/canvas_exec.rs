@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use task_core::broker::{ConsumeOptions, QueueSpec};
 use task_core::protocol::task_message::{encode_task, TaskCall};
-use task_core::{task, App, TaskError};
+use task_core::{task, App, FailedTask, TaskError};
 use task_worker::Worker;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -296,6 +296,163 @@ async fn callbacks_and_errbacks_set_in_rust_run_on_the_worker() {
             (json!(7), "rl-immutable"),
         ]
     );
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+/// (failed id, the failure's type and message if told, label) of each
+/// `canvas.on_failure` run.
+type FailureRecord = (String, Option<(String, String)>, String);
+
+/// Every `canvas.on_failure` run.
+static FAILURES: Mutex<Vec<FailureRecord>> = Mutex::new(Vec::new());
+
+#[task(name = "canvas.on_failure")]
+async fn on_failure(failed: FailedTask, label: String) -> Result<(), TaskError> {
+    let failure = failed
+        .failure()
+        .map(|failure| (failure.exc_type.clone(), failure.message.clone()));
+    FAILURES
+        .lock()
+        .unwrap()
+        .push((failed.task_id().to_owned(), failure, label));
+    Ok(())
+}
+
+#[task(name = "canvas.refuse")]
+async fn refuse(x: i64) -> Result<i64, TaskError> {
+    Err(TaskError::new("ValueError", format!("{x} refused")))
+}
+
+#[task(name = "canvas.sum")]
+async fn sum_all(values: Vec<i64>) -> Result<i64, TaskError> {
+    Ok(values.iter().sum())
+}
+
+fn failures_of(label: &str) -> FailureRecord {
+    let started = Instant::now();
+    loop {
+        let found = FAILURES
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|entry| entry.2 == label)
+            .cloned();
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(started.elapsed() < WAIT, "no errback ran for {label}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_errback_taking_a_failed_task_receives_the_failure_itself() {
+    let (app, queue, stop, handle) = start("failed-task").await;
+    let errback = |label: &str| {
+        on_failure
+            .partial(label.to_owned())
+            .with(|s| s.queue(queue.clone()))
+    };
+    let failed = fail
+        .s()
+        .queue(queue.clone())
+        .link_error(errback("ft-direct"))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let failed_id = failed.id().to_owned();
+    assert!(failed.get(WAIT).await.is_err());
+    let seen = tokio::task::spawn_blocking(|| failures_of("ft-direct"))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        (
+            failed_id,
+            Some(("ValueError".to_owned(), "boom".to_owned())),
+            "ft-direct".to_owned()
+        )
+    );
+
+    // A chord whose part fails: the body's errback hears of its ChordError.
+    let body = sum_all
+        .partial()
+        .with(|s| s.queue(queue.clone()).link_error(errback("ft-chord")));
+    let header = task_core::canvas::group([
+        add.s(1, 1).queue(queue.clone()),
+        fail.s().queue(queue.clone()),
+    ]);
+    let total = task_core::canvas::chord(header, body)
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let body_id = total.id().to_owned();
+    assert!(total.get(WAIT).await.is_err());
+    let (id, failure, _) = tokio::task::spawn_blocking(|| failures_of("ft-chord"))
+        .await
+        .unwrap();
+    assert_eq!(id, body_id);
+    let (exc_type, message) = failure.expect("the chord's failure");
+    assert_eq!(exc_type, "ChordError");
+    assert!(message.contains("boom"), "{message}");
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chains_link_follows_its_last_step_and_its_link_error_any_step() {
+    let (app, queue, stop, handle) = start("chain-links").await;
+    let on_queue = |s: task_core::Signature<i64>| s.queue(queue.clone());
+    let linked = task_core::canvas::chain(add.s(1, 2).queue(queue.clone()))
+        .then(add.partial(3).with(on_queue))
+        .link(
+            task_core::Signature::<()>::new("canvas.record")
+                .arg("cl-linked")
+                .queue(queue.clone()),
+        )
+        .link_error(
+            on_failure
+                .partial("cl-never".to_owned())
+                .with(|s| s.queue(queue.clone())),
+        )
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(linked.get(WAIT).await.unwrap(), 6);
+    let records = tokio::task::spawn_blocking(|| records_of("cl-linked", 1))
+        .await
+        .unwrap();
+    assert_eq!(records[0].0, json!(6));
+
+    // The second step fails: its errback runs once, with its failure.
+    let failing = task_core::canvas::chain(add.s(1, 2).queue(queue.clone()))
+        .then(refuse.partial().with(on_queue))
+        .then(add.partial(1).with(on_queue))
+        .link_error(
+            on_failure
+                .partial("cl-failed".to_owned())
+                .with(|s| s.queue(queue.clone())),
+        )
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let error = failing.get(WAIT).await.unwrap_err();
+    assert!(error.to_string().contains("3 refused"), "{error}");
+    let (_, failure, _) = tokio::task::spawn_blocking(|| failures_of("cl-failed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        failure,
+        Some(("ValueError".to_owned(), "3 refused".to_owned()))
+    );
+    let runs = FAILURES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry.2.starts_with("cl-"))
+        .count();
+    assert_eq!(runs, 1, "one errback run, for the failed step only");
     stop.cancel();
     handle.await.unwrap().unwrap();
 }

@@ -258,7 +258,7 @@ async fn follow_up(
             for (id, _) in embed.chain_callers(job.request.reply_to.as_deref()) {
                 results.deliver(&result_message::failure(&id, error));
             }
-            embed.after_failure(&job.request)
+            embed.after_failure(&job.request, error)
         }
         _ => return,
     };
@@ -369,7 +369,7 @@ async fn run_chord_inline(
                 .results
                 .deliver(&result_message::chord_error(&body_id, &reason));
         }
-        match body.errbacks() {
+        match body.errbacks(&reason) {
             Ok(errbacks) => {
                 for errback in errbacks {
                     context.execute(errback).await;

@@ -13,6 +13,7 @@ pub mod clock;
 mod context;
 mod eager;
 mod error;
+mod failed_task;
 pub mod pipeline;
 pub mod protocol;
 mod rate_limit;
@@ -28,11 +29,12 @@ pub use args::TaskArgs;
 pub use async_result::AsyncResult;
 pub use context::{current_task, DeliveryInfo, Lineage, TaskContext};
 pub use error::{Error, TaskFailure};
+pub use failed_task::FailedTask;
 pub use protocol::result_message::TaskState;
 pub use rate_limit::{InvalidRateLimit, RateLimit};
 pub use registry::{Registry, TaskRegistration};
 pub use retry::{ErrorType, RetryPolicy};
-pub use signature::{CallOptions, Expiry, Signature};
+pub use signature::{CallOptions, Errback, Expiry, Signature};
 pub use state::{State, StateType, States};
 pub use task::{Task, TaskOptions, TaskReturn};
 pub use task_error::{
@@ -150,6 +152,12 @@ pub mod __private {
         crate::current_task()
             .and_then(|context| context.state::<T>())
             .ok_or_else(|| crate::state::missing(task, std::any::type_name::<T>()))
+    }
+
+    /// The `FailedTask` parameter of an errback called with `task_id`, with
+    /// the failure the running task's message carries for it.
+    pub fn failed_task(task_id: String) -> crate::FailedTask {
+        crate::FailedTask::from_message(task_id, crate::current_task().as_ref())
     }
 
     /// The `TaskContext` parameter of task `task`: the running task's.

@@ -277,6 +277,33 @@ pub(crate) struct EncodedCall {
     pub(crate) eta: Option<DateTime<Utc>>,
 }
 
+/// What [`Signature::link_error`] takes: a [`Signature`] (unchecked, as in
+/// Celery), or a [`Partial`](crate::canvas::Partial) whose task takes a
+/// [`FailedTask`](crate::FailedTask) or the failed id (`String`) first.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an errback",
+    label = "expected a signature, or a partial taking `FailedTask` or `String` first",
+    note = "an errback gets the failed task's id in front of its arguments: its task's first parameter is a `FailedTask` (to receive the failure too) or a `String`"
+)]
+pub trait Errback: errback::Sealed {
+    /// The errback in Celery's dict form.
+    #[doc(hidden)]
+    fn into_errback(self) -> serde_json::Value;
+}
+
+pub(crate) mod errback {
+    /// Only this crate's types are errbacks.
+    pub trait Sealed {}
+}
+
+impl<C> errback::Sealed for Signature<C> {}
+
+impl<C> Errback for Signature<C> {
+    fn into_errback(self) -> serde_json::Value {
+        self.to_dict()
+    }
+}
+
 impl<R> Signature<R> {
     /// Encodes this call as a protocol v2 task message whose results go to
     /// `reply_to` (ignored when the call ignores its result), resolving
@@ -293,9 +320,12 @@ impl<R> Signature<R> {
     }
 
     /// Runs `errback` after this task fails for good, with the failed task's
-    /// id as its first argument (Celery's `link_error`).
-    pub fn link_error<C>(mut self, errback: Signature<C>) -> Self {
-        self.options.link_error.push(errback.to_dict());
+    /// id as its first argument (Celery's `link_error`): a signature, or,
+    /// checked at compile time, a [`Partial`](crate::canvas::Partial) of a
+    /// task whose first parameter is a [`FailedTask`](crate::FailedTask)
+    /// (which also receives the failure) or a `String` (the id).
+    pub fn link_error(mut self, errback: impl Errback) -> Self {
+        self.options.link_error.push(errback.into_errback());
         self
     }
 

@@ -346,6 +346,14 @@ fn handler(krate: &Path, task: &TaskFn) -> TokenStream {
                 ParamKind::Context => quote_spanned! {ty.span()=>
                     let #local: #ty = #krate::__private::context(#task_name)?;
                 },
+                ParamKind::FailedTask => {
+                    let name = &param.name;
+                    let index = Literal::usize_unsuffixed(position);
+                    position += 1;
+                    quote_spanned! {ty.span()=>
+                        let #local: #ty = #krate::__private::failed_task(#args.take(#index, #name)?);
+                    }
+                }
             }
         })
         .collect();

@@ -54,17 +54,21 @@ pub(crate) enum ParamKind {
     State(Box<Type>),
     /// `TaskContext`: the running task's context.
     Context,
+    /// `FailedTask`, an errback's first parameter: the argument callers pass
+    /// (the failed task's id), with the failure the message carries.
+    FailedTask,
 }
 
 impl Param {
     /// Whether callers pass it (else the worker does).
     pub(crate) fn is_argument(&self) -> bool {
-        matches!(self.kind, ParamKind::Argument)
+        matches!(self.kind, ParamKind::Argument | ParamKind::FailedTask)
     }
 }
 
 /// The kind of a parameter of type `ty`: `State<T>` and `TaskContext` (by
-/// their last path segment, as written) are provided by the worker.
+/// their last path segment, as written) are provided by the worker, and a
+/// `FailedTask` is read from the argument and the message.
 fn param_kind(cx: &Ctxt, ty: &Type) -> ParamKind {
     let Type::Path(path) = ty else {
         return ParamKind::Argument;
@@ -77,6 +81,9 @@ fn param_kind(cx: &Ctxt, ty: &Type) -> ParamKind {
     }
     if last.ident == "TaskContext" && last.arguments.is_none() {
         return ParamKind::Context;
+    }
+    if last.ident == "FailedTask" && last.arguments.is_none() {
+        return ParamKind::FailedTask;
     }
     if last.ident != "State" {
         return ParamKind::Argument;
@@ -244,6 +251,16 @@ fn params(cx: &Ctxt, task: &Ident, inputs: &Punctuated<FnArg, Token![,]>) -> Vec
                 pattern,
                 format!("{NAMED}: bind this argument to a name and destructure it in the body"),
             ),
+        }
+    }
+    // Celery passes an errback the failed task's id first.
+    for param in params.iter().filter(|p| p.is_argument()).skip(1) {
+        if matches!(param.kind, ParamKind::FailedTask) {
+            cx.error_spanned_by(
+                &param.ty,
+                "`FailedTask` is an errback's first argument: the failed task's id comes before \
+                 the errback's own arguments",
+            );
         }
     }
     params

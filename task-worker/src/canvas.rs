@@ -125,7 +125,7 @@ impl Stage for Canvas {
                     }
                 }
                 Outcome::Failed { error } => {
-                    let published = match embed.after_failure(&job.request) {
+                    let published = match embed.after_failure(&job.request, error) {
                         Ok(errbacks) => self.publish_all(errbacks).await,
                         Err(error) => Err(error),
                     };
@@ -443,7 +443,7 @@ impl Canvas {
                 tracing::error!(task_id = %body_id, %error, "could not tell a chord body its chord failed");
             }
         }
-        let errbacks = match body.errbacks() {
+        let errbacks = match body.errbacks(reason) {
             Ok(errbacks) => self.publish_all(errbacks).await,
             Err(error) => Err(error),
         };

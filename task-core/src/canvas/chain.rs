@@ -24,7 +24,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::group::{group, Group, GroupResult};
-use crate::{App, AsyncResult, Error, Signature};
+use crate::signature::{errback, Errback};
+use crate::{App, AsyncResult, Error, FailedTask, Signature};
 
 /// A call of a task with every argument but its first, which the previous
 /// step of a [`Chain`] supplies: its result, of type `A`. `R` is the task's
@@ -131,6 +132,22 @@ pub trait Follows<R>: sealed::Sealed {
 
 impl<A, R> sealed::Sealed for Partial<A, R> {}
 
+impl<R> errback::Sealed for Partial<FailedTask, R> {}
+
+impl<R> Errback for Partial<FailedTask, R> {
+    fn into_errback(self) -> Value {
+        self.signature.to_dict()
+    }
+}
+
+impl<R> errback::Sealed for Partial<String, R> {}
+
+impl<R> Errback for Partial<String, R> {
+    fn into_errback(self) -> Value {
+        self.signature.to_dict()
+    }
+}
+
 impl<A, R> Follows<A> for Partial<A, R> {
     type Output = R;
 
@@ -181,6 +198,16 @@ pub enum ChainStep {
         /// Runs once every member succeeded.
         body: Signature<Value>,
     },
+}
+
+impl ChainStep {
+    /// The call whose result is the step's: the task, or the chord's body.
+    fn outcome_signature(&mut self) -> &mut Signature<Value> {
+        match self {
+            ChainStep::Task(signature) => signature,
+            ChainStep::Chord { body, .. } => body,
+        }
+    }
 }
 
 /// A chain that starts with the call `first`.
@@ -301,6 +328,31 @@ impl<R> Chain<R> {
             group: group(members.into_iter().map(Follows::into_step)),
             result: PhantomData,
         }
+    }
+
+    /// Runs `callback` after the chain's last step succeeds, with its
+    /// result in front of its arguments unless it is immutable (Celery's
+    /// `chain.link`: the last step's `link`; a chord step's body).
+    pub fn link<C>(mut self, callback: Signature<C>) -> Self {
+        let callback = callback.to_dict();
+        if let Some(last) = self.steps.last_mut() {
+            last.outcome_signature().options.link.push(callback);
+        }
+        self
+    }
+
+    /// Runs `errback` when a step fails, with the failed step's id in front
+    /// of its arguments (Celery's `chain.link_error`: every step's
+    /// `link_error`; a chord step's body, which fails when a member does).
+    pub fn link_error(mut self, errback: impl Errback) -> Self {
+        let errback = errback.into_errback();
+        for step in &mut self.steps {
+            step.outcome_signature()
+                .options
+                .link_error
+                .push(errback.clone());
+        }
+        self
     }
 
     /// Changes the result type (for chains read with

@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use crate::broker::headers::{integer_value, text_value};
 use crate::broker::Message;
+use crate::failed_task::{failure_header, FAILURE_HEADER};
 use crate::protocol::task_message::{encode_task, TaskCall, TaskRequest};
-use crate::Registry;
+use crate::{Registry, TaskError};
 
 /// A message's `embed`, read.
 #[derive(Deserialize, Default)]
@@ -224,10 +225,11 @@ impl<'a> ChordBody<'a> {
             .collect()
     }
 
-    /// The body's errbacks after a part failed, each with the body's id as
-    /// its argument, the body as parent and root, in a new group (as
-    /// Celery's `chord_error_from_stack` calls them).
-    pub fn errbacks(&self) -> Result<Vec<FollowUp>, String> {
+    /// The body's errbacks after a part failed (`reason`, the body's
+    /// `ChordError`), each with the body's id as its argument, the body as
+    /// parent and root, in a new group (as Celery's `chord_error_from_stack`
+    /// calls them), and the failure in their [`FAILURE_HEADER`].
+    pub fn errbacks(&self, reason: &str) -> Result<Vec<FollowUp>, String> {
         let body = decode(self.raw)?;
         let Some(body_id) = body.options.task_id.as_deref() else {
             return Ok(Vec::new());
@@ -251,6 +253,8 @@ impl<'a> ChordBody<'a> {
             let member = Some((group.as_str(), Some(index)));
             follow.extend(apply(parent, raw, Some(&failed_id), &[], member)?);
         }
+        let error = TaskError::new("ChordError", reason);
+        tell_failure(&mut follow, body_id, &error);
         Ok(follow)
     }
 }
@@ -373,9 +377,14 @@ impl Embed {
         self.chord().map(ChordBody::new)
     }
 
-    /// The errbacks of a failure of `request`, each with the failed task's
-    /// id as its first argument.
-    pub fn after_failure(&self, request: &TaskRequest) -> Result<Vec<FollowUp>, String> {
+    /// The errbacks of a failure of `request` with `error`, each with the
+    /// failed task's id as its first argument and the failure in its
+    /// [`FAILURE_HEADER`].
+    pub fn after_failure(
+        &self,
+        request: &TaskRequest,
+        error: &TaskError,
+    ) -> Result<Vec<FollowUp>, String> {
         let failed_id = serde_json::value::to_raw_value(&request.id).map_err(|e| e.to_string())?;
         let errbacks = self.errbacks();
         let group = (!errbacks.is_empty()).then(uuid_string);
@@ -390,7 +399,25 @@ impl Embed {
                 member,
             )?);
         }
+        tell_failure(&mut follow, &request.id, error);
         Ok(follow)
+    }
+}
+
+/// Puts the failure of `task_id` with `error` in the [`FAILURE_HEADER`] of
+/// each errback message in `errbacks`, for errbacks that take a
+/// [`FailedTask`](crate::FailedTask) (Python ones ignore it).
+fn tell_failure(errbacks: &mut [FollowUp], task_id: &str, error: &TaskError) {
+    if errbacks.is_empty() {
+        return;
+    }
+    let header = failure_header(task_id, error);
+    for errback in errbacks {
+        errback
+            .message
+            .properties
+            .headers
+            .insert_json(FAILURE_HEADER, &header);
     }
 }
 
