@@ -250,7 +250,11 @@ async fn a_part_that_reaches_the_rabbitmq_join_twice_is_counted_once() {
         result: serde_json::value::to_raw_value(&1000).unwrap(),
     };
     app.broker()
-        .publish("", &join_queue, &copy.message().unwrap())
+        .publish(
+            "",
+            &join_queue,
+            &chord_join::entries_message(&[copy]).unwrap(),
+        )
         .await
         .unwrap();
     let worker = Worker::builder()

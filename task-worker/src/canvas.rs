@@ -23,16 +23,18 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use task_core::backend::{ChordEnd, ChordJoin, ChordPart, ResultRecord};
-use task_core::broker::{BrokerError, ConsumeOptions, HeaderValue};
+use task_core::broker::{ConsumeOptions, HeaderValue};
 use task_core::canvas::start_join_on_broker;
 use task_core::pipeline::{CanvasRefusal, Job, Outcome, Rejection, Stage, Step};
 use task_core::protocol::canvas::{self, ChordBody, Embed, FollowUp};
 use task_core::protocol::chord_join::{
-    JoinRequest, PartEntry, PartKey, JOIN_QUEUE_HEADER, JOIN_TASK,
+    entries_of, JoinRequest, PartEntry, PartKey, JOIN_QUEUE_HEADER, JOIN_TASK,
 };
 use task_core::protocol::result_message::{self, ExceptionInfo};
 use task_core::{App, Registry, TaskError, TaskState};
 use tokio_util::sync::CancellationToken;
+
+use crate::chord_entries::ChordEntries;
 
 /// How long a join task waits for its chord's parts before it gives them
 /// back and runs again (a delivery held longer would meet RabbitMQ's
@@ -52,6 +54,8 @@ pub(crate) struct Canvas {
     pub(crate) registry: Registry,
     /// Ends the wait of a join task when the worker stops.
     pub(crate) shutdown: CancellationToken,
+    /// Puts finished chord parts' entries into their join queues.
+    pub(crate) chord_entries: ChordEntries,
 }
 
 impl Stage for Canvas {
@@ -233,7 +237,7 @@ impl Canvas {
                 state,
                 result: result.to_owned(),
             };
-            return self.put_part_entry(join_queue, &entry).await;
+            return self.chord_entries.put(join_queue, entry).await;
         }
         let Some(group_id) = headers.get_str("group") else {
             tracing::warn!(task_id = %job.request.id,
@@ -289,22 +293,6 @@ impl Canvas {
                 }
                 Err(error)
             }
-        }
-    }
-
-    /// Puts a finished part's entry into its chord's join queue (confirmed,
-    /// persistent). A join queue that is gone belongs to a chord that was
-    /// joined already: this is a late copy of a part, and is not counted.
-    async fn put_part_entry(&self, join_queue: &str, entry: &PartEntry) -> Result<(), String> {
-        let message = entry.message()?;
-        match self.app.broker().publish("", join_queue, &message).await {
-            Ok(()) => Ok(()),
-            Err(BrokerError::Unroutable { .. }) => {
-                tracing::info!(task_id = %entry.task_id, join_queue,
-                    "the chord of this part was joined already: not counted again");
-                Ok(())
-            }
-            Err(error) => Err(error.to_string()),
         }
     }
 
@@ -368,10 +356,12 @@ impl Canvas {
                     return again("the worker stops, or the parts take long".to_owned());
                 }
             };
-            match PartEntry::of(&delivery.message) {
-                Ok(entry) => {
-                    last_part = Some(entry.task_id.clone());
-                    parts.entry(entry.key()).or_insert(entry);
+            match entries_of(&delivery.message) {
+                Ok(entries) => {
+                    for entry in entries {
+                        last_part = Some(entry.task_id.clone());
+                        parts.entry(entry.key()).or_insert(entry);
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(join_queue, %error, "dropping what is not a chord part's entry");

@@ -7,6 +7,7 @@
 //! its tasks (see ARCHITECTURE.md).
 
 mod canvas;
+mod chord_entries;
 pub mod cli;
 pub mod dead_letters;
 mod executor;

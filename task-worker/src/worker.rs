@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::canvas::Canvas;
+use crate::chord_entries::ChordEntries;
 use crate::executor::Executor;
 use crate::rate_limiter;
 use crate::settle::{RequeueBackoff, Settler, Warnings, WorkerResults};
@@ -579,6 +580,7 @@ impl Worker {
                 app: self.app.clone(),
                 registry: self.registry.clone(),
                 shutdown: self.shutdown.clone(),
+                chord_entries: ChordEntries::new(self.app.clone()),
             })
             .stage(Expiry)
             .stage(stages::Eta)

@@ -228,7 +228,8 @@ impl<'a> ChordBody<'a> {
     /// The body's errbacks after a part failed (`reason`, the body's
     /// `ChordError`), each with the body's id as its argument, the body as
     /// parent and root, in a new group (as Celery's `chord_error_from_stack`
-    /// calls them), and the failure in their [`FAILURE_HEADER`].
+    /// calls them), and the failure in their `task_failure` header (which
+    /// [`FailedTask`](crate::FailedTask) reads).
     pub fn errbacks(&self, reason: &str) -> Result<Vec<FollowUp>, String> {
         let body = decode(self.raw)?;
         let Some(body_id) = body.options.task_id.as_deref() else {
@@ -379,7 +380,7 @@ impl Embed {
 
     /// The errbacks of a failure of `request` with `error`, each with the
     /// failed task's id as its first argument and the failure in its
-    /// [`FAILURE_HEADER`].
+    /// `task_failure` header (which [`FailedTask`](crate::FailedTask) reads).
     pub fn after_failure(
         &self,
         request: &TaskRequest,

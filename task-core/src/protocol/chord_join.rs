@@ -3,8 +3,9 @@
 //! Rust). See ARCHITECTURE.md, "Chords on RabbitMQ alone", for the design
 //! and what it guarantees.
 //!
-//! - The chord's **join queue** (`chord.<group id>`, durable) receives one
-//!   [`PartEntry`] per finished header part, persistent.
+//! - The chord's **join queue** (`chord.<group id>`, durable) receives a
+//!   [`PartEntry`] per finished header part, in persistent messages each
+//!   holding the entries of one or more parts ([`entries_message`]).
 //! - Each header part's message carries the join queue's name in its
 //!   [`JOIN_QUEUE_HEADER`] header, beside Celery's `group`, `group_index`
 //!   and `chord` (the body) in `embed`.
@@ -125,27 +126,35 @@ pub struct PartEntry {
     pub result: Box<RawValue>,
 }
 
-impl PartEntry {
-    /// The entry as a persistent message.
-    pub fn message(&self) -> Result<Message, String> {
-        Ok(Message {
-            properties: Properties {
-                content_type: Some(CONTENT_TYPE_JSON.into()),
-                content_encoding: Some(CONTENT_ENCODING_UTF8.into()),
-                correlation_id: Some(self.task_id.clone()),
-                persistent: true,
-                ..Properties::default()
-            },
-            body: serde_json::to_vec(self).map_err(|e| e.to_string())?,
-        })
-    }
+/// `entries` (of parts of the same chord) as one persistent message for
+/// the join queue: a JSON list of entries.
+pub fn entries_message(entries: &[PartEntry]) -> Result<Message, String> {
+    Ok(Message {
+        properties: Properties {
+            content_type: Some(CONTENT_TYPE_JSON.into()),
+            content_encoding: Some(CONTENT_ENCODING_UTF8.into()),
+            persistent: true,
+            ..Properties::default()
+        },
+        body: serde_json::to_vec(entries).map_err(|e| e.to_string())?,
+    })
+}
 
-    /// Reads an entry from the join queue.
-    pub fn of(message: &Message) -> Result<Self, String> {
+/// The entries a join queue's message holds: a list of entries, or one
+/// entry alone.
+pub fn entries_of(message: &Message) -> Result<Vec<PartEntry>, String> {
+    // Told apart by their first byte (serde's untagged enums cannot hold
+    // the entries' raw results).
+    let is_list = message.body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[');
+    let entries = if is_list {
         serde_json::from_slice(&message.body)
-            .map_err(|e| format!("a chord join entry does not decode: {e}"))
-    }
+    } else {
+        serde_json::from_slice(&message.body).map(|entry| vec![entry])
+    };
+    entries.map_err(|error| format!("a chord join entry does not decode: {error}"))
+}
 
+impl PartEntry {
     /// What the join counts a part by: its place in the header (a part
     /// that ran twice is counted once), else its task id.
     pub fn key(&self) -> PartKey {
@@ -231,12 +240,35 @@ mod tests {
             state: TaskState::Success,
             result: raw(&5).unwrap(),
         };
-        let message = entry.message().unwrap();
+        let message = entries_message(std::slice::from_ref(&entry)).unwrap();
         assert!(message.properties.persistent);
-        let read = PartEntry::of(&message).unwrap();
-        assert_eq!(read.key(), PartKey::Index(2));
-        assert_eq!(read.state, TaskState::Success);
-        assert_eq!(read.result.get(), "5");
-        assert!(PartEntry::of(&Message::default()).is_err());
+        let read = entries_of(&message).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].key(), PartKey::Index(2));
+        assert_eq!(read[0].state, TaskState::Success);
+        assert_eq!(read[0].result.get(), "5");
+        assert!(entries_of(&Message::default()).is_err());
+        // One entry alone reads as well.
+        let alone = Message {
+            body: serde_json::to_vec(&entry).unwrap(),
+            ..Message::default()
+        };
+        assert_eq!(entries_of(&alone).unwrap()[0].task_id, "t1");
+        let several = entries_message(&[
+            entry,
+            PartEntry {
+                task_id: "t2".into(),
+                group_index: None,
+                state: TaskState::Failure,
+                result: raw("boom").unwrap(),
+            },
+        ])
+        .unwrap();
+        let keys: Vec<PartKey> = entries_of(&several)
+            .unwrap()
+            .iter()
+            .map(PartEntry::key)
+            .collect();
+        assert_eq!(keys, [PartKey::Index(2), PartKey::Task("t2".into())]);
     }
 }
