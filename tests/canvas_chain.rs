@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use task_core::canvas::{chain, Partial};
 use task_core::{App, Error, Signature, TaskState};
-use task_examples::{add, delegate_add, hello, mul, parse_int};
+use task_examples::{add, delegate_add, delegate_chain, fan_out, hello, mul, parse_int, sum_all};
 use task_worker::Worker;
 
 use common::TestWorker;
@@ -99,6 +99,49 @@ async fn a_task_replaced_by_another_answers_its_caller_and_its_chain() {
         .unwrap();
     assert_eq!(chained.get(WAIT).await.unwrap(), 30);
     worker.stop().await;
+}
+
+/// A task replaced by a chain answers with the chain's last value, one
+/// replaced by a group with its members' values as one list (a chord whose
+/// body is `celery.accumulate`): joined on RabbitMQ alone under `rpc://`,
+/// in Redis with the Redis backend. In a chain, the next step gets that
+/// value.
+#[tokio::test]
+async fn a_task_replaced_by_a_chain_or_a_group_answers_its_caller() {
+    let over_rpc = TestWorker::start("replace-canvas", 4).await;
+    replaced_by_canvas(&over_rpc).await;
+    over_rpc.stop().await;
+
+    let queue = common::unique_queue("replace-canvas-redis");
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .queue(common::test_queue_spec(&queue))
+        .result_backend(common::redis_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ and Redis are running");
+    let on_redis = TestWorker::start_on(queue, app, 4, |builder| builder).await;
+    replaced_by_canvas(&on_redis).await;
+    on_redis.stop().await;
+}
+
+async fn replaced_by_canvas(worker: &TestWorker) {
+    let q = worker.queue.clone();
+    let by_chain = delegate_chain.s(1, 2).queue(q.clone());
+    let by_chain = worker.app.send(by_chain).await.unwrap();
+    assert_eq!(by_chain.get(WAIT).await.unwrap(), 6);
+
+    let by_group = fan_out.s(10, 3).queue(q.clone());
+    let by_group = worker.app.send(by_group).await.unwrap();
+    assert_eq!(by_group.get(WAIT).await.unwrap(), vec![11, 12, 13]);
+
+    let chained = chain(fan_out.s(0, 4).queue(q.clone()))
+        .then(sum_all.partial().with(on(&q)))
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap();
+    assert_eq!(chained.get(WAIT).await.unwrap(), 10);
 }
 
 /// A chain that ends in a group (Celery's `chain(a, group(b, c))`): each

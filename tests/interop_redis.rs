@@ -40,6 +40,19 @@ async fn retry_once(value: i64) -> Result<i64, TaskError> {
     Ok(value)
 }
 
+/// Replaces itself with a group of Python tasks on `queue`: a Python worker
+/// runs the members and the `celery.accumulate` body Celery's replace adds.
+#[task(name = "interop.redis.fan_out_to_python")]
+async fn fan_out_to_python(queue: String, n: i64) -> Result<Vec<i64>, TaskError> {
+    let members = (1..=n).map(|x| {
+        task_core::Signature::<i64>::new("interop.py_add")
+            .arg(x)
+            .arg(x)
+            .queue(queue.clone())
+    });
+    Err(TaskError::replace(task_core::canvas::group(members)))
+}
+
 /// An app storing results in the shared Redis, with `result_extended`
 /// (declaring queues as Celery does, like the Python peers).
 async fn redis_app() -> App {
@@ -507,6 +520,20 @@ async fn rust_chords_run_on_python_workers() {
         .then(rust_add_to(100));
     let total = mixed.apply_async_with(&w.app).await.unwrap();
     assert_eq!(total.get(TIMEOUT).await.unwrap(), (2 + 10) + (2 + 20) + 100);
+
+    // A Rust task that replaces itself with a group of Python tasks: the
+    // Python worker runs the members and `celery.accumulate`, the caller
+    // gets the list under the Rust task's id.
+    let fanned = w
+        .app
+        .send(
+            fan_out_to_python
+                .s(py_queue.clone(), 3)
+                .queue(w.queue.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fanned.get(TIMEOUT).await.unwrap(), vec![2, 4, 6]);
 
     delete_queue(&w.app, &py_queue).await;
     w.stop().await;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use task_core::canvas::{chain, group};
 use task_core::{task, TaskContext, TaskError};
 
 /// Adds two integers (Celery's tutorial task).
@@ -74,6 +75,27 @@ pub async fn delegate_add(x: i64, y: i64, task: TaskContext) -> Result<i64, Task
     ))
 }
 
+/// `(x + y) * 2`, by replacing itself with a chain: the chain's last step
+/// answers the caller.
+#[task(name = "tasks.delegate_chain")]
+pub async fn delegate_chain(x: i64, y: i64, task: TaskContext) -> Result<i64, TaskError> {
+    let queue = task.queue().to_owned();
+    Err(TaskError::replace(
+        chain(add.s(x, y).queue(queue.clone())).then(mul.partial(2).with(|s| s.queue(queue))),
+    ))
+}
+
+/// `[x + 1, x + 2, ..., x + n]`, by replacing itself with a group: the
+/// caller gets the members' values as one list (Celery turns the group into
+/// a chord whose body is `celery.accumulate`).
+#[task(name = "tasks.fan_out")]
+pub async fn fan_out(x: i64, n: i64, task: TaskContext) -> Result<Vec<i64>, TaskError> {
+    let queue = task.queue().to_owned();
+    Err(TaskError::replace(group(
+        (1..=n).map(|i| add.s(x, i).queue(queue.clone())),
+    )))
+}
+
 /// Sums `0..n` on the blocking pool (a CPU-bound, non-async task).
 #[task(name = "tasks.cpu_sum")]
 pub fn cpu_sum(n: u64) -> Result<u64, TaskError> {
@@ -105,6 +127,13 @@ mod tests {
         let _app = App::eager();
         let result = delegate_add.delay(20, 22).await.unwrap();
         assert_eq!(result.get(Duration::ZERO).await.unwrap(), 42);
+        let by_chain = delegate_chain.delay(1, 2).await.unwrap();
+        assert_eq!(by_chain.get(Duration::ZERO).await.unwrap(), 6);
+        let by_group = fan_out.delay(10, 3).await.unwrap();
+        assert_eq!(
+            by_group.get(Duration::ZERO).await.unwrap(),
+            vec![11, 12, 13]
+        );
     }
 
     #[tokio::test]

@@ -66,6 +66,12 @@ impl TaskArgs {
         })
     }
 
+    /// The positional arguments not taken yet, in order (a task taking
+    /// `*args`).
+    pub(crate) fn into_positional(self) -> Vec<Box<RawValue>> {
+        self.positional.into_iter().flatten().collect()
+    }
+
     /// Checks that every argument was used by a parameter: extra positional
     /// arguments and unknown keywords are errors, as in Python.
     pub fn finish(self) -> Result<(), TaskError> {

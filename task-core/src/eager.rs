@@ -228,39 +228,30 @@ async fn follow_up(
     results: &EagerResults<'_>,
     states: &Arc<States>,
 ) {
-    if let Outcome::Replaced { signature } = outcome {
+    let follow = if let Outcome::Replaced { signature } = outcome {
         // The replacement answers the caller, under the same id.
         match crate::protocol::canvas::replacement(job.message, &job.request, signature) {
-            Ok(replacement) => {
-                let queue = replacement.queue_in(pipeline.registry(), default_queue);
-                Box::pin(execute(
-                    replacement.message,
-                    &queue,
-                    default_queue,
-                    results,
-                    states,
-                ))
-                .await;
-            }
+            Ok(replacement) => Ok(replacement),
             Err(reason) => {
                 let failure = TaskError::new("ReplaceError", reason);
                 results.deliver(&result_message::failure(&job.request.id, &failure));
+                return;
             }
         }
-        return;
-    }
-    let Some(embed) = Embed::of(&job.request) else {
-        return;
-    };
-    let follow = match outcome {
-        Outcome::Succeeded { value } => embed.after_success(&job.request, value),
-        Outcome::Failed { error } => {
-            for (id, _) in embed.chain_callers(job.request.reply_to.as_deref()) {
-                results.deliver(&result_message::failure(&id, error));
+    } else {
+        let Some(embed) = Embed::of(&job.request) else {
+            return;
+        };
+        match outcome {
+            Outcome::Succeeded { value } => embed.after_success(&job.request, value),
+            Outcome::Failed { error } => {
+                for (id, _) in embed.chain_callers(job.request.reply_to.as_deref()) {
+                    results.deliver(&result_message::failure(&id, error));
+                }
+                embed.after_failure(&job.request, error)
             }
-            embed.after_failure(&job.request, error)
+            _ => return,
         }
-        _ => return,
     };
     let follow = match follow {
         Ok(follow) => follow,

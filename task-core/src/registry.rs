@@ -115,15 +115,24 @@ impl TaskRegistration {
 inventory::collect!(TaskRegistration);
 
 /// The framework's own tasks, known to every registry (like Celery's
-/// `celery.*` tasks) but not listed among its names: each is run by a
-/// worker stage, never by its handler.
-static BUILTINS: [TaskRegistration; 1] = [TaskRegistration {
-    name: crate::protocol::chord_join::JOIN_TASK,
-    params: &["group_id", "size", "body", "body_queue"],
-    options: TaskOptions::DEFAULT,
-    states: &[],
-    handler: run_in_worker_stage,
-}];
+/// `celery.*` tasks) but not listed among its names: the chord join, run
+/// by a worker stage, never by its handler, and `celery.accumulate`.
+static BUILTINS: [TaskRegistration; 2] = [
+    TaskRegistration {
+        name: crate::protocol::chord_join::JOIN_TASK,
+        params: &["group_id", "size", "body", "body_queue"],
+        options: TaskOptions::DEFAULT,
+        states: &[],
+        handler: run_in_worker_stage,
+    },
+    TaskRegistration {
+        name: crate::protocol::canvas::ACCUMULATE_TASK,
+        params: &["args", "index"],
+        options: TaskOptions::DEFAULT,
+        states: &[],
+        handler: crate::canvas::accumulate,
+    },
+];
 
 /// The handler of a builtin task: reached only where no worker stage runs
 /// it (eager mode never sends one).

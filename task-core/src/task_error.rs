@@ -112,17 +112,24 @@ impl TaskError {
         self.retry
     }
 
-    /// Ends the task by replacing it with `signature` (Celery's
-    /// `self.replace(sig)`): the worker publishes `signature` under the
-    /// running task's id, with its callbacks, errbacks, remaining chain
-    /// steps, group and chord, and the running task ends without a result;
-    /// its caller gets the replacement's result, under the same id. Unlike
+    /// Ends the task by replacing it with `by` (Celery's `self.replace`): a
+    /// [`Signature`](crate::Signature), a [`Chain`](crate::canvas::Chain),
+    /// a [`Group`](crate::canvas::Group) (whose values come back as one
+    /// list: Celery turns it into a chord with `celery.accumulate` as its
+    /// body) or a [`Chord`](crate::canvas::Chord). The worker publishes it
+    /// before the running task's ack; what gives the replacement's result
+    /// (the call, the chain's last step, the chord's body) takes over the
+    /// running task's id, callbacks, errbacks (a chain's every step gets
+    /// them, as in Celery), group and chord, the task's remaining chain
+    /// steps follow it, and the running task ends without a result. Its
+    /// caller gets the replacement's result under the same id; unlike
     /// Celery's worker, the caller's `reply_to` is kept, so a caller on
     /// `rpc://` gets it too. The replacement's result type should be the
     /// task's own: the caller reads it as that.
     ///
     /// ```
-    /// use task_core::{task, Signature, TaskError};
+    /// use task_core::canvas::chain;
+    /// use task_core::{task, TaskError};
     ///
     /// #[task(name = "doc.replace.add")]
     /// async fn add(x: i64, y: i64) -> Result<i64, TaskError> { Ok(x + y) }
@@ -132,11 +139,17 @@ impl TaskError {
     /// async fn delegate(x: i64, y: i64) -> Result<i64, TaskError> {
     ///     Err(TaskError::replace(add.s(x, y)))
     /// }
+    ///
+    /// /// Adds `x` twice, in a chain whose last step answers the caller.
+    /// #[task(name = "doc.replace.twice")]
+    /// async fn add_twice(x: i64, y: i64) -> Result<i64, TaskError> {
+    ///     Err(TaskError::replace(chain(add.s(x, y)).then(add.partial(x))))
+    /// }
     /// ```
-    pub fn replace<R>(signature: crate::Signature<R>) -> Self {
-        let message = format!("replaced by {}", signature.name());
+    pub fn replace(by: impl crate::canvas::Replacement) -> Self {
+        let message = format!("replaced by {}", by.replacement_name());
         let mut error = Self::new("Replace", message);
-        error.replacement = Some(Box::new(signature.to_dict()));
+        error.replacement = Some(Box::new(by.into_replacement()));
         error
     }
 

@@ -195,7 +195,7 @@ impl Canvas {
                 return;
             }
         };
-        if let Err(error) = self.publish_all(vec![replacement]).await {
+        if let Err(error) = self.publish_all(replacement).await {
             tracing::error!(task_id = %job.request.id, %error,
                 "could not publish the task's replacement; it will run again");
             *outcome = Outcome::Retry {

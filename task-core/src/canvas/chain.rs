@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::chord::chord_dict;
 use super::group::{group, Group, GroupResult};
 use crate::signature::{errback, Errback};
 use crate::{App, AsyncResult, Error, FailedTask, Signature};
@@ -436,7 +437,7 @@ fn freeze(steps: Vec<ChainStep>, reply_to: &str) -> Result<(Signature<Value>, St
             .rev()
             .map(|step| match step {
                 ChainStep::Task(task) => with_reply_to(task.to_dict(), reply_to),
-                ChainStep::Chord { header, body } => chord_dict(header, &body, Some(reply_to)),
+                ChainStep::Chord { header, body } => chord_dict(&header, &body, Some(reply_to)),
             })
             .collect();
         first.options.chain = after;
@@ -450,7 +451,7 @@ impl ChainStep {
     pub fn to_dict(&self) -> Value {
         match self {
             Self::Task(task) => task.to_dict(),
-            Self::Chord { header, body } => chord_dict(header.clone(), body, None),
+            Self::Chord { header, body } => chord_dict(header, body, None),
         }
     }
 }
@@ -476,47 +477,6 @@ fn with_reply_to(mut dict: Value, reply_to: &str) -> Value {
         options.insert("reply_to".into(), reply_to.into());
     }
     dict
-}
-
-/// A chord as Celery's client puts it in a chain (CELERY_OPERATIONS.md
-/// §1.7): `celery.chord` with the header as a `celery.group` of its
-/// members (marked with the group id and their index) and the body in the
-/// header's group, `reply_to` on the members and the body when given.
-fn chord_dict(header: Group<Value>, body: &Signature<Value>, reply_to: Option<&str>) -> Value {
-    let (group_id, members) = header.marked_members();
-    let tasks: Vec<Value> = members
-        .iter()
-        .map(|member| match reply_to {
-            Some(reply_to) => with_reply_to(member.to_dict(), reply_to),
-            None => member.to_dict(),
-        })
-        .collect();
-    let mut body = match reply_to {
-        Some(reply_to) => with_reply_to(body.to_dict(), reply_to),
-        None => body.to_dict(),
-    };
-    if let Some(options) = body.get_mut("options").and_then(Value::as_object_mut) {
-        options.insert("group_id".into(), group_id.as_str().into());
-    }
-    serde_json::json!({
-        "task": "celery.chord",
-        "args": [],
-        "kwargs": {
-            "kwargs": {},
-            "header": {
-                "task": "celery.group",
-                "args": [],
-                "kwargs": {"tasks": tasks},
-                "options": {"task_id": group_id},
-                "subtask_type": "group",
-                "immutable": false,
-            },
-            "body": body,
-        },
-        "options": {"task_id": group_id},
-        "subtask_type": "chord",
-        "immutable": false,
-    })
 }
 
 impl<R: DeserializeOwned> Chain<R> {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::chain::Follows;
 use super::group::{send_all, Group};
@@ -51,6 +52,52 @@ pub fn chord<R, P: Follows<Vec<R>>>(header: Group<R>, body: P) -> Chord<R, P::Ou
     Chord {
         header,
         body: body.into_step().returning(),
+    }
+}
+
+impl<R, S> Chord<R, S> {
+    /// The chord in Celery's dict form: `celery.chord` with the header as a
+    /// `celery.group` and the body in the header's group.
+    pub fn to_dict(&self) -> Value {
+        chord_dict(&self.header, &self.body, None)
+    }
+}
+
+/// A chord as Celery's client puts it in a chain (CELERY_OPERATIONS.md
+/// §1.7): `celery.chord` with the header as a `celery.group` of its
+/// members (marked with the group id and their index) and the body in the
+/// header's group, `reply_to` on the members and the body when given.
+pub(crate) fn chord_dict<R, S>(
+    header: &Group<R>,
+    body: &Signature<S>,
+    reply_to: Option<&str>,
+) -> Value {
+    let mut header_dict = header.to_dict();
+    let mut body = body.to_dict();
+    if let Some(reply_to) = reply_to {
+        let members = header_dict
+            .pointer_mut("/kwargs/tasks")
+            .and_then(Value::as_array_mut);
+        for member in members.into_iter().flatten() {
+            set_option(member, "reply_to", reply_to);
+        }
+        set_option(&mut body, "reply_to", reply_to);
+    }
+    set_option(&mut body, "group_id", header.id());
+    serde_json::json!({
+        "task": "celery.chord",
+        "args": [],
+        "kwargs": {"kwargs": {}, "header": header_dict, "body": body},
+        "options": {"task_id": header.id()},
+        "subtask_type": "chord",
+        "immutable": false,
+    })
+}
+
+/// Sets option `key` of a signature in Celery's dict form to `value`.
+fn set_option(dict: &mut Value, key: &str, value: &str) {
+    if let Some(options) = dict.get_mut("options").and_then(Value::as_object_mut) {
+        options.insert(key.into(), value.into());
     }
 }
 

@@ -57,6 +57,37 @@ impl<R> Group<R> {
         self.members.is_empty()
     }
 
+    /// The group in Celery's dict form (`{"task": "celery.group", "args":
+    /// [], "kwargs": {"tasks": [...]}, "options": {"task_id": <group id>},
+    /// "subtask_type": "group", "immutable": false}`), each member marked
+    /// with the group id and its index.
+    pub fn to_dict(&self) -> serde_json::Value {
+        let tasks: Vec<serde_json::Value> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| {
+                let mut dict = member.to_dict();
+                if let Some(options) = dict
+                    .get_mut("options")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    options.insert("group_id".into(), self.id.as_str().into());
+                    options.insert("group_index".into(), index.into());
+                }
+                dict
+            })
+            .collect();
+        serde_json::json!({
+            "task": "celery.group",
+            "args": [],
+            "kwargs": {"tasks": tasks},
+            "options": {"task_id": self.id},
+            "subtask_type": "group",
+            "immutable": false,
+        })
+    }
+
     /// The members, each marked with the group id and its index.
     pub(crate) fn marked_members(self) -> (String, Vec<Signature<R>>) {
         let id = self.id;

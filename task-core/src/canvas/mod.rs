@@ -8,7 +8,10 @@
 mod chain;
 mod chord;
 mod group;
+mod replacement;
 
 pub use chain::{chain, Chain, ChainStep, ChainToGroup, Follows, InvalidSignature, Partial};
 pub use chord::{chord, start_join_on_broker, Chord};
 pub use group::{group, Group, GroupResult};
+pub(crate) use replacement::accumulate;
+pub use replacement::Replacement;

@@ -18,6 +18,10 @@ use crate::failed_task::{failure_header, FAILURE_HEADER};
 use crate::protocol::task_message::{encode_task, TaskCall, TaskRequest};
 use crate::{Registry, TaskError};
 
+mod replacement;
+
+pub use replacement::{replacement, ACCUMULATE_TASK};
+
 /// A message's `embed`, read.
 #[derive(Deserialize, Default)]
 pub struct Embed {
@@ -71,6 +75,17 @@ struct SignatureOptions {
     /// The group it belongs to (a chord body's: its header's group).
     #[serde(default)]
     group_id: Option<String>,
+    /// Its place in that group.
+    #[serde(default)]
+    group_index: Option<usize>,
+    /// The chord body it is a header part of (the last step of a chain
+    /// that is a header part, or that replaced one).
+    #[serde(default)]
+    chord: Option<Box<RawValue>>,
+    /// Extra message headers (a chord's join queue, carried to the step
+    /// that replaced a part).
+    #[serde(default)]
+    headers: Option<serde_json::Map<String, Value>>,
     /// Seconds to wait, from when it is published.
     #[serde(default)]
     countdown: Option<f64>,
@@ -202,7 +217,8 @@ impl<'a> ChordBody<'a> {
             id: parent_id,
             root_id,
         };
-        step(parent, &body, Some(values), rest, Some((group, None)), None)
+        let member = Some((group, body.options.group_index));
+        step(parent, &body, Some(values), rest, member, None)
     }
 
     /// `(task_id, reply_to)` of the body and of the chain steps after it
@@ -420,80 +436,6 @@ fn tell_failure(errbacks: &mut [FollowUp], task_id: &str, error: &TaskError) {
             .headers
             .insert_json(FAILURE_HEADER, &header);
     }
-}
-
-/// The message that replaces the task of `message` (decoded as `request`,
-/// whose lineage the run step moved out: it is read from the message; the
-/// run step keeps the embed of a request that carries canvas) by `signature` (a plain signature in Celery's dict
-/// form), as Celery's `Task.replace` sends it: under the replaced task's id,
-/// its parent the replaced task, the same root, its callbacks and errbacks
-/// added to the replacement's own, its remaining chain steps after the
-/// replacement's own, its group, index and chord carried over, and
-/// `replaced_task_nesting` one higher. Unlike Celery's worker, the caller's
-/// `reply_to` is kept, so the caller gets the replacement's result.
-pub fn replacement(
-    message: &Message,
-    request: &TaskRequest,
-    signature: &Value,
-) -> Result<FollowUp, String> {
-    let mut sig: SignatureDict = serde_json::from_str(&signature.to_string())
-        .map_err(|error| format!("the replacement does not decode: {error}"))?;
-    if let Some(kind) = &sig.subtask_type {
-        return Err(format!(
-            "a task is replaced by a plain signature, not a {kind}"
-        ));
-    }
-    let original = Embed::of(request).unwrap_or_default();
-    let merged = |own: Option<Box<RawValue>>, added: &[Box<RawValue>]| {
-        if added.is_empty() {
-            return Ok(own);
-        }
-        let mut list: Vec<Box<RawValue>> = match own {
-            Some(own) => match serde_json::from_str::<Vec<Box<RawValue>>>(own.get()) {
-                Ok(list) => list,
-                Err(_) => vec![own],
-            },
-            None => Vec::new(),
-        };
-        list.extend(added.iter().cloned());
-        serde_json::value::to_raw_value(&list)
-            .map(Some)
-            .map_err(|e| e.to_string())
-    };
-    sig.options.link = merged(sig.options.link.take(), original.callbacks())?;
-    sig.options.link_error = merged(sig.options.link_error.take(), original.errbacks())?;
-    sig.options.task_id = Some(request.id.clone());
-    sig.options.reply_to = request.reply_to.clone();
-    // Its own steps run first: they come after the replaced task's in the
-    // list (the next one last).
-    let mut steps = original.chain().to_vec();
-    steps.extend(sig.options.chain.take().unwrap_or_default());
-    let headers = &message.properties.headers;
-    let root_id = headers.get_str("root_id").unwrap_or(&request.id);
-    let parent = Parent {
-        id: &request.id,
-        root_id,
-    };
-    let group = headers.get_str("group");
-    let index = headers
-        .get_json("group_index")
-        .and_then(|index| index.as_u64())
-        .and_then(|index| usize::try_from(index).ok());
-    let member = group.map(|group| (group, index));
-    let mut replacement = step(parent, &sig, None, &steps, member, original.chord())?;
-    let nesting = headers
-        .get_json("replaced_task_nesting")
-        .and_then(|nesting| nesting.as_i64())
-        .unwrap_or(0);
-    let out = &mut replacement.message.properties.headers;
-    out.insert(
-        "replaced_task_nesting",
-        integer_value(nesting.saturating_add(1)),
-    );
-    if let Some(join_queue) = headers.get_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER) {
-        out.insert_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER, join_queue);
-    }
-    Ok(replacement)
 }
 
 /// Why a chord cannot run without a backend that joins it.
@@ -736,7 +678,11 @@ fn frozen_body(
     if !options.get("task_id").is_some_and(Value::is_string) {
         options.insert("task_id".to_owned(), Value::String(uuid_string()));
     }
-    options.insert("group_id".to_owned(), Value::String(group.to_owned()));
+    // Its own group stays (a body that replaced a group member belongs to
+    // that group); else the header's.
+    options
+        .entry("group_id")
+        .or_insert_with(|| Value::String(group.to_owned()));
     if !chain.is_empty() {
         // Its own steps run first: they come after ours in the list.
         let mut steps: Vec<Value> = chain
@@ -794,8 +740,21 @@ fn step(
         root_id: Some(parent.root_id),
         parent_id: Some(parent.id),
     };
+    // What its frozen options say it belongs to, unless told here (as
+    // Celery's `apply_async` makes them message fields).
+    let chord = chord.or(sig.options.chord.as_deref());
+    let member = member.or_else(|| {
+        let group = sig.options.group_id.as_deref()?;
+        Some((group, sig.options.group_index))
+    });
     let mut message = encode_task(&call).map_err(|e| e.to_string())?;
     set_embed(&mut message, &args, &kwargs, sig, chain, chord).map_err(|e| e.to_string())?;
+    for (name, value) in sig.options.headers.iter().flatten() {
+        let headers = &mut message.properties.headers;
+        if !headers.contains_key(name) {
+            headers.insert_json(name, value);
+        }
+    }
     if let Some((group, index)) = member {
         let headers = &mut message.properties.headers;
         headers.insert("group", text_value(group));
@@ -869,68 +828,6 @@ mod tests {
         let mut message = encode_task(&call).unwrap();
         message.body = format!("[[], {{}}, {embed}]").into_bytes();
         decode_task(&message).unwrap()
-    }
-
-    #[test]
-    fn a_replacement_takes_over_the_id_lineage_and_canvas_of_the_task() {
-        let call = TaskCall {
-            reply_to: Some("caller"),
-            root_id: Some("root"),
-            parent_id: Some("p"),
-            ..TaskCall::plain("t", "tasks.delegate")
-        };
-        let mut message = encode_task(&call).unwrap();
-        message.body = br#"[[], {}, {"callbacks": [{"task": "cb"}], "errbacks": null,
-            "chain": [{"task": "last", "options": {"task_id": "l"}}], "chord": null}]"#
-            .to_vec();
-        let headers = &mut message.properties.headers;
-        headers.insert_str("group", "g");
-        headers.insert("group_index", integer_value(3));
-        headers.insert_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER, "chord.g");
-        let request = decode_task(&message).unwrap();
-        let by = serde_json::json!({"task": "tasks.add", "args": [1, 2], "kwargs": {},
-            "options": {"queue": "q", "link": [{"task": "own"}]}});
-        let replacement = replacement(&message, &request, &by).unwrap();
-        assert_eq!(replacement.queue.as_deref(), Some("q"));
-        let sent = decode_task(&replacement.message).unwrap();
-        assert_eq!(sent.id, "t");
-        assert_eq!(sent.name, "tasks.add");
-        assert_eq!(
-            sent.reply_to.as_deref(),
-            Some("caller"),
-            "the caller's kept"
-        );
-        assert_eq!(sent.parent_id.as_deref(), Some("t"));
-        assert_eq!(sent.root_id.as_deref(), Some("root"));
-        assert_eq!(
-            (sent.group_id.as_deref(), sent.group_index),
-            (Some("g"), Some(3))
-        );
-        let headers = &replacement.message.properties.headers;
-        assert_eq!(
-            headers.get_json("replaced_task_nesting"),
-            Some(serde_json::json!(1))
-        );
-        assert_eq!(
-            headers.get_str(crate::protocol::chord_join::JOIN_QUEUE_HEADER),
-            Some("chord.g")
-        );
-        let body: Value = serde_json::from_slice(&replacement.message.body).unwrap();
-        assert_eq!(body[0], serde_json::json!([1, 2]));
-        let callbacks: Vec<&str> = body[2]["callbacks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|cb| cb["task"].as_str().unwrap())
-            .collect();
-        assert_eq!(callbacks, ["own", "cb"]);
-        assert_eq!(body[2]["chain"][0]["options"]["task_id"], "l");
-
-        let group = serde_json::json!({"task": "celery.group", "subtask_type": "group"});
-        let refused = super::replacement(&message, &request, &group)
-            .err()
-            .unwrap();
-        assert!(refused.contains("plain signature"), "{refused}");
     }
 
     #[test]
