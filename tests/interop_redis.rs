@@ -458,6 +458,96 @@ async fn python_nested_canvas_runs_on_a_rust_worker() {
     w.stop().await;
 }
 
+/// Canvas stored in Celery's dict form crosses both ways: what a Python
+/// client dumps (`json.dumps(sig)`), Rust reads with `Canvas::from_json`
+/// and sends; what Rust writes with `to_dict`, Python reads with
+/// `celery.signature(dict)` and applies. The tasks run on a Rust worker.
+#[tokio::test]
+async fn canvas_in_celerys_dict_form_crosses_between_python_and_rust() {
+    use task_core::canvas::{chain, chord, group, Canvas, Partial};
+    let w = rust_worker("redis-dict").await;
+    let rq = w.queue.as_str();
+    let add = |args: Value| json!({"task": "tasks.add", "args": args, "queue": rq});
+    let sum_all = json!({"task": "tasks.sum_all", "queue": rq});
+    let python_dict = |tree: Value| async move {
+        let printed = py_client(&["dict", &tree.to_string()]).await;
+        Canvas::from_json(&printed).unwrap_or_else(|e| panic!("{e}: {printed}"))
+    };
+
+    // Python → Rust: a chain, a group and a chord, each read and sent by Rust.
+    let Canvas::Chain(steps) =
+        python_dict(json!({"chain": [add(json!([1, 1])), add(json!([10]))]})).await
+    else {
+        panic!("a chain")
+    };
+    let sum = steps
+        .returning::<i64>()
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(sum.get(TIMEOUT).await.unwrap(), 12);
+
+    let Canvas::Group(members) =
+        python_dict(json!({"group": [add(json!([1, 2])), add(json!([3, 4]))]})).await
+    else {
+        panic!("a group")
+    };
+    let sums = members
+        .returning::<i64>()
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(sums.get(TIMEOUT).await.unwrap(), [3, 7]);
+
+    let tree = json!({"chord": [add(json!([1, 1])), add(json!([2, 2]))], "body": sum_all});
+    let Canvas::Chord(joined) = python_dict(tree).await else {
+        panic!("a chord")
+    };
+    let total = joined
+        .returning::<i64, i64>()
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(total.get(TIMEOUT).await.unwrap(), 6);
+
+    // Rust → Python: Celery's client applies what Rust wrote.
+    let add_sig = |x: i64, y: i64| {
+        w.app
+            .signature("tasks.add")
+            .arg(x)
+            .arg(y)
+            .returning::<i64>()
+            .queue(rq.to_owned())
+    };
+    let total = Partial::new(
+        w.app
+            .signature("tasks.sum_all")
+            .returning::<i64>()
+            .queue(rq.to_owned()),
+    );
+    let apply = |dict: Value| async move {
+        let printed = py_client(&["apply-dict", &dict.to_string()]).await;
+        serde_json::from_str::<Value>(&printed).expect("one JSON id")
+    };
+    let chord_id = apply(chord(group([add_sig(1, 2), add_sig(3, 4)]), total).to_dict()).await;
+    assert_eq!(py_get(chord_id.as_str().unwrap()).await["result"], 10);
+    let chain_id = apply(
+        chain(add_sig(5, 5))
+            .then(Partial::<i64, i64>::new(
+                w.app
+                    .signature("tasks.add")
+                    .arg(100)
+                    .returning::<i64>()
+                    .queue(rq.to_owned()),
+            ))
+            .to_dict(),
+    )
+    .await;
+    assert_eq!(py_get(chain_id.as_str().unwrap()).await["result"], 110);
+
+    w.stop().await;
+}
+
 /// A chord built in Rust runs on Python workers: header parts and body on a
 /// Python Celery worker, joined in Redis by Celery's own code; a Rust
 /// header with a Python body; a chord step in a chain applied by a Python

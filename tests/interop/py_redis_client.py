@@ -19,7 +19,13 @@
         builds a canvas from a tree ({"task", "args", "queue"} for a task,
         {"chain": [...]}, {"group": [...]}, {"chord": [...], "body": {...}}),
         applies it and prints, without waiting, the JSON id of its result:
-        a string, or a list of ids for a group's results.
+        a string, or a list of ids for a group's results;
+    py_redis_client.py dict <json canvas>
+        builds the same tree and prints it in Celery's dict form (what
+        json.dumps makes of a signature), without sending it;
+    py_redis_client.py apply-dict <json dict>
+        reads a canvas in Celery's dict form (celery.signature), applies it
+        and prints its result's JSON id as `canvas` does.
 
 The broker is $BROKER_URL and the result backend $INTEROP_RESULT_BACKEND
 (default redis://127.0.0.1:6379/0), or --broker / --backend before the command."""
@@ -51,6 +57,8 @@ chord_command = commands.add_parser("chord")
 chord_command.add_argument("header", type=json.loads)
 chord_command.add_argument("body", type=json.loads)
 commands.add_parser("canvas").add_argument("tree", type=json.loads)
+commands.add_parser("dict").add_argument("tree", type=json.loads)
+commands.add_parser("apply-dict").add_argument("dict", type=json.loads)
 cli = parser.parse_args()
 if not cli.broker:
     parser.error("no broker: set BROKER_URL or pass --broker")
@@ -105,8 +113,8 @@ elif cli.command == "chord":
 
     result = chord([signature(s) for s in cli.header])(signature(cli.body))
     print(result.id)
-elif cli.command == "canvas":
-    from celery import chain, chord, group
+elif cli.command in ("canvas", "dict", "apply-dict"):
+    from celery import chain, chord, group, signature
     from celery.result import GroupResult
 
     def build(spec):
@@ -119,8 +127,12 @@ elif cli.command == "canvas":
         options = {"queue": spec["queue"]} if spec.get("queue") else {}
         return app.signature(spec["task"], args=spec.get("args", []), **options)
 
-    result = build(cli.tree).apply_async()
-    if isinstance(result, GroupResult):
-        print(json.dumps([r.id for r in result.results]))
+    if cli.command == "dict":
+        print(json.dumps(build(cli.tree)))
     else:
-        print(json.dumps(result.id))
+        canvas = build(cli.tree) if cli.command == "canvas" else signature(cli.dict, app=app)
+        result = canvas.apply_async()
+        if isinstance(result, GroupResult):
+            print(json.dumps([r.id for r in result.results]))
+        else:
+            print(json.dumps(result.id))

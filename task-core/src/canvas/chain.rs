@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::chord::chord_dict;
+use super::chord::{chord_dict, Chord};
 use super::group::{group, Group, GroupResult};
 use crate::signature::{errback, Errback};
 use crate::{App, AsyncResult, Error, FailedTask, Signature};
@@ -618,46 +618,8 @@ impl ChainStep {
         if dict.get("subtask_type").and_then(Value::as_str) != Some("chord") {
             return Signature::from_dict(dict).map(Self::Task);
         }
-        let kwargs = dict
-            .get("kwargs")
-            .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs`"))?;
-        let header = kwargs
-            .get("header")
-            .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs.header`"))?;
-        let (members, header_id) = match header {
-            Value::Array(members) => (members, None),
-            Value::Object(group) => (
-                group
-                    .get("kwargs")
-                    .and_then(|kwargs| kwargs.get("tasks"))
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| {
-                        InvalidSignature::new("a chord's header group has no `kwargs.tasks`")
-                    })?,
-                group
-                    .get("options")
-                    .and_then(|options| options.get("task_id"))
-                    .and_then(Value::as_str),
-            ),
-            _ => return Err(InvalidSignature::new("a chord's header is not a group")),
-        };
-        let members = members
-            .iter()
-            .map(Signature::from_dict)
-            .collect::<Result<Vec<_>, _>>()?;
-        let body = Signature::from_dict(
-            kwargs
-                .get("body")
-                .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs.body`"))?,
-        )?;
-        let chord_id = dict
-            .get("options")
-            .and_then(|options| options.get("task_id"))
-            .and_then(Value::as_str);
-        let mut header = group(members);
-        if let Some(id) = header_id.or(chord_id) {
-            header = header.with_id(id);
-        }
+        let chord = Chord::from_dict(dict)?;
+        let (header, body) = chord.into_parts();
         Ok(Self::Chord { header, body })
     }
 }
@@ -671,7 +633,7 @@ pub struct InvalidSignature {
 }
 
 impl InvalidSignature {
-    fn new(reason: impl Into<String>) -> Self {
+    pub(super) fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
         }

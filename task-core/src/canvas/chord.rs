@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::chain::Follows;
+use super::chain::{Follows, InvalidSignature};
 use super::group::{send_all, Group};
 use crate::broker::QueueSpec;
 use crate::protocol::chord_join::{self, JoinRequest, JOIN_QUEUE_HEADER};
@@ -60,6 +60,85 @@ impl<R, S> Chord<R, S> {
     /// `celery.group` and the body in the header's group.
     pub fn to_dict(&self) -> Value {
         chord_dict(&self.header, &self.body, None)
+    }
+
+    /// The header group.
+    pub fn header(&self) -> &Group<R> {
+        &self.header
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Signature<S> {
+        &self.body
+    }
+
+    /// The same chord, its members' results read as `T` and the body's as
+    /// `U` (for a chord read by [`Chord::from_dict`]; unchecked, as the
+    /// dict form carries no types).
+    pub fn returning<T, U>(self) -> Chord<T, U> {
+        Chord {
+            header: self.header.returning(),
+            body: self.body.returning(),
+        }
+    }
+
+    pub(super) fn into_parts(self) -> (Group<R>, Signature<S>) {
+        (self.header, self.body)
+    }
+}
+
+impl Chord<Value, Value> {
+    /// A chord read from Celery's dict form (see [`Chord::to_dict`]; a
+    /// `celery.chord` as Python stores or sends it), untyped: type it with
+    /// [`Chord::returning`]. The header is a `celery.group` or a list of
+    /// plain signatures ([`Group::from_dict`]), its id the header group's
+    /// `task_id`, else the chord's; the body is a plain signature.
+    ///
+    /// ```
+    /// use task_core::canvas::{chord, group, Chord, Partial};
+    /// use task_core::Signature;
+    /// let add = |x: i64| Signature::<i64>::new("tasks.add").arg(x).arg(1);
+    /// let total = Partial::new(Signature::<i64>::new("tasks.sum_all"));
+    /// let sent = chord(group([add(1), add(2)]), total);
+    /// let read = Chord::from_dict(&sent.to_dict()).unwrap().returning::<i64, i64>();
+    /// assert_eq!(read.body().name(), "tasks.sum_all");
+    /// assert_eq!(read.to_dict(), sent.to_dict());
+    /// ```
+    pub fn from_dict(dict: &Value) -> Result<Self, InvalidSignature> {
+        let object = dict
+            .as_object()
+            .ok_or_else(|| InvalidSignature::new("a chord is a JSON object"))?;
+        let is_chord = object.get("subtask_type").and_then(Value::as_str) == Some("chord")
+            || object.get("task").and_then(Value::as_str) == Some("celery.chord");
+        if !is_chord {
+            return Err(InvalidSignature::new(
+                "not a chord (`subtask_type` is not \"chord\")",
+            ));
+        }
+        let kwargs = object
+            .get("kwargs")
+            .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs`"))?;
+        let header_dict = kwargs
+            .get("header")
+            .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs.header`"))?;
+        let mut header = Group::from_dict(header_dict)?;
+        let header_has_id = header_dict
+            .pointer("/options/task_id")
+            .and_then(Value::as_str)
+            .is_some();
+        let chord_id = object
+            .get("options")
+            .and_then(|options| options.get("task_id"))
+            .and_then(Value::as_str);
+        if let (false, Some(id)) = (header_has_id, chord_id) {
+            header = header.with_id(id);
+        }
+        let body = Signature::from_dict(
+            kwargs
+                .get("body")
+                .ok_or_else(|| InvalidSignature::new("a chord has no `kwargs.body`"))?,
+        )?;
+        Ok(Chord { header, body })
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, Stream};
 use serde::de::DeserializeOwned;
 
+use super::chain::InvalidSignature;
 use crate::{App, AsyncResult, Error, Signature};
 
 /// Signatures sent together as one group (Celery's `group(...)`): each
@@ -88,6 +89,15 @@ impl<R> Group<R> {
         })
     }
 
+    /// The same group, its members' results read as `T` (for a group read
+    /// by [`Group::from_dict`]).
+    pub fn returning<T>(self) -> Group<T> {
+        Group {
+            id: self.id,
+            members: self.members.into_iter().map(Signature::returning).collect(),
+        }
+    }
+
     /// The members, each marked with the group id and its index.
     pub(crate) fn marked_members(self) -> (String, Vec<Signature<R>>) {
         let id = self.id;
@@ -101,6 +111,66 @@ impl<R> Group<R> {
             })
             .collect();
         (id, members)
+    }
+}
+
+impl Group<serde_json::Value> {
+    /// A group read from Celery's dict form (see [`Group::to_dict`]; a
+    /// `celery.group` as Python stores or sends it, or a plain list of
+    /// signatures), untyped: type it with [`Group::returning`]. Its id is
+    /// the dict's `options.task_id` (a fresh one when it has none); each
+    /// member is read by [`Signature::from_dict`], so a member that is
+    /// itself a chain, group or chord is refused.
+    ///
+    /// ```
+    /// use task_core::canvas::{group, Group};
+    /// use task_core::Signature;
+    /// let add = |x: i64| Signature::<i64>::new("tasks.add").arg(x).arg(1);
+    /// let sent = group([add(1), add(2)]);
+    /// let read = Group::from_dict(&sent.to_dict()).unwrap().returning::<i64>();
+    /// assert_eq!((read.id(), read.len()), (sent.id(), 2));
+    /// assert_eq!(read.to_dict(), sent.to_dict());
+    /// ```
+    pub fn from_dict(dict: &serde_json::Value) -> Result<Self, InvalidSignature> {
+        use serde_json::Value;
+        let (members, id) = match dict {
+            Value::Array(members) => (members, None),
+            Value::Object(object) => {
+                let is_group = object.get("subtask_type").and_then(Value::as_str) == Some("group")
+                    || object.get("task").and_then(Value::as_str) == Some("celery.group");
+                if !is_group {
+                    return Err(InvalidSignature::new(
+                        "not a group (`subtask_type` is not \"group\")",
+                    ));
+                }
+                let members = object
+                    .get("kwargs")
+                    .and_then(|kwargs| kwargs.get("tasks"))
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        InvalidSignature::new("a group lists its members in `kwargs.tasks`")
+                    })?;
+                let id = object
+                    .get("options")
+                    .and_then(|options| options.get("task_id"))
+                    .and_then(Value::as_str);
+                (members, id)
+            }
+            _ => {
+                return Err(InvalidSignature::new(
+                    "a group is a JSON object or a list of signatures",
+                ))
+            }
+        };
+        let members = members
+            .iter()
+            .map(Signature::from_dict)
+            .collect::<Result<Vec<_>, _>>()?;
+        let read = group(members);
+        Ok(match id {
+            Some(id) => read.with_id(id),
+            None => read,
+        })
     }
 }
 

@@ -9,9 +9,11 @@ mod chain;
 mod chord;
 mod group;
 mod replacement;
+mod stored;
 
 pub use chain::{chain, Chain, ChainStep, ChainToGroup, Follows, InvalidSignature, Partial};
 pub use chord::{chord, start_join_on_broker, Chord};
 pub use group::{group, Group, GroupResult};
 pub(crate) use replacement::accumulate;
 pub use replacement::Replacement;
+pub use stored::Canvas;

@@ -5,17 +5,17 @@
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Chain, Chord, Group};
+use super::{Canvas, Chain, Chord, Group};
 use crate::registry::TaskOutcome;
 use crate::{Signature, TaskArgs, TaskError};
 
 /// What a task can replace itself by: a [`Signature`], a [`Chain`], a
 /// [`Group`] (its values as one list, as Celery turns it into a chord with
-/// `celery.accumulate` as its body) or a [`Chord`]. The one whose result is
+/// `celery.accumulate` as its body), a [`Chord`] or a stored [`Canvas`]. The one whose result is
 /// the replacement's (the call, the chain's last step, the chord's body)
 /// takes over the replaced task's id, caller, callbacks, group and chord.
 #[diagnostic::on_unimplemented(
-    message = "a task is replaced by a Signature, a Chain, a Group or a Chord, not by `{Self}`"
+    message = "a task is replaced by a Signature, a Chain, a Group, a Chord or a Canvas, not by `{Self}`"
 )]
 pub trait Replacement: sealed::Sealed {
     /// The replacement in Celery's dict form.
@@ -78,6 +78,23 @@ impl<R, S> Replacement for Chord<R, S> {
 
     fn replacement_name(&self) -> String {
         "celery.chord".to_owned()
+    }
+}
+
+impl sealed::Sealed for Canvas {}
+
+impl Replacement for Canvas {
+    fn into_replacement(self) -> Value {
+        self.to_dict()
+    }
+
+    fn replacement_name(&self) -> String {
+        match self {
+            Canvas::Signature(signature) => signature.replacement_name(),
+            Canvas::Chain(steps) => steps.replacement_name(),
+            Canvas::Group(members) => members.replacement_name(),
+            Canvas::Chord(chord) => chord.replacement_name(),
+        }
     }
 }
 
