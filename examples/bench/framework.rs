@@ -58,7 +58,7 @@ pub fn ensure_worker_binary(build: bool) -> Result<PathBuf> {
 
 /// A client app whose default queue is `queue`, made the default app so
 /// that `add.delay(..)` publishes there.
-async fn client_app(cfg: &Config, queue: &str) -> Result<App> {
+pub async fn client_app(cfg: &Config, queue: &str) -> Result<App> {
     App::builder()
         .broker_url(cfg.broker.clone())
         .default_queue(queue)
@@ -157,7 +157,17 @@ pub async fn spawn_worker(
     admin: &lapin::Connection,
     queue: &str,
 ) -> Result<ChildProc> {
-    let mut worker = spawn_worker_unwaited(cfg, queue)?;
+    spawn_worker_with(cfg, admin, queue, &[]).await
+}
+
+/// [`spawn_worker`] with `extra` arguments.
+pub async fn spawn_worker_with(
+    cfg: &Config,
+    admin: &lapin::Connection,
+    queue: &str,
+    extra: &[&str],
+) -> Result<ChildProc> {
+    let mut worker = spawn_worker_unwaited_with(cfg, queue, extra)?;
     admin::wait_for_consumer(admin, queue, Duration::from_secs(30), || {
         worker.check_alive()
     })
@@ -167,7 +177,12 @@ pub async fn spawn_worker(
 
 /// Starts the example worker binary on `queue`.
 pub fn spawn_worker_unwaited(cfg: &Config, queue: &str) -> Result<ChildProc> {
+    spawn_worker_unwaited_with(cfg, queue, &[])
+}
+
+fn spawn_worker_unwaited_with(cfg: &Config, queue: &str, extra: &[&str]) -> Result<ChildProc> {
     let mut command = Command::new(&cfg.worker_binary);
+    command.args(extra);
     command
         .args([
             "-Q",

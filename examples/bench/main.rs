@@ -36,6 +36,8 @@
 //!    chord's header (on RabbitMQ alone and on Redis), a chain of 1,000
 //!    steps against a plain round trip, and Celery's chord on its Redis
 //!    backend against its plain calls, all in the same run (`canvas.rs`).
+//! 9. `events`: round trips with task events on (`-E`) and a monitor
+//!    attached, against events off, in the same run (`events.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -55,6 +57,7 @@ mod celery;
 mod child;
 mod delays;
 mod drain;
+mod events;
 mod framework;
 mod raw;
 mod redis_backend;
@@ -191,6 +194,7 @@ enum Section {
     Drain,
     Redis,
     Canvas,
+    Events,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -272,6 +276,7 @@ pub struct Run {
     pub redis_round_trips: Option<redis_backend::RoundTrips>,
     pub redis_await: Option<redis_backend::AwaitRuns>,
     pub canvas: Option<canvas::CanvasRun>,
+    pub events: Option<events::EventsRun>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -390,6 +395,11 @@ impl Run {
                 put(key, Some(value));
             }
         }
+        if let Some(events) = &self.events {
+            for (key, value) in events.ratios() {
+                put(key, Some(value));
+            }
+        }
         if let Some(a) = &self.redis_await {
             put(
                 "redis:await_collect_rate_redis_over_rpc",
@@ -470,6 +480,7 @@ async fn bench(args: Args) -> Result<()> {
         Section::Drain,
         Section::Redis,
         Section::Canvas,
+        Section::Events,
     ];
     let mut sections: Vec<Section> = args.only.clone();
     if args.redis && !sections.contains(&Section::Redis) {
@@ -486,7 +497,8 @@ async fn bench(args: Args) -> Result<()> {
         || sections.contains(&Section::Cost)
         || sections.contains(&Section::Drain)
         || sections.contains(&Section::Redis)
-        || sections.contains(&Section::Canvas);
+        || sections.contains(&Section::Canvas)
+        || sections.contains(&Section::Events);
     let worker_binary = if needs_worker {
         framework::ensure_worker_binary(!args.no_build)?
     } else {
@@ -671,6 +683,13 @@ async fn bench(args: Args) -> Result<()> {
                 canvas::bench(&cfg, python.as_deref(), canvas_redis)
             );
         }
+        if sections.contains(&Section::Events) {
+            section!(
+                events,
+                "events (task events on/off)",
+                events::bench(&cfg, raw_first)
+            );
+        }
         run.compute_ratios();
         runs.push(run);
         // Whatever a failed section left behind.
@@ -683,6 +702,9 @@ async fn bench(args: Args) -> Result<()> {
     let canvas_runs: Vec<canvas::CanvasRun> =
         runs.iter().filter_map(|r| r.canvas.clone()).collect();
     canvas::print(&canvas_runs);
+    let events_runs: Vec<events::EventsRun> =
+        runs.iter().filter_map(|r| r.events.clone()).collect();
+    events::print(&events_runs);
     let cpus = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{v:.2}"));
     println!(
         "machine: {} CPUs; over these {:.0} s on average {} CPUs were busy: benchmark {:.2} \

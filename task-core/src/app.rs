@@ -57,6 +57,10 @@ struct AppInner {
     eager: bool,
     /// What eager runs give `State<T>` parameters.
     states: Arc<States>,
+    /// The logical clock of this app's events and remote control requests.
+    clock: Arc<crate::events::LamportClock>,
+    /// The broker URL, password left out.
+    broker_url: String,
 }
 
 impl Drop for AppInner {
@@ -286,6 +290,8 @@ impl AppBuilder {
                 default_queue: self.default_queue,
                 queue_specs: self.queue_specs,
                 declared_queues: Mutex::new(HashSet::new()),
+                clock: Arc::default(),
+                broker_url: redact(&self.broker_url),
                 reply_queue: OnceCell::new(),
                 reply_consumer_down: Arc::new(AtomicBool::new(false)),
                 pending: Arc::new(PendingResults::default()),
@@ -333,6 +339,31 @@ impl App {
     /// (each [`AsyncResult`] holds its app), then closes.
     pub fn set_as_default(&self) {
         *DEFAULT_APP.write().unwrap_or_else(PoisonError::into_inner) = Some(self.clone());
+    }
+
+    /// Receives every worker's and client's events (Celery's `celeryev`
+    /// exchange: what Flower and `celery events` read), typed; see
+    /// [`EventReceiver`](crate::events::EventReceiver).
+    pub async fn events(&self) -> Result<crate::events::EventReceiver, BrokerError> {
+        crate::events::EventReceiver::start(&self.inner.broker, "#").await
+    }
+
+    /// Sends remote control requests to workers (Celery's `app.control`
+    /// and `inspect`): ping, inspect, revoke, rate limits, shutdown; see
+    /// [`Control`](crate::control::Control).
+    pub fn control(&self) -> crate::control::Control {
+        crate::control::Control::new(Arc::clone(&self.inner.broker), self.clock())
+    }
+
+    /// The logical clock this app's events and remote control requests
+    /// carry (a worker shares its app's).
+    pub fn clock(&self) -> Arc<crate::events::LamportClock> {
+        Arc::clone(&self.inner.clock)
+    }
+
+    /// The broker URL this app was built for, its password left out.
+    pub fn broker_url(&self) -> &str {
+        &self.inner.broker_url
     }
 
     /// The broker connection.

@@ -95,6 +95,31 @@ pub struct WorkerArgs {
     /// Log lines as text or as one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// The worker's node name, as Celery's `-n`: `%h` the host name, `%n`
+    /// its first label, `%d` its domain (`w1@%h`); `celery@` is put in
+    /// front of a name without `@`.
+    #[arg(short = 'n', long = "hostname", default_value = crate::worker::DEFAULT_NODE_NAME)]
+    pub node_name: String,
+    /// Send task events (task-received, task-started, task-succeeded, ...)
+    /// for monitors such as Flower, as Celery's `-E`; monitors can also
+    /// turn them on while the worker runs.
+    #[arg(short = 'E', long)]
+    pub task_events: bool,
+    /// Send no worker-online / worker-heartbeat / worker-offline events
+    /// (monitors then show this worker offline).
+    #[arg(long)]
+    pub without_heartbeat: bool,
+    /// Accepted for Celery's command line: revoked ids reach a starting
+    /// worker through the revoke log, not by asking the running workers.
+    #[arg(long, hide = true)]
+    pub without_mingle: bool,
+    /// Accepted for Celery's command line; this worker has no gossip.
+    #[arg(long, hide = true)]
+    pub without_gossip: bool,
+    /// Answer no remote control (`celery inspect`, `celery control`,
+    /// Flower's buttons).
+    #[arg(long)]
+    pub without_remote_control: bool,
     /// Print the registered tasks (name and default queue) and exit.
     #[arg(long)]
     pub list_tasks: bool,
@@ -299,7 +324,11 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
         .dead_letter_retention(retention)
         .result_backend(args.result_backend)
         .result_expires((args.result_expires > 0).then(|| Duration::from_secs(args.result_expires)))
-        .result_extended(args.result_extended);
+        .result_extended(args.result_extended)
+        .node_name(args.node_name)
+        .task_events(args.task_events)
+        .heartbeat(!args.without_heartbeat)
+        .remote_control(!args.without_remote_control);
     if let Some(concurrency) = args.concurrency {
         builder = builder.concurrency(concurrency.get());
     }

@@ -10,9 +10,15 @@ mod canvas;
 mod chord_entries;
 pub mod cli;
 pub mod dead_letters;
+mod events;
 mod executor;
 pub mod logging;
+mod node;
 mod rate_limiter;
+mod remote_control;
+mod requests;
+mod revoke_log;
+mod revokes;
 mod settle;
 pub mod shutdown;
 mod stages;
@@ -20,5 +26,5 @@ mod worker;
 
 pub use worker::{
     Worker, WorkerBuilder, WorkerError, DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_RESULT_STORE_DEADLINE,
+    DEFAULT_NODE_NAME, DEFAULT_RESULT_STORE_DEADLINE,
 };

@@ -15,14 +15,20 @@ use task_core::pipeline::{Expiry, Pipeline, Slot, Stage, TaskSettings};
 use task_core::protocol::chord_join;
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry, States};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use task_core::control::{host_name, node_name};
+use task_core::events::{EventDispatcher, EventKind};
+
 use crate::canvas::Canvas;
 use crate::chord_entries::ChordEntries;
+use crate::events::{worker_status, WorkerEvents, HEARTBEAT_EVERY};
 use crate::executor::Executor;
+use crate::node::{Node, NodeParts};
 use crate::rate_limiter;
+use crate::remote_control;
+use crate::revoke_log;
 use crate::settle::{RequeueBackoff, Settler, Warnings, WorkerResults};
 use crate::stages;
 
@@ -94,6 +100,10 @@ pub struct WorkerBuilder {
     result_extended: Option<bool>,
     result_backend_tls: Option<TlsOptions>,
     result_store_deadline: Duration,
+    node_name: String,
+    task_events: bool,
+    heartbeat: bool,
+    remote_control: bool,
 }
 
 /// User code called at a point of the worker's life.
@@ -153,11 +163,53 @@ impl Default for WorkerBuilder {
             result_extended: None,
             result_backend_tls: None,
             result_store_deadline: DEFAULT_RESULT_STORE_DEADLINE,
+            node_name: DEFAULT_NODE_NAME.to_owned(),
+            task_events: false,
+            heartbeat: true,
+            remote_control: true,
         }
     }
 }
 
+/// Celery's default node name template: `celery@` and the host name.
+pub const DEFAULT_NODE_NAME: &str = "celery@%h";
+
 impl WorkerBuilder {
+    /// The worker's node name, as Celery's `-n` takes it: `%h` the host
+    /// name, `%n` its first label, `%d` its domain; `celery@` is put in
+    /// front of a name without `@`. Default `celery@%h`. Remote control
+    /// and events know the worker by it: give each worker on a host its
+    /// own.
+    pub fn node_name(mut self, template: impl Into<String>) -> Self {
+        self.node_name = template.into();
+        self
+    }
+
+    /// Sends task events (`task-received`, `task-started`,
+    /// `task-succeeded`, ...) from the start, as Celery's `-E`; they can
+    /// also be turned on and off while the worker runs (the
+    /// `enable_events` / `disable_events` commands, which Flower sends).
+    /// Off by default.
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
+        self
+    }
+
+    /// Sends `worker-online`, a `worker-heartbeat` every 2 s and
+    /// `worker-offline` (what Flower's online status reads). On by
+    /// default; Celery's `--without-heartbeat` turns it off.
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.heartbeat = on;
+        self
+    }
+
+    /// Answers remote control (`celery inspect`, `celery control`,
+    /// Flower's buttons). On by default.
+    pub fn remote_control(mut self, on: bool) -> Self {
+        self.remote_control = on;
+        self
+    }
+
     /// Connect to this broker (default: `$BROKER_URL`, else the local RabbitMQ).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_url = Some(url.into());
@@ -401,14 +453,31 @@ impl WorkerBuilder {
             app.ensure_queue(queue).await?;
         }
         let default_prefetch = self.concurrency.saturating_mul(4);
+        let prefetch = self
+            .prefetch
+            .unwrap_or_else(|| u16::try_from(default_prefetch).unwrap_or(u16::MAX));
+        let settings: Arc<TaskSettings> = Arc::default();
+        let shutdown = CancellationToken::new();
+        let hostname = node_name(&self.node_name, &host_name());
+        let dispatcher =
+            EventDispatcher::new(Arc::clone(app.broker()), hostname.clone(), app.clock());
+        let node = Arc::new(Node::new(NodeParts {
+            hostname,
+            app: app.clone(),
+            registry: registry.clone(),
+            settings: Arc::clone(&settings),
+            events: WorkerEvents::new(dispatcher, self.task_events),
+            queues: queues.clone(),
+            prefetch,
+            concurrency: self.concurrency,
+            shutdown: shutdown.clone(),
+        }));
         Ok(Worker {
             app,
             registry,
             queues,
             concurrency: self.concurrency,
-            prefetch: self
-                .prefetch
-                .unwrap_or_else(|| u16::try_from(default_prefetch).unwrap_or(u16::MAX)),
+            prefetch,
             shutdown_timeout: self.shutdown_timeout,
             max_message_size: self.max_message_size,
             ack_timeout: self.ack_timeout,
@@ -416,8 +485,11 @@ impl WorkerBuilder {
             result_store_deadline: self.result_store_deadline,
             states: Arc::new(self.states),
             hooks: self.hooks,
-            settings: Arc::default(),
-            shutdown: CancellationToken::new(),
+            settings,
+            shutdown,
+            node,
+            heartbeat: self.heartbeat,
+            remote_control: self.remote_control,
         })
     }
 }
@@ -540,6 +612,9 @@ pub struct Worker {
     hooks: Hooks,
     settings: Arc<TaskSettings>,
     shutdown: CancellationToken,
+    node: Arc<Node>,
+    heartbeat: bool,
+    remote_control: bool,
 }
 
 impl Worker {
@@ -560,6 +635,12 @@ impl Worker {
         Arc::clone(&self.settings)
     }
 
+    /// The worker's node name (`celery@host`), as remote control and
+    /// events know it.
+    pub fn node_name(&self) -> &str {
+        &self.node.hostname
+    }
+
     /// The queues this worker consumes.
     pub fn queues(&self) -> &[String] {
         &self.queues
@@ -576,6 +657,9 @@ impl Worker {
         let builder = Pipeline::builder(self.registry.clone())
             .settings(Arc::clone(&self.settings))
             .max_message_size(self.max_message_size)
+            .stage(stages::Received {
+                node: Arc::clone(&self.node),
+            })
             .stage(Canvas {
                 app: self.app.clone(),
                 registry: self.registry.clone(),
@@ -598,6 +682,10 @@ impl Worker {
             .fold(builder, |builder, stage| {
                 builder.shared_stage(Arc::clone(stage))
             })
+            // Last: the task is active from here, and can be terminated.
+            .stage(stages::Running {
+                node: Arc::clone(&self.node),
+            })
             .build()
     }
 
@@ -610,11 +698,33 @@ impl Worker {
     /// redelivered copy; a blocking (`fn`) task's thread cannot be stopped
     /// and finishes its body, without publishing or acknowledging.
     pub async fn run(self) -> Result<(), WorkerError> {
+        // Remote control, heartbeats and the revoke log are followed until
+        // the worker has stopped.
+        let node_stop = CancellationToken::new();
+        // Every revoke still kept is known before the first task is taken.
+        let revokes = revoke_log::catch_up(&self.node).await.map(|log| {
+            tokio::spawn(revoke_log::follow(
+                Arc::clone(&self.node),
+                log,
+                node_stop.clone(),
+            ))
+        });
         let mut consumer = self.consume().await?;
+        let control = self.remote_control.then(|| {
+            tokio::spawn(remote_control::serve(
+                Arc::clone(&self.node),
+                node_stop.clone(),
+            ))
+        });
+        let heartbeats = self
+            .heartbeat
+            .then(|| tokio::spawn(send_heartbeats(Arc::clone(&self.node), node_stop.clone())));
         tracing::info!(
+            node = %self.node.hostname,
             queues = ?self.queues,
             concurrency = self.concurrency,
             prefetch = self.prefetch,
+            task_events = self.node.events.task_events(),
             tasks = ?self.registry.names(),
             "worker ready"
         );
@@ -641,7 +751,7 @@ impl Worker {
             Arc::clone(self.app.broker()),
             self.shutdown.clone(),
         ));
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = Arc::clone(&self.node.slots);
         let running = TaskTracker::new();
         // Cancelled when the shutdown timeout runs out: the tasks still
         // running are dropped, so none runs on after `run` returned.
@@ -732,6 +842,17 @@ impl Worker {
             tracing::debug!(%error, "could not close the consumer channel");
         }
         sweeper.abort();
+        node_stop.cancel();
+        if let Some(control) = control {
+            let _ = control.await;
+        }
+        if let Some(heartbeats) = heartbeats {
+            let _ = heartbeats.await;
+        }
+        if let Some(revokes) = revokes {
+            let _ = revokes.await;
+        }
+        self.node.events.flush().await;
         tracing::info!("worker stopped");
         for shutdown in &self.hooks.shutdown {
             shutdown(&self);
@@ -813,6 +934,36 @@ async fn consume_chord_joins(
             }
         }
     }
+}
+
+/// Sends `worker-online`, then a `worker-heartbeat` every 2 s until `stop`,
+/// then `worker-offline`.
+async fn send_heartbeats(node: Arc<Node>, stop: CancellationToken) {
+    let freq = HEARTBEAT_EVERY.as_secs_f64();
+    let status = |node: &Node| {
+        worker_status(
+            freq,
+            Some((node.requests.active_count(), node.requests.processed())),
+        )
+    };
+    node.events
+        .worker(EventKind::WorkerOnline(status(&node)))
+        .await;
+    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        node.events
+            .worker(EventKind::WorkerHeartbeat(status(&node)))
+            .await;
+    }
+    node.events.flush().await;
+    node.events
+        .worker(EventKind::WorkerOffline(status(&node)))
+        .await;
 }
 
 /// Runs `work` to its end, unless `abandon` is cancelled first (then `work`

@@ -170,11 +170,14 @@ impl TestWorker {
         configure: impl FnOnce(task_worker::WorkerBuilder) -> task_worker::WorkerBuilder,
     ) -> Self {
         init_logs();
+        // Its own node name (remote control and events tell workers apart
+        // by it).
         let worker = configure(
             Worker::builder()
                 .app(app.clone())
                 .queues([queue.clone()])
-                .concurrency(concurrency),
+                .concurrency(concurrency)
+                .node_name(format!("{queue}@%h")),
         )
         .build()
         .await
@@ -187,6 +190,30 @@ impl TestWorker {
             stop,
             running,
         }
+    }
+
+    /// Waits (at most `limit`) for the worker to stop by itself (e.g. told
+    /// to by remote control), then deletes its queues as `stop` does.
+    pub async fn wait_stopped(self, limit: Duration) {
+        let Self {
+            queue,
+            app,
+            stop,
+            running,
+        } = self;
+        tokio::time::timeout(limit, running)
+            .await
+            .expect("the worker stops")
+            .expect("worker task does not panic")
+            .expect("worker stops cleanly");
+        Self {
+            queue,
+            app,
+            stop,
+            running: tokio::spawn(async { Ok(()) }),
+        }
+        .stop()
+        .await;
     }
 
     /// Stops the worker gracefully, keeping its queue; returns the app and queue.

@@ -33,7 +33,7 @@ pub use super::url::redact;
 use super::{
     check_binding, check_declared_name, check_publish, check_queue_names, check_short,
     Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery,
-    ExchangeKind, ExchangeSpec, Headers, Message, Properties, QueueSpec, TlsOptions,
+    ExchangeKind, ExchangeSpec, Headers, Message, Properties, QueueSpec, StreamOffset, TlsOptions,
 };
 
 /// A RabbitMQ connection used as the framework's broker. It reconnects by
@@ -503,6 +503,32 @@ impl Broker for AmqpBroker {
             .await
     }
 
+    async fn publish_transient(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), BrokerError> {
+        check_publish(exchange, routing_key, &message.properties)?;
+        self.link
+            .run(|link| async move {
+                // The confirm is not awaited: dropping it leaves lapin to
+                // settle it when the broker's ack arrives.
+                link.publisher()
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        to_lapin_properties(&message.properties),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| lost("basic.publish", e))
+            })
+            .await
+    }
+
     async fn publish_reply(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
         check_publish("", queue, &message.properties)?;
         self.link
@@ -561,6 +587,10 @@ impl Broker for AmqpBroker {
         self.link
             .run(|link| async move { consume_on(&link, queues, options).await })
             .await
+    }
+
+    fn supports_streams(&self) -> bool {
+        true
     }
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
@@ -695,6 +725,16 @@ fn consumer_arguments(options: &ConsumeOptions) -> FieldTable {
     if let Some(timeout) = options.ack_timeout.filter(|_| !options.no_ack) {
         let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         arguments.insert("x-consumer-timeout".into(), AMQPValue::LongLongInt(millis));
+    }
+    if let Some(offset) = options.stream_offset {
+        let offset = match offset {
+            StreamOffset::First => "first",
+            StreamOffset::Next => "next",
+        };
+        arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString(offset.into()),
+        );
     }
     arguments
 }

@@ -376,6 +376,7 @@ mod tests {
         no_ack: false,
         ack_timeout: None,
         exclusive: false,
+        stream_offset: None,
     };
 
     async fn next(consumer: &mut Consumer) -> Delivery {

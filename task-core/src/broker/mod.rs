@@ -589,6 +589,18 @@ pub struct ConsumeOptions {
     /// refused while it is (AMQP's exclusive `basic.consume`). A mutex
     /// held by the broker: it goes with the consumer's channel.
     pub exclusive: bool,
+    /// Where to start reading a stream queue (RabbitMQ's
+    /// `x-stream-offset`); `None` for other queues.
+    pub stream_offset: Option<StreamOffset>,
+}
+
+/// Where a consumer of a stream queue starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    /// The oldest message the stream still keeps.
+    First,
+    /// Only messages published from now on.
+    Next,
 }
 
 impl ConsumeOptions {
@@ -599,6 +611,7 @@ impl ConsumeOptions {
             no_ack: false,
             ack_timeout: None,
             exclusive: false,
+            stream_offset: None,
         }
     }
 
@@ -609,12 +622,19 @@ impl ConsumeOptions {
             no_ack: true,
             ack_timeout: None,
             exclusive: false,
+            stream_offset: None,
         }
     }
 
     /// Sets [`ConsumeOptions::exclusive`].
     pub fn exclusive(mut self, exclusive: bool) -> Self {
         self.exclusive = exclusive;
+        self
+    }
+
+    /// Sets [`ConsumeOptions::stream_offset`].
+    pub fn from_stream_offset(mut self, offset: StreamOffset) -> Self {
+        self.stream_offset = Some(offset);
         self
     }
 
@@ -723,6 +743,22 @@ pub trait Broker: Send + Sync + 'static {
         message: &Message,
     ) -> Result<(), BrokerError>;
 
+    /// Publishes a message nobody must wait for (events, remote control
+    /// replies): not mandatory (a message no queue takes is dropped, not
+    /// an error) and without waiting for the publisher confirm. An error
+    /// means it could not be handed to the connection at all.
+    async fn publish_transient(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), BrokerError> {
+        match self.publish(exchange, routing_key, message).await {
+            Err(BrokerError::Unroutable { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Publishes a result to a client's reply queue (default exchange). After
     /// a reconnection, a reply queue (auto-delete) exists again only once its
     /// owner has reconnected and declared it, so an implementation may try an
@@ -764,6 +800,12 @@ pub trait Broker: Send + Sync + 'static {
         queues: &[String],
         options: ConsumeOptions,
     ) -> Result<Consumer, BrokerError>;
+
+    /// Whether this broker keeps stream queues (`x-queue-type: stream`,
+    /// read from an offset by any number of consumers, RabbitMQ 3.9+).
+    fn supports_streams(&self) -> bool {
+        false
+    }
 
     /// Deletes a queue and its messages (no error if it does not exist).
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError>;

@@ -101,6 +101,9 @@ pub struct Job<'m> {
     /// How long the body ran (set by the run step).
     pub runtime: Option<Duration>,
     settled: bool,
+    /// Ends the run early when it completes ([`Job::terminate_on`]; in a
+    /// mutex only so that a `&Job` can be shared across threads).
+    terminate: Option<std::sync::Mutex<BoxFuture<'static, ()>>>,
 }
 
 impl Job<'_> {
@@ -111,6 +114,15 @@ impl Job<'_> {
             .reply_to
             .as_deref()
             .filter(|_| !self.request.ignore_result())
+    }
+
+    /// Stops the body when `signal` completes (remote control's `revoke`
+    /// with `terminate`): the run ends in [`Outcome::Revoked`] with the
+    /// reason `terminated`. An async body is dropped at its next await; a
+    /// blocking (`fn`) body's thread cannot be stopped and runs on, its
+    /// result dropped.
+    pub fn terminate_on(&mut self, signal: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.terminate = Some(std::sync::Mutex::new(Box::pin(signal)));
     }
 
     /// Whether the message was settled with the broker already (acked early).
@@ -278,6 +290,7 @@ impl Pipeline {
             states,
             runtime: None,
             settled: false,
+            terminate: None,
         };
         let mut entered = 0;
         let mut stopped = None;
@@ -360,7 +373,17 @@ impl Pipeline {
             std::mem::take(&mut request.kwargs),
         );
         let started = Instant::now();
-        let ran = task.run(args, context, hard).await;
+        let ran = match job.terminate.take() {
+            None => task.run(args, context, hard).await,
+            Some(signal) => tokio::select! {
+                biased;
+                ran = task.run(args, context, hard) => ran,
+                () = signal.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) => {
+                    job.runtime = Some(started.elapsed());
+                    return Outcome::Revoked { reason: "terminated".into() };
+                }
+            },
+        };
         job.runtime = Some(started.elapsed());
         match ran {
             Ok(value) => Outcome::Succeeded { value },

@@ -44,6 +44,14 @@ pub fn kwargs_repr(kwargs: &[(String, Box<RawValue>)]) -> String {
     truncate(out)
 }
 
+/// `'text'` for a JSON value `"text"` (a task's result, in events), cut as
+/// the headers are.
+pub fn value_repr_of(raw: &RawValue) -> String {
+    let mut out = String::new();
+    raw_repr(raw, &mut out);
+    truncate(out)
+}
+
 fn raw_repr(raw: &RawValue, out: &mut String) {
     // Huge values are cut anyway: avoid parsing megabytes for a log line.
     if raw.get().len() > MAX_REPR_CHARS * 4 {

@@ -181,13 +181,19 @@ pub fn success(task_id: &str, value: &RawValue) -> Message {
     encode_result(task_id, TaskState::Success, value, None)
 }
 
-/// A FAILURE result for `error`. Its traceback is the error as text with its
-/// causes, which a Python client shows as the remote traceback.
-pub fn failure(task_id: &str, error: &TaskError) -> Message {
-    let traceback = match error.traceback() {
+/// The traceback sent for `error` (in its FAILURE result and its
+/// `task-failed` event): the error as text with its causes, which a
+/// Python client shows as the remote traceback.
+pub fn traceback_of(error: &TaskError) -> String {
+    match error.traceback() {
         Some(causes) => format!("{error}\n{causes}"),
         None => error.to_string(),
-    };
+    }
+}
+
+/// A FAILURE result for `error`, with [`traceback_of`] it.
+pub fn failure(task_id: &str, error: &TaskError) -> Message {
+    let traceback = traceback_of(error);
     exception(
         task_id,
         TaskState::Failure,

@@ -1,0 +1,248 @@
+//! [`Requests`]: the tasks this worker holds (received and not yet running,
+//! or running), as remote control's `active`, `reserved` and `query_task`
+//! show them, with the counts `stats` reports and the handle that
+//! terminates a run.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use serde_json::{json, Value};
+use task_core::DeliveryInfo;
+use tokio::sync::oneshot;
+
+/// One task this worker holds.
+#[derive(Debug)]
+pub(crate) struct HeldRequest {
+    pub(crate) name: &'static str,
+    /// Positional arguments, as a JSON list.
+    pub(crate) args: String,
+    /// Keyword arguments, as a JSON object.
+    pub(crate) kwargs: String,
+    pub(crate) args_repr: String,
+    pub(crate) kwargs_repr: String,
+    pub(crate) delivery: DeliveryInfo,
+    pub(crate) eta: Option<String>,
+    /// When the body started, seconds since the epoch.
+    pub(crate) started: Option<f64>,
+    /// Its body runs on the blocking pool: it cannot be terminated.
+    pub(crate) blocking: bool,
+    /// Acked before the run (early ack).
+    pub(crate) acknowledged: bool,
+    terminate: Option<oneshot::Sender<()>>,
+}
+
+impl HeldRequest {
+    /// A request received now, not yet running.
+    pub(crate) fn new(name: &'static str, args: String, kwargs: String) -> Self {
+        Self {
+            name,
+            args,
+            kwargs,
+            args_repr: String::new(),
+            kwargs_repr: String::new(),
+            delivery: DeliveryInfo::default(),
+            eta: None,
+            started: None,
+            blocking: false,
+            acknowledged: false,
+            terminate: None,
+        }
+    }
+}
+
+/// What a terminate request found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Termination {
+    /// The run was told to stop.
+    Stopped,
+    /// The task is not running here.
+    NotRunning,
+    /// It runs a blocking body, which cannot be interrupted.
+    Blocking,
+}
+
+/// The tasks this worker holds, by id, and what it has done.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    held: Mutex<HashMap<String, HeldRequest>>,
+    processed: AtomicU64,
+    total: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Requests {
+    /// Records a request taken from the queue.
+    pub(crate) fn receive(&self, id: &str, request: HeldRequest) {
+        self.lock().insert(id.to_owned(), request);
+    }
+
+    /// Marks a request running; the receiver completes when it is asked to
+    /// terminate.
+    pub(crate) fn start(&self, id: &str, now: f64, acknowledged: bool) -> oneshot::Receiver<()> {
+        let (terminate, terminated) = oneshot::channel();
+        if let Some(request) = self.lock().get_mut(id) {
+            request.started = Some(now);
+            request.acknowledged = acknowledged;
+            request.terminate = Some(terminate);
+        }
+        terminated
+    }
+
+    /// Forgets a request; `ran` counts it as processed.
+    pub(crate) fn finish(&self, id: &str, ran: bool) {
+        let Some(request) = self.lock().remove(id) else {
+            return;
+        };
+        if ran {
+            self.processed.fetch_add(1, Ordering::Relaxed);
+            *self
+                .total
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(request.name)
+                .or_default() += 1;
+        }
+    }
+
+    /// Stops the run of `id`, if it runs here.
+    pub(crate) fn terminate(&self, id: &str) -> Termination {
+        let mut held = self.lock();
+        match held.get_mut(id) {
+            Some(request) if request.started.is_some() => {
+                if request.blocking {
+                    return Termination::Blocking;
+                }
+                match request.terminate.take() {
+                    Some(signal) => {
+                        let _ = signal.send(());
+                        Termination::Stopped
+                    }
+                    None => Termination::NotRunning,
+                }
+            }
+            _ => Termination::NotRunning,
+        }
+    }
+
+    /// Tasks running now.
+    pub(crate) fn active_count(&self) -> u64 {
+        self.lock().values().filter(|r| r.started.is_some()).count() as u64
+    }
+
+    /// Tasks run since the worker started.
+    pub(crate) fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Tasks run since the worker started, by name.
+    pub(crate) fn totals(&self) -> Value {
+        let total = self.total.lock().unwrap_or_else(PoisonError::into_inner);
+        Value::Object(
+            total
+                .iter()
+                .map(|(name, n)| ((*name).to_owned(), json!(n)))
+                .collect(),
+        )
+    }
+
+    /// `inspect active` (`running`) or `inspect reserved`: each request as
+    /// Celery's `Request.info` has it; `safe` gives the arguments as their
+    /// Python repr.
+    pub(crate) fn info(&self, running: bool, hostname: &str, safe: bool) -> Vec<Value> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.started.is_some() == running)
+            .map(|(id, r)| request_info(id, r, hostname, safe))
+            .collect()
+    }
+
+    /// `query_task`: `{id: [state, info]}` for each of `ids` held here.
+    pub(crate) fn query(&self, ids: &[String], hostname: &str) -> Value {
+        let held = self.lock();
+        let found = ids.iter().filter_map(|id| {
+            let request = held.get(id)?;
+            let state = if request.started.is_some() {
+                "active"
+            } else {
+                "reserved"
+            };
+            Some((
+                id.clone(),
+                json!([state, request_info(id, request, hostname, false)]),
+            ))
+        });
+        Value::Object(found.collect())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldRequest>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn request_info(id: &str, request: &HeldRequest, hostname: &str, safe: bool) -> Value {
+    let (args, kwargs) = if safe {
+        (json!(request.args_repr), json!(request.kwargs_repr))
+    } else {
+        (
+            serde_json::from_str(&request.args).unwrap_or(Value::Null),
+            serde_json::from_str(&request.kwargs).unwrap_or(Value::Null),
+        )
+    };
+    json!({
+        "id": id,
+        "name": request.name,
+        "args": args,
+        "kwargs": kwargs,
+        "type": request.name,
+        "hostname": hostname,
+        "time_start": request.started,
+        "acknowledged": request.acknowledged,
+        "delivery_info": {
+            "exchange": request.delivery.exchange,
+            "routing_key": request.delivery.routing_key,
+            "priority": request.delivery.priority,
+            "redelivered": request.delivery.redelivered,
+        },
+        "worker_pid": request.started.map(|_| std::process::id()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_reserved_then_active_then_counted() {
+        let requests = Requests::default();
+        requests.receive(
+            "a",
+            HeldRequest::new("tasks.add", "[2,3]".into(), "{}".into()),
+        );
+        assert_eq!(requests.info(false, "w@h", false)[0]["args"], json!([2, 3]));
+        assert!(requests.info(true, "w@h", false).is_empty());
+        let _terminated = requests.start("a", 1.5, false);
+        assert_eq!(requests.active_count(), 1);
+        assert_eq!(
+            requests.query(&["a".into(), "b".into()], "w@h")["a"][0],
+            "active"
+        );
+        requests.finish("a", true);
+        assert_eq!((requests.active_count(), requests.processed()), (0, 1));
+        assert_eq!(requests.totals(), json!({"tasks.add": 1}));
+    }
+
+    #[tokio::test]
+    async fn terminate_signals_a_running_async_task_only() {
+        let requests = Requests::default();
+        requests.receive("a", HeldRequest::new("t", "[]".into(), "{}".into()));
+        assert_eq!(requests.terminate("a"), Termination::NotRunning);
+        let terminated = requests.start("a", 1.0, false);
+        assert_eq!(requests.terminate("a"), Termination::Stopped);
+        assert!(terminated.await.is_ok());
+        let mut blocking = HeldRequest::new("t", "[]".into(), "{}".into());
+        blocking.blocking = true;
+        requests.receive("b", blocking);
+        let _running = requests.start("b", 1.0, false);
+        assert_eq!(requests.terminate("b"), Termination::Blocking);
+    }
+}
