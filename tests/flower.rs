@@ -164,7 +164,7 @@ async fn flower_shows_and_steers_a_rust_worker() {
         .as_array()
         .unwrap()
         .contains(&json!("tasks.add")));
-    let table = flower
+    flower
         .wait_for("/workers?json=1", |v| {
             v["data"].as_array().is_some_and(|rows| {
                 rows.iter()
@@ -172,7 +172,6 @@ async fn flower_shows_and_steers_a_rust_worker() {
             })
         })
         .await;
-    assert!(table["data"].as_array().unwrap().len() >= 1);
 
     // Its detail page (404 unless its `stats` reply has what the page needs).
     let (status, page) = flower
