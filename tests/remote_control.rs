@@ -451,3 +451,75 @@ async fn a_revoke_reaches_workers_started_later_and_shutdown_stops_a_worker() {
     assert_eq!(none, json!({}));
     b.wait_stopped(TIMEOUT).await;
 }
+
+/// The worker binary's own `inspect` / `control` commands, for teams
+/// without Python: Celery's output, exit code 69 when no worker replied.
+#[tokio::test]
+async fn the_worker_binary_inspects_and_controls_running_workers() {
+    let w = TestWorker::start("rc-binary", 1).await;
+    let node = node_of(&w);
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(common::example_binary("worker"));
+            command
+                .args(["--broker", &common::broker_url()])
+                .args(&args);
+            common::output_within(command, common::CHILD_PROCESS_TIMEOUT)
+        })
+        .await
+        .unwrap()
+    };
+    let args = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+
+    let ping = run(args(&["inspect", "ping", "-d", &node, "-t", "5"])).await;
+    assert!(ping.status.success());
+    let text = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        text.contains(&format!("->  {node}: OK")) && text.contains("pong"),
+        "{text}"
+    );
+
+    let limited = run(args(&[
+        "control",
+        "rate_limit",
+        "tasks.add",
+        "5/s",
+        "-d",
+        &node,
+        "-t",
+        "5",
+    ]))
+    .await;
+    assert!(String::from_utf8_lossy(&limited.stdout).contains("new rate limit set successfully"));
+    let registered = run(args(&[
+        "inspect",
+        "registered",
+        "-d",
+        &node,
+        "-t",
+        "5",
+        "--json",
+    ]))
+    .await;
+    let replies: Value = serde_json::from_slice(&registered.stdout).unwrap();
+    assert!(replies[&node]
+        .as_array()
+        .unwrap()
+        .contains(&json!("tasks.add [rate_limit=5/s]")));
+
+    let nobody = run(args(&[
+        "inspect",
+        "ping",
+        "-d",
+        "nobody@nowhere",
+        "-t",
+        "0.5",
+    ]))
+    .await;
+    assert_eq!(nobody.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("No nodes replied"));
+
+    let shutdown = run(args(&["control", "shutdown", "-d", &node])).await;
+    assert!(shutdown.status.success());
+    w.wait_stopped(TIMEOUT).await;
+}

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,18 +14,6 @@ use task_core::control::{host_name, Broadcast};
 use task_core::{App, Error, TaskState};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `target/<profile>/examples/worker`, built by `cargo test` with the tests.
-fn worker_binary() -> PathBuf {
-    let test_exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("tests run from target/<profile>/deps");
-    profile_dir
-        .join("examples")
-        .join(format!("worker{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// A worker process on `queue` named `<label>-<queue>@host`, killed when
 /// dropped.
@@ -40,7 +27,7 @@ impl WorkerProcess {
     /// revoke log by then: it reads it before it consumes anything).
     async fn start(app: &App, queue: &str, label: &str) -> Self {
         let name = format!("{label}-{queue}");
-        let child = Command::new(worker_binary())
+        let child = Command::new(common::example_binary("worker"))
             .args(["--broker", &common::broker_url(), "-Q", queue, "-c", "1"])
             .args(["-n", &format!("{name}@%h"), "--loglevel", "warning"])
             .stdin(Stdio::null())

@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use task_core::broker::{DeadLetterRetention, TlsOptions};
 use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
+use crate::control_cli::RemoteArgs;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue, Selection};
 use crate::logging::{self, LogFilter, LogFormat};
 use crate::{shutdown, Worker};
@@ -134,6 +135,12 @@ pub enum Command {
     /// Inspect and replay the messages workers could not process.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Ask the running workers (Celery's `celery inspect`): `ping`,
+    /// `stats`, `active`, `reserved`, `registered`, `revoked`, ...
+    Inspect(RemoteArgs),
+    /// Tell the running workers (Celery's `celery control`): `revoke`,
+    /// `terminate`, `rate_limit`, `time_limit`, `pool_grow`, `shutdown`, ...
+    Control(RemoteArgs),
 }
 
 /// `dead-letters ...`: the dead-letter queue of one task queue.
@@ -237,13 +244,17 @@ pub fn main() -> ExitCode {
     })
 }
 
-/// Parses the command line, runs a worker until SIGTERM / Ctrl-C (or the
-/// command given) and returns the process's exit code. `binary` names the
-/// binary in `--version` and in the startup log line.
 /// How long the binary waits for the tokio runtime's leftover tasks once its
 /// command has finished, before it exits all the same.
 const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The exit code when no worker replied to `inspect` / `control` (as
+/// `celery`'s: `EX_UNAVAILABLE`).
+const NO_NODE_REPLIED: u8 = 69;
+
+/// Parses the command line, runs a worker until SIGTERM / Ctrl-C (or the
+/// command given) and returns the process's exit code. `binary` names the
+/// binary in `--version` and in the startup log line.
 pub fn main_for(binary: BinaryInfo) -> ExitCode {
     let version: &'static str = Box::leak(
         format!(
@@ -272,8 +283,16 @@ pub fn main_for(binary: BinaryInfo) -> ExitCode {
     tracing::debug!(binary = binary.name, version, "starting");
     let outcome = runtime.block_on(async {
         match args.command.clone() {
-            Some(Command::DeadLetters(command)) => dead_letters(&args, command).await,
-            None => run(args).await.map_err(|error| error.to_string()),
+            Some(Command::DeadLetters(command)) => {
+                dead_letters(&args, command).await.map(|()| true)
+            }
+            Some(Command::Inspect(remote) | Command::Control(remote)) => {
+                remote_control(&args, &remote).await
+            }
+            None => run(args)
+                .await
+                .map(|()| true)
+                .map_err(|error| error.to_string()),
         }
     });
     // What is still running once the command is done (a blocking call
@@ -281,7 +300,8 @@ pub fn main_for(binary: BinaryInfo) -> ExitCode {
     // process from exiting.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(NO_NODE_REPLIED),
         Err(error) => {
             tracing::error!("{error}");
             ExitCode::FAILURE
@@ -359,6 +379,21 @@ fn tls_options(args: &WorkerArgs) -> Option<TlsOptions> {
         tls = tls.client_cert(cert.clone(), key.clone());
     }
     Some(tls)
+}
+
+/// Runs an `inspect` or `control` command; its output goes to stdout.
+/// `Ok(false)`: no worker replied.
+async fn remote_control(args: &WorkerArgs, remote: &RemoteArgs) -> Result<bool, String> {
+    let mut builder = App::builder()
+        .broker_url(args.broker.clone())
+        .set_as_default(false);
+    if let Some(tls) = tls_options(args) {
+        builder = builder.tls(tls);
+    }
+    let app = builder.connect().await.map_err(|error| error.to_string())?;
+    let outcome = crate::control_cli::run(&app, remote).await;
+    let _ = app.close().await;
+    outcome
 }
 
 /// Runs a `dead-letters` command; its output goes to stdout.

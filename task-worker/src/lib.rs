@@ -9,6 +9,7 @@
 mod canvas;
 mod chord_entries;
 pub mod cli;
+pub mod control_cli;
 pub mod dead_letters;
 mod events;
 mod executor;

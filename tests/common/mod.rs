@@ -49,6 +49,25 @@ pub fn python() -> &'static std::path::Path {
     })
 }
 
+/// `target/<profile>/examples/<name>` (the worker binary is `worker`),
+/// built by `cargo test` with the tests.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test` builds it; or run `cargo build --examples`",
+        binary.display()
+    );
+    binary
+}
+
 /// How long a child process a test runs to completion (the worker binary
 /// refusing its arguments, a Python client) may take before the test fails.
 pub const CHILD_PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
