@@ -303,6 +303,45 @@ async fn celery_control_changes_a_rust_workers_limits_pool_and_events() {
 
     let unknown = reply_of(n, &["control", "autoscale", "4", "1"]).await;
     assert!(unknown.get("error").is_some(), "{unknown}");
+
+    // Queues added and cancelled while it runs.
+    let extra = common::unique_queue("rc-control-extra");
+    let added = reply_of(n, &["control", "add_consumer", &extra]).await;
+    assert_eq!(added["ok"], format!("add consumer {extra}"));
+    let queues = reply_of(n, &["inspect", "active_queues"]).await;
+    let names: Vec<&str> = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert_eq!(names, [w.queue.as_str(), extra.as_str()]);
+    let on_extra = w
+        .app
+        .signature("tasks.add")
+        .arg(1)
+        .arg(1)
+        .returning::<i64>();
+    let sum = on_extra
+        .queue(extra.clone())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(sum.get(TIMEOUT).await.unwrap(), 2);
+    let cancelled = reply_of(n, &["control", "cancel_consumer", &w.queue]).await;
+    assert_eq!(
+        cancelled["ok"],
+        format!("no longer consuming from {}", w.queue)
+    );
+    let queues = reply_of(n, &["inspect", "active_queues"]).await;
+    assert_eq!(queues.as_array().unwrap().len(), 1, "{queues}");
+    let last = reply_of(n, &["control", "cancel_consumer", &extra]).await;
+    assert!(
+        last["error"].as_str().unwrap().contains("only queue"),
+        "{last}"
+    );
+    w.app.broker().delete_queue(&extra).await.unwrap();
+    w.app.broker().delete_exchange(&extra).await.unwrap();
     w.stop().await;
 }
 
@@ -472,8 +511,9 @@ async fn the_worker_binary_inspects_and_controls_running_workers() {
     let args = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
 
     let ping = run(args(&["inspect", "ping", "-d", &node, "-t", "5"])).await;
-    assert!(ping.status.success());
     let text = String::from_utf8_lossy(&ping.stdout);
+    let errors = String::from_utf8_lossy(&ping.stderr);
+    assert!(ping.status.success(), "{text}{errors}");
     assert!(
         text.contains(&format!("->  {node}: OK")) && text.contains("pong"),
         "{text}"

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use serde_json::Value;
 use task_core::pipeline::TaskSettings;
 use task_core::{App, Registry};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::WorkerEvents;
@@ -37,6 +38,25 @@ pub(crate) struct Node {
     concurrency: AtomicUsize,
     /// Cancelled to stop the worker (the `shutdown` command).
     pub(crate) shutdown: CancellationToken,
+    /// Asks the worker's consuming loop to start or stop consuming a queue
+    /// (`add_consumer`, `cancel_consumer`).
+    pub(crate) queue_changes: mpsc::UnboundedSender<QueueChange>,
+}
+
+/// A change to the queues a worker consumes, with where its answer goes
+/// (the reply to the remote control command).
+#[derive(Debug)]
+pub(crate) enum QueueChange {
+    /// Start consuming this queue (declared as a task queue if missing).
+    Add {
+        queue: String,
+        answer: oneshot::Sender<Value>,
+    },
+    /// Stop consuming this queue (its messages taken already still run).
+    Cancel {
+        queue: String,
+        answer: oneshot::Sender<Value>,
+    },
 }
 
 /// How [`Node`] is made.
@@ -50,6 +70,7 @@ pub(crate) struct NodeParts {
     pub(crate) prefetch: u16,
     pub(crate) concurrency: usize,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) queue_changes: mpsc::UnboundedSender<QueueChange>,
 }
 
 impl Node {
@@ -68,6 +89,7 @@ impl Node {
             slots: Arc::new(Semaphore::new(parts.concurrency)),
             concurrency: AtomicUsize::new(parts.concurrency),
             shutdown: parts.shutdown,
+            queue_changes: parts.queue_changes,
         }
     }
 
@@ -118,5 +140,10 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Records the queues consumed from now on.
+    pub(crate) fn set_queues(&self, queues: Vec<String>) {
+        *self.queues.lock().unwrap_or_else(PoisonError::into_inner) = queues;
     }
 }

@@ -3,7 +3,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use task_core::pipeline::{Expiry, Pipeline, Slot, Stage, TaskSettings};
 use task_core::protocol::chord_join;
 use task_core::registry::DuplicateTaskName;
 use task_core::{App, Registry, States};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +26,7 @@ use crate::canvas::Canvas;
 use crate::chord_entries::ChordEntries;
 use crate::events::{worker_status, WorkerEvents, HEARTBEAT_EVERY};
 use crate::executor::Executor;
-use crate::node::{Node, NodeParts};
+use crate::node::{Node, NodeParts, QueueChange};
 use crate::rate_limiter;
 use crate::remote_control;
 use crate::revoke_log;
@@ -461,6 +462,7 @@ impl WorkerBuilder {
         let hostname = node_name(&self.node_name, &host_name());
         let dispatcher =
             EventDispatcher::new(Arc::clone(app.broker()), hostname.clone(), app.clock());
+        let (queue_changes, changes) = mpsc::unbounded_channel();
         let node = Arc::new(Node::new(NodeParts {
             hostname,
             app: app.clone(),
@@ -471,6 +473,7 @@ impl WorkerBuilder {
             prefetch,
             concurrency: self.concurrency,
             shutdown: shutdown.clone(),
+            queue_changes,
         }));
         Ok(Worker {
             app,
@@ -490,6 +493,7 @@ impl WorkerBuilder {
             node,
             heartbeat: self.heartbeat,
             remote_control: self.remote_control,
+            queue_changes: Mutex::new(Some(changes)),
         })
     }
 }
@@ -615,6 +619,8 @@ pub struct Worker {
     node: Arc<Node>,
     heartbeat: bool,
     remote_control: bool,
+    /// `add_consumer` / `cancel_consumer` requests, taken by `run`.
+    queue_changes: Mutex<Option<mpsc::UnboundedReceiver<QueueChange>>>,
 }
 
 impl Worker {
@@ -641,7 +647,8 @@ impl Worker {
         &self.node.hostname
     }
 
-    /// The queues this worker consumes.
+    /// The queues this worker was given to consume (remote control's
+    /// `add_consumer` / `cancel_consumer` change them while it runs).
     pub fn queues(&self) -> &[String] {
         &self.queues
     }
@@ -710,12 +717,25 @@ impl Worker {
             ))
         });
         let mut consumer = self.consume().await?;
-        let control = self.remote_control.then(|| {
-            tokio::spawn(remote_control::serve(
+        let mut changes = self
+            .queue_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Consumers replaced by a change of queues: their channels stay open
+        // until the tasks they delivered are settled (closed at the end).
+        let mut retired = Vec::new();
+        // Answering before the worker says it is ready.
+        let control = if self.remote_control {
+            let started = remote_control::start(&self.node).await;
+            Some(tokio::spawn(remote_control::serve(
                 Arc::clone(&self.node),
+                started,
                 node_stop.clone(),
-            ))
-        });
+            )))
+        } else {
+            None
+        };
         let heartbeats = self
             .heartbeat
             .then(|| tokio::spawn(send_heartbeats(Arc::clone(&self.node), node_stop.clone())));
@@ -772,9 +792,14 @@ impl Worker {
                         Err(_) => break 'consuming,
                     },
                 };
-                let delivery = tokio::select! {
-                    _ = self.shutdown.cancelled() => break 'consuming,
-                    delivery = consumer.deliveries.next() => delivery,
+                let delivery = loop {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break 'consuming,
+                        Some(change) = next_change(&mut changes) => {
+                            self.change_queues(change, &mut consumer, &mut retired).await;
+                        }
+                        delivery = consumer.deliveries.next() => break delivery,
+                    }
                 };
                 match delivery {
                     Some(Ok(delivery)) => {
@@ -841,6 +866,9 @@ impl Worker {
         if let Err(error) = consumer.cancel.close().await {
             tracing::debug!(%error, "could not close the consumer channel");
         }
+        for old in retired {
+            let _ = old.cancel.close().await;
+        }
         sweeper.abort();
         node_stop.cancel();
         if let Some(control) = control {
@@ -860,9 +888,88 @@ impl Worker {
         Ok(())
     }
 
+    /// Consumes the queues of the moment (those given, changed by
+    /// `add_consumer` / `cancel_consumer`).
     async fn consume(&self) -> Result<task_core::broker::Consumer, BrokerError> {
+        self.consume_queues(&self.node.queues()).await
+    }
+
+    async fn consume_queues(
+        &self,
+        queues: &[String],
+    ) -> Result<task_core::broker::Consumer, BrokerError> {
         let options = ConsumeOptions::manual_ack(self.prefetch).with_ack_timeout(self.ack_timeout);
-        self.app.broker().consume(&self.queues, options).await
+        self.app.broker().consume(queues, options).await
+    }
+
+    /// Starts or stops consuming a queue: a new consumer on the new set of
+    /// queues replaces the current one, which stops receiving (its channel
+    /// stays open until what it delivered is settled). Answers the remote
+    /// control command that asked.
+    async fn change_queues(
+        &self,
+        change: QueueChange,
+        consumer: &mut task_core::broker::Consumer,
+        retired: &mut Vec<task_core::broker::Consumer>,
+    ) {
+        let reply = |text: String, ok: bool| {
+            let key = if ok { "ok" } else { "error" };
+            serde_json::json!({ key: text })
+        };
+        let mut queues = self.node.queues();
+        let (queue, answer, wanted) = match change {
+            QueueChange::Add { queue, answer } => {
+                if queues.contains(&queue) {
+                    let _ = answer.send(reply(format!("already consuming from {queue}"), true));
+                    return;
+                }
+                if let Err(error) = check_task_queue_name(&queue) {
+                    let _ = answer.send(reply(error.to_string(), false));
+                    return;
+                }
+                if let Err(error) = self.app.ensure_queue(&queue).await {
+                    let _ = answer.send(reply(error.to_string(), false));
+                    return;
+                }
+                queues.push(queue.clone());
+                (queue, answer, true)
+            }
+            QueueChange::Cancel { queue, answer } => {
+                if !queues.contains(&queue) {
+                    let _ = answer.send(reply(format!("not consuming from {queue}"), false));
+                    return;
+                }
+                if queues.len() == 1 {
+                    let _ = answer.send(reply(
+                        format!("{queue} is the only queue this worker consumes"),
+                        false,
+                    ));
+                    return;
+                }
+                queues.retain(|q| *q != queue);
+                (queue, answer, false)
+            }
+        };
+        match self.consume_queues(&queues).await {
+            Ok(new) => {
+                let old = std::mem::replace(consumer, new);
+                if let Err(error) = old.cancel.cancel().await {
+                    tracing::debug!(%error, "could not cancel the replaced consumer");
+                }
+                retired.push(old);
+                self.node.set_queues(queues.clone());
+                tracing::info!(queues = ?queues, "now consuming");
+                let text = if wanted {
+                    format!("add consumer {queue}")
+                } else {
+                    format!("no longer consuming from {queue}")
+                };
+                let _ = answer.send(reply(text, true));
+            }
+            Err(error) => {
+                let _ = answer.send(reply(error.to_string(), false));
+            }
+        }
     }
 }
 
@@ -933,6 +1040,16 @@ async fn consume_chord_joins(
                 None => break,
             }
         }
+    }
+}
+
+/// The next queue change, if the worker takes them; never otherwise.
+async fn next_change(
+    changes: &mut Option<mpsc::UnboundedReceiver<QueueChange>>,
+) -> Option<QueueChange> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
     }
 }
 

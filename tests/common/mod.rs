@@ -191,6 +191,8 @@ impl TestWorker {
         init_logs();
         // Its own node name (remote control and events tell workers apart
         // by it).
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let ready = std::sync::Mutex::new(Some(ready));
         let worker = configure(
             Worker::builder()
                 .app(app.clone())
@@ -198,11 +200,21 @@ impl TestWorker {
                 .concurrency(concurrency)
                 .node_name(format!("{queue}@%h")),
         )
+        .on_ready(move |_| {
+            if let Some(ready) = ready.lock().unwrap().take() {
+                let _ = ready.send(());
+            }
+        })
         .build()
         .await
         .expect("worker starts");
         let stop = worker.shutdown_handle();
         let running = tokio::spawn(worker.run());
+        // Consuming, and answering remote control.
+        tokio::time::timeout(RESULT_TIMEOUT, is_ready)
+            .await
+            .expect("the worker gets ready")
+            .expect("the worker gets ready");
         Self {
             queue,
             app,

@@ -8,9 +8,10 @@ use task_core::control::revoke_log::{self, RevokeEntry};
 use task_core::control::ControlRequest;
 use task_core::events::EventKind;
 use task_core::RateLimit;
+use tokio::sync::oneshot;
 
 use crate::events::worker_status;
-use crate::node::Node;
+use crate::node::{Node, QueueChange};
 use crate::requests::Termination;
 
 /// Runs `request` on `node`; `None`: no reply (`shutdown`, the node's own
@@ -77,7 +78,22 @@ pub(super) async fn run(node: &Node, request: &ControlRequest) -> Option<Value> 
             json!({"revoked": node.revoked.list(), "clock": node.app.clock().forward()})
         }
         "add_consumer" | "cancel_consumer" => {
-            error("this worker's queues are fixed at start (-Q): restart it to change them")
+            let Some(queue) = args.get("queue").and_then(Value::as_str) else {
+                return Some(error("no queue given"));
+            };
+            let (answer, answered) = oneshot::channel();
+            let queue = queue.to_owned();
+            let change = if request.method == "add_consumer" {
+                QueueChange::Add { queue, answer }
+            } else {
+                QueueChange::Cancel { queue, answer }
+            };
+            if node.queue_changes.send(change).is_err() {
+                return Some(error("the worker is stopping"));
+            }
+            answered
+                .await
+                .unwrap_or_else(|_| error("the worker is stopping"))
         }
         other => error(&format!("unknown command `{other}`")),
     };

@@ -19,12 +19,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 
-/// Answers remote control requests for `node` until `stop`, resuming after
-/// a lost connection.
-pub(crate) async fn serve(node: Arc<Node>, stop: CancellationToken) {
+/// Starts consuming `node`'s requests, so that the worker answers from the
+/// moment it says it is ready; `None` (logged) if that failed: [`serve`]
+/// then keeps trying.
+pub(crate) async fn start(node: &Node) -> Option<Consumer> {
+    match consume(node).await {
+        Ok(consumer) => Some(consumer),
+        Err(error) => {
+            tracing::warn!(%error, "cannot consume remote control requests yet; retrying");
+            None
+        }
+    }
+}
+
+/// Answers remote control requests for `node` from `started` (or a
+/// consumer of its own) until `stop`, resuming after a lost connection.
+pub(crate) async fn serve(node: Arc<Node>, started: Option<Consumer>, stop: CancellationToken) {
+    let mut started = started;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut consumer = tokio::select! {
+        if let Some(consumer) = started.take() {
+            answer(&node, consumer, &stop).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let consumer = tokio::select! {
             () = stop.cancelled() => return,
             consumed = consume(&node) => match consumed {
                 Ok(consumer) => consumer,
@@ -40,22 +61,28 @@ pub(crate) async fn serve(node: Arc<Node>, stop: CancellationToken) {
             },
         };
         backoff = Duration::from_millis(100);
-        loop {
-            let delivery = tokio::select! {
-                () = stop.cancelled() => {
-                    let _ = consumer.cancel.close().await;
-                    return;
-                }
-                delivery = consumer.deliveries.next() => delivery,
-            };
-            match delivery {
-                Some(Ok(delivery)) => handle(&node, &delivery.message).await,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "lost the remote control consumer; resuming");
-                    break;
-                }
-                None => break,
+        started = Some(consumer);
+    }
+}
+
+/// Answers what `consumer` delivers until `stop` (then closes it) or until
+/// the consumer ends.
+async fn answer(node: &Node, mut consumer: Consumer, stop: &CancellationToken) {
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => {
+                let _ = consumer.cancel.close().await;
+                return;
             }
+            delivery = consumer.deliveries.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => handle(node, &delivery.message).await,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "lost the remote control consumer; resuming");
+                return;
+            }
+            None => return,
         }
     }
 }
