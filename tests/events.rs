@@ -205,3 +205,54 @@ async fn a_rust_monitor_gets_typed_events_and_task_events_wait_until_enabled() {
     assert_eq!(done.result, "3");
     let _ = receiver.close().await;
 }
+
+/// A client that sends `task-sent` (Celery's `task_send_sent_event`), as
+/// `gen<pid>@host`, with Celery's fields.
+#[tokio::test]
+async fn a_client_sends_task_sent_when_asked() {
+    let queue = common::unique_queue("events-sent");
+    let app = task_core::App::builder()
+        .broker_url(common::broker_url())
+        .queue(common::test_queue_spec(&queue))
+        .send_sent_events(true)
+        .set_as_default(false)
+        .connect()
+        .await
+        .unwrap();
+    let mut receiver = app.events().await.unwrap();
+    let sent = app
+        .signature("tasks.add")
+        .arg(2)
+        .arg(3)
+        .returning::<i64>()
+        .queue(queue.clone())
+        .ignore_result()
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    let event = loop {
+        let event = tokio::time::timeout(TIMEOUT, receiver.next())
+            .await
+            .expect("the task-sent event comes")
+            .unwrap()
+            .unwrap();
+        if event.kind.task_id() == Some(sent.id()) {
+            break event;
+        }
+    };
+    assert_eq!(
+        event.header.hostname,
+        format!("gen{}@{}", std::process::id(), host_name())
+    );
+    let EventKind::TaskSent(fields) = event.kind else {
+        panic!("{event:?}")
+    };
+    assert_eq!(
+        (fields.name.as_str(), fields.args.as_str()),
+        ("tasks.add", "(2, 3)")
+    );
+    assert_eq!(fields.queue.as_deref(), Some(queue.as_str()));
+    assert_eq!(fields.root_id.as_deref(), Some(sent.id()));
+    app.broker().delete_queue(&queue).await.unwrap();
+    let _ = receiver.close().await;
+}

@@ -14,7 +14,7 @@ use crate::backend::redis::RedisOptions;
 use crate::backend::{BackendError, BackendUrl, RedisBackend, ResultBackend, ResultMeta};
 use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, QueueSpec, TlsOptions};
+use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, Message, QueueSpec, TlsOptions};
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
 use crate::{AsyncResult, Error, Signature, States};
@@ -61,6 +61,8 @@ struct AppInner {
     clock: Arc<crate::events::LamportClock>,
     /// The broker URL, password left out.
     broker_url: String,
+    /// Sends `task-sent` events, when asked to.
+    sent_events: Option<crate::events::EventDispatcher>,
 }
 
 impl Drop for AppInner {
@@ -115,6 +117,7 @@ pub struct AppBuilder {
     result_backend: String,
     redis_options: RedisOptions,
     backend: Option<Arc<dyn ResultBackend>>,
+    send_sent_events: bool,
 }
 
 impl Default for AppBuilder {
@@ -131,6 +134,7 @@ impl Default for AppBuilder {
             result_backend: std::env::var("RESULT_BACKEND").unwrap_or_else(|_| "rpc://".into()),
             redis_options: RedisOptions::default(),
             backend: None,
+            send_sent_events: false,
         }
     }
 }
@@ -242,6 +246,14 @@ impl AppBuilder {
         self
     }
 
+    /// Sends a `task-sent` event for each task this app publishes (Celery's
+    /// `task_send_sent_event`; default no), as `gen<pid>@<host>`, so that
+    /// monitors (Flower) see tasks before a worker takes them.
+    pub fn send_sent_events(mut self, yes: bool) -> Self {
+        self.send_sent_events = yes;
+        self
+    }
+
     /// Connects to the broker the URL's scheme names: `amqp://` or `amqps://`
     /// (RabbitMQ; `amqps://` is TLS, see [`AppBuilder::tls`]), or
     /// `memory://[name]` (the in-process broker of that name, shared by every
@@ -284,14 +296,20 @@ impl AppBuilder {
 
     /// Builds an app on an already-connected broker.
     pub fn build_with(self, broker: Arc<dyn Broker>) -> App {
+        let clock: Arc<crate::events::LamportClock> = Arc::default();
+        let sent_events = (self.send_sent_events && !self.eager).then(|| {
+            let name = format!("gen{}@{}", std::process::id(), crate::control::host_name());
+            crate::events::EventDispatcher::new(Arc::clone(&broker), name, Arc::clone(&clock))
+        });
         let app = App {
             inner: Arc::new(AppInner {
                 broker,
                 default_queue: self.default_queue,
                 queue_specs: self.queue_specs,
                 declared_queues: Mutex::new(HashSet::new()),
-                clock: Arc::default(),
+                clock,
                 broker_url: redact(&self.broker_url),
+                sent_events,
                 reply_queue: OnceCell::new(),
                 reply_consumer_down: Arc::new(AtomicBool::new(false)),
                 pending: Arc::new(PendingResults::default()),
@@ -507,7 +525,12 @@ impl App {
             None => self.inner.broker.publish("", queue, &message).await,
         };
         match published {
-            Ok(()) => Ok(result),
+            Ok(()) => {
+                if let Some(events) = &self.inner.sent_events {
+                    send_task_sent(events, &message, queue).await;
+                }
+                Ok(result)
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -686,6 +709,36 @@ impl App {
 }
 
 /// Declares (again, after a reconnection: it is auto-delete) and consumes
+
+/// Sends the `task-sent` event of a task just published to `queue`
+/// (logged, never failing the call).
+async fn send_task_sent(events: &crate::events::EventDispatcher, message: &Message, queue: &str) {
+    use crate::events::{EventKind, TaskSent};
+    let headers = &message.properties.headers;
+    let text = |key: &str| headers.get_str(key).map(str::to_owned);
+    let sent = TaskSent {
+        uuid: text("id").unwrap_or_default(),
+        name: text("task").unwrap_or_default(),
+        args: text("argsrepr").unwrap_or_default(),
+        kwargs: text("kwargsrepr").unwrap_or_default(),
+        root_id: text("root_id"),
+        parent_id: text("parent_id"),
+        retries: headers
+            .get_json("retries")
+            .and_then(|r| r.as_u64())
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0),
+        eta: text("eta"),
+        expires: text("expires"),
+        queue: Some(queue.to_owned()),
+        exchange: Some(String::new()),
+        routing_key: Some(queue.to_owned()),
+    };
+    if let Err(error) = events.send(EventKind::TaskSent(sent)).await {
+        tracing::debug!(%error, "could not send a task-sent event");
+    }
+}
+
 /// the reply queue `name`.
 async fn consume_reply_queue(
     broker: &dyn Broker,
