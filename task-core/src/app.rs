@@ -708,8 +708,6 @@ impl App {
     }
 }
 
-/// Declares (again, after a reconnection: it is auto-delete) and consumes
-
 /// Sends the `task-sent` event of a task just published to `queue`
 /// (logged, never failing the call).
 async fn send_task_sent(events: &crate::events::EventDispatcher, message: &Message, queue: &str) {
@@ -739,6 +737,7 @@ async fn send_task_sent(events: &crate::events::EventDispatcher, message: &Messa
     }
 }
 
+/// Declares (again, after a reconnection: it is auto-delete) and consumes
 /// the reply queue `name`.
 async fn consume_reply_queue(
     broker: &dyn Broker,
