@@ -515,6 +515,7 @@ impl App {
         let delay = eta
             .and_then(|eta| (eta - crate::clock::now()).to_std().ok())
             .filter(|delay| !delay.is_zero());
+        let publishing = std::time::Instant::now();
         let published = match delay {
             Some(delay) => {
                 self.inner
@@ -526,6 +527,11 @@ impl App {
         };
         match published {
             Ok(()) => {
+                if crate::metrics::enabled() {
+                    metrics::counter!(crate::metrics::PUBLISHED).increment(1);
+                    metrics::histogram!(crate::metrics::PUBLISH_SECONDS)
+                        .record(publishing.elapsed().as_secs_f64());
+                }
                 if let Some(events) = &self.inner.sent_events {
                     send_task_sent(events, &message, queue).await;
                 }

@@ -16,6 +16,7 @@ mod eager;
 mod error;
 pub mod events;
 mod failed_task;
+pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 mod rate_limit;

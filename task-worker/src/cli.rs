@@ -121,6 +121,11 @@ pub struct WorkerArgs {
     /// Flower's buttons).
     #[arg(long)]
     pub without_remote_control: bool,
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (tasks by name
+    /// and outcome, run times, tasks active, prefetch in use, rate-limit
+    /// waits, reconnections, publishes).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Print the registered tasks (name and default queue) and exit.
     #[arg(long)]
     pub list_tasks: bool,
@@ -326,6 +331,9 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
             }
         }
         return Ok(());
+    }
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr)?;
     }
     let tls = tls_options(&args);
     let limit = |n: u64| (n > 0).then_some(n);

@@ -14,6 +14,7 @@ pub mod dead_letters;
 mod events;
 mod executor;
 pub mod logging;
+pub mod metrics;
 mod node;
 mod rate_limiter;
 mod remote_control;

@@ -70,6 +70,9 @@ pub enum WorkerError {
         /// The type of the missing state.
         state: &'static str,
     },
+    /// The metrics endpoint could not start (`--metrics-addr`).
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A setting is out of range.
     #[error("invalid worker setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -664,6 +667,7 @@ impl Worker {
         let builder = Pipeline::builder(self.registry.clone())
             .settings(Arc::clone(&self.settings))
             .max_message_size(self.max_message_size)
+            .stage(stages::Measured)
             .stage(stages::Received {
                 node: Arc::clone(&self.node),
             })
@@ -824,6 +828,7 @@ impl Worker {
             // results through the new connection (their acks fail, so the
             // broker redelivers them: at-least-once).
             tracing::warn!(%lost, "lost the broker; reconnecting");
+            metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             let mut backoff = Duration::from_millis(100);
             consumer = loop {
                 tokio::select! {

@@ -4,12 +4,14 @@
 
 mod early_ack;
 mod eta;
+mod measured;
 mod rate_limit;
 mod task_log;
 mod tracking;
 
 pub(crate) use early_ack::EarlyAck;
 pub(crate) use eta::Eta;
+pub(crate) use measured::Measured;
 pub(crate) use rate_limit::RateLimited;
 pub(crate) use task_log::TaskLog;
 pub(crate) use tracking::{Received, Running};

@@ -72,6 +72,10 @@ impl Stage for RateLimited {
         {
             Turn::At(turn) if turn <= tokio::time::Instant::now() => Step::Next,
             Turn::At(turn) => Step::Wait(Box::pin(async move {
+                if task_core::metrics::enabled() {
+                    metrics::counter!(crate::metrics::RATE_LIMIT_WAITS, "task" => job.task.name)
+                        .increment(1);
+                }
                 match job.slot.as_deref_mut() {
                     Some(slot) => slot.wait_until(turn).await,
                     None => tokio::time::sleep_until(turn).await,
@@ -79,6 +83,10 @@ impl Stage for RateLimited {
                 None
             })),
             Turn::Park(wait) => {
+                if task_core::metrics::enabled() {
+                    metrics::counter!(crate::metrics::RATE_LIMIT_WAITS, "task" => job.task.name)
+                        .increment(1);
+                }
                 if let Some(slot) = job.slot.as_deref_mut() {
                     slot.release();
                 }

@@ -128,6 +128,9 @@ impl Stage for Running {
             .node
             .requests
             .start(&job.request.id, now, job.is_settled());
+        if task_core::metrics::enabled() {
+            metrics::gauge!(crate::metrics::ACTIVE).increment(1.0);
+        }
         if !job.task.options.blocking {
             job.terminate_on(async move {
                 // A request that ends normally drops the sender: no signal.
@@ -149,6 +152,9 @@ impl Stage for Running {
         job: &'a Job<'_>,
         outcome: &'a mut Outcome,
     ) -> Option<BoxFuture<'a, ()>> {
+        if task_core::metrics::enabled() {
+            metrics::gauge!(crate::metrics::ACTIVE).decrement(1.0);
+        }
         if !self.node.events.task_events() {
             return None;
         }
