@@ -145,14 +145,41 @@ impl Requests {
         )
     }
 
-    /// `inspect active` (`running`) or `inspect reserved`: each request as
-    /// Celery's `Request.info` has it; `safe` gives the arguments as their
-    /// Python repr.
-    pub(crate) fn info(&self, running: bool, hostname: &str, safe: bool) -> Vec<Value> {
+    /// `inspect active`: each running request as Celery's `Request.info`
+    /// has it; `safe` gives the arguments as their Python repr.
+    pub(crate) fn active(&self, hostname: &str, safe: bool) -> Vec<Value> {
         self.lock()
             .iter()
-            .filter(|(_, r)| r.started.is_some() == running)
+            .filter(|(_, r)| r.started.is_some())
             .map(|(id, r)| request_info(id, r, hostname, safe))
+            .collect()
+    }
+
+    /// `inspect reserved`: the requests received and not running, but
+    /// those waiting for their ETA.
+    pub(crate) fn reserved(&self, hostname: &str, safe: bool) -> Vec<Value> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.started.is_none() && r.eta.is_none())
+            .map(|(id, r)| request_info(id, r, hostname, safe))
+            .collect()
+    }
+
+    /// `inspect scheduled`: the requests waiting here for their ETA (longer
+    /// waits are handed back to the broker, and are in no worker's list),
+    /// as `{eta, priority, request}`.
+    pub(crate) fn scheduled(&self, hostname: &str) -> Vec<Value> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.started.is_none())
+            .filter_map(|(id, r)| {
+                let eta = r.eta.as_ref()?;
+                Some(json!({
+                    "eta": eta,
+                    "priority": r.delivery.priority,
+                    "request": request_info(id, r, hostname, false),
+                }))
+            })
             .collect()
     }
 
@@ -218,8 +245,8 @@ mod tests {
             "a",
             HeldRequest::new("tasks.add", "[2,3]".into(), "{}".into()),
         );
-        assert_eq!(requests.info(false, "w@h", false)[0]["args"], json!([2, 3]));
-        assert!(requests.info(true, "w@h", false).is_empty());
+        assert_eq!(requests.reserved("w@h", false)[0]["args"], json!([2, 3]));
+        assert!(requests.active("w@h", false).is_empty());
         let _terminated = requests.start("a", 1.5, false);
         assert_eq!(requests.active_count(), 1);
         assert_eq!(
@@ -228,6 +255,11 @@ mod tests {
         );
         requests.finish("a", true);
         assert_eq!((requests.active_count(), requests.processed()), (0, 1));
+        let mut later = HeldRequest::new("tasks.add", "[]".into(), "{}".into());
+        later.eta = Some("2026-12-05T10:00:00+00:00".into());
+        requests.receive("b", later);
+        assert!(requests.reserved("w@h", false).is_empty());
+        assert_eq!(requests.scheduled("w@h")[0]["request"]["id"], "b");
         assert_eq!(requests.totals(), json!({"tasks.add": 1}));
     }
 

@@ -22,9 +22,9 @@ pub(super) async fn run(node: &Node, request: &ControlRequest) -> Option<Value> 
         "ping" => ok("pong"),
         "clock" => json!({"clock": node.app.clock().value()}),
         "stats" => stats(node),
-        "active" => json!(node.requests.info(true, &node.hostname, flag(args, "safe"))),
-        "reserved" => json!(reserved(node, args)),
-        "scheduled" => json!(scheduled(node)),
+        "active" => json!(node.requests.active(&node.hostname, flag(args, "safe"))),
+        "reserved" => json!(node.requests.reserved(&node.hostname, flag(args, "safe"))),
+        "scheduled" => json!(node.requests.scheduled(&node.hostname)),
         "registered" => registered(node),
         "active_queues" => active_queues(node),
         "revoked" => json!(node.revoked.list()),
@@ -137,32 +137,6 @@ fn ids(args: &Map<String, Value>, key: &str) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// Received requests that are not running, ETA ones left to `scheduled`.
-fn reserved(node: &Node, args: &Map<String, Value>) -> Vec<Value> {
-    node.requests
-        .info(false, &node.hostname, flag(args, "safe"))
-        .into_iter()
-        .filter(|info| info.get("eta").is_none_or(Value::is_null))
-        .collect()
-}
-
-/// Received requests that wait for their ETA in this worker (longer waits
-/// are handed back to the broker, and are in no worker's list).
-fn scheduled(node: &Node) -> Vec<Value> {
-    node.requests
-        .info(false, &node.hostname, false)
-        .into_iter()
-        .filter_map(|mut info| {
-            let eta = info
-                .as_object_mut()?
-                .remove("eta")
-                .filter(|e| !e.is_null())?;
-            let priority = info["delivery_info"]["priority"].clone();
-            Some(json!({"eta": eta, "priority": priority, "request": info}))
-        })
-        .collect()
 }
 
 /// Revokes `ids` here and, unless the request says it was logged already

@@ -62,7 +62,11 @@ impl Stage for Received {
             None => kwargs_repr(&request.kwargs),
         };
         held.delivery = job.delivery.clone();
-        held.eta = request.eta.map(|eta| eta.to_rfc3339());
+        let eta = request.eta.map(|eta| eta.to_rfc3339());
+        // Scheduled (`inspect scheduled`) while its ETA is ahead.
+        held.eta = eta
+            .clone()
+            .filter(|_| request.eta.is_some_and(|at| at > task_core::clock::now()));
         held.blocking = job.task.options.blocking;
         if self.node.events.task_events() {
             self.node.events.task(EventKind::TaskReceived(TaskReceived {
@@ -78,7 +82,7 @@ impl Stage for Received {
                 ),
                 parent_id: request.parent_id.clone(),
                 retries: request.retries(),
-                eta: held.eta.clone(),
+                eta,
                 expires: request.expires.map(|at| at.to_rfc3339()),
             }));
         }
