@@ -29,8 +29,11 @@ async fn report() -> Result<Value, TaskError> {
 
 #[tokio::test]
 async fn a_task_sees_its_lineage_group_and_delivery() {
-    let worker = common::TestWorker::start("context", 2).await;
-    let queue = worker.queue.clone();
+    // Every worker of this binary gives the `State<App>` `trace_of` takes.
+    let queue = common::unique_queue("context");
+    let app = common::client(&[&queue]).await;
+    let worker =
+        common::TestWorker::start_on(queue.clone(), app.clone(), 2, |b| b.state(app)).await;
 
     // A top-level call: its own root, no parent, no group.
     let top = report
@@ -103,5 +106,73 @@ async fn a_task_sees_its_lineage_group_and_delivery() {
     assert_eq!(seen["parent_id"], "parent-1");
     assert_eq!(seen["group"], json!(["group-7", 2]));
     worker.app.broker().delete_queue(&replies).await.unwrap();
+    worker.stop().await;
+}
+
+/// Its trace (W3C `traceparent`), and the trace of the task it calls.
+#[task(name = "tests.context.trace")]
+async fn trace_of(
+    app: task_core::State<task_core::App>,
+    queue: String,
+    nested: bool,
+) -> Result<Value, TaskError> {
+    let task = current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    let mine = task.trace().map(|t| t.to_string());
+    let called = if nested {
+        let child = trace_of
+            .s(queue.clone(), false)
+            .queue(queue)
+            .apply_async_with(&app)
+            .await
+            .map_err(|e| TaskError::msg(e.to_string()))?;
+        child
+            .get(common::RESULT_TIMEOUT)
+            .await
+            .map_err(|e| TaskError::msg(e.to_string()))?["mine"]
+            .clone()
+    } else {
+        Value::Null
+    };
+    Ok(json!({ "mine": mine, "called": called }))
+}
+
+#[tokio::test]
+async fn a_trace_goes_from_the_caller_through_the_task_into_its_calls() {
+    use task_core::trace_context::TraceParent;
+    let queue = common::unique_queue("context-trace");
+    let app = common::client(&[&queue]).await;
+    let worker =
+        common::TestWorker::start_on(queue, app.clone(), 4, |builder| builder.state(app)).await;
+    let queue = worker.queue.clone();
+    // The caller's own trace, as an instrumented client would send it.
+    let callers = TraceParent::new_root();
+    let seen = trace_of
+        .s(queue.clone(), true)
+        .queue(queue.clone())
+        .header("traceparent", callers.to_string())
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap()
+        .get(common::RESULT_TIMEOUT)
+        .await
+        .unwrap();
+    let parse = |v: &Value| TraceParent::parse(v.as_str().expect("a traceparent")).unwrap();
+    let (task, called) = (parse(&seen["mine"]), parse(&seen["called"]));
+    assert_eq!(task.trace_id, callers.trace_id, "{seen}");
+    assert_ne!(task.span_id, callers.span_id);
+    assert_eq!(called.trace_id, callers.trace_id, "{seen}");
+    assert_ne!(called.span_id, task.span_id);
+
+    // Without one, `.delay()` starts a trace.
+    let fresh = trace_of
+        .s(queue.clone(), false)
+        .queue(queue)
+        .apply_async_with(&worker.app)
+        .await
+        .unwrap()
+        .get(common::RESULT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_ne!(parse(&fresh["mine"]).trace_id, callers.trace_id);
     worker.stop().await;
 }

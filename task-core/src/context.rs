@@ -49,6 +49,9 @@ pub(crate) struct ContextParts {
     pub(crate) states: Arc<States>,
     pub(crate) headers: Vec<(String, serde_json::Value)>,
     pub(crate) embed: Option<Box<serde_json::value::RawValue>>,
+    /// The task's own span in its trace: a child of the `traceparent` its
+    /// message carried.
+    pub(crate) trace: Option<crate::trace_context::TraceParent>,
 }
 
 /// Where a task sits in its workflow, as its message says.
@@ -99,6 +102,7 @@ impl TaskContext {
                 states: Arc::default(),
                 headers: Vec::new(),
                 embed: None,
+                trace: None,
             }),
         }
     }
@@ -183,6 +187,14 @@ impl TaskContext {
     /// if it had one.
     pub fn embed(&self) -> Option<&serde_json::value::RawValue> {
         self.inner.embed.as_deref()
+    }
+
+    /// The task's span in its trace (W3C trace context): a child of the
+    /// `traceparent` header its message carried (sent by `.delay()`, by a
+    /// task that called it, or by an OpenTelemetry-instrumented Python
+    /// client). Calls the task makes carry it as their parent.
+    pub fn trace(&self) -> Option<crate::trace_context::TraceParent> {
+        self.inner.trace
     }
 
     /// The first task of the workflow: the `root_id` the message carried,

@@ -26,6 +26,7 @@ mod signature;
 mod state;
 mod task;
 mod task_error;
+pub mod trace_context;
 
 pub use app::{App, AppBuilder, DEFAULT_BROKER_URL, DEFAULT_QUEUE};
 pub use args::TaskArgs;

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::broker::Message;
 use crate::protocol::task_message::{encode_task, TaskCall};
+use crate::trace_context::{TraceParent, TRACEPARENT};
 use crate::{App, AsyncResult, Error, Task, TaskContext};
 
 /// When a task stops being worth running.
@@ -461,6 +462,15 @@ impl<R> Signature<R> {
                 )));
             }
             headers.insert_json(name, value);
+        }
+        // The trace: the calling task's span as the parent, else a new
+        // trace (unless the caller set the header itself).
+        if !headers.contains_key(TRACEPARENT) {
+            let trace = parent
+                .as_ref()
+                .and_then(TaskContext::trace)
+                .unwrap_or_else(TraceParent::new_root);
+            headers.insert_str(TRACEPARENT, &trace.to_string());
         }
         if !options.link.is_empty()
             || !options.link_error.is_empty()

@@ -39,6 +39,8 @@ mod stage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 pub use canvas_refusal::CanvasRefusal;
 pub use expiry::Expiry;
 pub use futures_util::future::BoxFuture;
@@ -347,6 +349,27 @@ impl Pipeline {
             group_id: request.group_id.take(),
             group_index: request.group_index,
         };
+        let trace = request
+            .extra_headers
+            .iter()
+            .find(|(name, _)| name == crate::trace_context::TRACEPARENT)
+            .and_then(|(_, value)| value.as_str())
+            .and_then(crate::trace_context::TraceParent::parse)
+            .map(|parent| parent.child());
+        let span = tracing::info_span!(
+            "task",
+            task_id = %request.id,
+            task = task.name,
+            retries = request.retries(),
+            queue = job.queue,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(trace) = &trace {
+            span.record(
+                "trace_id",
+                tracing::field::display(format_args!("{:032x}", trace.trace_id)),
+            );
+        }
         let context = TaskContext::from_parts(ContextParts {
             id: request.id.clone(),
             // The registration's own name: the one the request was looked
@@ -366,6 +389,7 @@ impl Pipeline {
             } else {
                 request.embed.clone()
             },
+            trace,
         });
         let args = TaskArgs::new(
             task.name,
@@ -374,10 +398,10 @@ impl Pipeline {
         );
         let started = Instant::now();
         let ran = match job.terminate.take() {
-            None => task.run(args, context, hard).await,
+            None => task.run(args, context, hard).instrument(span).await,
             Some(signal) => tokio::select! {
                 biased;
-                ran = task.run(args, context, hard) => ran,
+                ran = task.run(args, context, hard).instrument(span) => ran,
                 () = signal.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) => {
                     job.runtime = Some(started.elapsed());
                     return Outcome::Revoked { reason: "terminated".into() };
