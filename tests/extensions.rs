@@ -374,8 +374,10 @@ async fn a_task_sees_the_headers_its_caller_added_and_the_embed() {
     let (value, has_embed, names) = result.get(WAIT).await.unwrap();
     assert_eq!(value, Some(serde_json::json!("acme")));
     assert!(has_embed, "the framework sends Celery's embed");
-    // Only the caller's headers: none of Celery's protocol headers.
-    assert_eq!(names, ["tenant", "trace"]);
+    // Only the caller's headers and the trace context (W3C
+    // `traceparent`, which every call carries): none of Celery's protocol
+    // headers.
+    assert_eq!(names, ["tenant", "trace", "traceparent"]);
     w.stop.cancel();
     w.handle.await.unwrap().unwrap();
 }

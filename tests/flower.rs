@@ -47,20 +47,7 @@ impl Flower {
 
     /// `method path` (form fields for a POST): the status and the body.
     async fn call(&self, method: &str, path: &str, form: Value) -> (u16, String) {
-        let url = format!("{}{path}", self.base);
-        let (method, form) = (method.to_owned(), form.to_string());
-        let output = tokio::task::spawn_blocking(move || {
-            let mut command = Command::new(common::python());
-            command
-                .arg(common::repo().join("tests/interop/py_http.py"))
-                .args([&method, &url, &form]);
-            common::output_within(command, common::CHILD_PROCESS_TIMEOUT)
-        })
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
-        (status.trim().parse().unwrap_or(0), body.to_owned())
+        common::http(method, &format!("{}{path}", self.base), &form).await
     }
 
     /// GETs `path` until `found` accepts its JSON body (Flower fills its

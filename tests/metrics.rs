@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::TestWorker;
+use serde_json::json;
 use task_examples as _;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -38,20 +38,9 @@ fn parse(exposition: &str) -> (HashMap<String, f64>, HashMap<String, String>) {
 }
 
 async fn scrape(addr: &str) -> String {
-    let url = format!("http://{addr}/metrics");
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(common::python());
-        command
-            .arg(common::repo().join("tests/interop/py_http.py"))
-            .args(["GET", &url]);
-        common::output_within(command, common::CHILD_PROCESS_TIMEOUT)
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (status, body) = text.split_once('\n').expect("status, then body");
-    assert_eq!(status.trim(), "200", "{body}");
-    body.to_owned()
+    let (status, body) = common::http("GET", &format!("http://{addr}/metrics"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 #[tokio::test]

@@ -65,17 +65,14 @@ fn blocking_held() -> Result<u32, TaskError> {
 /// `celery -b <broker> <args> --json` (inspect or control), parsed: the
 /// replies by node name; `{}` when no node replied.
 async fn celery(args: &[&str]) -> Value {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(common::python());
-        command
-            .args(["-m", "celery", "-b", &common::broker_url()])
-            .args(&args)
-            .args(["--timeout", "5", "--json"]);
-        common::output_within(command, common::CHILD_PROCESS_TIMEOUT)
-    })
-    .await
-    .unwrap();
+    let broker = common::broker_url();
+    let full = ["-m", "celery", "-b", &broker]
+        .iter()
+        .chain(args)
+        .chain(&["--timeout", "5", "--json"])
+        .map(|a| (*a).to_owned())
+        .collect();
+    let output = common::python_output(full).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if stderr.contains("No nodes replied") {

@@ -13,20 +13,7 @@ use task_examples::{add, cpu_sum, hello};
 
 /// `target/<profile>/examples/worker`, built by `cargo test` with the tests.
 fn worker_binary() -> PathBuf {
-    let test_exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("tests run from target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("worker{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds it; or run `cargo build --examples`",
-        binary.display()
-    );
-    binary
+    common::example_binary("worker")
 }
 
 struct ChildWorker(Child);
@@ -90,7 +77,7 @@ impl ChildWorker {
 
 /// `target/<profile>/examples/<name>`, built by `cargo test` with the tests.
 fn example_binary(name: &str) -> PathBuf {
-    worker_binary().with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    common::example_binary(name)
 }
 
 /// Runs the worker binary with `args` to the end (it must exit by itself).

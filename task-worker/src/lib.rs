@@ -19,6 +19,7 @@ mod node;
 mod rate_limiter;
 mod remote_control;
 mod requests;
+mod resume;
 mod revoke_log;
 mod revokes;
 mod settle;

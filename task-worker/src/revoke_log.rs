@@ -11,6 +11,7 @@ use task_core::control::revoke_log::{self, RevokeEntry, REVOKE_LOG};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use crate::resume::consumer_until_stopped;
 
 /// How long a starting worker may spend reading the log before it starts
 /// consuming tasks anyway (with a warning).
@@ -80,32 +81,22 @@ pub(crate) async fn catch_up(node: &Node) -> Option<Consumer> {
 /// oldest entry after a lost connection (an entry written meanwhile is not
 /// missed; those read twice change nothing).
 pub(crate) async fn follow(node: Arc<Node>, consumer: Consumer, stop: CancellationToken) {
-    let mut consumer = Some(consumer);
     let log = [REVOKE_LOG.to_owned()];
-    let mut backoff = Duration::from_millis(100);
+    let mut next = Some(consumer);
     loop {
-        let mut reading = match consumer.take() {
+        let mut reading = match next.take() {
             Some(reading) => reading,
             None => {
-                let resumed = node.app.broker().consume(&log, read_options());
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    resumed = resumed => match resumed {
-                        Ok(reading) => reading,
-                        Err(error) => {
-                            tracing::debug!(%error, ?backoff, "cannot follow the revoke log; retrying");
-                            tokio::select! {
-                                () = stop.cancelled() => return,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            continue;
-                        }
-                    },
+                let broker = node.app.broker();
+                let resumed = consumer_until_stopped(&stop, "the revoke log", || {
+                    broker.consume(&log, read_options())
+                });
+                match resumed.await {
+                    Some(reading) => reading,
+                    None => return,
                 }
             }
         };
-        backoff = Duration::from_millis(100);
         loop {
             let delivery = tokio::select! {
                 () = stop.cancelled() => {

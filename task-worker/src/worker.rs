@@ -29,6 +29,7 @@ use crate::executor::Executor;
 use crate::node::{Node, NodeParts, QueueChange};
 use crate::rate_limiter;
 use crate::remote_control;
+use crate::resume::consumer_until_stopped;
 use crate::revoke_log;
 use crate::settle::{RequeueBackoff, Settler, Warnings, WorkerResults};
 use crate::stages;
@@ -991,9 +992,8 @@ async fn consume_chord_joins(
     abandon: CancellationToken,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
     loop {
-        let consumed = async {
+        let consumed = consumer_until_stopped(&stop, "the chord joins", || async {
             app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
                 .await?;
             app.broker()
@@ -1002,23 +1002,11 @@ async fn consume_chord_joins(
                     ConsumeOptions::manual_ack(0),
                 )
                 .await
+        })
+        .await;
+        let Some(mut consumer) = consumed else {
+            return;
         };
-        let mut consumer = tokio::select! {
-            () = stop.cancelled() => return,
-            consumed = consumed => match consumed {
-                Ok(consumer) => consumer,
-                Err(error) => {
-                    tracing::warn!(%error, ?backoff, "cannot consume the chord joins; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
         loop {
             let delivery = tokio::select! {
                 () = stop.cancelled() => {

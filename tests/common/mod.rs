@@ -49,6 +49,35 @@ pub fn python() -> &'static std::path::Path {
     })
 }
 
+/// Runs the venv's python with `args` to completion (bounded by
+/// [`CHILD_PROCESS_TIMEOUT`]), off the async runtime's threads.
+pub async fn python_output(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(python());
+        command.args(&args);
+        output_within(command, CHILD_PROCESS_TIMEOUT)
+    })
+    .await
+    .expect("the python child is awaited")
+}
+
+/// `method url` (`GET`, or `POST` with `form` fields) through
+/// `tests/interop/py_http.py`: the status (0 when nothing answered) and the
+/// body.
+pub async fn http(method: &str, url: &str, form: &serde_json::Value) -> (u16, String) {
+    let script = repo().join("tests/interop/py_http.py");
+    let args = vec![
+        script.display().to_string(),
+        method.to_owned(),
+        url.to_owned(),
+        form.to_string(),
+    ];
+    let output = python_output(args).await;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// `target/<profile>/examples/<name>` (the worker binary is `worker`),
 /// built by `cargo test` with the tests.
 pub fn example_binary(name: &str) -> std::path::PathBuf {

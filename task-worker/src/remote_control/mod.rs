@@ -7,7 +7,6 @@
 mod commands;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -18,6 +17,7 @@ use task_core::control::{node_queue, ControlRequest, PIDBOX_EXCHANGE};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use crate::resume::consumer_until_stopped;
 
 /// Starts consuming `node`'s requests, so that the worker answers from the
 /// moment it says it is ready; `None` (logged) if that failed: [`serve`]
@@ -35,33 +35,23 @@ pub(crate) async fn start(node: &Node) -> Option<Consumer> {
 /// Answers remote control requests for `node` from `started` (or a
 /// consumer of its own) until `stop`, resuming after a lost connection.
 pub(crate) async fn serve(node: Arc<Node>, started: Option<Consumer>, stop: CancellationToken) {
-    let mut started = started;
-    let mut backoff = Duration::from_millis(100);
+    let mut next = started;
     loop {
-        if let Some(consumer) = started.take() {
-            answer(&node, consumer, &stop).await;
-            if stop.is_cancelled() {
-                return;
-            }
-            continue;
-        }
-        let consumer = tokio::select! {
-            () = stop.cancelled() => return,
-            consumed = consume(&node) => match consumed {
-                Ok(consumer) => consumer,
-                Err(error) => {
-                    tracing::warn!(%error, ?backoff, "cannot consume remote control requests; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+        let consumer = match next.take() {
+            Some(consumer) => consumer,
+            None => {
+                let resumed =
+                    consumer_until_stopped(&stop, "remote control requests", || consume(&node));
+                match resumed.await {
+                    Some(consumer) => consumer,
+                    None => return,
                 }
-            },
+            }
         };
-        backoff = Duration::from_millis(100);
-        started = Some(consumer);
+        answer(&node, consumer, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
     }
 }
 
