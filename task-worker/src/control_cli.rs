@@ -52,7 +52,8 @@ enum Kind {
 /// The positional arguments of each command, as Celery names them.
 fn parameters(method: &str) -> &'static [(&'static str, Kind)] {
     match method {
-        "revoke" | "query_task" => &[("task_id", Kind::Rest)],
+        "revoke" => &[("task_id", Kind::Rest)],
+        "query_task" => &[("ids", Kind::Rest)],
         "terminate" => &[("signal", Kind::Text), ("task_id", Kind::Rest)],
         "rate_limit" => &[("task_name", Kind::Text), ("rate_limit", Kind::Text)],
         "time_limit" => &[
@@ -78,12 +79,7 @@ fn parameters(method: &str) -> &'static [(&'static str, Kind)] {
 fn arguments(args: &RemoteArgs) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     let mut given = args.args.iter();
-    for (name, kind) in parameters(&args.method) {
-        let name = if args.method == "query_task" {
-            "ids"
-        } else {
-            *name
-        };
+    for &(name, kind) in parameters(&args.method) {
         match kind {
             Kind::Rest => {
                 let rest: Vec<Value> = given.by_ref().map(|a| Value::from(a.as_str())).collect();
