@@ -847,7 +847,7 @@ impl Worker {
                     },
                 }
             };
-            tracing::info!(queues = ?self.queues, "resumed consuming");
+            tracing::info!(queues = ?self.node.queues(), "resumed consuming");
         }
         tracing::info!("worker stopping: no new tasks will start");
         if let Err(error) = joins.await {
