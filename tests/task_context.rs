@@ -176,3 +176,50 @@ async fn a_trace_goes_from_the_caller_through_the_task_into_its_calls() {
     assert_ne!(parse(&fresh["mine"]).trace_id, callers.trace_id);
     worker.stop().await;
 }
+
+/// A chain step: what the steps before it saw, then its own trace and the
+/// `traceparent` its message carried.
+#[task(name = "tests.context.trace_steps")]
+async fn trace_steps(mut seen: Vec<Value>) -> Result<Vec<Value>, TaskError> {
+    let task = current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    seen.push(json!({
+        "mine": task.trace().map(|t| t.to_string()),
+        "carried": task.header("traceparent").cloned(),
+    }));
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn a_chains_steps_are_spans_of_one_trace_each_the_parent_of_the_next() {
+    use task_core::canvas::chain;
+    use task_core::trace_context::TraceParent;
+    let queue = common::unique_queue("context-trace-chain");
+    let app = common::client(&[&queue]).await;
+    let worker = common::TestWorker::start_on(queue, app.clone(), 4, |b| b.state(app)).await;
+    let q = worker.queue.clone();
+    let callers = TraceParent::new_root();
+    let seen = chain(
+        trace_steps
+            .s(Vec::new())
+            .queue(q.clone())
+            .header("traceparent", callers.to_string()),
+    )
+    .then(trace_steps.partial().with(|s| s.queue(q.clone())))
+    .then(trace_steps.partial().with(|s| s.queue(q.clone())))
+    .apply_async_with(&worker.app)
+    .await
+    .unwrap()
+    .get(common::RESULT_TIMEOUT)
+    .await
+    .unwrap();
+    let parse = |v: &Value| TraceParent::parse(v.as_str().expect("a traceparent")).unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let mut parent = callers;
+    for step in &seen {
+        let (mine, carried) = (parse(&step["mine"]), parse(&step["carried"]));
+        assert_eq!(carried, parent, "each step's message names the step before: {seen:?}");
+        assert_eq!(mine.trace_id, callers.trace_id, "{seen:?}");
+        parent = mine;
+    }
+    worker.stop().await;
+}

@@ -31,6 +31,7 @@ use task_core::protocol::chord_join::{
     entries_of, JoinRequest, PartEntry, PartKey, JOIN_QUEUE_HEADER, JOIN_TASK,
 };
 use task_core::protocol::result_message::{self, ExceptionInfo};
+use task_core::trace_context::{TraceParent, TRACEPARENT};
 use task_core::{App, Registry, TaskError, TaskState};
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +107,7 @@ impl Stage for Canvas {
             match outcome {
                 Outcome::Succeeded { value } => {
                     let published = match embed.after_success(&job.request, value) {
-                        Ok(follow) => self.publish_all(follow).await,
+                        Ok(follow) => self.publish_all(job.trace, follow).await,
                         Err(error) => Err(error),
                     };
                     let joined = match published {
@@ -130,7 +131,7 @@ impl Stage for Canvas {
                 }
                 Outcome::Failed { error } => {
                     let published = match embed.after_failure(&job.request, error) {
-                        Ok(errbacks) => self.publish_all(errbacks).await,
+                        Ok(errbacks) => self.publish_all(job.trace, errbacks).await,
                         Err(error) => Err(error),
                     };
                     if let Err(error) = published {
@@ -195,7 +196,7 @@ impl Canvas {
                 return;
             }
         };
-        if let Err(error) = self.publish_all(replacement).await {
+        if let Err(error) = self.publish_all(job.trace, replacement).await {
             tracing::error!(task_id = %job.request.id, %error,
                 "could not publish the task's replacement; it will run again");
             *outcome = Outcome::Retry {
@@ -276,7 +277,7 @@ impl Canvas {
         let root_id = job.request.root_id.as_deref().unwrap_or(&job.request.id);
         let sent = match claim.values() {
             Ok(values) => match body.message(&job.request.id, root_id, group_id, &values) {
-                Ok(body) => self.publish_all(vec![body]).await,
+                Ok(body) => self.publish_all(job.trace, vec![body]).await,
                 Err(error) => Err(error),
             },
             Err(error) => Err(error.to_string()),
@@ -381,7 +382,7 @@ impl Canvas {
             None => {
                 let root_id = job.request.root_id.as_deref().unwrap_or(&job.request.id);
                 let parent_id = last_part.as_deref().unwrap_or(&job.request.id);
-                self.publish_chord_body(body, &request, parent_id, root_id, &parts)
+                self.publish_chord_body(job.trace, body, &request, parent_id, root_id, &parts)
                     .await
             }
         };
@@ -402,6 +403,7 @@ impl Canvas {
     /// values, in header order, in front of its arguments.
     async fn publish_chord_body(
         &self,
+        trace: Option<TraceParent>,
         body: ChordBody<'_>,
         request: &JoinRequest,
         parent_id: &str,
@@ -414,7 +416,7 @@ impl Canvas {
         if body.queue.is_none() {
             body.queue = Some(request.body_queue.clone());
         }
-        self.publish_all(vec![body]).await
+        self.publish_all(trace, vec![body]).await
     }
 
     /// Tells the chord's body FAILURE (`ChordError`, `reason`) and
@@ -434,7 +436,7 @@ impl Canvas {
             }
         }
         let errbacks = match body.errbacks(reason) {
-            Ok(errbacks) => self.publish_all(errbacks).await,
+            Ok(errbacks) => self.publish_all(job.trace, errbacks).await,
             Err(error) => Err(error),
         };
         if let Err(error) = errbacks {
@@ -443,11 +445,16 @@ impl Canvas {
     }
 
     /// Publishes each follow-up (confirmed) to its queue: the one its
-    /// signature names, else its task's declared queue, else the default.
+    /// signature names, else its task's declared queue, else the default;
+    /// each a span of `trace` (the task's) unless its signature set one.
     /// A chord that starts here is set up first: its size written to the
     /// result backend when it joins chords, else its join started on the
     /// broker (its header parts then name the join queue).
-    async fn publish_all(&self, follow: Vec<FollowUp>) -> Result<(), String> {
+    async fn publish_all(
+        &self,
+        trace: Option<TraceParent>,
+        follow: Vec<FollowUp>,
+    ) -> Result<(), String> {
         // The chord joined on the broker that the messages belong to.
         let mut joined_on_broker: Option<(String, String)> = None;
         for mut follow_up in follow {
@@ -498,6 +505,12 @@ impl Canvas {
                         .properties
                         .headers
                         .insert("ignore_result", HeaderValue::Boolean(true));
+                }
+            }
+            if let Some(trace) = trace {
+                let headers = &mut follow_up.message.properties.headers;
+                if !headers.contains_key(TRACEPARENT) {
+                    headers.insert_str(TRACEPARENT, &trace.to_string());
                 }
             }
             let queue = follow_up.queue_in(&self.registry, self.app.default_queue());

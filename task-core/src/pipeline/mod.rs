@@ -102,6 +102,10 @@ pub struct Job<'m> {
     pub states: &'m Arc<States>,
     /// How long the body ran (set by the run step).
     pub runtime: Option<Duration>,
+    /// The task's span in its trace: a child of the `traceparent` its
+    /// message carried, if any. The body's context and what follows the
+    /// task carry it as their parent.
+    pub trace: Option<crate::trace_context::TraceParent>,
     settled: bool,
     /// Ends the run early when it completes ([`Job::terminate_on`]; in a
     /// mutex only so that a `&Job` can be shared across threads).
@@ -280,6 +284,13 @@ impl Pipeline {
         let Some(task) = self.registry.get(&request.name) else {
             return rejected(Rejection::not_registered(&request));
         };
+        let trace = request
+            .extra_headers
+            .iter()
+            .find(|(name, _)| name == crate::trace_context::TRACEPARENT)
+            .and_then(|(_, value)| value.as_str())
+            .and_then(crate::trace_context::TraceParent::parse)
+            .map(|parent| parent.child());
         let mut job = Job {
             message,
             queue,
@@ -291,6 +302,7 @@ impl Pipeline {
             results,
             states,
             runtime: None,
+            trace,
             settled: false,
             terminate: None,
         };
@@ -349,13 +361,7 @@ impl Pipeline {
             group_id: request.group_id.take(),
             group_index: request.group_index,
         };
-        let trace = request
-            .extra_headers
-            .iter()
-            .find(|(name, _)| name == crate::trace_context::TRACEPARENT)
-            .and_then(|(_, value)| value.as_str())
-            .and_then(crate::trace_context::TraceParent::parse)
-            .map(|parent| parent.child());
+        let trace = job.trace;
         let span = tracing::info_span!(
             "task",
             task_id = %request.id,
