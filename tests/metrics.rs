@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use common::TestWorker;
 use serde_json::json;
+use serde_json::value::to_raw_value;
+use task_core::protocol::task_message::{encode_task, TaskCall, PUBLISHED_AT};
 use task_examples as _;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// A countdown longer than any queue wait of this test's other calls.
+const COUNTDOWN: Duration = Duration::from_secs(3);
 
 /// The samples of an exposition: `name{labels}` → value (labels as
 /// written, in their order), and the declared type of each metric.
@@ -77,6 +81,51 @@ async fn a_scrape_counts_the_tasks_run_by_name_and_outcome() {
         .await
         .unwrap();
     assert!(failed.get(TIMEOUT).await.is_err());
+    // Waited out its countdown: its queue wait counts from its ETA.
+    let later = w
+        .app
+        .signature("tasks.add")
+        .arg(20)
+        .arg(1)
+        .returning::<i64>()
+        .queue(w.queue.clone())
+        .countdown(COUNTDOWN)
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(later.get(TIMEOUT).await.unwrap(), 21);
+    // A message that does not say when it was published (as Celery's):
+    // run, and not in the queue-wait histogram.
+    let replies = common::unique_queue("metrics-replies");
+    let spec = common::test_queue_spec(&replies);
+    w.app.broker().declare_queue(&spec).await.unwrap();
+    let args = [to_raw_value(&1).unwrap(), to_raw_value(&2).unwrap()];
+    let mut message = encode_task(&TaskCall {
+        id: "metrics-celery-style",
+        name: "tasks.add",
+        args: &args,
+        kwargs: &[],
+        reply_to: Some(&replies),
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: false,
+        retries: 0,
+        root_id: None,
+        parent_id: None,
+    })
+    .unwrap();
+    assert!(message.properties.headers.remove(PUBLISHED_AT).is_some());
+    w.app
+        .broker()
+        .publish("", &w.queue, &message)
+        .await
+        .unwrap();
+    let reply = common::next_message(&w.app, &replies).await;
+    assert!(String::from_utf8_lossy(&reply.body).contains("SUCCESS"));
+    w.app.broker().delete_queue(&replies).await.unwrap();
     w.stop().await;
 
     let (samples, types) = parse(&scrape(&addr).await);
@@ -86,18 +135,28 @@ async fn a_scrape_counts_the_tasks_run_by_name_and_outcome() {
             .unwrap_or_else(|| panic!("no {series} in {samples:#?}"))
     };
     assert_eq!(
-        sample(r#"task_worker_tasks_total{task="tasks.add",state="succeeded"}"#),
-        3.0
-    );
-    assert_eq!(
         sample(r#"task_worker_tasks_total{task="tasks.parse_int",state="failed"}"#),
         1.0
     );
     assert_eq!(
         sample(r#"task_worker_task_runtime_seconds_count{task="tasks.add"}"#),
-        3.0
+        5.0
     );
     assert_eq!(types["task_worker_task_runtime_seconds"], "histogram");
+    // The three calls and the countdown's, not the Celery-style message
+    // (it ran: five successes).
+    assert_eq!(
+        sample(r#"task_worker_tasks_total{task="tasks.add",state="succeeded"}"#),
+        5.0
+    );
+    assert_eq!(
+        sample(r#"task_worker_queue_wait_seconds_count{task="tasks.add"}"#),
+        4.0
+    );
+    // Measured from the countdown's ETA, not from its publish.
+    let waited = sample(r#"task_worker_queue_wait_seconds_sum{task="tasks.add"}"#);
+    assert!(waited < COUNTDOWN.as_secs_f64(), "{waited}");
+    assert_eq!(types["task_worker_queue_wait_seconds"], "histogram");
     assert!(samples
         .keys()
         .any(|k| k.starts_with("task_worker_task_runtime_seconds_bucket")));

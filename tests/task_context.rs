@@ -217,7 +217,10 @@ async fn a_chains_steps_are_spans_of_one_trace_each_the_parent_of_the_next() {
     let mut parent = callers;
     for step in &seen {
         let (mine, carried) = (parse(&step["mine"]), parse(&step["carried"]));
-        assert_eq!(carried, parent, "each step's message names the step before: {seen:?}");
+        assert_eq!(
+            carried, parent,
+            "each step's message names the step before: {seen:?}"
+        );
         assert_eq!(mine.trace_id, callers.trace_id, "{seen:?}");
         parent = mine;
     }

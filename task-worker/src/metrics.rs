@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | `task_worker_tasks_total` | counter | `task`, `state`: the outcome (`succeeded`, `failed`, `retried`, `revoked`, `rejected`, `deferred`, `replaced`, `ignored`) |
 //! | `task_worker_task_runtime_seconds` | histogram | `task` |
+//! | `task_worker_queue_wait_seconds` | histogram | `task`: from publish (or the ETA, if later) to the start of the run; for messages that say when they were published (this framework's clients and workers; Celery's do not) |
 //! | `task_worker_tasks_active` | gauge | tasks running now |
 //! | `task_worker_messages_held` | gauge | messages taken from the queues and not yet settled (the prefetch in use) |
 //! | `task_worker_rate_limit_waits_total` | counter | `task`: runs that waited for their rate-limit turn |
@@ -22,6 +23,8 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 pub(crate) const TASKS: &str = "task_worker_tasks_total";
 /// Body run time by task.
 pub(crate) const RUNTIME: &str = "task_worker_task_runtime_seconds";
+/// From publish (or ETA) to start, by task.
+pub(crate) const QUEUE_WAIT: &str = "task_worker_queue_wait_seconds";
 /// Tasks running now.
 pub(crate) const ACTIVE: &str = "task_worker_tasks_active";
 /// Messages held (prefetch in use).
@@ -65,6 +68,11 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(TASKS, "Tasks by name and outcome");
     describe_histogram!(RUNTIME, Unit::Seconds, "How long task bodies ran");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "From publish (or the ETA, if later) to the start of the run"
+    );
     describe_gauge!(ACTIVE, "Tasks running now");
     describe_gauge!(HELD, "Messages taken from the queues and not yet settled");
     describe_counter!(

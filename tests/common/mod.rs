@@ -148,6 +148,27 @@ pub fn test_queue_spec(name: &str) -> QueueSpec {
     .expires_after(Duration::from_secs(120))
 }
 
+/// The next message in `queue` (taken without an ack), waited for up to
+/// [`RESULT_TIMEOUT`].
+pub async fn next_message(app: &App, queue: &str) -> task_core::broker::Message {
+    use futures_util::StreamExt;
+    let mut consumer = app
+        .broker()
+        .consume(
+            &[queue.to_owned()],
+            task_core::broker::ConsumeOptions::no_ack(),
+        )
+        .await
+        .expect("a consumer");
+    let delivery = tokio::time::timeout(RESULT_TIMEOUT, consumer.deliveries.next())
+        .await
+        .unwrap_or_else(|_| panic!("no message in {queue}"))
+        .expect("a delivery")
+        .expect("a delivery");
+    let _ = consumer.cancel.close().await;
+    delivery.message
+}
+
 /// Waits (bounded by [`RESULT_TIMEOUT`]) until `queue` is gone: a chord's
 /// join deletes its join queue just after it published the body.
 pub async fn wait_until_deleted(app: &App, queue: &str) {

@@ -11,6 +11,17 @@ use super::{format_time, parse_time, process_name, CONTENT_ENCODING_UTF8, CONTEN
 use crate::broker::headers::{as_integer, as_number, as_text, integer_value, text_value};
 use crate::broker::{HeaderValue, Headers, Message, Properties};
 
+/// The header that says when a message was published, in seconds since
+/// the Unix epoch (a float, as Celery's event timestamps): what a worker's
+/// queue-wait metric measures from. This framework's own; Celery's
+/// messages carry none and Celery ignores it.
+pub const PUBLISHED_AT: &str = "published_at";
+
+/// `time` as seconds since the Unix epoch, to the microsecond.
+pub fn unix_seconds(time: DateTime<Utc>) -> f64 {
+    time.timestamp_micros() as f64 / 1e6
+}
+
 /// Everything needed to write one task message.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskCall<'a> {
@@ -96,6 +107,10 @@ pub fn encode_task(call: &TaskCall<'_>) -> Result<Message, serde_json::Error> {
         ("lang", text_value("rust")),
         ("origin", text_value(origin())),
         ("parent_id", optional_text(call.parent_id)),
+        (
+            PUBLISHED_AT,
+            HeaderValue::Double(unix_seconds(crate::clock::now())),
+        ),
         ("replaced_task_nesting", HeaderValue::LongInt(0)),
         ("retries", integer_value(i64::from(call.retries))),
         ("root_id", text_value(call.root_id.unwrap_or(call.id))),
@@ -224,6 +239,9 @@ pub struct TaskRequest {
     /// (`x-...`): those a caller added (`Signature::header`, Celery's
     /// `apply_async(headers=...)`) and Celery's stamps, as JSON, in key order.
     pub extra_headers: Vec<(String, serde_json::Value)>,
+    /// When the message was published (this framework's `published_at`
+    /// header, seconds since the Unix epoch; Celery's messages carry none).
+    pub published_at: Option<f64>,
     /// Times retried before this delivery.
     retries: u32,
     /// `[hard, soft]` limits in seconds.
@@ -352,6 +370,7 @@ struct HeaderReader<'a> {
     parent_id: Option<&'a HeaderValue>,
     group: Option<&'a HeaderValue>,
     group_index: Option<&'a HeaderValue>,
+    published_at: Option<&'a HeaderValue>,
     /// The headers that are neither protocol headers nor the broker's
     /// (`x-...`), as JSON, in key order.
     extras: Vec<(String, serde_json::Value)>,
@@ -373,6 +392,7 @@ impl<'a> HeaderReader<'a> {
                 "parent_id" => &mut found.parent_id,
                 "group" => &mut found.group,
                 "group_index" => &mut found.group_index,
+                PUBLISHED_AT => &mut found.published_at,
                 _ if is_protocol_header(key) || key.starts_with("x-") => continue,
                 _ => {
                     // Rare: allocates only for an extra header found.
@@ -468,6 +488,10 @@ pub fn retried_copy(message: &Message, retries: u32, eta: DateTime<Utc>) -> Mess
     let mut again = message.clone();
     let headers = &mut again.properties.headers;
     headers.insert("retries", integer_value(i64::from(retries)));
+    headers.insert(
+        PUBLISHED_AT,
+        HeaderValue::Double(unix_seconds(crate::clock::now())),
+    );
     headers.insert_str("eta", &format_time(eta));
     again
 }
@@ -541,6 +565,7 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         group_id: lineage(headers.group, "group"),
         group_index,
         extra_headers,
+        published_at: headers.published_at.and_then(as_number),
         retries,
         time_limits,
         ignore_result,
@@ -585,6 +610,7 @@ fn is_protocol_header(key: &str) -> bool {
             | "lang"
             | "origin"
             | "parent_id"
+            | PUBLISHED_AT
             | "replaced_task_nesting"
             | "retries"
             | "root_id"
@@ -753,6 +779,27 @@ mod tests {
         let request = decode_task(&message).unwrap();
         assert_eq!(request.id, "from-properties");
         assert_eq!(request.root_id.as_deref(), Some("id-1"));
+    }
+
+    #[test]
+    fn a_message_says_when_it_was_published_and_a_retry_renews_it() {
+        let before = unix_seconds(crate::clock::now());
+        let message = encode_task(&call(&[], &[])).unwrap();
+        let published = decode_task(&message).unwrap().published_at.unwrap();
+        assert!(published >= before && published <= unix_seconds(crate::clock::now()));
+        let mut retried = retried_copy(&message, 1, Utc::now());
+        retried
+            .properties
+            .headers
+            .insert(PUBLISHED_AT, HeaderValue::Double(1.5));
+        assert_eq!(decode_task(&retried).unwrap().published_at, Some(1.5));
+        let renewed = retried_copy(&retried, 2, Utc::now());
+        assert!(decode_task(&renewed).unwrap().published_at.unwrap() >= published);
+        // Celery's messages carry none; a malformed one reads as none.
+        retried.properties.headers.remove(PUBLISHED_AT);
+        assert_eq!(decode_task(&retried).unwrap().published_at, None);
+        retried.properties.headers.insert_str(PUBLISHED_AT, "noon");
+        assert_eq!(decode_task(&retried).unwrap().published_at, None);
     }
 
     fn encode_and_decode_plain() -> TaskRequest {

@@ -7,6 +7,7 @@
 mod commands;
 
 use std::sync::Arc;
+use task_core::protocol::task_message::unix_seconds;
 
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -117,7 +118,7 @@ async fn handle(node: &Node, message: &Message) {
         node.app.clock().adjust(clock);
     }
     let expires = headers.get_json("expires").and_then(|e| e.as_f64());
-    if expires.is_some_and(|at| at < task_core::clock::now().timestamp_micros() as f64 / 1e6) {
+    if expires.is_some_and(|at| at < unix_seconds(task_core::clock::now())) {
         tracing::debug!("an expired remote control request; skipped");
         return;
     }

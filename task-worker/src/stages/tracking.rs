@@ -127,13 +127,22 @@ impl Stage for Running {
                 reason: "revoked".to_owned(),
             });
         }
-        let now = task_core::clock::now().timestamp_micros() as f64 / 1e6;
+        let now = task_core::protocol::task_message::unix_seconds(task_core::clock::now());
         let terminated = self
             .node
             .requests
             .start(&job.request.id, now, job.is_settled());
         if task_core::metrics::enabled() {
             metrics::gauge!(crate::metrics::ACTIVE).increment(1.0);
+            if let Some(published) = job.request.published_at {
+                // From when it could first run: its publish, or its ETA.
+                let due = job.request.eta.map_or(published, |eta| {
+                    published.max(task_core::protocol::task_message::unix_seconds(eta))
+                });
+                // Clocks of different machines can disagree: never negative.
+                metrics::histogram!(crate::metrics::QUEUE_WAIT, "task" => job.task.name)
+                    .record((now - due).max(0.0));
+            }
         }
         if !job.task.options.blocking {
             job.terminate_on(async move {
