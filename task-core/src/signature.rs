@@ -463,12 +463,16 @@ impl<R> Signature<R> {
             }
             headers.insert_json(name, value);
         }
-        // The trace: the calling task's span as the parent, else a new
-        // trace (unless the caller set the header itself).
+        // The trace (unless the caller set the header itself): the current
+        // OpenTelemetry span as the parent, else the calling task's span,
+        // else a new trace.
         if !headers.contains_key(TRACEPARENT) {
-            let trace = parent
-                .as_ref()
-                .and_then(TaskContext::trace)
+            #[cfg(feature = "opentelemetry")]
+            let current = crate::trace_context::otel::current();
+            #[cfg(not(feature = "opentelemetry"))]
+            let current = None;
+            let trace = current
+                .or_else(|| parent.as_ref().and_then(TaskContext::trace))
                 .unwrap_or_else(TraceParent::new_root);
             headers.insert_str(TRACEPARENT, &trace.to_string());
         }

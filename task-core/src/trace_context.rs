@@ -3,8 +3,21 @@
 //! task makes, so that one request's tasks share a trace id. The header is
 //! the one OpenTelemetry's propagators (and `opentelemetry-instrumentation
 //! -celery`) read and write.
+//!
+//! With the cargo feature `opentelemetry` and an `OpenTelemetryLayer`
+//! (crate `tracing-opentelemetry`) in the process's `tracing` subscriber,
+//! the spans are OpenTelemetry's own: a worker's `task` span is the child of
+//! the `traceparent` its message carried (a Rust client's span, a calling
+//! task's, or a Python client's under `opentelemetry-instrumentation-celery`),
+//! its ids are what [`TaskContext::trace`](crate::TaskContext::trace) gives,
+//! and a call made inside any span carries that span as its parent. So
+//! clients, workers and instrumented Python peers export one connected
+//! trace. Without the layer, the feature changes nothing.
 
 use std::fmt;
+
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod otel;
 
 /// The message header the trace context travels in.
 pub const TRACEPARENT: &str = "traceparent";

@@ -50,11 +50,12 @@ pub fn python() -> &'static std::path::Path {
 }
 
 /// Runs the venv's python with `args` to completion (bounded by
-/// [`CHILD_PROCESS_TIMEOUT`]), off the async runtime's threads.
+/// [`CHILD_PROCESS_TIMEOUT`]), off the async runtime's threads, with
+/// `BROKER_URL` set to the tests' broker.
 pub async fn python_output(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         let mut command = std::process::Command::new(python());
-        command.args(&args);
+        command.args(&args).env("BROKER_URL", broker_url());
         output_within(command, CHILD_PROCESS_TIMEOUT)
     })
     .await

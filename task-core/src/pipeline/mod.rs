@@ -106,6 +106,10 @@ pub struct Job<'m> {
     /// message carried, if any. The body's context and what follows the
     /// task carry it as their parent.
     pub trace: Option<crate::trace_context::TraceParent>,
+    /// The `traceparent` the message carried (what OpenTelemetry's span
+    /// joins).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    carried_trace: Option<crate::trace_context::TraceParent>,
     settled: bool,
     /// Ends the run early when it completes ([`Job::terminate_on`]; in a
     /// mutex only so that a `&Job` can be shared across threads).
@@ -284,13 +288,12 @@ impl Pipeline {
         let Some(task) = self.registry.get(&request.name) else {
             return rejected(Rejection::not_registered(&request));
         };
-        let trace = request
+        let carried_trace = request
             .extra_headers
             .iter()
             .find(|(name, _)| name == crate::trace_context::TRACEPARENT)
             .and_then(|(_, value)| value.as_str())
-            .and_then(crate::trace_context::TraceParent::parse)
-            .map(|parent| parent.child());
+            .and_then(crate::trace_context::TraceParent::parse);
         let mut job = Job {
             message,
             queue,
@@ -302,7 +305,8 @@ impl Pipeline {
             results,
             states,
             runtime: None,
-            trace,
+            trace: carried_trace.map(|parent| parent.child()),
+            carried_trace,
             settled: false,
             terminate: None,
         };
@@ -348,6 +352,21 @@ impl Pipeline {
             }
         }
         let (hard, soft) = self.settings.limits(task, &job.request);
+        let span = tracing::info_span!(
+            "task",
+            task_id = %job.request.id,
+            task = task.name,
+            retries = job.request.retries(),
+            queue = job.queue,
+            trace_id = tracing::field::Empty,
+        );
+        // Under OpenTelemetry the span's own ids are the task's place in
+        // the trace.
+        #[cfg(feature = "opentelemetry")]
+        if let Some(joined) = crate::trace_context::otel::join(&span, job.carried_trace) {
+            job.trace = Some(joined);
+        }
+        let trace = job.trace;
         let request = &mut job.request;
         // The job keeps its root when what follows it (canvas) is
         // published after the run, with the same root.
@@ -361,15 +380,6 @@ impl Pipeline {
             group_id: request.group_id.take(),
             group_index: request.group_index,
         };
-        let trace = job.trace;
-        let span = tracing::info_span!(
-            "task",
-            task_id = %request.id,
-            task = task.name,
-            retries = request.retries(),
-            queue = job.queue,
-            trace_id = tracing::field::Empty,
-        );
         if let Some(trace) = &trace {
             span.record(
                 "trace_id",
