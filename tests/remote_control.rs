@@ -275,6 +275,11 @@ async fn celery_control_changes_a_rust_workers_limits_pool_and_events() {
         reply_of(n, &["inspect", "stats"]).await["pool"]["max-concurrency"],
         1
     );
+    // Celery's answer where autoscaling is off.
+    assert_eq!(
+        reply_of(n, &["control", "autoscale", "3", "1"]).await,
+        json!({"error": "Autoscale not enabled"})
+    );
     let floor = reply_of(n, &["control", "pool_shrink", "1"]).await;
     assert!(
         floor["error"].as_str().unwrap().contains("below one"),
@@ -559,4 +564,88 @@ async fn the_worker_binary_inspects_and_controls_running_workers() {
     let shutdown = run(args(&["control", "shutdown", "-d", &node])).await;
     assert!(shutdown.status.success());
     w.wait_stopped(TIMEOUT).await;
+}
+
+/// `stats.autoscaler` of `node` (asked through the Rust API).
+async fn autoscaler_of(w: &TestWorker, node: &str) -> Value {
+    let replies = w
+        .app
+        .control()
+        .inspect("stats", Broadcast::to([node], Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let (_, stats) = replies
+        .into_iter()
+        .find(|(name, _)| name == node)
+        .unwrap_or_else(|| panic!("no stats from {node}"));
+    stats["autoscaler"].clone()
+}
+
+#[tokio::test]
+async fn an_autoscaled_worker_grows_with_its_backlog_and_shrinks_when_idle() {
+    use task_worker::autoscale::Autoscale;
+    let queue = common::unique_queue("rc-autoscale");
+    let app = common::client(&[&queue]).await;
+    let w = TestWorker::start_on(queue, app, 1, |builder| {
+        builder
+            .autoscale(Autoscale::new(3, 1).unwrap())
+            .autoscale_keepalive(Duration::from_millis(300))
+    })
+    .await;
+    let node = node_of(&w);
+    let n = node.as_str();
+    let idle = autoscaler_of(&w, n).await;
+    assert_eq!(idle, json!({"max": 3, "min": 1, "current": 1, "qty": 0}));
+
+    // Three tasks that run until released: all three run at once only if
+    // the worker grew from its one slot.
+    let tags: Vec<String> = (0..3).map(|i| format!("{}-{i}", w.queue)).collect();
+    let mut handles = Vec::new();
+    for tag in &tags {
+        let handle = w
+            .app
+            .signature("rc.held")
+            .arg(tag.clone())
+            .returning::<String>()
+            .queue(w.queue.clone())
+            .apply_async_with(&w.app)
+            .await
+            .unwrap();
+        handles.push(handle);
+    }
+    for tag in &tags {
+        tokio::time::timeout(TIMEOUT, gate(tag).started.notified())
+            .await
+            .unwrap_or_else(|_| panic!("{tag} never started: the worker did not grow"));
+    }
+    assert_eq!(autoscaler_of(&w, n).await["current"], 3);
+    for tag in &tags {
+        gate(tag).release.notify_one();
+    }
+    for (handle, tag) in handles.into_iter().zip(&tags) {
+        assert_eq!(&handle.get(TIMEOUT).await.unwrap(), tag);
+    }
+
+    // Idle past the keep-alive: back to its minimum.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while autoscaler_of(&w, n).await["current"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never shrank back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // New bounds from the command line: at least two slots at once.
+    assert_eq!(
+        reply_of(n, &["control", "autoscale", "5", "2"]).await,
+        json!({"ok": "autoscale now max=5 min=2"})
+    );
+    let bounds = autoscaler_of(&w, n).await;
+    assert_eq!(
+        (bounds["max"].clone(), bounds["min"].clone()),
+        (json!(5), json!(2))
+    );
+    assert_eq!(
+        reply_of(n, &["inspect", "stats"]).await["pool"]["max-concurrency"],
+        2
+    );
+    w.stop().await;
 }

@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use task_core::broker::{DeadLetterRetention, TlsOptions};
 use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
+use crate::autoscale::Autoscale;
 use crate::control_cli::RemoteArgs;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue, Selection};
 use crate::logging::{self, LogFilter, LogFormat};
@@ -32,8 +33,13 @@ pub struct WorkerArgs {
     /// Tasks run at once, at least 1 (default: number of CPUs).
     #[arg(short = 'c', long)]
     pub concurrency: Option<NonZeroUsize>,
+    /// Size the concurrency to the work, as Celery's `--autoscale`: start
+    /// with MIN tasks at once, grow up to MAX with the tasks held, shrink
+    /// back after 30 s without growth (overrides `-c`).
+    #[arg(long, value_name = "MAX,MIN")]
+    pub autoscale: Option<Autoscale>,
     /// Unacknowledged messages the broker may send ahead, at least 1
-    /// (default: 4 × concurrency).
+    /// (default: 4 × concurrency, or 4 × the autoscale maximum).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
     /// Seconds running tasks get to finish after SIGTERM / Ctrl-C.
@@ -360,6 +366,9 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     if let Some(concurrency) = args.concurrency {
         builder = builder.concurrency(concurrency.get());
     }
+    if let Some(bounds) = args.autoscale {
+        builder = builder.autoscale(bounds);
+    }
     if let Some(prefetch) = args.prefetch {
         builder = builder.prefetch(prefetch);
     }
@@ -529,6 +538,10 @@ mod tests {
             let error = parse(args).expect_err("refused");
             assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         }
+        let error = parse(&["--autoscale", "2,5"]).expect_err("min above max");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        let args = parse(&["--autoscale", "10,3"]).unwrap();
+        assert_eq!(args.autoscale, Autoscale::new(10, 3));
         let args = parse(&["-c", "3", "--prefetch", "1"]).unwrap();
         assert_eq!(args.concurrency.map(NonZeroUsize::get), Some(3));
         assert_eq!(args.prefetch, Some(1));

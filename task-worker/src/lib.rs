@@ -6,6 +6,7 @@
 //! crates that are linked, so a worker binary must use the crate that defines
 //! its tasks (see ARCHITECTURE.md).
 
+pub mod autoscale;
 mod canvas;
 mod chord_entries;
 pub mod cli;

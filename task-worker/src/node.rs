@@ -1,8 +1,8 @@
 //! [`Node`]: this worker as remote control and events see it: its node
 //! name, the tasks it holds, the revoked ids it knows, its events, its
-//! concurrency and the settings commands change.
+//! concurrency (and autoscaler) and the settings commands change.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -12,6 +12,7 @@ use task_core::{App, Registry};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::autoscale::Autoscaler;
 use crate::events::WorkerEvents;
 use crate::requests::Requests;
 use crate::revokes::RevokedIds;
@@ -36,6 +37,10 @@ pub(crate) struct Node {
     /// takes some away for good.
     pub(crate) slots: Arc<Semaphore>,
     concurrency: AtomicUsize,
+    /// A task taken from the queues waits for a concurrency slot.
+    waiting_for_slot: AtomicBool,
+    /// Sizes the concurrency to the work held (`--autoscale`), if on.
+    pub(crate) autoscaler: Option<Autoscaler>,
     /// Cancelled to stop the worker (the `shutdown` command).
     pub(crate) shutdown: CancellationToken,
     /// Asks the worker's consuming loop to start or stop consuming a queue
@@ -69,6 +74,7 @@ pub(crate) struct NodeParts {
     pub(crate) queues: Vec<String>,
     pub(crate) prefetch: u16,
     pub(crate) concurrency: usize,
+    pub(crate) autoscaler: Option<Autoscaler>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) queue_changes: mpsc::UnboundedSender<QueueChange>,
 }
@@ -88,6 +94,8 @@ impl Node {
             prefetch: parts.prefetch,
             slots: Arc::new(Semaphore::new(parts.concurrency)),
             concurrency: AtomicUsize::new(parts.concurrency),
+            waiting_for_slot: AtomicBool::new(false),
+            autoscaler: parts.autoscaler,
             shutdown: parts.shutdown,
             queue_changes: parts.queue_changes,
         }
@@ -96,6 +104,17 @@ impl Node {
     /// How many tasks may run at once now.
     pub(crate) fn concurrency(&self) -> usize {
         self.concurrency.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a task taken from the queues waits for a slot.
+    pub(crate) fn set_waiting_for_slot(&self, waiting: bool) {
+        self.waiting_for_slot.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Whether a task taken from the queues waits for a slot: every slot
+    /// is busy and there is more.
+    pub(crate) fn waiting_for_slot(&self) -> bool {
+        self.waiting_for_slot.load(Ordering::Relaxed)
     }
 
     /// Lets `n` more tasks run at once.

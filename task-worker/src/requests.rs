@@ -129,6 +129,15 @@ impl Requests {
         self.lock().values().filter(|r| r.started.is_some()).count() as u64
     }
 
+    /// Tasks running or waiting for a concurrency slot (not for their
+    /// ETA): what autoscaling sizes the concurrency to.
+    pub(crate) fn runnable_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|r| r.started.is_some() || r.eta.is_none())
+            .count()
+    }
+
     /// Tasks run since the worker started.
     pub(crate) fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)
@@ -247,6 +256,7 @@ mod tests {
         );
         assert_eq!(requests.reserved("w@h", false)[0]["args"], json!([2, 3]));
         assert!(requests.active("w@h", false).is_empty());
+        assert_eq!(requests.runnable_count(), 1);
         let _terminated = requests.start("a", 1.5, false);
         assert_eq!(requests.active_count(), 1);
         assert_eq!(
@@ -259,6 +269,7 @@ mod tests {
         later.eta = Some("2026-12-05T10:00:00+00:00".into());
         requests.receive("b", later);
         assert!(requests.reserved("w@h", false).is_empty());
+        assert_eq!(requests.runnable_count(), 0);
         assert_eq!(requests.scheduled("w@h")[0]["request"]["id"], "b");
         assert_eq!(requests.totals(), json!({"tasks.add": 1}));
     }

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use task_core::control::{host_name, node_name};
 use task_core::events::{EventDispatcher, EventKind};
 
+use crate::autoscale::{self, Autoscale, Autoscaler};
 use crate::canvas::Canvas;
 use crate::chord_entries::ChordEntries;
 use crate::events::{worker_status, WorkerEvents, HEARTBEAT_EVERY};
@@ -92,6 +93,8 @@ pub struct WorkerBuilder {
     tls: Option<TlsOptions>,
     queues: Vec<String>,
     concurrency: usize,
+    autoscale: Option<Autoscale>,
+    autoscale_keepalive: Duration,
     prefetch: Option<u16>,
     shutdown_timeout: Duration,
     max_message_size: usize,
@@ -155,6 +158,8 @@ impl Default for WorkerBuilder {
             tls: None,
             queues: Vec::new(),
             concurrency: std::thread::available_parallelism().map_or(4, usize::from),
+            autoscale: None,
+            autoscale_keepalive: crate::autoscale::DEFAULT_KEEPALIVE,
             prefetch: None,
             shutdown_timeout: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -293,6 +298,27 @@ impl WorkerBuilder {
     /// Zero is refused by [`WorkerBuilder::build`].
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
+        self
+    }
+
+    /// Sizes the concurrency to the work (Celery's `--autoscale MAX,MIN`):
+    /// the worker starts with `min` slots, grows every second to the tasks
+    /// it holds, up to `max`, and shrinks back towards `min` once it has
+    /// not had to grow for the keep-alive
+    /// ([`autoscale_keepalive`](Self::autoscale_keepalive)). Overrides
+    /// [`concurrency`](Self::concurrency); the prefetch defaults to four per
+    /// slot of `max`, so that the backlog it grows for reaches it. Remote
+    /// control's `autoscale`, `pool_grow` and `pool_shrink` change the
+    /// bounds.
+    pub fn autoscale(mut self, bounds: Autoscale) -> Self {
+        self.autoscale = Some(bounds);
+        self
+    }
+
+    /// How long an autoscaled worker stays grown after it last had to grow
+    /// (default 30 s, Celery's `AUTOSCALE_KEEPALIVE`).
+    pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
+        self.autoscale_keepalive = keepalive;
         self
     }
 
@@ -457,7 +483,12 @@ impl WorkerBuilder {
         for queue in &queues {
             app.ensure_queue(queue).await?;
         }
-        let default_prefetch = self.concurrency.saturating_mul(4);
+        // Autoscaled: starts with its minimum, prefetches for its maximum.
+        let (concurrency, most) = match self.autoscale {
+            Some(bounds) => (bounds.min, bounds.max),
+            None => (self.concurrency, self.concurrency),
+        };
+        let default_prefetch = most.saturating_mul(4);
         let prefetch = self
             .prefetch
             .unwrap_or_else(|| u16::try_from(default_prefetch).unwrap_or(u16::MAX));
@@ -475,7 +506,10 @@ impl WorkerBuilder {
             events: WorkerEvents::new(dispatcher, self.task_events),
             queues: queues.clone(),
             prefetch,
-            concurrency: self.concurrency,
+            concurrency,
+            autoscaler: self
+                .autoscale
+                .map(|bounds| Autoscaler::new(bounds, self.autoscale_keepalive)),
             shutdown: shutdown.clone(),
             queue_changes,
         }));
@@ -483,7 +517,7 @@ impl WorkerBuilder {
             app,
             registry,
             queues,
-            concurrency: self.concurrency,
+            concurrency,
             prefetch,
             shutdown_timeout: self.shutdown_timeout,
             max_message_size: self.max_message_size,
@@ -744,10 +778,12 @@ impl Worker {
         let heartbeats = self
             .heartbeat
             .then(|| tokio::spawn(send_heartbeats(Arc::clone(&self.node), node_stop.clone())));
+        let autoscaling = tokio::spawn(autoscale::run(Arc::clone(&self.node), node_stop.clone()));
         tracing::info!(
             node = %self.node.hostname,
             queues = ?self.queues,
             concurrency = self.concurrency,
+            autoscale = self.node.autoscaler.as_ref().map(|s| s.bounds().to_string()),
             prefetch = self.prefetch,
             task_events = self.node.events.task_events(),
             tasks = ?self.registry.names(),
@@ -790,13 +826,6 @@ impl Worker {
         ));
         'consuming: loop {
             let lost = loop {
-                let slot = tokio::select! {
-                    _ = self.shutdown.cancelled() => break 'consuming,
-                    slot = Arc::clone(&slots).acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break 'consuming,
-                    },
-                };
                 let delivery = loop {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break 'consuming,
@@ -808,6 +837,29 @@ impl Worker {
                 };
                 match delivery {
                     Some(Ok(delivery)) => {
+                        // A task waits for a slot here (what autoscaling
+                        // grows for); dropped unsettled at shutdown, it goes
+                        // back to its queue when the channel closes.
+                        let slot = match slots.clone().try_acquire_owned() {
+                            Ok(slot) => slot,
+                            Err(_) => {
+                                self.node.set_waiting_for_slot(true);
+                                let slot = loop {
+                                    tokio::select! {
+                                        _ = self.shutdown.cancelled() => break None,
+                                        Some(change) = next_change(&mut changes) => {
+                                            self.change_queues(change, &mut consumer, &mut retired).await;
+                                        }
+                                        slot = Arc::clone(&slots).acquire_owned() => break slot.ok(),
+                                    }
+                                };
+                                self.node.set_waiting_for_slot(false);
+                                match slot {
+                                    Some(slot) => slot,
+                                    None => break 'consuming,
+                                }
+                            }
+                        };
                         let executor = Arc::clone(&executor);
                         let slot = Slot::new(slot, Arc::clone(&slots));
                         let abandon = abandon.clone();
@@ -883,6 +935,7 @@ impl Worker {
         if let Some(heartbeats) = heartbeats {
             let _ = heartbeats.await;
         }
+        let _ = autoscaling.await;
         if let Some(revokes) = revokes {
             let _ = revokes.await;
         }

@@ -35,17 +35,38 @@ pub(super) async fn run(node: &Node, request: &ControlRequest) -> Option<Value> 
         "rate_limit" => rate_limit(node, args),
         "time_limit" => time_limit(node, args),
         "pool_grow" => {
-            node.grow(count(args));
+            match &node.autoscaler {
+                Some(scaler) => scaler.force_grow(node, count(args)),
+                None => node.grow(count(args)),
+            }
             ok("pool will grow")
         }
         "pool_shrink" => {
-            if node.shrink(count(args)) == 0 {
+            let shrunk = match &node.autoscaler {
+                Some(scaler) => scaler.force_shrink(node, count(args)),
+                None => node.shrink(count(args)),
+            };
+            if shrunk == 0 {
                 error("cannot shrink the pool below one slot")
             } else {
                 ok("pool will shrink")
             }
         }
-        "autoscale" => error("autoscale is not enabled on this worker"),
+        "autoscale" => match &node.autoscaler {
+            Some(scaler) => {
+                let number = |name| {
+                    args.get(name)
+                        .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
+                        .and_then(|n| usize::try_from(n).ok())
+                };
+                let bounds = scaler.update(node, number("max"), number("min"));
+                ok(&format!(
+                    "autoscale now max={} min={}",
+                    bounds.max, bounds.min
+                ))
+            }
+            None => error("Autoscale not enabled"),
+        },
         "enable_events" => {
             if node.events.set_task_events(true) {
                 tracing::info!("task events enabled by remote control");
@@ -291,7 +312,7 @@ fn active_queues(node: &Node) -> Value {
 }
 
 fn stats(node: &Node) -> Value {
-    json!({
+    let mut stats = json!({
         "total": node.requests.totals(),
         "pid": std::process::id(),
         "clock": node.app.clock().value().to_string(),
@@ -308,7 +329,12 @@ fn stats(node: &Node) -> Value {
         "prefetch_count": node.prefetch,
         "sw_ident": env!("CARGO_PKG_NAME"),
         "sw_ver": env!("CARGO_PKG_VERSION"),
-    })
+    });
+    // Only with autoscaling on, as Celery's.
+    if let (Some(scaler), Some(fields)) = (&node.autoscaler, stats.as_object_mut()) {
+        fields.insert("autoscaler".into(), scaler.info(node));
+    }
+    stats
 }
 
 /// Celery's `stats.broker` from the (redacted) broker URL.
