@@ -33,6 +33,15 @@ async fn value_error(message: String) -> Result<i64, TaskError> {
     Err(TaskError::new("ValueError", message))
 }
 
+/// Fails as `raise ExpectedException('Task expected to fail', 'test')` in
+/// the Python module `interop_errors` (`tests/interop/interop_errors.py`).
+#[task(name = "interop.expected_failure")]
+async fn expected_failure() -> Result<i64, TaskError> {
+    Err(TaskError::new("ExpectedException", "Task expected to fail")
+        .with_module("interop_errors")
+        .with_args([json!("Task expected to fail"), json!("test")]))
+}
+
 /// A plain app: declares queues exactly as Celery does, like the Python peers.
 async fn plain_app() -> App {
     App::builder()
@@ -134,8 +143,18 @@ async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker()
         {"name": "tasks.nope", "queue": q, "args": []},
         {"name": "tasks.sleep", "queue": q, "args": [0.3], "watch_states": true},
         {"name": "tasks.add", "queue": q, "args": [1, 2], "options": {"expires": -10}},
+        {"name": "interop.expected_failure", "queue": q},
     ]))
     .await;
+
+    // The caller's own class (its module imported), with both arguments.
+    let expected = &reports[6];
+    assert_eq!(
+        (&expected["exc_type"], &expected["exc_module"]),
+        (&json!("ExpectedException"), &json!("interop_errors")),
+        "{expected}"
+    );
+    assert_eq!(expected["args"], json!(["Task expected to fail", "test"]));
 
     let rust_error = &reports[0];
     assert_eq!(rust_error["status"], "FAILURE");
@@ -473,6 +492,10 @@ async fn rust_calls_python_tasks_and_gets_values_and_errors() {
         .await
         .unwrap();
     let unknown = call("py.nope").apply_async_with(&app).await.unwrap();
+    let expected = call("py.expected_failure")
+        .apply_async_with(&app)
+        .await
+        .unwrap();
 
     assert_eq!(sum.get(TIMEOUT).await.unwrap(), 5);
     assert_eq!(
@@ -497,6 +520,18 @@ async fn rust_calls_python_tasks_and_gets_values_and_errors() {
     match unknown.get(TIMEOUT).await {
         Err(Error::TaskFailed(failure)) => assert_eq!(failure.exc_type, "NotRegistered"),
         other => panic!("expected NotRegistered, got {other:?}"),
+    }
+    // Python's argument list, as sent.
+    match expected.get(TIMEOUT).await {
+        Err(Error::TaskFailed(failure)) => {
+            assert_eq!(failure.exc_type, "ExpectedException");
+            assert_eq!(failure.exc_module.as_deref(), Some("interop_errors"));
+            assert_eq!(
+                failure.exc_args,
+                [json!("Task expected to fail"), json!("test")]
+            );
+        }
+        other => panic!("expected ExpectedException, got {other:?}"),
     }
     drop(_python);
     cleanup(&app, &queue).await;

@@ -361,6 +361,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
                 Err(Error::TaskFailed(Box::new(TaskFailure {
                     task_id: self.task_id.clone(),
                     message: info.message(),
+                    exc_args: info.args(),
                     exc_type: info.exc_type,
                     exc_module: info.exc_module,
                     traceback: body.traceback.clone(),

@@ -192,6 +192,13 @@ async fn execute(
         let Some(job) = job else {
             return;
         };
+        // No queue takes it back: run again, it would loop.
+        if let Outcome::Requeued { reason } = &outcome {
+            let _ = job
+                .report(&result_message::rejected(&job.request.id, reason))
+                .await;
+            return;
+        }
         let outcome = match outcome {
             Outcome::Retry { error, .. } if attempts == MAX_EAGER_RETRIES => {
                 Outcome::Failed { error }

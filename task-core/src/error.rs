@@ -13,8 +13,11 @@ pub struct TaskFailure {
     pub task_id: String,
     /// The exception type name (`"TypeError"`, `"ParseIntError"`, `"NotRegistered"`).
     pub exc_type: String,
-    /// The error message.
+    /// The error message: the exception's arguments joined as text.
     pub message: String,
+    /// The exception's arguments as sent (Celery's `exc_message` list,
+    /// e.g. `["Task expected to fail", "test"]`).
+    pub exc_args: Vec<serde_json::Value>,
     /// The Python module of the type, as sent (`"builtins"`, `"rust"`, ...).
     pub exc_module: Option<String>,
     /// The remote traceback (a Python traceback, or a Rust error's causes).

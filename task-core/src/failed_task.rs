@@ -81,6 +81,7 @@ pub(crate) fn failure_header(task_id: &str, error: &TaskError) -> Value {
         "task_id": task_id,
         "exc_type": error.exc_type(),
         "exc_message": error.message(),
+        "exc_args": error.exc_args(),
         "exc_module": error.exc_module(),
         "traceback": error.traceback(),
     })
@@ -96,6 +97,10 @@ fn decode_header(task_id: &str, header: &Value) -> Option<TaskFailure> {
         task_id: task_id.to_owned(),
         exc_type: text("exc_type")?,
         message: text("exc_message").unwrap_or_default(),
+        exc_args: match header.get("exc_args") {
+            Some(Value::Array(args)) => args.clone(),
+            _ => text("exc_message").into_iter().map(Value::from).collect(),
+        },
         exc_module: text("exc_module"),
         traceback: text("traceback"),
     })

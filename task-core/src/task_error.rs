@@ -62,7 +62,33 @@ pub struct TaskError {
     replacement: Option<Box<serde_json::Value>>,
     /// The type of the Rust error this was converted from, when known.
     source_type: Option<TypeId>,
+    /// What few errors carry (boxed: the common error stays small).
+    rare: Option<Box<Rare>>,
 }
+
+/// The parts of a [`TaskError`] few errors have.
+#[derive(Clone, PartialEq, Eq, Default)]
+struct Rare {
+    /// The Python module of the exception class, when named.
+    module: Option<Cow<'static, str>>,
+    /// The exception's arguments (Celery's `exc_message` list), when given.
+    args: Option<Vec<serde_json::Value>>,
+    /// How the task ends instead of failing, when it asks.
+    ending: Option<Ending>,
+}
+
+/// An ending other than a failure, asked for by the task body (Celery's
+/// control exceptions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Celery's `Ignore`: no result, the message acked.
+    Ignore,
+    /// Celery's `Reject`: the message rejected, requeued or not.
+    Reject { requeue: bool },
+}
+
+/// The module of Celery's own exceptions (`Reject`, `Ignore`, ...).
+const CELERY_EXCEPTIONS: &str = "celery.exceptions";
 
 /// A task's request to be run again (Celery's `self.retry(...)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +107,7 @@ impl TaskError {
             retry: None,
             replacement: None,
             source_type: None,
+            rare: None,
         }
     }
 
@@ -211,14 +238,101 @@ impl TaskError {
         self.traceback.as_deref()
     }
 
-    /// The module a Python client looks the exception type up in: `builtins`
-    /// for Python's own exception names, `"rust"` otherwise.
-    pub fn exc_module(&self) -> &'static str {
+    /// The module a Python client looks the exception type up in: the one
+    /// named ([`TaskError::with_module`]), else `builtins` for Python's own
+    /// exception names, else `"rust"`.
+    pub fn exc_module(&self) -> &str {
+        if let Some(module) = self.rare.as_ref().and_then(|rare| rare.module.as_deref()) {
+            return module;
+        }
         if PYTHON_BUILTIN_EXCEPTIONS.contains(&self.exc_type.as_ref()) {
             "builtins"
         } else {
             RUST_EXCEPTION_MODULE
         }
+    }
+
+    /// Names the Python module of the exception class: a Python caller
+    /// that has imported it rebuilds that very class (Celery looks the
+    /// class up in the caller's `sys.modules`, else makes one up with the
+    /// same name).
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use task_core::TaskError;
+    ///
+    /// // What `raise ExpectedException('Task expected to fail', 'test')`
+    /// // in the Python module `myapp.errors` sends.
+    /// let err = TaskError::new("ExpectedException", "Task expected to fail")
+    ///     .with_module("myapp.errors")
+    ///     .with_args([json!("Task expected to fail"), json!("test")]);
+    /// assert_eq!(err.exc_module(), "myapp.errors");
+    /// assert_eq!(err.exc_args(), Some(&[json!("Task expected to fail"), json!("test")][..]));
+    /// ```
+    pub fn with_module(self, module: impl Into<Cow<'static, str>>) -> Self {
+        let module = module.into();
+        self.with_rare(|rare| rare.module = Some(module))
+    }
+
+    /// Sets the exception's arguments (Celery's `exc_message` list, what a
+    /// Python caller passes to the class: `ExpectedException(*args)`).
+    /// Without them a failure carries one argument, the message.
+    pub fn with_args(self, args: impl IntoIterator<Item = serde_json::Value>) -> Self {
+        let args = args.into_iter().collect();
+        self.with_rare(|rare| rare.args = Some(args))
+    }
+
+    /// The exception's arguments, when given ([`TaskError::with_args`]).
+    pub fn exc_args(&self) -> Option<&[serde_json::Value]> {
+        self.rare.as_ref()?.args.as_deref()
+    }
+
+    /// Ends the task without a result (Celery's `Ignore`): the message is
+    /// acked, nothing runs after it (callbacks, chain), and the caller is
+    /// told IGNORED (a Rust caller's `get` returns
+    /// [`Error::Ignored`](crate::Error::Ignored); a Python caller keeps
+    /// waiting, as with a Python worker).
+    pub fn ignore() -> Self {
+        Self::new("Ignore", "the task asked to be ignored")
+            .with_module(CELERY_EXCEPTIONS)
+            .with_rare(|rare| rare.ending = Some(Ending::Ignore))
+    }
+
+    /// Rejects the task's message (Celery's `Reject(reason, requeue)`).
+    /// With `requeue` the message goes back to its queue (the next delivery
+    /// says `redelivered`) and the caller is told nothing: a task that
+    /// always rejects with requeue runs forever. Without, the message is
+    /// dead-lettered as a poison message is, and the caller is told
+    /// FAILURE (`celery.exceptions.Reject` with `[reason, false]`).
+    pub fn reject(reason: impl Into<String>, requeue: bool) -> Self {
+        let reason = reason.into();
+        Self::new("Reject", reason.clone())
+            .with_module(CELERY_EXCEPTIONS)
+            .with_args([reason.into(), requeue.into()])
+            .with_rare(|rare| rare.ending = Some(Ending::Reject { requeue }))
+    }
+
+    /// Whether the task asked to end without a result ([`TaskError::ignore`]).
+    pub fn is_ignore(&self) -> bool {
+        self.ending() == Some(Ending::Ignore)
+    }
+
+    /// `Some(requeue)` when the task rejected its message
+    /// ([`TaskError::reject`]).
+    pub fn reject_request(&self) -> Option<bool> {
+        match self.ending()? {
+            Ending::Reject { requeue } => Some(requeue),
+            Ending::Ignore => None,
+        }
+    }
+
+    fn ending(&self) -> Option<Ending> {
+        self.rare.as_ref()?.ending
+    }
+
+    fn with_rare(mut self, edit: impl FnOnce(&mut Rare)) -> Self {
+        edit(self.rare.get_or_insert_with(Box::default));
+        self
     }
 
     /// A failure caused by the call itself (missing, extra or mistyped
@@ -237,7 +351,12 @@ impl TaskError {
             retry: None,
             replacement: None,
             source_type: Some(TypeId::of::<E>()),
+            rare: None,
         }
+        .with_rare(|rare| {
+            rare.module = error.exc_module().map(|m| Cow::Owned(m.to_owned()));
+            rare.args = error.exc_args();
+        })
     }
 
     /// An error whose type is not known (a `dyn Error`): reported as
@@ -250,6 +369,7 @@ impl TaskError {
             retry: None,
             replacement: None,
             source_type: None,
+            rare: None,
         }
     }
 
@@ -278,6 +398,7 @@ where
             retry: None,
             replacement: None,
             source_type: Some(TypeId::of::<E>()),
+            rare: None,
         }
     }
 }
@@ -351,6 +472,18 @@ pub const GENERIC_EXCEPTION: &str = "Exception";
 pub trait CeleryException: std::error::Error {
     /// The exception type name this error is reported as.
     fn exc_type(&self) -> &str;
+
+    /// The Python module of the class (see [`TaskError::with_module`]);
+    /// by default `builtins` for Python's built-in names, else `rust`.
+    fn exc_module(&self) -> Option<&str> {
+        None
+    }
+
+    /// The exception's arguments (see [`TaskError::with_args`]); by
+    /// default one, the message.
+    fn exc_args(&self) -> Option<Vec<serde_json::Value>> {
+        None
+    }
 }
 
 /// Markers that tell apart the [`IntoTaskError`] conversions (so that they

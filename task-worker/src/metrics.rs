@@ -5,7 +5,7 @@
 //!
 //! | metric | kind | labels |
 //! | --- | --- | --- |
-//! | `task_worker_tasks_total` | counter | `task`, `state`: the outcome (`succeeded`, `failed`, `retried`, `revoked`, `rejected`, `deferred`, `replaced`, `ignored`) |
+//! | `task_worker_tasks_total` | counter | `task`, `state`: the outcome (`succeeded`, `failed`, `retried`, `revoked`, `rejected`, `requeued`, `deferred`, `replaced`, `ignored`) |
 //! | `task_worker_task_runtime_seconds` | histogram | `task` |
 //! | `task_worker_queue_wait_seconds` | histogram | `task`: from publish (or the ETA, if later) to the start of the run; for messages that say when they were published (this framework's clients and workers; Celery's do not) |
 //! | `task_worker_tasks_active` | gauge | tasks running now |

@@ -180,6 +180,16 @@ impl Settler {
             (Some(job), Outcome::Deferred { wait }) => {
                 Box::pin(self.park(delivery, &job, wait)).await
             }
+            (Some(job), Outcome::Requeued { reason }) => {
+                if job.is_settled() {
+                    tracing::warn!(task_id = %job.request.id, %reason,
+                        "the task rejected its message with requeue, but it was acked early: dropped");
+                    Ok(())
+                } else {
+                    tracing::info!(task_id = %job.request.id, %reason, "requeuing the task's message");
+                    delivery.acker.reject(true).await
+                }
+            }
             (Some(job), outcome) => match self.report(&job, &outcome).await {
                 Ok(()) => self.ack(delivery, &job).await,
                 Err(error) => Box::pin(self.not_stored(delivery, &job, &error)).await,
@@ -263,7 +273,8 @@ impl Settler {
             let record = ResultRecord {
                 task_id: id,
                 result: &result,
-                reply_to: Some(reply_to),
+                // Empty: the result backend's alone.
+                reply_to: Some(reply_to.as_str()).filter(|to| !to.is_empty()),
                 task: None,
             };
             if let Err(error) = self.results.publish(&record).await {

@@ -17,6 +17,10 @@ import time
 from celery import Celery, chain
 from kombu import Exchange, Queue
 
+# Imported so that Celery rebuilds its exception classes (it looks them up in
+# sys.modules).
+import interop_errors  # noqa: F401
+
 app = Celery("pyclient", broker=os.environ["BROKER_URL"], backend="rpc://")
 app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
 
@@ -64,6 +68,7 @@ for call, (sent_at, result) in zip(calls, sent):
             "exc_type": type(exc).__name__,
             "exc_module": type(exc).__module__,
             "message": str(exc),
+            "args": [a if isinstance(a, (str, int, float, bool, type(None))) else repr(a) for a in exc.args],
             "traceback": result.traceback,
             "states": states,
         })

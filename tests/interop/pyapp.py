@@ -7,6 +7,8 @@ import time
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
+import interop_errors
+
 app = Celery(
     "pyapp",
     broker=os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
@@ -46,6 +48,11 @@ def echo(*args, **kwargs):
 @app.task(name="py.fail")
 def fail(message):
     raise ValueError(message)
+
+
+@app.task(name="py.expected_failure")
+def expected_failure():
+    raise interop_errors.ExpectedException("Task expected to fail", "test")
 
 
 @app.task(name="py.sleep")

@@ -431,6 +431,12 @@ impl Pipeline {
                 if let Some(signature) = error.take_replacement() {
                     return Outcome::Replaced { signature };
                 }
+                if error.is_ignore() {
+                    return Outcome::TaskIgnored;
+                }
+                if let Some(requeue) = error.reject_request() {
+                    return rejected_by_task(&job.request, error, requeue);
+                }
                 match task.retry_delay(&error, job.request.retries(), (self.unit_random)()) {
                     Some(delay) => Outcome::Retry { error, delay },
                     None => Outcome::Failed { error },
@@ -438,6 +444,26 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The outcome of a body that rejected its message ([`TaskError::reject`]):
+/// requeued, or dead-lettered with FAILURE (the `Reject` exception) told
+/// to its caller.
+fn rejected_by_task(request: &TaskRequest, error: TaskError, requeue: bool) -> Outcome {
+    let reason = format!("Reject: {}", error.message());
+    if requeue {
+        return Outcome::Requeued { reason };
+    }
+    let notify = if request.ignore_result() {
+        Vec::new()
+    } else {
+        // An empty reply queue: the result backend's alone.
+        vec![(
+            request.id.clone(),
+            request.reply_to.clone().unwrap_or_default(),
+        )]
+    };
+    Outcome::Rejected(Rejection::new(reason, error, notify))
 }
 
 fn rejected<'m>(rejection: Rejection) -> Processed<'m> {

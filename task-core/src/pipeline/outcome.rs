@@ -52,6 +52,17 @@ pub enum Outcome {
         /// The replacement (a signature in Celery's dict form).
         signature: Box<serde_json::Value>,
     },
+    /// The body asked to end without a result ([`TaskError::ignore`],
+    /// Celery's `Ignore`): acked, nothing follows it, and the caller is
+    /// told IGNORED.
+    TaskIgnored,
+    /// The body rejected its message with requeue ([`TaskError::reject`],
+    /// Celery's `Reject(requeue=True)`): it goes back to its queue at once,
+    /// and the caller is told nothing.
+    Requeued {
+        /// Why, for the log.
+        reason: String,
+    },
     /// Nothing to report and nothing to run: acked (unless settled already)
     /// and forgotten.
     Ignored {
@@ -97,7 +108,7 @@ impl Rejection {
 
 impl Outcome {
     /// The result message the task's caller is told, if any: SUCCESS,
-    /// FAILURE, RETRY or REVOKED. (A rejection is told to each of its
+    /// FAILURE, RETRY, REVOKED or IGNORED. (A rejection is told to each of its
     /// [`Rejection::notify`] with [`Rejection::result_for`].)
     pub fn caller_result(&self, task_id: &str) -> Option<Message> {
         match self {
@@ -113,7 +124,9 @@ impl Outcome {
                 ))
             }
             Outcome::Revoked { reason } => Some(result_message::revoked(task_id, reason)),
+            Outcome::TaskIgnored => Some(result_message::ignored(task_id)),
             Outcome::Rejected(_)
+            | Outcome::Requeued { .. }
             | Outcome::Deferred { .. }
             | Outcome::Replaced { .. }
             | Outcome::Ignored { .. } => None,
@@ -121,7 +134,8 @@ impl Outcome {
     }
 
     /// The outcome's name, for logs and metrics: `succeeded`, `failed`,
-    /// `retry`, `revoked`, `rejected`, `deferred`, `replaced`, `ignored`.
+    /// `retry`, `revoked`, `rejected`, `requeued`, `deferred`, `replaced`,
+    /// `ignored`.
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Succeeded { .. } => "succeeded",
@@ -131,7 +145,8 @@ impl Outcome {
             Outcome::Rejected(_) => "rejected",
             Outcome::Deferred { .. } => "deferred",
             Outcome::Replaced { .. } => "replaced",
-            Outcome::Ignored { .. } => "ignored",
+            Outcome::Ignored { .. } | Outcome::TaskIgnored => "ignored",
+            Outcome::Requeued { .. } => "requeued",
         }
     }
 }

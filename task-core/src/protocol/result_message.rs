@@ -87,6 +87,16 @@ pub struct ExceptionInfo {
 }
 
 impl ExceptionInfo {
+    /// The exception's arguments as Celery sends them (`exc_message`): a
+    /// list, or a single value (older senders) as a list of one.
+    pub fn args(&self) -> Vec<serde_json::Value> {
+        match &self.exc_message {
+            serde_json::Value::Array(items) => items.clone(),
+            serde_json::Value::Null => Vec::new(),
+            other => vec![other.clone()],
+        }
+    }
+
     /// The message: the exception's arguments joined as text.
     pub fn message(&self) -> String {
         match &self.exc_message {
@@ -109,7 +119,10 @@ impl From<&TaskError> for ExceptionInfo {
     fn from(error: &TaskError) -> Self {
         Self {
             exc_type: error.exc_type().to_owned(),
-            exc_message: serde_json::Value::Array(vec![error.message().into()]),
+            exc_message: serde_json::Value::Array(match error.exc_args() {
+                Some(args) => args.to_vec(),
+                None => vec![error.message().into()],
+            }),
             exc_module: Some(error.exc_module().to_owned()),
         }
     }
@@ -253,7 +266,27 @@ pub fn started(task_id: &str) -> Message {
     encode_result(task_id, TaskState::Started, &raw, None)
 }
 
-/// A REVOKED result, as a Python worker sends for an expired task.
+/// A REJECTED result: the task rejected its message with requeue
+/// (`reason`), where no queue can take it back (eager mode).
+pub fn rejected(task_id: &str, reason: &str) -> Message {
+    let info = ExceptionInfo {
+        exc_type: "Reject".into(),
+        exc_message: serde_json::Value::Array(vec![reason.into(), true.into()]),
+        exc_module: Some("celery.exceptions".into()),
+    };
+    exception(task_id, TaskState::Rejected, &info, None)
+}
+
+/// An IGNORED result: the task asked to end without one (Celery's
+/// `Ignore`).
+pub fn ignored(task_id: &str) -> Message {
+    let null =
+        RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!("null is JSON"));
+    encode_result(task_id, TaskState::Ignored, &null, None)
+}
+
+/// A REVOKED result: the task will not run (`reason`: `"revoked"`,
+/// `"expired"`, `"terminated"`).
 pub fn revoked(task_id: &str, reason: &str) -> Message {
     let info = ExceptionInfo {
         exc_type: "TaskRevokedError".into(),

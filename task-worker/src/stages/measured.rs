@@ -39,6 +39,7 @@ impl Stage for Measured {
             Outcome::Rejected(_) => "rejected",
             Outcome::Deferred { .. } => "deferred",
             Outcome::Replaced { .. } => "replaced",
+            Outcome::Requeued { .. } => "requeued",
             _ => "ignored",
         };
         metrics::counter!(TASKS, "task" => task, "state" => state).increment(1);

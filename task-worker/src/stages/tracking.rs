@@ -111,6 +111,10 @@ impl Stage for Received {
                 uuid: id.clone(),
                 requeue: false,
             }),
+            Outcome::Requeued { .. } => EventKind::TaskRejected(TaskRejected {
+                uuid: id.clone(),
+                requeue: true,
+            }),
             _ => return None,
         };
         self.node.events.task(event);
