@@ -58,8 +58,6 @@ pub struct TaskError {
     message: String,
     traceback: Option<String>,
     retry: Option<RetryRequest>,
-    /// The signature (Celery's dict form) the task is replaced by.
-    replacement: Option<Box<serde_json::Value>>,
     /// The type of the Rust error this was converted from, when known.
     source_type: Option<TypeId>,
     /// What few errors carry (boxed: the common error stays small).
@@ -75,6 +73,8 @@ struct Rare {
     args: Option<Vec<serde_json::Value>>,
     /// How the task ends instead of failing, when it asks.
     ending: Option<Ending>,
+    /// The signature (Celery's dict form) the task is replaced by.
+    replacement: Option<Box<serde_json::Value>>,
 }
 
 /// An ending other than a failure, asked for by the task body (Celery's
@@ -105,7 +105,6 @@ impl TaskError {
             message: message.into(),
             traceback: None,
             retry: None,
-            replacement: None,
             source_type: None,
             rare: None,
         }
@@ -175,20 +174,19 @@ impl TaskError {
     /// ```
     pub fn replace(by: impl crate::canvas::Replacement) -> Self {
         let message = format!("replaced by {}", by.replacement_name());
-        let mut error = Self::new("Replace", message);
-        error.replacement = Some(Box::new(by.into_replacement()));
-        error
+        let replacement = Box::new(by.into_replacement());
+        Self::new("Replace", message).with_rare(|rare| rare.replacement = Some(replacement))
     }
 
     /// The signature this error replaces the task by, if any
     /// ([`TaskError::replace`]).
     pub fn replacement(&self) -> Option<&serde_json::Value> {
-        self.replacement.as_deref()
+        self.rare.as_ref()?.replacement.as_deref()
     }
 
     /// Takes the replacement out of the error.
     pub(crate) fn take_replacement(&mut self) -> Option<Box<serde_json::Value>> {
-        self.replacement.take()
+        self.rare.as_mut()?.replacement.take()
     }
 
     /// An error of the generic type `TaskError` with the given message.
@@ -349,7 +347,6 @@ impl TaskError {
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
-            replacement: None,
             source_type: Some(TypeId::of::<E>()),
             rare: None,
         }
@@ -367,7 +364,6 @@ impl TaskError {
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
-            replacement: None,
             source_type: None,
             rare: None,
         }
@@ -396,7 +392,6 @@ where
             message: error.to_string(),
             traceback: causes(error.source()),
             retry: None,
-            replacement: None,
             source_type: Some(TypeId::of::<E>()),
             rare: None,
         }
