@@ -55,25 +55,42 @@ impl TraceParent {
     /// Reads a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`); `None`
     /// for anything else, all-zero ids included, as W3C says.
     pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.trim().split('-');
-        let version = parts.next()?;
-        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 {
+        // Read on every delivery: bytes at fixed offsets, no splitting.
+        let bytes = text.trim().as_bytes();
+        let (version, rest) = (bytes.get(..2)?, bytes.get(2..)?);
+        if version == b"ff" || rest.len() < 53 {
             return None;
         }
-        // Version 00 has exactly four fields; later ones may add more.
-        if version == "00" && parts.next().is_some() {
+        // Version 00 is exactly 55 bytes; later ones may add `-` fields.
+        if (version == b"00" && rest.len() != 53) || (rest.len() > 53 && rest[53] != b'-') {
             return None;
         }
-        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|id| *id != 0)?;
-        let span_id = u64::from_str_radix(span, 16).ok().filter(|id| *id != 0)?;
-        let flags = u8::from_str_radix(flags.get(..2)?, 16).ok()?;
+        hex(version)?;
+        if rest[0] != b'-' || rest[33] != b'-' || rest[50] != b'-' {
+            return None;
+        }
+        let trace_id = hex(&rest[1..33]).filter(|id| *id != 0)?;
+        let span_id = hex(&rest[34..50]).filter(|id| *id != 0)?;
+        let flags = hex(&rest[51..53])?;
         Some(Self {
             trace_id,
-            span_id,
+            span_id: u64::try_from(span_id).ok()?,
             sampled: flags & 1 == 1,
         })
     }
+}
+
+/// The value of lowercase or uppercase hex digits (at most 32).
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, digit| {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(nibble))
+    })
 }
 
 impl fmt::Display for TraceParent {
@@ -121,10 +138,19 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00+4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
         let root = TraceParent::new_root();
         assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
+        // A later version may carry more fields; the first four are read.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what";
+        let parsed = TraceParent::parse(later).unwrap();
+        assert!(!parsed.sampled);
+        assert_eq!(parsed.span_id, 0x00f0_67aa_0ba9_02b7);
     }
 }

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use task_core::protocol::repr::{args_repr, kwargs_repr};
 use task_core::DeliveryInfo;
 use tokio::sync::oneshot;
 
@@ -19,8 +21,6 @@ pub(crate) struct HeldRequest {
     pub(crate) args: String,
     /// Keyword arguments, as a JSON object.
     pub(crate) kwargs: String,
-    pub(crate) args_repr: String,
-    pub(crate) kwargs_repr: String,
     pub(crate) delivery: DeliveryInfo,
     pub(crate) eta: Option<String>,
     /// When the body started, seconds since the epoch.
@@ -39,8 +39,6 @@ impl HeldRequest {
             name,
             args,
             kwargs,
-            args_repr: String::new(),
-            kwargs_repr: String::new(),
             delivery: DeliveryInfo::default(),
             eta: None,
             started: None,
@@ -217,7 +215,17 @@ impl Requests {
 
 fn request_info(id: &str, request: &HeldRequest, hostname: &str, safe: bool) -> Value {
     let (args, kwargs) = if safe {
-        (json!(request.args_repr), json!(request.kwargs_repr))
+        // Made here, not for every task received (Python's own repr, sent
+        // in Celery's `argsrepr` header, is not kept).
+        let args: Vec<Box<RawValue>> = serde_json::from_str(&request.args).unwrap_or_default();
+        let kwargs: Vec<(String, Box<RawValue>)> = serde_json::from_str::<
+            serde_json::Map<String, Value>,
+        >(&request.kwargs)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, serde_json::value::to_raw_value(&value).ok()?)))
+        .collect();
+        (json!(args_repr(&args)), json!(kwargs_repr(&kwargs)))
     } else {
         (
             serde_json::from_str(&request.args).unwrap_or(Value::Null),

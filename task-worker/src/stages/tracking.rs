@@ -50,17 +50,6 @@ impl Stage for Received {
             json_list(request.args.iter().map(|a| a.get())),
             json_object(request.kwargs.iter().map(|(k, v)| (k.as_str(), v.get()))),
         );
-        // The client's repr, sent in the headers; made here for the
-        // messages that lack it.
-        let headers = &job.message.properties.headers;
-        held.args_repr = match headers.get_str("argsrepr") {
-            Some(repr) => repr.to_owned(),
-            None => args_repr(&request.args),
-        };
-        held.kwargs_repr = match headers.get_str("kwargsrepr") {
-            Some(repr) => repr.to_owned(),
-            None => kwargs_repr(&request.kwargs),
-        };
         held.delivery = job.delivery.clone();
         let eta = request.eta.map(|eta| eta.to_rfc3339());
         // Scheduled (`inspect scheduled`) while its ETA is ahead.
@@ -69,11 +58,22 @@ impl Stage for Received {
             .filter(|_| request.eta.is_some_and(|at| at > task_core::clock::now()));
         held.blocking = job.task.options.blocking;
         if self.node.events.task_events() {
+            // The client's repr, sent in the headers; made here for the
+            // messages that lack it.
+            let headers = &job.message.properties.headers;
+            let args = match headers.get_str("argsrepr") {
+                Some(repr) => repr.to_owned(),
+                None => args_repr(&request.args),
+            };
+            let kwargs = match headers.get_str("kwargsrepr") {
+                Some(repr) => repr.to_owned(),
+                None => kwargs_repr(&request.kwargs),
+            };
             self.node.events.task(EventKind::TaskReceived(TaskReceived {
                 uuid: request.id.clone(),
                 name: request.name.clone(),
-                args: held.args_repr.clone(),
-                kwargs: held.kwargs_repr.clone(),
+                args,
+                kwargs,
                 root_id: Some(
                     request
                         .root_id
