@@ -42,6 +42,25 @@ async fn expected_failure() -> Result<i64, TaskError> {
         .with_args([json!("Task expected to fail"), json!("test")]))
 }
 
+/// What a Rust task sees of a request a Python client sent.
+#[task(name = "interop.request")]
+async fn request_fields() -> Result<Value, TaskError> {
+    let task = task_core::current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    let (hard, soft) = task.time_limits();
+    Ok(json!({
+        "eta": task.eta().is_some(),
+        "expires": task.expires().is_some(),
+        "reply_to": task.reply_to().is_some(),
+        "time_limit": hard.map(|d| d.as_secs_f64()),
+        "soft_time_limit": soft.map(|d| d.as_secs_f64()),
+        "priority": task.delivery().priority,
+        "root_id": task.root_id(),
+        "hostname": task.hostname().is_some(),
+        "nesting": task.replaced_task_nesting(),
+        "header": task.header("x_custom"),
+    }))
+}
+
 /// A plain app: declares queues exactly as Celery does, like the Python peers.
 async fn plain_app() -> App {
     App::builder()
@@ -144,8 +163,21 @@ async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker()
         {"name": "tasks.sleep", "queue": q, "args": [0.3], "watch_states": true},
         {"name": "tasks.add", "queue": q, "args": [1, 2], "options": {"expires": -10}},
         {"name": "interop.expected_failure", "queue": q},
+        {"name": "interop.request", "queue": q, "options": {
+            "countdown": 0.2, "expires": 3600, "priority": 5, "time_limit": 30,
+            "soft_time_limit": 20, "headers": {"x_custom": "yes"}}},
     ]))
     .await;
+
+    // Every request field Celery's client set.
+    let request = &reports[7]["result"];
+    assert_eq!(
+        request,
+        &json!({"eta": true, "expires": true, "reply_to": true, "time_limit": 30.0,
+                "soft_time_limit": 20.0, "priority": 5, "root_id": reports[7]["id"],
+                "hostname": true, "nesting": 0, "header": "yes"}),
+        "{reports:#?}"
+    );
 
     // The caller's own class (its module imported), with both arguments.
     let expected = &reports[6];

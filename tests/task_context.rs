@@ -226,3 +226,82 @@ async fn a_chains_steps_are_spans_of_one_trace_each_the_parent_of_the_next() {
     }
     worker.stop().await;
 }
+
+/// Reports the rest of its request (Celery's `self.request` fields).
+#[task(name = "tests.context.request")]
+async fn request_fields() -> Result<Value, TaskError> {
+    let task = current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    let (hard, soft) = task.time_limits();
+    Ok(json!({
+        "eta": task.eta().map(|t| t.timestamp_millis()),
+        "expires": task.expires().map(|t| t.timestamp_millis()),
+        "reply_to": task.reply_to(),
+        "correlation_id": task.correlation_id(),
+        "content_type": task.content_type(),
+        "ignore_result": task.ignore_result(),
+        "time_limit": hard.map(|d| d.as_secs_f64()),
+        "soft_time_limit": soft.map(|d| d.as_secs_f64()),
+        "replaced_task_nesting": task.replaced_task_nesting(),
+        "stamps": task.stamps(),
+        "hostname": task.hostname(),
+        "is_eager": task.is_eager(),
+        "priority": task.delivery().priority,
+        "retries": task.retries(),
+    }))
+}
+
+#[tokio::test]
+async fn a_task_sees_its_eta_expiry_limits_reply_queue_and_worker() {
+    let queue = common::unique_queue("context-request");
+    let app = common::client(&[&queue]).await;
+    let w = common::TestWorker::start_on(queue, app.clone(), 2, |b| b.state(app)).await;
+    let eta = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    let handle = request_fields
+        .s()
+        .queue(w.queue.clone())
+        .eta(eta)
+        .expires_at(expires)
+        .time_limit(std::time::Duration::from_secs(30))
+        .soft_time_limit(std::time::Duration::from_secs(20))
+        .priority(4)
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    let seen = handle.get(common::RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(seen["eta"], eta.timestamp_millis(), "{seen}");
+    assert_eq!(seen["expires"], expires.timestamp_millis());
+    assert!(seen["reply_to"].as_str().is_some_and(|q| !q.is_empty()));
+    assert_eq!(seen["correlation_id"], handle.id());
+    assert_eq!(seen["content_type"], "application/json");
+    assert_eq!(seen["ignore_result"], false);
+    assert_eq!(
+        (seen["time_limit"].clone(), seen["soft_time_limit"].clone()),
+        (json!(30.0), json!(20.0))
+    );
+    assert_eq!(seen["replaced_task_nesting"], 0);
+    assert_eq!(seen["stamps"], Value::Null);
+    assert_eq!(
+        seen["hostname"],
+        format!("{}@{}", w.queue, task_core::control::host_name())
+    );
+    assert_eq!(seen["is_eager"], false);
+    assert_eq!(seen["priority"], 4);
+    assert_eq!(seen["retries"], 0);
+
+    // Eager mode says so, and runs on no worker.
+    let eager_app = task_core::App::eager();
+    let eager = request_fields
+        .s()
+        .apply_async_with(&eager_app)
+        .await
+        .unwrap()
+        .get(common::RESULT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (eager["is_eager"].clone(), eager["hostname"].clone()),
+        (json!(true), Value::Null)
+    );
+    w.stop().await;
+}

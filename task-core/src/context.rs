@@ -1,7 +1,9 @@
 //! The running task's request, readable from inside its body (Celery's
-//! `self.request`): id, name, retries, the soft time limit, where the task
-//! sits in its workflow (`root_id`, `parent_id`, group) and how it was
-//! delivered. A call made from inside a running task inherits its `root_id`
+//! `self.request`): id, name, retries, where the task sits in its workflow
+//! (`root_id`, `parent_id`, group), how it was delivered (`delivery_info`),
+//! its headers, `eta`, `expires`, `reply_to`, `ignore_result`, the
+//! effective time limits (and whether the soft one passed), stamps,
+//! `replaced_task_nesting`, the worker's `hostname` and `is_eager`. A call made from inside a running task inherits its `root_id`
 //! and gets it as `parent_id`.
 //!
 //! ```
@@ -24,7 +26,9 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::state::{State, States};
@@ -52,6 +56,24 @@ pub(crate) struct ContextParts {
     /// The task's own span in its trace: a child of the `traceparent` its
     /// message carried.
     pub(crate) trace: Option<crate::trace_context::TraceParent>,
+    /// The rest of the request, as Celery's `self.request` has it.
+    pub(crate) request: RequestFields,
+}
+
+/// The request's fields beyond identity and lineage (Celery's
+/// `self.request`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestFields {
+    pub(crate) eta: Option<DateTime<Utc>>,
+    pub(crate) expires: Option<DateTime<Utc>>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) ignore_result: bool,
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) soft_time_limit: Option<Duration>,
+    pub(crate) replaced_task_nesting: u32,
+    pub(crate) stamps: Option<serde_json::Value>,
+    pub(crate) hostname: Option<Arc<str>>,
+    pub(crate) is_eager: bool,
 }
 
 /// Where a task sits in its workflow, as its message says.
@@ -103,6 +125,7 @@ impl TaskContext {
                 headers: Vec::new(),
                 embed: None,
                 trace: None,
+                request: RequestFields::default(),
             }),
         }
     }
@@ -244,6 +267,68 @@ impl TaskContext {
     /// How many times this task was retried before this run.
     pub fn retries(&self) -> u32 {
         self.inner.retries
+    }
+
+    /// When the task was due to run (its `eta` or countdown), if it had one.
+    pub fn eta(&self) -> Option<DateTime<Utc>> {
+        self.inner.request.eta
+    }
+
+    /// When the task expires, if it does.
+    pub fn expires(&self) -> Option<DateTime<Utc>> {
+        self.inner.request.expires
+    }
+
+    /// Where the caller waits for the result (`rpc://`'s reply queue).
+    pub fn reply_to(&self) -> Option<&str> {
+        self.inner.request.reply_to.as_deref()
+    }
+
+    /// The message's correlation id: the task id, as Celery sets it.
+    pub fn correlation_id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The message's content type: tasks run only from JSON messages.
+    pub fn content_type(&self) -> &'static str {
+        crate::protocol::CONTENT_TYPE_JSON
+    }
+
+    /// Whether the caller asked for no result.
+    pub fn ignore_result(&self) -> bool {
+        self.inner.request.ignore_result
+    }
+
+    /// The effective time limits, `(hard, soft)`: the call's own (Celery's
+    /// `time_limit` / `soft_time_limit` options) when given, else the
+    /// task's declared ones (or as remote control changed them), else none.
+    pub fn time_limits(&self) -> (Option<Duration>, Option<Duration>) {
+        (
+            self.inner.request.time_limit,
+            self.inner.request.soft_time_limit,
+        )
+    }
+
+    /// How many times the task was replaced on the way here (Celery's
+    /// `replaced_task_nesting`).
+    pub fn replaced_task_nesting(&self) -> u32 {
+        self.inner.request.replaced_task_nesting
+    }
+
+    /// Celery's stamps (`stamps` header: `{name: value}`), if any.
+    pub fn stamps(&self) -> Option<&serde_json::Value> {
+        self.inner.request.stamps.as_ref()
+    }
+
+    /// The node name of the worker running the task (`celery@host`); none
+    /// in eager mode.
+    pub fn hostname(&self) -> Option<&str> {
+        self.inner.request.hostname.as_deref()
+    }
+
+    /// Whether the task runs in eager mode (in the caller's process).
+    pub fn is_eager(&self) -> bool {
+        self.inner.request.is_eager
     }
 
     /// Whether the soft time limit has passed: time to wrap up.

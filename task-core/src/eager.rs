@@ -80,6 +80,7 @@ fn pipeline() -> Result<&'static Pipeline, DuplicateTaskName> {
         .get_or_init(|| {
             let registry = Registry::global()?.clone();
             Ok(Pipeline::builder(registry)
+                .eager(true)
                 // Chords in chains and callbacks run inline (parts of a
                 // chord joined elsewhere never reach eager mode).
                 .stage(CanvasRefusal {

@@ -700,6 +700,7 @@ impl Worker {
     /// order (see `task_core::pipeline`).
     fn pipeline(&self) -> Pipeline {
         let builder = Pipeline::builder(self.registry.clone())
+            .hostname(self.node.hostname.as_str())
             .settings(Arc::clone(&self.settings))
             .max_message_size(self.max_message_size)
             .stage(stages::Measured)

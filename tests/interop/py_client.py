@@ -61,7 +61,7 @@ for call, (sent_at, result) in zip(calls, sent):
     try:
         value = result.get(timeout=60, on_message=on_message)
         elapsed = time.monotonic() - sent_at
-        out.append({"status": "SUCCESS", "result": value, "states": states, "elapsed": elapsed})
+        out.append({"status": "SUCCESS", "result": value, "states": states, "elapsed": elapsed, "id": result.id})
     except Exception as exc:  # noqa: BLE001 - every failure is reported to the test
         out.append({
             "status": result.state,

@@ -52,7 +52,7 @@ pub use stage::{Stage, Step};
 
 use crate::backend::{BackendError, ResultRecord, TaskMessageRef};
 use crate::broker::{Acknowledger, Message};
-use crate::context::ContextParts;
+use crate::context::{ContextParts, RequestFields};
 use crate::protocol::result_message;
 use crate::protocol::task_message::{decode_task, PartialRequest, TaskRequest};
 use crate::registry::TaskRegistration;
@@ -183,6 +183,8 @@ pub struct Pipeline {
     max_message_size: Option<usize>,
     stages: Arc<[Arc<dyn Stage>]>,
     unit_random: fn() -> f64,
+    hostname: Option<Arc<str>>,
+    eager: bool,
 }
 
 /// Builds a [`Pipeline`].
@@ -192,9 +194,24 @@ pub struct PipelineBuilder {
     max_message_size: Option<usize>,
     stages: Vec<Arc<dyn Stage>>,
     unit_random: fn() -> f64,
+    hostname: Option<Arc<str>>,
+    eager: bool,
 }
 
 impl PipelineBuilder {
+    /// The node name tasks see as their `hostname` (the worker's, e.g.
+    /// `celery@host`).
+    pub fn hostname(mut self, hostname: impl Into<Arc<str>>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// Tasks run here in eager mode (they see `is_eager`).
+    pub fn eager(mut self, eager: bool) -> Self {
+        self.eager = eager;
+        self
+    }
+
     /// Rejects message bodies larger than this, unread.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
@@ -235,6 +252,8 @@ impl PipelineBuilder {
             max_message_size: self.max_message_size,
             stages: self.stages.into(),
             unit_random: self.unit_random,
+            hostname: self.hostname,
+            eager: self.eager,
         }
     }
 }
@@ -248,6 +267,8 @@ impl Pipeline {
             max_message_size: None,
             stages: Vec::new(),
             unit_random: fastrand::f64,
+            hostname: None,
+            eager: false,
         }
     }
 
@@ -406,6 +427,7 @@ impl Pipeline {
                 request.embed.clone()
             },
             trace,
+            request: RequestFields::of(job.message, request, (hard, soft), self),
         });
         let args = TaskArgs::new(
             task.name,
@@ -464,6 +486,43 @@ fn rejected_by_task(request: &TaskRequest, error: TaskError, requeue: bool) -> O
         )]
     };
     Outcome::Rejected(Rejection::new(reason, error, notify))
+}
+
+impl RequestFields {
+    /// What the context tells of `request` (read from `message`), run
+    /// under the effective `limits` by `pipeline`.
+    fn of(
+        message: &Message,
+        request: &TaskRequest,
+        limits: (Option<Duration>, Option<Duration>),
+        pipeline: &Pipeline,
+    ) -> Self {
+        let headers = &message.properties.headers;
+        let nesting = headers
+            .get("replaced_task_nesting")
+            .and_then(crate::broker::headers::as_integer)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        // Read only when there are some (Celery's empty table, usually).
+        let stamps = match headers.get("stamps") {
+            Some(crate::broker::HeaderValue::FieldTable(table)) if !table.inner().is_empty() => {
+                headers.get_json("stamps")
+            }
+            _ => None,
+        };
+        Self {
+            eta: request.eta,
+            expires: request.expires,
+            reply_to: request.reply_to.clone(),
+            ignore_result: request.ignore_result(),
+            time_limit: limits.0,
+            soft_time_limit: limits.1,
+            replaced_task_nesting: nesting,
+            stamps,
+            hostname: pipeline.hostname.clone(),
+            is_eager: pipeline.eager,
+        }
+    }
 }
 
 fn rejected<'m>(rejection: Rejection) -> Processed<'m> {
