@@ -129,3 +129,60 @@ async fn a_failure_carries_its_exception_class_module_and_arguments() {
     assert_eq!(failure.message, "Task expected to fail, test");
     w.stop().await;
 }
+
+/// On its first run, asks to run again on `other_queue` with its argument
+/// as a keyword argument instead of a positional one; reports the second.
+#[task(name = "tests.api.moved")]
+async fn moved(tag: String, other_queue: String) -> Result<Value, TaskError> {
+    let task = current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    if task.retries() == 0 {
+        let kwargs = json!({"tag": format!("{tag}, then kwargs"), "other_queue": other_queue});
+        return Err(TaskError::msg("move").retry_with(
+            task_core::Retry::new()
+                .args([])
+                .kwargs(kwargs.as_object().cloned().unwrap_or_default())
+                .countdown(std::time::Duration::from_millis(100))
+                .queue(other_queue),
+        ));
+    }
+    Ok(json!({"tag": tag, "queue": task.queue(), "retries": task.retries()}))
+}
+
+/// Asks for a retry that its own `max_retries` of 0 refuses.
+#[task(name = "tests.api.no_more", max_retries = 5)]
+async fn no_more() -> Result<i64, TaskError> {
+    Err(TaskError::msg("give up").retry_with(task_core::Retry::new().max_retries(0)))
+}
+
+#[tokio::test]
+async fn a_retry_can_switch_arguments_and_queue_and_limit_itself() {
+    let queue = common::unique_queue("api-retry");
+    let other = common::unique_queue("api-retry-other");
+    let app = common::client(&[&queue, &other]).await;
+    let queues = [queue.clone(), other.clone()];
+    let w = common::TestWorker::start_on(queue, app, 2, |b| b.queues(queues)).await;
+    let handle = moved
+        .s("args".to_owned(), other.clone())
+        .queue(w.queue.clone())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    let seen = handle.get(common::RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(
+        seen,
+        json!({"tag": "args, then kwargs", "queue": other, "retries": 1})
+    );
+
+    let refused = no_more
+        .s()
+        .queue(w.queue.clone())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    match refused.get(common::RESULT_TIMEOUT).await {
+        Err(Error::TaskFailed(failure)) => assert_eq!(failure.message, "give up"),
+        other => panic!("a failure without retries, not {other:?}"),
+    }
+    w.app.broker().delete_queue(&other).await.unwrap();
+    w.stop().await;
+}

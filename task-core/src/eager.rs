@@ -29,7 +29,7 @@ use crate::broker::Message;
 use crate::pipeline::{CanvasRefusal, Expiry, Input, Outcome, Pipeline, Processed, ResultSink};
 use crate::protocol::canvas::{ChordBody, ChordStart, Embed, FollowUp};
 use crate::protocol::result_message::{self, ExceptionInfo, ResultBody};
-use crate::protocol::task_message::{retried_copy, PartialRequest};
+use crate::protocol::task_message::{retried_copy, retried_copy_with, PartialRequest};
 use crate::registry::DuplicateTaskName;
 use crate::signature::EncodedCall;
 use crate::{App, AsyncResult, DeliveryInfo, Error, Registry, Signature, States, TaskError};
@@ -215,11 +215,16 @@ async fn execute(
             return;
         }
         attempts += 1;
-        let retried = retried_copy(
-            job.message,
-            job.request.retries().saturating_add(1),
-            crate::clock::now(),
-        );
+        let retries = job.request.retries().saturating_add(1);
+        let changes = match &outcome {
+            Outcome::Retry { error, .. } => error.retry_changes(),
+            _ => None,
+        };
+        let retried = match changes {
+            Some(changes) => retried_copy_with(job.message, retries, crate::clock::now(), changes)
+                .unwrap_or_else(|_| retried_copy(job.message, retries, crate::clock::now())),
+            None => retried_copy(job.message, retries, crate::clock::now()),
+        };
         drop(job);
         message = retried;
     }

@@ -37,7 +37,7 @@ pub use failed_task::FailedTask;
 pub use protocol::result_message::TaskState;
 pub use rate_limit::{InvalidRateLimit, RateLimit};
 pub use registry::{Registry, TaskRegistration};
-pub use retry::{ErrorType, RetryPolicy};
+pub use retry::{ErrorType, Retry, RetryPolicy};
 pub use signature::{CallOptions, Errback, Expiry, Signature};
 pub use state::{State, StateType, States};
 pub use task::{Task, TaskOptions, TaskReturn};

@@ -105,7 +105,11 @@ impl TaskRegistration {
             None if policy.retries_automatically(error) => None,
             None => return None,
         };
-        if !policy.allows_retry(retries) {
+        let allowed = match error.retry_changes().and_then(|r| r.max_retries_now()) {
+            Some(max) => retries < max,
+            None => policy.allows_retry(retries),
+        };
+        if !allowed {
             return None;
         }
         Some(countdown.unwrap_or_else(|| policy.delay(retries, unit_random)))

@@ -274,3 +274,112 @@ mod tests {
         assert_eq!(RetryPolicy::DEFAULT.delay(0, 0.9), Duration::from_secs(162));
     }
 }
+
+/// How the retry a task asks for differs from the run that asks (Celery's
+/// `self.retry(args=, kwargs=, countdown=, eta=, max_retries=, queue=)`),
+/// given to [`TaskError::retry_with`]. What is not set stays as it was.
+///
+/// ```
+/// use std::time::Duration;
+/// use serde_json::json;
+/// use task_core::{Retry, TaskError};
+///
+/// // Again in 5 s on the `slow` queue, with keyword arguments instead of
+/// // positional ones, at most 10 times in all.
+/// let err = TaskError::msg("busy").retry_with(
+///     Retry::new()
+///         .args([])
+///         .kwargs(json!({"page": 2}).as_object().cloned().unwrap_or_default())
+///         .countdown(Duration::from_secs(5))
+///         .queue("slow")
+///         .max_retries(10),
+/// );
+/// assert!(err.retry_request().is_some());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retry {
+    args: Option<Vec<serde_json::Value>>,
+    kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    countdown: Option<Duration>,
+    eta: Option<chrono::DateTime<chrono::Utc>>,
+    max_retries: Option<u32>,
+    queue: Option<String>,
+}
+
+impl Retry {
+    /// A retry like the run that asks for it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs again with these positional arguments.
+    pub fn args(mut self, args: impl IntoIterator<Item = serde_json::Value>) -> Self {
+        self.args = Some(args.into_iter().collect());
+        self
+    }
+
+    /// Runs again with these keyword arguments.
+    pub fn kwargs(mut self, kwargs: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.kwargs = Some(kwargs);
+        self
+    }
+
+    /// Runs again after `countdown` (instead of the retry policy's delay).
+    pub fn countdown(mut self, countdown: Duration) -> Self {
+        self.countdown = Some(countdown);
+        self
+    }
+
+    /// Runs again at `eta` (instead of the retry policy's delay).
+    pub fn eta(mut self, eta: chrono::DateTime<chrono::Utc>) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Allows this many retries in all for this decision (instead of the
+    /// task's `max_retries`).
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+
+    /// Runs again from this queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// The positional arguments of the next run, if changed.
+    pub fn new_args(&self) -> Option<&[serde_json::Value]> {
+        self.args.as_deref()
+    }
+
+    /// The keyword arguments of the next run, if changed.
+    pub fn new_kwargs(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.kwargs.as_ref()
+    }
+
+    /// The queue of the next run, if changed.
+    pub fn new_queue(&self) -> Option<&str> {
+        self.queue.as_deref()
+    }
+
+    /// The wait before the next run, if set: the countdown, else the time
+    /// until the ETA (none if it passed).
+    pub fn wait(&self) -> Option<Duration> {
+        self.countdown.or_else(|| {
+            let eta = self.eta?;
+            Some((eta - crate::clock::now()).to_std().unwrap_or_default())
+        })
+    }
+
+    /// The `max_retries` of this decision, if changed.
+    pub fn max_retries_now(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    /// Whether the message must be rewritten (new arguments).
+    pub fn changes_arguments(&self) -> bool {
+        self.args.is_some() || self.kwargs.is_some()
+    }
+}

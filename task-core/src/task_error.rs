@@ -75,6 +75,8 @@ struct Rare {
     ending: Option<Ending>,
     /// The signature (Celery's dict form) the task is replaced by.
     replacement: Option<Box<serde_json::Value>>,
+    /// How the retry asked for differs from this run.
+    retry: Option<crate::Retry>,
 }
 
 /// An ending other than a failure, asked for by the task body (Celery's
@@ -133,9 +135,25 @@ impl TaskError {
         self
     }
 
+    /// Like [`TaskError::retry`], with the next run changed by `retry`
+    /// (new arguments, a countdown or ETA, another queue, another
+    /// `max_retries`: Celery's `self.retry(...)` options).
+    pub fn retry_with(mut self, retry: crate::Retry) -> Self {
+        self.retry = Some(RetryRequest {
+            countdown: retry.wait(),
+        });
+        self.with_rare(|rare| rare.retry = Some(retry))
+    }
+
     /// The retry this error asks for, if any.
     pub fn retry_request(&self) -> Option<RetryRequest> {
         self.retry
+    }
+
+    /// How the retry asked for differs from this run
+    /// ([`TaskError::retry_with`]), if it does.
+    pub fn retry_changes(&self) -> Option<&crate::Retry> {
+        self.rare.as_ref()?.retry.as_ref()
     }
 
     /// Ends the task by replacing it with `by` (Celery's `self.replace`): a

@@ -14,7 +14,7 @@ use task_core::broker::{
     dead_letter_headers, BrokerError, DeadLetterRetention, Delivery, Message, QueueSpec,
 };
 use task_core::pipeline::{Job, Outcome, Processed, Rejection, ResultSink};
-use task_core::protocol::task_message::{retried_copy, PartialRequest};
+use task_core::protocol::task_message::{retried_copy, retried_copy_with, PartialRequest};
 use task_core::protocol::{format_time, process_name};
 use task_core::App;
 
@@ -384,12 +384,30 @@ impl Settler {
         delay: Duration,
     ) -> Result<(), BrokerError> {
         let retries = job.request.retries().saturating_add(1);
-        let again = retried_copy(&delivery.message, retries, task_core::clock::now() + delay);
+        let eta = task_core::clock::now() + delay;
+        // Changed by the task (`TaskError::retry_with`): its arguments, its
+        // queue.
+        let changes = match outcome {
+            Outcome::Retry { error, .. } => error.retry_changes(),
+            _ => None,
+        };
+        let again = match changes.map(|c| retried_copy_with(&delivery.message, retries, eta, c)) {
+            Some(Ok(again)) => again,
+            Some(Err(error)) => {
+                tracing::error!(task_id = %job.request.id, %error,
+                    "could not give the retry its new arguments; retrying with the old ones");
+                retried_copy(&delivery.message, retries, eta)
+            }
+            None => retried_copy(&delivery.message, retries, eta),
+        };
+        let queue = changes
+            .and_then(|c| c.new_queue())
+            .unwrap_or(&delivery.queue);
         let broker = self.app.broker();
-        let published = if delay.is_zero() {
-            broker.publish("", &delivery.queue, &again).await
-        } else {
-            broker.publish_delayed(&delivery.queue, &again, delay).await
+        let published = match self.app.ensure_queue(queue).await {
+            Err(error) => Err(error),
+            Ok(()) if delay.is_zero() => broker.publish("", queue, &again).await,
+            Ok(()) => broker.publish_delayed(queue, &again, delay).await,
         };
         if let Err(publish_error) = published {
             let wait = self.requeue_backoff.failed();

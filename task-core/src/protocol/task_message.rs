@@ -496,6 +496,58 @@ pub fn retried_copy(message: &Message, retries: u32, eta: DateTime<Utc>) -> Mess
     again
 }
 
+/// [`retried_copy`], with the arguments `changes` gives (Celery's
+/// `self.retry(args=..., kwargs=...)`): the body rewritten with them (its
+/// `embed` kept), and its `argsrepr` / `kwargsrepr` headers.
+pub fn retried_copy_with(
+    message: &Message,
+    retries: u32,
+    eta: DateTime<Utc>,
+    changes: &crate::Retry,
+) -> Result<Message, DecodeError> {
+    let mut again = retried_copy(message, retries, eta);
+    if !changes.changes_arguments() {
+        return Ok(again);
+    }
+    type Body = (
+        Vec<Box<RawValue>>,
+        Vec<(String, Box<RawValue>)>,
+        Option<Box<RawValue>>,
+    );
+    let (args, kwargs, embed): (
+        Vec<Box<RawValue>>,
+        indexmap_free::OrderedKwargs,
+        Option<Box<RawValue>>,
+    ) = serde_json::from_slice(&message.body).map_err(DecodeError::Body)?;
+    let raw = |value: &serde_json::Value| serde_json::value::to_raw_value(value);
+    let args = match changes.new_args() {
+        Some(new) => new.iter().map(raw).collect::<Result<_, _>>(),
+        None => Ok(args),
+    }
+    .map_err(DecodeError::Body)?;
+    let kwargs = match changes.new_kwargs() {
+        Some(new) => new
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), raw(value)?)))
+            .collect::<Result<_, serde_json::Error>>(),
+        None => Ok(kwargs.0),
+    }
+    .map_err(DecodeError::Body)?;
+    let body: Body = (args, kwargs, embed);
+    struct Kwargs<'a>(&'a [(String, Box<RawValue>)]);
+    impl Serialize for Kwargs<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+    again.body =
+        serde_json::to_vec(&(&body.0, Kwargs(&body.1), &body.2)).map_err(DecodeError::Body)?;
+    let headers = &mut again.properties.headers;
+    headers.insert("argsrepr", text_value(&args_repr(&body.0)));
+    headers.insert("kwargsrepr", text_value(&kwargs_repr(&body.1)));
+    Ok(again)
+}
+
 /// Reads a task message.
 pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
     let properties = &message.properties;
