@@ -649,3 +649,83 @@ async fn an_autoscaled_worker_grows_with_its_backlog_and_shrinks_when_idle() {
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn stamped_tasks_are_revoked_by_their_stamps_and_report_answers() {
+    let w = TestWorker::start("rc-stamps", 2).await;
+    let node = node_of(&w);
+    let n = node.as_str();
+
+    let report = reply_of(n, &["inspect", "report"]).await;
+    let text = report["ok"].as_str().unwrap_or_default();
+    assert!(text.contains("software -> task-worker:"), "{report}");
+
+    // Revoked by the `celery` command line before the task is sent.
+    let stamp = format!("{}-revoked", w.queue);
+    let revoked = reply_of(
+        n,
+        &[
+            "control",
+            "revoke_by_stamped_headers",
+            &format!("mtask_id={stamp}"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        revoked["ok"],
+        format!("headers {{'mtask_id': '{stamp}'}} flagged as revoked, but not terminated")
+    );
+    let add = |stamp: &str| {
+        w.app
+            .signature("tasks.add")
+            .arg(1)
+            .arg(2)
+            .returning::<i64>()
+            .queue(w.queue.clone())
+            .stamp("mtask_id", stamp)
+    };
+    let never = add(&stamp).apply_async_with(&w.app).await.unwrap();
+    match never.get(TIMEOUT).await {
+        Err(Error::Revoked { .. }) => {}
+        other => panic!("revoked by its stamp: {other:?}"),
+    }
+    let other = add("another").apply_async_with(&w.app).await.unwrap();
+    assert_eq!(other.get(TIMEOUT).await.unwrap(), 3);
+
+    // With terminate (through the Rust API): a running task with the stamp
+    // is stopped.
+    let tag = format!("{}-held", w.queue);
+    let running = w
+        .app
+        .signature("rc.held")
+        .arg(tag.clone())
+        .returning::<String>()
+        .queue(w.queue.clone())
+        .stamp("batch", json!(["x", "late"]))
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, gate(&tag).started.notified())
+        .await
+        .expect("the held task starts");
+    let mut arguments = serde_json::Map::new();
+    arguments.insert("headers".into(), json!({"batch": "late"}));
+    arguments.insert("terminate".into(), json!(true));
+    let replies = w
+        .app
+        .control()
+        .request(
+            "revoke_by_stamped_headers",
+            arguments,
+            &Broadcast::to([n], Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].1["ok"], "headers [{'batch': 'late'}] revoked");
+    match running.get(TIMEOUT).await {
+        Err(Error::Revoked { reason, .. }) => assert_eq!(reason, "terminated"),
+        other => panic!("terminated by its stamp: {other:?}"),
+    }
+    w.stop().await;
+}

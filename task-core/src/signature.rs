@@ -69,6 +69,9 @@ pub struct CallOptions {
     /// the next one last (the message's `embed.chain`); set by
     /// [`Chain`](crate::canvas::Chain).
     pub chain: Vec<serde_json::Value>,
+    /// Celery's stamps (`stamps` and `stamped_headers` headers): what
+    /// `revoke_by_stamped_headers` matches.
+    pub stamps: Vec<(String, serde_json::Value)>,
 }
 
 /// A task call, typed by the value it returns: built by `task.s(..)` for
@@ -236,6 +239,19 @@ impl<R> Signature<R> {
     pub fn header(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
         match serde_json::to_value(value) {
             Ok(value) => self.options.headers.push((name.into(), value)),
+            Err(error) => {
+                self.encode_error.get_or_insert_with(|| error.to_string());
+            }
+        }
+        self
+    }
+
+    /// Stamps the call (Celery 5.3+'s stamping): `name` = `value` in the
+    /// message's `stamps`, listed in its `stamped_headers`. Workers revoke
+    /// the calls whose stamps match a `revoke_by_stamped_headers`.
+    pub fn stamp(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(value) => self.options.stamps.push((name.into(), value)),
             Err(error) => {
                 self.encode_error.get_or_insert_with(|| error.to_string());
             }
@@ -454,6 +470,17 @@ impl<R> Signature<R> {
         if let Some((group_id, index)) = &options.group {
             headers.insert_str("group", group_id);
             headers.insert_json("group_index", &serde_json::Value::from(*index));
+        }
+        if !options.stamps.is_empty() {
+            let names: Vec<serde_json::Value> = options
+                .stamps
+                .iter()
+                .map(|(name, _)| name.as_str().into())
+                .collect();
+            let stamps: serde_json::Map<String, serde_json::Value> =
+                options.stamps.iter().cloned().collect();
+            headers.insert_json("stamped_headers", &names.into());
+            headers.insert_json("stamps", &stamps.into());
         }
         for (name, value) in &options.headers {
             if headers.contains_key(name) {

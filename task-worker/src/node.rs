@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::autoscale::Autoscaler;
 use crate::events::WorkerEvents;
 use crate::requests::Requests;
-use crate::revokes::RevokedIds;
+use crate::revokes::{RevokedIds, RevokedStamps};
 
 /// What a running worker shares with its stages, its remote control and
 /// its heartbeat.
@@ -29,6 +29,8 @@ pub(crate) struct Node {
     pub(crate) settings: Arc<TaskSettings>,
     pub(crate) requests: Requests,
     pub(crate) revoked: RevokedIds,
+    /// The stamps revoked (`revoke_by_stamped_headers`).
+    pub(crate) revoked_stamps: RevokedStamps,
     pub(crate) events: WorkerEvents,
     /// The queues consumed now.
     pub(crate) queues: Mutex<Vec<String>>,
@@ -89,6 +91,7 @@ impl Node {
             settings: parts.settings,
             requests: Requests::default(),
             revoked: RevokedIds::default(),
+            revoked_stamps: RevokedStamps::default(),
             events: parts.events,
             queues: Mutex::new(parts.queues),
             prefetch: parts.prefetch,

@@ -29,6 +29,8 @@ pub(crate) struct HeldRequest {
     pub(crate) blocking: bool,
     /// Acked before the run (early ack).
     pub(crate) acknowledged: bool,
+    /// Its Celery stamps, when it has some.
+    pub(crate) stamps: Option<Value>,
     terminate: Option<oneshot::Sender<()>>,
 }
 
@@ -44,6 +46,7 @@ impl HeldRequest {
             started: None,
             blocking: false,
             acknowledged: false,
+            stamps: None,
             terminate: None,
         }
     }
@@ -120,6 +123,29 @@ impl Requests {
             }
             _ => Termination::NotRunning,
         }
+    }
+
+    /// Stops the async runs whose stamps `revoking` finds revoked; returns
+    /// the `{name: value}` of each stamp that stopped one.
+    pub(crate) fn terminate_stamped(
+        &self,
+        revoking: impl Fn(&Value) -> Option<Value>,
+    ) -> Vec<Value> {
+        let mut held = self.lock();
+        let mut stopped = Vec::new();
+        for request in held.values_mut() {
+            if request.started.is_none() || request.blocking {
+                continue;
+            }
+            let Some(by) = request.stamps.as_ref().and_then(&revoking) else {
+                continue;
+            };
+            if let Some(signal) = request.terminate.take() {
+                let _ = signal.send(());
+                stopped.push(by);
+            }
+        }
+        stopped
     }
 
     /// Tasks running now.

@@ -1,9 +1,13 @@
-//! [`RevokedIds`]: the ids of revoked tasks this worker knows, bounded in
-//! number and age as Celery's (50,000 ids, 3 hours), so that a flood of
-//! revokes cannot grow the worker without bound.
+//! What this worker knows is revoked: [`RevokedIds`], the ids of revoked
+//! tasks, bounded in number and age as Celery's (50,000 ids, 3 hours), so
+//! that a flood of revokes cannot grow the worker without bound; and
+//! [`RevokedStamps`], the stamps revoked by `revoke_by_stamped_headers`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// Celery's `REVOKES_MAX`.
@@ -139,5 +143,79 @@ mod tests {
         revoked.insert("a");
         assert!(!revoked.contains("a"));
         assert!(revoked.list().is_empty());
+    }
+}
+
+/// The stamps revoked by `revoke_by_stamped_headers` (Celery 5.3+):
+/// `{stamp name: [values]}`. A task is revoked when one of its stamps (its
+/// value, or one of its values) is among the values revoked under that
+/// name. Kept in memory, as Celery keeps them.
+#[derive(Debug, Default)]
+pub(crate) struct RevokedStamps {
+    by_name: Mutex<HashMap<String, Vec<Value>>>,
+    /// Whether there are any (read for every task received).
+    any: AtomicBool,
+}
+
+impl RevokedStamps {
+    /// Revokes `values` (a value or a list of them) under `name`.
+    pub(crate) fn add(&self, name: &str, values: &Value) {
+        let mut by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        by_name
+            .entry(name.to_owned())
+            .or_default()
+            .extend(as_list(values).iter().cloned());
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether none was revoked.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Relaxed)
+    }
+
+    /// The `{name: value}` of `stamps` (a task's) that is revoked, if one is.
+    pub(crate) fn revoking(&self, stamps: &Value) -> Option<Value> {
+        let stamps = stamps.as_object()?;
+        let by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        stamps.iter().find_map(|(name, stamped)| {
+            let revoked = by_name.get(name)?;
+            as_list(stamped)
+                .iter()
+                .find(|value| revoked.contains(value))
+                .map(|value| serde_json::json!({ name.clone(): value }))
+        })
+    }
+}
+
+/// `value` as a list: itself if it is one, else a list of it.
+fn as_list(value: &Value) -> std::borrow::Cow<'_, [Value]> {
+    match value {
+        Value::Array(items) => std::borrow::Cow::Borrowed(items),
+        other => std::borrow::Cow::Owned(vec![other.clone()]),
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_stamp_value_or_one_of_its_values_revokes() {
+        let revoked = RevokedStamps::default();
+        assert!(revoked.is_empty());
+        revoked.add("mtask_id", &json!("a"));
+        revoked.add("mtask_id", &json!(["b", "c"]));
+        assert!(!revoked.is_empty());
+        assert_eq!(
+            revoked.revoking(&json!({"mtask_id": "c"})),
+            Some(json!({"mtask_id": "c"}))
+        );
+        assert_eq!(
+            revoked.revoking(&json!({"other": "a", "mtask_id": ["x", "a"]})),
+            Some(json!({"mtask_id": "a"}))
+        );
+        assert_eq!(revoked.revoking(&json!({"mtask_id": "z"})), None);
+        assert_eq!(revoked.revoking(&json!({"other": "a"})), None);
     }
 }

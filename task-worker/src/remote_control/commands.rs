@@ -30,6 +30,8 @@ pub(super) async fn run(node: &Node, request: &ControlRequest) -> Option<Value> 
         "revoked" => json!(node.revoked.list()),
         "query_task" => node.requests.query(&ids(args, "ids"), &node.hostname),
         "conf" => conf(node),
+        "report" => ok(&report(node)),
+        "revoke_by_stamped_headers" => revoke_by_stamps(node, args),
         "revoke" => revoke(node, &ids(args, "task_id"), flag(args, "terminate"), args).await,
         "terminate" => revoke(node, &ids(args, "task_id"), true, args).await,
         "rate_limit" => rate_limit(node, args),
@@ -377,6 +379,74 @@ fn percent_decode(text: &str) -> String {
 
 /// `conf`: the settings this worker runs with that differ from Celery's
 /// defaults, under Celery's names.
+/// `revoke_by_stamped_headers`: `headers` (`{name: value or values}`, or
+/// Celery's `["name=value", ...]`) revoked from now on; with `terminate`,
+/// the running async tasks they match stopped. Replies as Celery's.
+fn revoke_by_stamps(node: &Node, args: &Map<String, Value>) -> Value {
+    let headers: Map<String, Value> = match args.get("headers") {
+        Some(Value::Object(headers)) => headers.clone(),
+        Some(Value::Array(pairs)) => pairs
+            .iter()
+            .filter_map(|pair| {
+                let (name, value) = pair.as_str()?.split_once('=')?;
+                Some((name.to_owned(), Value::from(value)))
+            })
+            .collect(),
+        _ => return error("no stamped headers given"),
+    };
+    for (name, values) in &headers {
+        node.revoked_stamps.add(name, values);
+    }
+    let shown = python_repr(&Value::Object(headers.clone()));
+    tracing::info!(headers = %shown, terminate = flag(args, "terminate"), "stamps revoked");
+    if !flag(args, "terminate") {
+        return ok(&format!(
+            "headers {shown} flagged as revoked, but not terminated"
+        ));
+    }
+    let stopped = node
+        .requests
+        .terminate_stamped(|stamps| node.revoked_stamps.revoking(stamps));
+    if stopped.is_empty() {
+        return ok(&format!("headers {shown} were not terminated"));
+    }
+    ok(&format!(
+        "headers {} revoked",
+        python_repr(&Value::Array(stopped))
+    ))
+}
+
+/// `value` as Python writes it (`{'name': 'value'}`).
+fn python_repr(value: &Value) -> String {
+    serde_json::value::to_raw_value(value)
+        .map(|raw| task_core::protocol::repr::value_repr_of(&raw))
+        .unwrap_or_default()
+}
+
+/// `inspect report`: Celery's bug-report text, for this worker.
+fn report(node: &Node) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let backend = node
+        .app
+        .result_backend()
+        .map_or_else(|| "rpc://".to_owned(), |backend| backend.describe());
+    format!(
+        "\nsoftware -> task-worker:{worker} task-core:{core} (Rust)\n\
+         \x20           lapin (AMQP 0-9-1)\n\
+         platform -> system:{os} arch:{arch}\n\
+         \x20           kernel version:{kernel} imp:Rust\n\
+         loader   -> task_core::Registry ({tasks} tasks)\n\
+         settings -> transport:amqp results:{backend}\n\n{conf}\n",
+        worker = env!("CARGO_PKG_VERSION"),
+        core = env!("CARGO_PKG_VERSION"),
+        os = std::env::consts::OS,
+        arch = std::env::consts::ARCH,
+        kernel = kernel.trim(),
+        tasks = node.registry.names().len(),
+        conf = serde_json::to_string_pretty(&conf(node)).unwrap_or_default(),
+    )
+}
+
 fn conf(node: &Node) -> Value {
     json!({
         "broker_url": node.app.broker_url(),

@@ -45,6 +45,18 @@ impl Stage for Received {
                 reason: "revoked".to_owned(),
             });
         }
+        let stamps = message_stamps(job.message);
+        if let Some(by) = stamps
+            .as_ref()
+            .filter(|_| !self.node.revoked_stamps.is_empty())
+            .and_then(|stamps| self.node.revoked_stamps.revoking(stamps))
+        {
+            tracing::info!(task_id = %request.id, task = %request.name, revoked_by = %by,
+                "discarding a task revoked by its stamps");
+            return Step::Stop(Outcome::Revoked {
+                reason: "revoked".to_owned(),
+            });
+        }
         let mut held = HeldRequest::new(
             job.task.name,
             json_list(request.args.iter().map(|a| a.get())),
@@ -57,6 +69,7 @@ impl Stage for Received {
             .clone()
             .filter(|_| request.eta.is_some_and(|at| at > task_core::clock::now()));
         held.blocking = job.task.options.blocking;
+        held.stamps = stamps;
         if self.node.events.task_events() {
             // The client's repr, sent in the headers; made here for the
             // messages that lack it.
@@ -206,6 +219,24 @@ fn exception_repr(error: &TaskError) -> String {
         Some(raw) => format!("{}({})", error.exc_type(), value_repr_of(&raw)),
         None => format!("{}()", error.exc_type()),
     }
+}
+
+/// The Celery stamps of `message` (`stamps`, the names `stamped_headers`
+/// lists), when it has some: read only for messages that carry any.
+fn message_stamps(message: &task_core::broker::Message) -> Option<serde_json::Value> {
+    let headers = &message.properties.headers;
+    match headers.get("stamps") {
+        Some(task_core::broker::HeaderValue::FieldTable(table)) if !table.inner().is_empty() => {}
+        _ => return None,
+    }
+    let mut stamps = headers.get_json("stamps")?;
+    if let (Some(names), Some(map)) = (headers.get_json("stamped_headers"), stamps.as_object_mut())
+    {
+        if let Some(names) = names.as_array() {
+            map.retain(|name, _| names.iter().any(|n| n.as_str() == Some(name)));
+        }
+    }
+    Some(stamps)
 }
 
 fn json_list<'v>(values: impl Iterator<Item = &'v str>) -> String {
