@@ -448,6 +448,35 @@ async fn a_python_and_a_rust_worker_share_one_queue() {
     cleanup(&app, &queue).await;
 }
 
+#[tokio::test]
+async fn a_python_task_that_expires_behind_a_busy_late_ack_worker_comes_back_revoked() {
+    // Declared as the Python client declares it too: what the broker drops
+    // goes to the workers' drain.
+    let queue = common::unique_queue("py2rs-expired");
+    let spec = QueueSpec::task_queue(queue.clone()).revoking_expired();
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .set_as_default(false)
+        .queue(spec)
+        .connect()
+        .await
+        .unwrap();
+    // One task at a time, one message ahead: the second waits in the queue
+    // while the first runs, past its expiry.
+    let w = TestWorker::start_on(queue.clone(), app, 1, |b| b.prefetch(1)).await;
+    let declared = json!({"x-dead-letter-exchange": "task_core.expired"});
+    let reports = python_client(json!([
+        {"name": "tasks.sleep", "queue": &queue, "queue_arguments": declared, "args": [1.5]},
+        {"name": "tasks.add", "queue": &queue, "queue_arguments": declared, "args": [1, 2],
+         "options": {"expires": 0.5}},
+    ]))
+    .await;
+    assert_eq!(reports[0]["result"], json!(1.5), "{reports:#?}");
+    assert_eq!(reports[1]["status"], "REVOKED", "{reports:#?}");
+    assert_eq!(reports[1]["exc_type"], "TaskRevokedError", "{reports:#?}");
+    w.stop().await;
+}
+
 // ---------------------------------------------------------------- Rust → Python
 
 struct PythonWorker {

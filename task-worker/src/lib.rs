@@ -14,6 +14,7 @@ pub mod control_cli;
 pub mod dead_letters;
 mod events;
 mod executor;
+mod expired;
 pub mod logging;
 pub mod metrics;
 mod node;

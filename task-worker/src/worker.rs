@@ -27,6 +27,7 @@ use crate::canvas::Canvas;
 use crate::chord_entries::ChordEntries;
 use crate::events::{worker_status, WorkerEvents, HEARTBEAT_EVERY};
 use crate::executor::Executor;
+use crate::expired;
 use crate::node::{Node, NodeParts, QueueChange};
 use crate::rate_limiter;
 use crate::remote_control;
@@ -825,6 +826,13 @@ impl Worker {
             abandon.clone(),
             self.shutdown.clone(),
         ));
+        let expired = tokio::spawn(expired::drain(
+            self.app.clone(),
+            Arc::clone(&executor),
+            running.clone(),
+            abandon.clone(),
+            self.shutdown.clone(),
+        ));
         'consuming: loop {
             let lost = loop {
                 let delivery = loop {
@@ -905,6 +913,9 @@ impl Worker {
         tracing::info!("worker stopping: no new tasks will start");
         if let Err(error) = joins.await {
             tracing::debug!(%error, "the chord joins consumer ended abnormally");
+        }
+        if let Err(error) = expired.await {
+            tracing::debug!(%error, "the expired tasks consumer ended abnormally");
         }
         if let Err(error) = consumer.cancel.cancel().await {
             tracing::debug!(%error, "could not cancel the consumer");
@@ -1139,7 +1150,7 @@ async fn send_heartbeats(node: Arc<Node>, stop: CancellationToken) {
 /// order and polled that future again on every poll). A cancellation wakes
 /// the registered waker, which is the spawned task's own: every poll of the
 /// task gets the same one.
-async fn unless_abandoned(abandon: &CancellationToken, work: impl Future<Output = ()>) {
+pub(crate) async fn unless_abandoned(abandon: &CancellationToken, work: impl Future<Output = ()>) {
     let mut cancelled = pin!(abandon.cancelled());
     let mut work = pin!(work);
     let mut registered = false;

@@ -486,7 +486,42 @@ impl QueueSpec {
             .insert("x-max-priority".into(), Value::from(max));
         self
     }
+
+    /// Dead-letters what the broker drops from this queue to
+    /// [`EXPIRED_EXCHANGE`] (`x-dead-letter-exchange`), where workers drain
+    /// it: a task message that expired while it waited (Celery's clients
+    /// give a message with `expires` an AMQP TTL) is answered REVOKED
+    /// there instead of vanishing, and anything else the broker dropped is
+    /// kept in the queue's dead-letter queue. Python peers must declare the
+    /// queue with the same argument (kombu's `Queue(queue_arguments=...)`);
+    /// for a queue declared without it (Celery's `celery`), a RabbitMQ
+    /// policy does the same: `rabbitmqctl set_policy expired-tasks
+    /// '^celery$' '{"dead-letter-exchange":"task_core.expired"}' --apply-to
+    /// queues`.
+    pub fn revoking_expired(mut self) -> Self {
+        self.arguments.insert(
+            "x-dead-letter-exchange".into(),
+            Value::from(EXPIRED_EXCHANGE),
+        );
+        self
+    }
+
+    /// The queue workers drain [`EXPIRED_EXCHANGE`] through: durable,
+    /// shared by every worker.
+    pub fn expired_tasks() -> Self {
+        Self {
+            bind_same_name_exchange: false,
+            ..Self::task_queue(EXPIRED_QUEUE)
+        }
+    }
 }
+
+/// The fanout exchange task queues dead-letter to
+/// ([`QueueSpec::revoking_expired`]).
+pub const EXPIRED_EXCHANGE: &str = "task_core.expired";
+
+/// The queue every worker drains [`EXPIRED_EXCHANGE`] through.
+pub const EXPIRED_QUEUE: &str = "task_core.expired";
 
 /// How an exchange routes a message to the queues bound to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
