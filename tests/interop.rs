@@ -42,6 +42,37 @@ async fn expected_failure() -> Result<i64, TaskError> {
         .with_args([json!("Task expected to fail"), json!("test")]))
 }
 
+/// Rejects its first delivery (requeued or not); a redelivery returns
+/// `true`.
+#[task(name = "interop.reject_first")]
+async fn reject_first(requeue: bool) -> Result<bool, TaskError> {
+    let task = task_core::current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    if task.delivery().redelivered {
+        return Ok(true);
+    }
+    Err(TaskError::reject("not now", requeue))
+}
+
+/// Called with `x` positionally, retries with it as a keyword argument
+/// (and the other way round): reports how its last run got it.
+#[task(name = "interop.switch")]
+async fn switch(x: i64) -> Result<String, TaskError> {
+    let task = task_core::current_task().ok_or_else(|| TaskError::msg("no task context"))?;
+    let positional = task.header("x_positional").is_none() && task.retries() == 0;
+    if task.retries() == 0 {
+        let retry = task_core::Retry::new().countdown(Duration::from_millis(50));
+        let retry = if positional {
+            retry
+                .args([])
+                .kwargs(json!({"x": x + 1}).as_object().cloned().unwrap_or_default())
+        } else {
+            retry.args([json!(x + 1)]).kwargs(serde_json::Map::new())
+        };
+        return Err(TaskError::msg("switch").retry_with(retry));
+    }
+    Ok(format!("{x} after {} retry", task.retries()))
+}
+
 /// What a Rust task sees of a request a Python client sent.
 #[task(name = "interop.request")]
 async fn request_fields() -> Result<Value, TaskError> {
@@ -163,18 +194,39 @@ async fn python_sees_rust_errors_started_and_revoked_like_from_a_python_worker()
         {"name": "tasks.sleep", "queue": q, "args": [0.3], "watch_states": true},
         {"name": "tasks.add", "queue": q, "args": [1, 2], "options": {"expires": -10}},
         {"name": "interop.expected_failure", "queue": q},
+        {"name": "interop.reject_first", "queue": q, "args": [false]},
+        {"name": "interop.reject_first", "queue": q, "args": [true]},
+        {"name": "interop.switch", "queue": q, "args": [1]},
+        {"name": "interop.switch", "queue": q, "kwargs": {"x": 10}, "options": {"headers": {"x_positional": false}}},
         {"name": "interop.request", "queue": q, "options": {
             "countdown": 0.2, "expires": 3600, "priority": 5, "time_limit": 30,
             "soft_time_limit": 20, "headers": {"x_custom": "yes"}}},
     ]))
     .await;
 
+    // Reject without requeue: Celery's own class; with requeue: run again.
+    let rejected = &reports[7];
+    assert_eq!(
+        (&rejected["exc_type"], &rejected["exc_module"]),
+        (&json!("Reject"), &json!("celery.exceptions")),
+        "{rejected}"
+    );
+    assert_eq!(rejected["args"], json!(["not now", false]));
+    assert_eq!(reports[8]["result"], json!(true), "{:#?}", reports[8]);
+    // Retries that switch positional and keyword arguments.
+    assert_eq!(reports[9]["result"], "2 after 1 retry", "{:#?}", reports[9]);
+    assert_eq!(
+        reports[10]["result"], "11 after 1 retry",
+        "{:#?}",
+        reports[10]
+    );
+
     // Every request field Celery's client set.
-    let request = &reports[7]["result"];
+    let request = &reports[11]["result"];
     assert_eq!(
         request,
         &json!({"eta": true, "expires": true, "reply_to": true, "time_limit": 30.0,
-                "soft_time_limit": 20.0, "priority": 5, "root_id": reports[7]["id"],
+                "soft_time_limit": 20.0, "priority": 5, "root_id": reports[11]["id"],
                 "hostname": true, "nesting": 0, "header": "yes"}),
         "{reports:#?}"
     );
@@ -557,6 +609,10 @@ async fn rust_calls_python_tasks_and_gets_values_and_errors() {
         .apply_async_with(&app)
         .await
         .unwrap();
+    let unserializable = call("py.unserializable_failure")
+        .apply_async_with(&app)
+        .await
+        .unwrap();
 
     assert_eq!(sum.get(TIMEOUT).await.unwrap(), 5);
     assert_eq!(
@@ -591,6 +647,16 @@ async fn rust_calls_python_tasks_and_gets_values_and_errors() {
                 failure.exc_args,
                 [json!("Task expected to fail"), json!("test")]
             );
+        }
+        other => panic!("expected ExpectedException, got {other:?}"),
+    }
+    // An argument Python could not serialize comes as Celery's worker sends
+    // it: its repr.
+    match unserializable.get(TIMEOUT).await {
+        Err(Error::TaskFailed(failure)) => {
+            let first = failure.exc_args[0].as_str().unwrap_or_default();
+            assert!(first.starts_with("<object object at"), "{failure:?}");
+            assert_eq!(failure.exc_args[1], "x");
         }
         other => panic!("expected ExpectedException, got {other:?}"),
     }

@@ -55,6 +55,12 @@ def expected_failure():
     raise interop_errors.ExpectedException("Task expected to fail", "test")
 
 
+@app.task(name="py.unserializable_failure")
+def unserializable_failure():
+    # An argument JSON cannot carry: Celery's worker sends its repr.
+    raise interop_errors.ExpectedException(object(), "x")
+
+
 @app.task(name="py.sleep")
 def sleep(seconds):
     time.sleep(seconds)
