@@ -29,9 +29,14 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
-/// The repository's root.
+/// The repository's root (also from a member crate's tests that include
+/// this module).
 pub fn repo() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/ensure-python-celery.sh").exists())
+        .unwrap_or(manifest)
 }
 
 /// The interop venv's python (real Celery 5.7 with the Redis client), built

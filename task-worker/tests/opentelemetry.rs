@@ -4,7 +4,11 @@
 //! client's span, the tasks it calls, the tasks they call and Python's
 //! spans on either side make one trace, each span the parent of the next.
 //! Alone in its test binary: the subscriber is global to the process.
+//! Here, not among the root package's tests, so that the feature is on only
+//! for this package's tests: the root package's examples (the benchmark)
+//! are built as users build the framework, without it.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Child, Command, Stdio};
