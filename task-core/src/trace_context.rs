@@ -95,13 +95,18 @@ fn hex(digits: &[u8]) -> Option<u128> {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        // Written into every task message: hex by hand, not through `{:x}`.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, slot) in text[3..35].iter_mut().enumerate() {
+            *slot = DIGITS[(self.trace_id >> (124 - 4 * i) & 0xf) as usize];
+        }
+        for (i, slot) in text[36..52].iter_mut().enumerate() {
+            *slot = DIGITS[(self.span_id >> (60 - 4 * i) & 0xf) as usize];
+        }
+        text[54] = if self.sampled { b'1' } else { b'0' };
+        // Only ASCII digits were written.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
