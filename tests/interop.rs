@@ -529,6 +529,53 @@ async fn a_python_task_that_expires_behind_a_busy_late_ack_worker_comes_back_rev
     w.stop().await;
 }
 
+/// A RabbitMQ policy, cleared when dropped.
+struct Policy(String);
+
+impl Policy {
+    /// Sets policy `name` on the queues `pattern` matches.
+    fn set(name: &str, pattern: &str, definition: &Value) -> Self {
+        let status = Command::new("rabbitmqctl")
+            .args(["set_policy", name, pattern, &definition.to_string()])
+            .args(["--apply-to", "queues"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl set_policy failed");
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.0])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn on_a_queue_declared_as_celery_does_a_policy_brings_expired_tasks_back_revoked() {
+    // Declared without arguments, as Celery declares `celery`: a policy
+    // names the drain instead.
+    let queue = common::unique_queue("py2rs-policy");
+    let _policy = Policy::set(
+        &queue,
+        &format!("^{}$", queue.replace('.', "\\.")),
+        &json!({"dead-letter-exchange": "task_core.expired"}),
+    );
+    let w = TestWorker::start_on(queue.clone(), plain_app().await, 1, |b| b.prefetch(1)).await;
+    let reports = python_client(json!([
+        {"name": "tasks.sleep", "queue": &queue, "args": [1.5]},
+        {"name": "tasks.add", "queue": &queue, "args": [1, 2], "options": {"expires": 0.5}},
+    ]))
+    .await;
+    assert_eq!(reports[0]["result"], json!(1.5), "{reports:#?}");
+    assert_eq!(reports[1]["status"], "REVOKED", "{reports:#?}");
+    w.stop().await;
+}
+
 // ---------------------------------------------------------------- Rust → Python
 
 struct PythonWorker {
