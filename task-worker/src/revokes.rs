@@ -20,6 +20,9 @@ pub(crate) const REVOKED_FOR: Duration = Duration::from_secs(3 * 3600);
 #[derive(Debug)]
 pub(crate) struct RevokedIds {
     inner: Mutex<Revoked>,
+    /// Whether any id was ever revoked here (read for every task, without
+    /// the lock: most workers never see a revoke).
+    any: AtomicBool,
     max: usize,
     keep_for: Duration,
 }
@@ -44,6 +47,7 @@ impl RevokedIds {
     pub(crate) fn new(max: usize, keep_for: Duration) -> Self {
         Self {
             inner: Mutex::default(),
+            any: AtomicBool::new(false),
             max,
             keep_for,
         }
@@ -65,6 +69,7 @@ impl RevokedIds {
             return false;
         }
         let new = revoked.ids.insert(id.to_owned(), at).is_none();
+        self.any.store(true, Ordering::Release);
         revoked.order.push_back((id.to_owned(), at));
         while revoked.ids.len() > self.max {
             revoked.pop_oldest();
@@ -74,6 +79,9 @@ impl RevokedIds {
 
     /// Whether `id` is revoked.
     pub(crate) fn contains(&self, id: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         let revoked = self.lock();
         if revoked.ids.is_empty() {
             return false;

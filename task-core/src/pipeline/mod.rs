@@ -497,19 +497,11 @@ impl RequestFields {
         limits: (Option<Duration>, Option<Duration>),
         pipeline: &Pipeline,
     ) -> Self {
-        let headers = &message.properties.headers;
-        let nesting = headers
-            .get("replaced_task_nesting")
-            .and_then(crate::broker::headers::as_integer)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0);
         // Read only when there are some (Celery's empty table, usually).
-        let stamps = match headers.get("stamps") {
-            Some(crate::broker::HeaderValue::FieldTable(table)) if !table.inner().is_empty() => {
-                headers.get_json("stamps")
-            }
-            _ => None,
-        };
+        let stamps = request
+            .carries_stamps()
+            .then(|| message.properties.headers.get_json("stamps"))
+            .flatten();
         Self {
             eta: request.eta,
             expires: request.expires,
@@ -517,7 +509,7 @@ impl RequestFields {
             ignore_result: request.ignore_result(),
             time_limit: limits.0,
             soft_time_limit: limits.1,
-            replaced_task_nesting: nesting,
+            replaced_task_nesting: request.replaced_task_nesting(),
             stamps,
             hostname: pipeline.hostname.clone(),
             is_eager: pipeline.eager,

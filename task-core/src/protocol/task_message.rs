@@ -248,6 +248,10 @@ pub struct TaskRequest {
     time_limits: (Option<f64>, Option<f64>),
     /// The caller wants no result.
     ignore_result: bool,
+    /// It carries Celery stamps (a non-empty `stamps` table).
+    stamped: bool,
+    /// How many times the task was replaced on its way here.
+    replaced_task_nesting: u32,
     /// `embed` holds a list or an object (some canvas part may be set):
     /// scanned once, at decode.
     embed_nested: bool,
@@ -273,6 +277,18 @@ impl TaskRequest {
     /// Whether the caller wants no result.
     pub fn ignore_result(&self) -> bool {
         self.ignore_result
+    }
+
+    /// How many times the task was replaced on its way here (Celery's
+    /// `replaced_task_nesting`; 0 when absent or malformed).
+    pub fn replaced_task_nesting(&self) -> u32 {
+        self.replaced_task_nesting
+    }
+
+    /// Whether the message carries Celery stamps (a non-empty `stamps`
+    /// header), told at decode.
+    pub fn carries_stamps(&self) -> bool {
+        self.stamped
     }
 
     /// Moves the task's place in its workflow out of the request.
@@ -371,6 +387,8 @@ struct HeaderReader<'a> {
     group: Option<&'a HeaderValue>,
     group_index: Option<&'a HeaderValue>,
     published_at: Option<&'a HeaderValue>,
+    stamps: Option<&'a HeaderValue>,
+    replaced_task_nesting: Option<&'a HeaderValue>,
     /// The headers that are neither protocol headers nor the broker's
     /// (`x-...`), as JSON, in key order.
     extras: Vec<(String, serde_json::Value)>,
@@ -393,6 +411,8 @@ impl<'a> HeaderReader<'a> {
                 "group" => &mut found.group,
                 "group_index" => &mut found.group_index,
                 PUBLISHED_AT => &mut found.published_at,
+                "stamps" => &mut found.stamps,
+                "replaced_task_nesting" => &mut found.replaced_task_nesting,
                 _ if is_protocol_header(key) || key.starts_with("x-") => continue,
                 _ => {
                     // Rare: allocates only for an extra header found.
@@ -618,6 +638,12 @@ pub fn decode_task(message: &Message) -> Result<TaskRequest, DecodeError> {
         group_index,
         extra_headers,
         published_at: headers.published_at.and_then(as_number),
+        replaced_task_nesting: headers
+            .replaced_task_nesting
+            .and_then(as_integer)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        stamped: matches!(headers.stamps, Some(HeaderValue::FieldTable(table)) if !table.inner().is_empty()),
         retries,
         time_limits,
         ignore_result,
@@ -822,6 +848,15 @@ mod tests {
                 ("zz".to_owned(), serde_json::json!(true)),
             ]
         );
+        // Stamps and nesting are told at decode (Celery's empty table: none).
+        assert!(!request.carries_stamps());
+        assert_eq!(request.replaced_task_nesting(), 0);
+        let headers = &mut message.properties.headers;
+        headers.insert_json("stamps", &serde_json::json!({"batch": "b1"}));
+        headers.insert("replaced_task_nesting", HeaderValue::LongInt(2));
+        let stamped = decode_task(&message).unwrap();
+        assert!(stamped.carries_stamps());
+        assert_eq!(stamped.replaced_task_nesting(), 2);
         // A root naming the task itself is not kept.
         message.properties.headers.insert_str("root_id", "id-1");
         assert_eq!(decode_task(&message).unwrap().root_id, None);

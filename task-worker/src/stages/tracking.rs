@@ -45,7 +45,10 @@ impl Stage for Received {
                 reason: "revoked".to_owned(),
             });
         }
-        let stamps = message_stamps(job.message);
+        let stamps = request
+            .carries_stamps()
+            .then(|| message_stamps(job.message))
+            .flatten();
         if let Some(by) = stamps
             .as_ref()
             .filter(|_| !self.node.revoked_stamps.is_empty())
