@@ -21,7 +21,7 @@ use task_worker::Worker;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 use common::TestWorker;
-use common::{python, repo};
+use common::{plain_app, python, repo};
 
 #[task(name = "interop.echo_json")]
 async fn echo_json(value: Value) -> Result<Value, TaskError> {
@@ -90,16 +90,6 @@ async fn request_fields() -> Result<Value, TaskError> {
         "nesting": task.replaced_task_nesting(),
         "header": task.header("x_custom"),
     }))
-}
-
-/// A plain app: declares queues exactly as Celery does, like the Python peers.
-async fn plain_app() -> App {
-    App::builder()
-        .broker_url(common::broker_url())
-        .set_as_default(false)
-        .connect()
-        .await
-        .expect("RabbitMQ is running")
 }
 
 async fn cleanup(app: &App, queue: &str) {

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures_util::StreamExt;
 use task_core::broker::{
     dead_letter_headers, ConsumeOptions, Delivery, ExchangeSpec, QueueSpec, EXPIRED_EXCHANGE,
     EXPIRED_QUEUE,
@@ -25,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::executor::Executor;
-use crate::resume::consumer_until_stopped;
+use crate::resume::drain_until_stopped;
 use crate::worker::unless_abandoned;
 
 /// How many dropped messages a worker takes at once from the drain.
@@ -40,57 +39,35 @@ pub(crate) async fn drain(
     abandon: CancellationToken,
     stop: CancellationToken,
 ) {
-    loop {
-        let consumed = consumer_until_stopped(&stop, "the expired tasks", || async {
-            app.broker()
-                .declare_exchange(&ExchangeSpec::fanout(EXPIRED_EXCHANGE))
-                .await?;
-            app.ensure_declared(&QueueSpec::expired_tasks()).await?;
-            app.broker()
-                .bind_queue(EXPIRED_QUEUE, EXPIRED_EXCHANGE, "")
-                .await?;
-            app.broker()
-                .consume(
-                    &[EXPIRED_QUEUE.to_owned()],
-                    ConsumeOptions::manual_ack(PREFETCH),
-                )
-                .await
-        })
-        .await;
-        let Some(mut consumer) = consumed else {
-            return;
-        };
-        loop {
-            let delivery = tokio::select! {
-                () = stop.cancelled() => {
-                    if let Err(error) = consumer.cancel.cancel().await {
-                        tracing::debug!(%error, "could not cancel the expired tasks consumer");
-                    }
-                    return;
-                }
-                delivery = consumer.deliveries.next() => delivery,
-            };
-            match delivery {
-                Some(Ok(delivery)) if death_reason(&delivery) == Some("expired") => {
-                    let executor = Arc::clone(&executor);
-                    let abandon = abandon.clone();
-                    running.spawn(async move {
-                        let handled = Box::pin(executor.handle(delivery, None));
-                        unless_abandoned(&abandon, handled).await;
-                    });
-                }
-                Some(Ok(delivery)) => {
-                    let app = app.clone();
-                    running.spawn(async move { keep(&app, delivery).await });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "lost the expired tasks consumer; resuming");
-                    break;
-                }
-                None => break,
-            }
+    let consume = || async {
+        app.broker()
+            .declare_exchange(&ExchangeSpec::fanout(EXPIRED_EXCHANGE))
+            .await?;
+        app.ensure_declared(&QueueSpec::expired_tasks()).await?;
+        app.broker()
+            .bind_queue(EXPIRED_QUEUE, EXPIRED_EXCHANGE, "")
+            .await?;
+        app.broker()
+            .consume(
+                &[EXPIRED_QUEUE.to_owned()],
+                ConsumeOptions::manual_ack(PREFETCH),
+            )
+            .await
+    };
+    drain_until_stopped(&stop, "the expired tasks", consume, |delivery| {
+        if death_reason(&delivery) == Some("expired") {
+            let executor = Arc::clone(&executor);
+            let abandon = abandon.clone();
+            running.spawn(async move {
+                let handled = Box::pin(executor.handle(delivery, None));
+                unless_abandoned(&abandon, handled).await;
+            });
+        } else {
+            let app = app.clone();
+            running.spawn(async move { keep(&app, delivery).await });
         }
-    }
+    })
+    .await;
 }
 
 /// Why the broker dead-lettered the message (`x-first-death-reason`:

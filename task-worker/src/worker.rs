@@ -31,7 +31,7 @@ use crate::expired;
 use crate::node::{Node, NodeParts, QueueChange};
 use crate::rate_limiter;
 use crate::remote_control;
-use crate::resume::consumer_until_stopped;
+use crate::resume::drain_until_stopped;
 use crate::revoke_log;
 use crate::settle::{RequeueBackoff, Settler, Warnings, WorkerResults};
 use crate::stages;
@@ -1057,48 +1057,25 @@ async fn consume_chord_joins(
     abandon: CancellationToken,
     stop: CancellationToken,
 ) {
-    loop {
-        let consumed = consumer_until_stopped(&stop, "the chord joins", || async {
-            app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
-                .await?;
-            app.broker()
-                .consume(
-                    &[chord_join::JOIN_TASK_QUEUE.to_owned()],
-                    ConsumeOptions::manual_ack(0),
-                )
-                .await
-        })
-        .await;
-        let Some(mut consumer) = consumed else {
-            return;
-        };
-        loop {
-            let delivery = tokio::select! {
-                () = stop.cancelled() => {
-                    if let Err(error) = consumer.cancel.cancel().await {
-                        tracing::debug!(%error, "could not cancel the chord joins consumer");
-                    }
-                    return;
-                }
-                delivery = consumer.deliveries.next() => delivery,
-            };
-            match delivery {
-                Some(Ok(delivery)) => {
-                    let executor = Arc::clone(&executor);
-                    let abandon = abandon.clone();
-                    running.spawn(async move {
-                        let handled = Box::pin(executor.handle(delivery, None));
-                        unless_abandoned(&abandon, handled).await;
-                    });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "lost the chord joins consumer; resuming");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+    let consume = || async {
+        app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
+            .await?;
+        app.broker()
+            .consume(
+                &[chord_join::JOIN_TASK_QUEUE.to_owned()],
+                ConsumeOptions::manual_ack(0),
+            )
+            .await
+    };
+    drain_until_stopped(&stop, "the chord joins", consume, |delivery| {
+        let executor = Arc::clone(&executor);
+        let abandon = abandon.clone();
+        running.spawn(async move {
+            let handled = Box::pin(executor.handle(delivery, None));
+            unless_abandoned(&abandon, handled).await;
+        });
+    })
+    .await;
 }
 
 /// The next queue change, if the worker takes them; never otherwise.

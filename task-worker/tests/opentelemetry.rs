@@ -93,21 +93,10 @@ async fn where_am_i(app: task_core::State<App>, queue: Option<String>) -> Result
     }))
 }
 
-/// A plain app (its queues declared as Celery declares them, which the
-/// Python peers do too).
-async fn plain_app() -> App {
-    App::builder()
-        .broker_url(common::broker_url())
-        .set_as_default(false)
-        .connect()
-        .await
-        .expect("RabbitMQ is running")
-}
-
 /// Deletes `queue` and what was declared with it (through an app of its
 /// own: a stopped worker closed its app's connection).
 async fn cleanup(queue: &str) {
-    let app = plain_app().await;
+    let app = common::plain_app().await;
     app.broker().delete_queue(queue).await.unwrap();
     let dead_letters = QueueSpec::dead_letter_queue(queue).name;
     app.broker().delete_queue(&dead_letters).await.unwrap();
@@ -119,7 +108,7 @@ async fn cleanup(queue: &str) {
 async fn a_clients_span_its_task_and_the_task_it_calls_are_parent_and_children() {
     exported();
     let queue = common::unique_queue("otel-rust");
-    let app = plain_app().await;
+    let app = common::plain_app().await;
     let worker =
         common::TestWorker::start_on(queue.clone(), app.clone(), 4, |b| b.state(app.clone())).await;
     let client = tracing::info_span!("client", call = "nested");
@@ -156,7 +145,7 @@ async fn a_clients_span_its_task_and_the_task_it_calls_are_parent_and_children()
 async fn a_python_clients_publish_span_is_the_parent_of_the_rust_task() {
     exported();
     let queue = common::unique_queue("otel-py2rs");
-    let app = plain_app().await;
+    let app = common::plain_app().await;
     let worker =
         common::TestWorker::start_on(queue.clone(), app.clone(), 2, |b| b.state(app.clone())).await;
     let output = common::python_output(vec![
@@ -201,7 +190,7 @@ impl Drop for PythonWorker {
 async fn a_rust_clients_span_is_the_parent_of_the_python_tasks_run() {
     exported();
     let queue = common::unique_queue("otel-rs2py");
-    let app = plain_app().await;
+    let app = common::plain_app().await;
     app.ensure_queue(&queue).await.unwrap();
     let _python = PythonWorker(
         Command::new(common::python())

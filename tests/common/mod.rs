@@ -139,6 +139,18 @@ pub fn output_within(mut command: std::process::Command, limit: Duration) -> std
     }
 }
 
+/// An app on the tests' broker whose queues are declared exactly as
+/// Celery declares them, like the Python peers' (not the tests' default
+/// app).
+pub async fn plain_app() -> App {
+    App::builder()
+        .broker_url(broker_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("RabbitMQ is running")
+}
+
 /// A queue name no other test (or test run) uses.
 pub fn unique_queue(label: &str) -> String {
     format!("test.{label}.{}", uuid::Uuid::new_v4().simple())
