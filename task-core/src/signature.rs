@@ -501,7 +501,7 @@ impl<R> Signature<R> {
             let trace = current
                 .or_else(|| parent.as_ref().and_then(TaskContext::trace))
                 .unwrap_or_else(TraceParent::new_root);
-            headers.insert_str(TRACEPARENT, &trace.to_string());
+            headers.insert(TRACEPARENT, trace.header_value());
         }
         if !options.link.is_empty()
             || !options.link_error.is_empty()

@@ -93,9 +93,15 @@ fn hex(digits: &[u8]) -> Option<u128> {
     })
 }
 
-impl fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Written into every task message: hex by hand, not through `{:x}`.
+impl TraceParent {
+    /// The `traceparent` header value: written into every task message,
+    /// as one allocation.
+    pub fn header_value(&self) -> crate::broker::HeaderValue {
+        crate::broker::HeaderValue::LongString(self.to_bytes().to_vec().into())
+    }
+
+    /// The W3C text, in ASCII (hex by hand, not through `{:x}`).
+    fn to_bytes(self) -> [u8; 55] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
         for (i, slot) in text[3..35].iter_mut().enumerate() {
@@ -105,8 +111,14 @@ impl fmt::Display for TraceParent {
             *slot = DIGITS[(self.span_id >> (60 - 4 * i) & 0xf) as usize];
         }
         text[54] = if self.sampled { b'1' } else { b'0' };
-        // Only ASCII digits were written.
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        text
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only ASCII digits and dashes were written.
+        f.write_str(std::str::from_utf8(&self.to_bytes()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -152,6 +164,12 @@ mod tests {
         }
         let root = TraceParent::new_root();
         assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
+        let mut headers = crate::broker::Headers::new();
+        headers.insert(TRACEPARENT, root.header_value());
+        assert_eq!(
+            headers.get_str(TRACEPARENT),
+            Some(root.to_string().as_str())
+        );
         // A later version may carry more fields; the first four are read.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what";
         let parsed = TraceParent::parse(later).unwrap();

@@ -510,7 +510,7 @@ impl Canvas {
             if let Some(trace) = trace {
                 let headers = &mut follow_up.message.properties.headers;
                 if !headers.contains_key(TRACEPARENT) {
-                    headers.insert_str(TRACEPARENT, &trace.to_string());
+                    headers.insert(TRACEPARENT, trace.header_value());
                 }
             }
             let queue = follow_up.queue_in(&self.registry, self.app.default_queue());
