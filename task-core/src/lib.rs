@@ -7,6 +7,7 @@ mod app;
 mod args;
 mod async_result;
 pub mod backend;
+pub mod beat;
 pub mod broker;
 pub mod canvas;
 pub mod clock;
@@ -22,6 +23,9 @@ pub mod protocol;
 mod rate_limit;
 pub mod registry;
 mod retry;
+/// When periodic entries are due: cron expressions (standard and Celery
+/// `crontab`), intervals and single instants, in any time zone.
+pub mod schedule;
 mod signature;
 mod state;
 mod task;

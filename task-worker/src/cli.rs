@@ -14,6 +14,7 @@ use task_core::broker::{DeadLetterRetention, TlsOptions};
 use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
 use crate::autoscale::Autoscale;
+use crate::beat_cli::BeatArgs;
 use crate::control_cli::RemoteArgs;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue, Selection};
 use crate::logging::{self, LogFilter, LogFormat};
@@ -135,6 +136,14 @@ pub struct WorkerArgs {
     /// Print the registered tasks (name and default queue) and exit.
     #[arg(long)]
     pub list_tasks: bool,
+    /// Also run the periodic-task scheduler in this process, as Celery's
+    /// `-B` (several workers may: one leads, the others take over when it
+    /// stops). Its settings: `--schedule`, `--beat-name`, ...
+    #[arg(short = 'B', long)]
+    pub beat: bool,
+    /// The scheduler's settings (with `-B`).
+    #[command(flatten)]
+    pub beat_options: BeatArgs,
     /// Instead of running a worker: another command.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -152,6 +161,11 @@ pub enum Command {
     /// Tell the running workers (Celery's `celery control`): `revoke`,
     /// `terminate`, `rate_limit`, `time_limit`, `pool_grow`, `shutdown`, ...
     Control(RemoteArgs),
+    /// Run the periodic-task scheduler alone (Celery's `celery beat`):
+    /// sends each entry's task when due. Run it on several machines: one
+    /// leads, another takes over within a second if it dies, and no run is
+    /// sent twice or skipped.
+    Beat(BeatArgs),
 }
 
 /// `dead-letters ...`: the dead-letter queue of one task queue.
@@ -300,6 +314,10 @@ pub fn main_for(binary: BinaryInfo) -> ExitCode {
             Some(Command::Inspect(remote) | Command::Control(remote)) => {
                 remote_control(&args, &remote).await
             }
+            Some(Command::Beat(beat)) => run_beat(&args, &beat)
+                .await
+                .map(|()| true)
+                .map_err(|error| error.to_string()),
             None => run(args)
                 .await
                 .map(|()| true)
@@ -342,6 +360,15 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
         crate::metrics::serve(addr)?;
     }
     let tls = tls_options(&args);
+    // Checked before connecting: a bad entry fails the start.
+    let beat = match args.beat {
+        true => Some(crate::beat_cli::build(
+            &args.beat_options,
+            &args.broker,
+            tls.clone(),
+        )?),
+        false => None,
+    };
     let limit = |n: u64| (n > 0).then_some(n);
     let max_age_ms = (args.dead_letter_max_age_days.max(0.0) * 86_400_000.0) as u64;
     let retention = DeadLetterRetention {
@@ -380,7 +407,28 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     }
     let worker = builder.build().await?;
     tokio::spawn(shutdown::on_signal(worker.shutdown_handle()));
-    worker.run().await
+    let beat = beat.map(|beat| {
+        let stop = worker.shutdown_handle();
+        tokio::spawn(async move {
+            if let Err(error) = beat.run_until(stop.cancelled()).await {
+                tracing::error!("beat stopped: {error}");
+            }
+        })
+    });
+    let outcome = worker.run().await;
+    if let Some(beat) = beat {
+        // Its connection closed, the lock goes to another instance.
+        let _ = beat.await;
+    }
+    outcome
+}
+
+/// Runs the scheduler alone until SIGTERM / Ctrl-C.
+async fn run_beat(args: &WorkerArgs, beat_args: &BeatArgs) -> Result<(), task_core::beat::BeatError> {
+    let beat = crate::beat_cli::build(beat_args, &args.broker, tls_options(args))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(shutdown::on_signal(stop.clone()));
+    beat.run_until(stop.cancelled()).await
 }
 
 /// The TLS settings the `--tls-*` flags ask for, if any.

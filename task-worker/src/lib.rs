@@ -7,6 +7,7 @@
 //! its tasks (see ARCHITECTURE.md).
 
 pub mod autoscale;
+pub mod beat_cli;
 mod canvas;
 mod chord_entries;
 pub mod cli;

@@ -76,6 +76,10 @@ pub enum WorkerError {
     /// The metrics endpoint could not start (`--metrics-addr`).
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The embedded scheduler (`-B`) cannot be built: an invalid entry or
+    /// schedule file.
+    #[error(transparent)]
+    Beat(#[from] task_core::beat::BeatError),
     /// A setting is out of range.
     #[error("invalid worker setting `{setting}`: {reason}")]
     InvalidSetting {

@@ -95,3 +95,15 @@ def request(self):
         "reply_to": r.reply_to,
         "correlation_id": r.correlation_id,
     }
+
+
+@app.task(name="py.beat_relay", bind=True)
+def beat_relay(self, queue, label):
+    """Tells `queue` (as a `beat.seen` task message) what a task sent by a
+    scheduler looked like to the Python worker."""
+    report = {
+        "label": label,
+        "celery_beat_task": getattr(self.request, "celery_beat_task", None),
+        "beat_entry": getattr(self.request, "beat_entry", None),
+    }
+    app.send_task("beat.seen", args=[report], queue=queue)

@@ -70,6 +70,19 @@ impl AmqpBroker {
         Self::connect_inner(url, policy, Some(tls)).await
     }
 
+    /// Connects to `url` with a connection that is never replaced: once it
+    /// is lost, every operation fails with [`BrokerError::Connection`]. For
+    /// what must end with the connection (the scheduler's lock, an
+    /// exclusive queue, and the publishes made while holding it: see
+    /// [`crate::beat`]). `tls` as in [`AmqpBroker::connect_with_tls`].
+    pub async fn connect_once(url: &str, tls: Option<&TlsOptions>) -> Result<Self, BrokerError> {
+        Ok(Self {
+            link: LinkKeeper::connect_once(url, tls).await?,
+            delay_levels: OnceCell::new(),
+            delay_targets: Mutex::new(HashMap::new()),
+        })
+    }
+
     async fn connect_inner(
         url: &str,
         policy: ReconnectPolicy,
@@ -728,13 +741,14 @@ fn consumer_arguments(options: &ConsumeOptions) -> FieldTable {
     }
     if let Some(offset) = options.stream_offset {
         let offset = match offset {
-            StreamOffset::First => "first",
-            StreamOffset::Next => "next",
+            StreamOffset::First => AMQPValue::LongString("first".into()),
+            StreamOffset::Next => AMQPValue::LongString("next".into()),
+            // An AMQP timestamp: seconds since the Unix epoch.
+            StreamOffset::Since(time) => {
+                AMQPValue::Timestamp(u64::try_from(time.timestamp()).unwrap_or(0))
+            }
         };
-        arguments.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongString(offset.into()),
-        );
+        arguments.insert("x-stream-offset".into(), offset);
     }
     arguments
 }

@@ -83,6 +83,9 @@ pub(crate) struct LinkKeeper {
     current: RwLock<Arc<Link>>,
     reconnecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Whether a lost connection is replaced; when not, every operation
+    /// after the loss fails (see [`LinkKeeper::connect_once`]).
+    reconnects: bool,
 }
 
 impl LinkKeeper {
@@ -103,6 +106,22 @@ impl LinkKeeper {
             current: RwLock::new(Arc::new(link)),
             reconnecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            reconnects: true,
+        })
+    }
+
+    /// Connects once, for a connection that is never replaced: when it is
+    /// lost, every operation fails with [`BrokerError::Connection`]. What
+    /// the connection holds (an exclusive queue used as a lock) then ends
+    /// with it, and nothing is done on a new connection that does not hold
+    /// it.
+    pub(crate) async fn connect_once(
+        url: &str,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Self, BrokerError> {
+        Ok(Self {
+            reconnects: false,
+            ..Self::connect(url, ReconnectPolicy::default(), tls).await?
         })
     }
 
@@ -167,6 +186,11 @@ impl LinkKeeper {
                 // Closed by this client: nothing to recover, and not a lost
                 // connection (which callers such as the reply consumer retry).
                 Err(BrokerError::Connection { .. }) if self.is_closed() => return Err(closed()),
+                Err(error @ BrokerError::Connection { .. })
+                    if !self.reconnects && !link.connection.status().connected() =>
+                {
+                    return Err(error)
+                }
                 Err(BrokerError::Connection { reason, .. })
                     if channel_retries < CHANNEL_RETRIES
                         && link.connection.status().connected() =>
@@ -225,6 +249,13 @@ impl LinkKeeper {
         let current = self.current();
         if current.generation != failed && current.connection.status().connected() {
             return Ok(());
+        }
+        if !self.reconnects {
+            return Err(BrokerError::Connection {
+                reason: "the broker connection was lost (this connection is not replaced)".into(),
+                reply_code: None,
+                source: None,
+            });
         }
         let mut backoff = self.policy.initial_backoff;
         loop {

@@ -636,6 +636,9 @@ pub enum StreamOffset {
     First,
     /// Only messages published from now on.
     Next,
+    /// The messages the broker stored from about this time on (by chunk:
+    /// a few earlier ones may come first).
+    Since(chrono::DateTime<chrono::Utc>),
 }
 
 impl ConsumeOptions {
