@@ -15,7 +15,12 @@ pub struct BeatArgs {
     /// A TOML file of periodic entries (`[entries.<name>]` with `task` and
     /// one of `cron`, `crontab`, `every`, `at`; see `task_core::beat::ScheduleFile`).
     /// Entries registered in code with `periodic!` run too.
-    #[arg(short = 's', long = "schedule", value_name = "FILE", env = "BEAT_SCHEDULE")]
+    #[arg(
+        short = 's',
+        long = "schedule",
+        value_name = "FILE",
+        env = "BEAT_SCHEDULE"
+    )]
     pub schedule: Option<PathBuf>,
     /// The scheduler group: instances with the same name share one leader
     /// and one record of runs; every instance of a group must have the
@@ -45,7 +50,10 @@ pub(crate) fn build(
     let mut builder = Beat::builder()
         .broker_url(broker_url)
         .name(args.name.clone())
-        .grace(Duration::try_from_secs_f64(args.grace.max(0.0)).unwrap_or(task_core::beat::DEFAULT_GRACE))
+        .grace(
+            Duration::try_from_secs_f64(args.grace.max(0.0))
+                .unwrap_or(task_core::beat::DEFAULT_GRACE),
+        )
         .standby_poll(Duration::from_millis(args.standby_poll_ms))
         .declared_entries();
     if let Some(path) = &args.schedule {
@@ -64,7 +72,9 @@ pub(crate) fn build(
     let beat = builder.build()?;
     let names: Vec<&str> = beat.entry_names().collect();
     if names.is_empty() {
-        tracing::warn!("beat: no periodic entries (give --schedule FILE, or register entries with periodic!)");
+        tracing::warn!(
+            "beat: no periodic entries (give --schedule FILE, or register entries with periodic!)"
+        );
     } else {
         tracing::info!(entries = names.len(), names = %names.join(", "), "beat: entries");
     }

@@ -424,7 +424,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
 }
 
 /// Runs the scheduler alone until SIGTERM / Ctrl-C.
-async fn run_beat(args: &WorkerArgs, beat_args: &BeatArgs) -> Result<(), task_core::beat::BeatError> {
+async fn run_beat(
+    args: &WorkerArgs,
+    beat_args: &BeatArgs,
+) -> Result<(), task_core::beat::BeatError> {
     let beat = crate::beat_cli::build(beat_args, &args.broker, tls_options(args))?;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shutdown::on_signal(stop.clone()));

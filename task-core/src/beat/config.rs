@@ -47,10 +47,12 @@ impl ScheduleFile {
     /// the entry); schedules themselves are checked when the scheduler is
     /// built.
     pub fn read(path: &Path) -> Result<Self, BeatError> {
-        let text = std::fs::read_to_string(path).map_err(|error| BeatError::Config(format!(
-            "cannot read the schedule file `{}`: {error}",
-            path.display()
-        )))?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            BeatError::Config(format!(
+                "cannot read the schedule file `{}`: {error}",
+                path.display()
+            ))
+        })?;
         Self::parse(&text).map_err(|error| match error {
             BeatError::Config(reason) => {
                 BeatError::Config(format!("schedule file `{}`: {reason}", path.display()))
@@ -277,7 +279,9 @@ mod tests {
         assert_eq!(a.signature.options().queue.as_deref(), Some("q"));
         assert_eq!(a.signature.options().priority, Some(3));
         assert_eq!(file.entries()[2].missed, MissedRuns::RunAll { max: 5 });
-        assert!(matches!(file.entries()[2].when, super::super::entry::When::Every(d) if d == Duration::from_secs(90)));
+        assert!(
+            matches!(file.entries()[2].when, super::super::entry::When::Every(d) if d == Duration::from_secs(90))
+        );
     }
 
     #[test]
@@ -304,8 +308,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let error = ScheduleFile::parse("[entries.a]\ntask = \"t\"\ncron = \"* * * * *\"\nevry = 5\n")
-            .expect_err("unknown key");
+        let error =
+            ScheduleFile::parse("[entries.a]\ntask = \"t\"\ncron = \"* * * * *\"\nevry = 5\n")
+                .expect_err("unknown key");
         assert!(error.to_string().contains("evry"), "{error}");
     }
 }

@@ -86,10 +86,7 @@ pub(crate) fn jitter(entry: &str, run: DateTime<Utc>, max: Duration) -> Duration
         return Duration::ZERO;
     }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in entry
-        .bytes()
-        .chain(run.timestamp_millis().to_le_bytes())
-    {
+    for byte in entry.bytes().chain(run.timestamp_millis().to_le_bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -102,7 +99,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, 6, h, m, s).single().expect("valid time")
+        Utc.with_ymd_and_hms(2026, 12, 6, h, m, s)
+            .single()
+            .expect("valid time")
     }
 
     fn every(secs: u64) -> Schedule {
@@ -113,22 +112,43 @@ mod tests {
 
     #[test]
     fn a_run_due_now_fires_once() {
-        let runs = runs_to_fire(&every(60), at(10, 0, 0), at(10, 1, 0), MissedRuns::Skip, GRACE);
+        let runs = runs_to_fire(
+            &every(60),
+            at(10, 0, 0),
+            at(10, 1, 0),
+            MissedRuns::Skip,
+            GRACE,
+        );
         assert_eq!(runs, vec![at(10, 1, 0)]);
-        let runs = runs_to_fire(&every(60), at(10, 1, 0), at(10, 1, 0), MissedRuns::Skip, GRACE);
+        let runs = runs_to_fire(
+            &every(60),
+            at(10, 1, 0),
+            at(10, 1, 0),
+            MissedRuns::Skip,
+            GRACE,
+        );
         assert!(runs.is_empty(), "a run accounted for does not fire again");
     }
 
     #[test]
     fn late_runs_within_the_grace_period_all_fire_whatever_the_policy() {
         // A takeover 4 s late on a 1 s schedule.
-        let runs = runs_to_fire(&every(1), at(10, 0, 0), at(10, 0, 4), MissedRuns::Skip, GRACE);
-        assert_eq!(runs, vec![at(10, 0, 1), at(10, 0, 2), at(10, 0, 3), at(10, 0, 4)]);
+        let runs = runs_to_fire(
+            &every(1),
+            at(10, 0, 0),
+            at(10, 0, 4),
+            MissedRuns::Skip,
+            GRACE,
+        );
+        assert_eq!(
+            runs,
+            vec![at(10, 0, 1), at(10, 0, 2), at(10, 0, 3), at(10, 0, 4)]
+        );
     }
 
     #[test]
     fn missed_runs_follow_the_policy() {
-        let (last, now) = (at(8, 0, 0), at(12, 0, 10));
+        let (last, now) = (at(8, 0, 0), at(12, 0, 40));
         let hourly = every(3600);
         assert!(runs_to_fire(&hourly, last, now, MissedRuns::Skip, GRACE).is_empty());
         assert_eq!(
@@ -152,17 +172,45 @@ mod tests {
     fn missed_and_late_runs_together() {
         // Down from 10:00:00 to 10:01:00 on a 10 s schedule, grace 30 s:
         // 10:00:10 and 10:00:20 (and 10:00:30) are missed, the rest late.
-        let runs = runs_to_fire(&every(10), at(10, 0, 0), at(10, 1, 0), MissedRuns::RunOnce, GRACE);
-        assert_eq!(runs, vec![at(10, 0, 30), at(10, 0, 40), at(10, 0, 50), at(10, 1, 0)]);
-        let runs = runs_to_fire(&every(10), at(10, 0, 0), at(10, 1, 0), MissedRuns::Skip, GRACE);
+        let runs = runs_to_fire(
+            &every(10),
+            at(10, 0, 0),
+            at(10, 1, 0),
+            MissedRuns::RunOnce,
+            GRACE,
+        );
+        assert_eq!(
+            runs,
+            vec![at(10, 0, 30), at(10, 0, 40), at(10, 0, 50), at(10, 1, 0)]
+        );
+        let runs = runs_to_fire(
+            &every(10),
+            at(10, 0, 0),
+            at(10, 1, 0),
+            MissedRuns::Skip,
+            GRACE,
+        );
         assert_eq!(runs, vec![at(10, 0, 40), at(10, 0, 50), at(10, 1, 0)]);
     }
 
     #[test]
     fn a_long_outage_of_a_frequent_entry_enumerates_only_what_fires() {
-        let last = Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).single().expect("valid");
-        let runs = runs_to_fire(&every(1), last, at(10, 0, 0), MissedRuns::RunAll { max: 3 }, GRACE);
-        assert_eq!(runs.len(), 3 + 30, "3 missed, 30 late within the grace period");
+        let last = Utc
+            .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid");
+        let runs = runs_to_fire(
+            &every(1),
+            last,
+            at(10, 0, 0),
+            MissedRuns::RunAll { max: 3 },
+            GRACE,
+        );
+        assert_eq!(
+            runs.len(),
+            3 + 30,
+            "3 missed, 30 late within the grace period"
+        );
     }
 
     #[test]
@@ -171,9 +219,13 @@ mod tests {
         let a = jitter("report", at(3, 0, 0), max);
         assert!(a < max);
         assert_eq!(a, jitter("report", at(3, 0, 0), max));
-        let spread: std::collections::HashSet<_> =
-            (0..50).map(|i| jitter("report", at(3, i, 0), max)).collect();
+        let spread: std::collections::HashSet<_> = (0..50)
+            .map(|i| jitter("report", at(3, i, 0), max))
+            .collect();
         assert!(spread.len() > 10, "runs get different delays: {spread:?}");
-        assert_eq!(jitter("report", at(3, 0, 0), Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            jitter("report", at(3, 0, 0), Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

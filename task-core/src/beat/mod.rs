@@ -72,8 +72,7 @@ pub use entry::{DeclaredEntry, Entry, MissedRuns};
 pub use leadership::Role;
 pub use run_log::{ENTRY_HEADER, RUN_HEADER};
 pub use runner::{
-    Beat, BeatBuilder, BEAT_TASK_HEADER, DEFAULT_GRACE, DEFAULT_LOG_MAX_BYTES,
-    DEFAULT_STANDBY_POLL,
+    Beat, BeatBuilder, BEAT_TASK_HEADER, DEFAULT_GRACE, DEFAULT_LOG_MAX_BYTES, DEFAULT_STANDBY_POLL,
 };
 
 use crate::broker::BrokerError;
@@ -104,3 +103,6 @@ pub struct EntryError {
     /// What is wrong with it.
     pub reason: String,
 }
+
+#[cfg(test)]
+mod tests;

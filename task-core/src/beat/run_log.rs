@@ -83,7 +83,13 @@ impl RunLog {
 
     /// Names the entry and run on a task message, and, when `recorded`,
     /// has the same publish record it in this log (`BCC`).
-    pub(crate) fn mark(&self, message: &mut Message, entry: &str, run: DateTime<Utc>, recorded: bool) {
+    pub(crate) fn mark(
+        &self,
+        message: &mut Message,
+        entry: &str,
+        run: DateTime<Utc>,
+        recorded: bool,
+    ) {
         let headers = &mut message.properties.headers;
         headers.insert_str(ENTRY_HEADER, entry);
         headers.insert(RUN_HEADER, HeaderValue::LongLongInt(run.timestamp_millis()));
@@ -134,7 +140,10 @@ impl RunLog {
     ) -> Result<(LastRuns, bool), BrokerError> {
         let marker = uuid::Uuid::new_v4().to_string();
         let mut message = record(Vec::new());
-        message.properties.headers.insert_str(MARKER_HEADER, &marker);
+        message
+            .properties
+            .headers
+            .insert_str(MARKER_HEADER, &marker);
         broker.publish("", &self.queue, &message).await?;
         let consumer = broker
             .consume(

@@ -450,12 +450,18 @@ impl Beat {
                 Err(error) => return TermEnd::Lost(error),
             },
         };
-        tracing::info!(entries = inner.entries.len(), durable, "beat: schedule loaded");
+        tracing::info!(
+            entries = inner.entries.len(),
+            durable,
+            "beat: schedule loaded"
+        );
         let mut queue: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = inner
             .entries
             .iter()
             .enumerate()
-            .filter_map(|(index, entry)| Some(Reverse((self.fire_time(entry, last[&entry.name])?, index))))
+            .filter_map(|(index, entry)| {
+                Some(Reverse((self.fire_time(entry, last[&entry.name])?, index)))
+            })
             .collect();
         let mut next_snapshot = crate::clock::now() + to_chrono(SNAPSHOT_EVERY);
         loop {
@@ -492,7 +498,12 @@ impl Beat {
                 .map(|index| {
                     let entry = &inner.entries[index];
                     let since = last[&entry.name];
-                    async move { (index, self.fire_due(broker, entry, since, now, durable).await) }
+                    async move {
+                        (
+                            index,
+                            self.fire_due(broker, entry, since, now, durable).await,
+                        )
+                    }
                 })
                 .buffer_unordered(FIRING_AT_ONCE)
                 .collect::<Vec<_>>();
@@ -525,9 +536,11 @@ impl Beat {
             if let Some(error) = failure {
                 return TermEnd::Lost(error);
             }
-            if durable && crate::clock::now() >= next_snapshot {
-                if let Err(error) = self.snapshot(broker, &last).await {
-                    return TermEnd::Lost(error);
+            if crate::clock::now() >= next_snapshot {
+                if durable {
+                    if let Err(error) = self.snapshot(broker, &last).await {
+                        return TermEnd::Lost(error);
+                    }
                 }
                 next_snapshot = crate::clock::now() + to_chrono(SNAPSHOT_EVERY);
             }
@@ -538,7 +551,9 @@ impl Beat {
     /// next run (delayed by its jitter), or at once if that run is past.
     fn fire_time(&self, entry: &Scheduled, last: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let run = entry.schedule.next_after(last)?;
-        let delay = entry.jitter.map_or(Duration::ZERO, |max| jitter(&entry.name, run, max));
+        let delay = entry
+            .jitter
+            .map_or(Duration::ZERO, |max| jitter(&entry.name, run, max));
         Some(run + to_chrono(delay))
     }
 
@@ -618,8 +633,10 @@ impl Beat {
 /// Whether `error` is the broker refusing something (a configuration
 /// problem, reported) rather than a lost connection (retried).
 fn is_refusal(error: &BrokerError) -> bool {
-    !matches!(error, BrokerError::Connection { .. } | BrokerError::Connect { .. })
-        && error.reply_code().is_some()
+    !matches!(
+        error,
+        BrokerError::Connection { .. } | BrokerError::Connect { .. }
+    ) && error.reply_code().is_some()
 }
 
 fn to_chrono(duration: Duration) -> chrono::Duration {
