@@ -618,6 +618,7 @@ async fn a_python_worker_runs_what_the_rust_scheduler_sends() {
     assert_eq!(report["label"], json!("from-rust"));
     assert_eq!(report["celery_beat_task"], json!(true), "{report}");
     assert_eq!(report["beat_entry"], json!("relay"), "{report}");
+    drop(python);
     let _ = app.broker().delete_queue(&seen_queue).await;
     group.remove().await;
 }
@@ -676,4 +677,46 @@ async fn python_celery_beat_drives_a_rust_worker() {
     drop(beat);
     worker.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_worker_started_with_dash_b_also_runs_the_scheduler() {
+    let group = Group::new("beat-embedded").await;
+    let worker_queue = common::unique_queue("beat-embedded-worker");
+    let dir = std::env::temp_dir().join(format!("beat-b-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schedule = dir.join("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[entries.tick]\ntask = \"t.tick\"\nevery = \"1s\"\n[entries.tick.options]\nqueue = \"{}\"\n",
+            group.queue
+        ),
+    )
+    .unwrap();
+    let mut consumer = group.consume().await;
+    let mut worker = Command::new(common::example_binary("worker"))
+        .args(["--broker", &common::broker_url(), "--loglevel", "warning"])
+        .args(["-Q", &worker_queue, "-B", "--beat-name", &group.name])
+        .arg("--schedule")
+        .arg(&schedule)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the worker binary starts");
+    let first = next_fired(&mut consumer).await;
+    let second = next_fired(&mut consumer).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(first.entry, "tick");
+    assert_eq!(second.run - first.run, chrono::Duration::seconds(1));
+    assert_eq!(
+        origin_pid(&first.origin),
+        Some(worker.id()),
+        "sent by the worker process"
+    );
+    let _ = group.app.broker().delete_queue(&worker_queue).await;
+    let _ = group.app.broker().delete_exchange(&worker_queue).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    group.remove().await;
 }

@@ -38,6 +38,9 @@
 //!    backend against its plain calls, all in the same run (`canvas.rs`).
 //! 9. `events`: round trips with task events on (`-E`) and a monitor
 //!    attached, against events off, in the same run (`events.rs`).
+//! 10. `beat`: the periodic-task scheduler's lateness against Celery beat's,
+//!    and the CPU and memory of one scheduler with 10,000 entries
+//!    (`beat.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -52,6 +55,7 @@
 //! worker).
 
 mod admin;
+mod beat;
 mod canvas;
 mod celery;
 mod child;
@@ -178,6 +182,17 @@ struct Args {
     /// Internal (profiling): delete this queue and its same-name exchange.
     #[arg(long, hide = true)]
     delete: Option<String>,
+    /// Seconds each scheduler runs in the `beat` section's lateness
+    /// measurement (default 20; --quick 4).
+    #[arg(long)]
+    beat_seconds: Option<f64>,
+    /// Entries of the `beat` section's load measurement (default 10,000;
+    /// --quick 1,000).
+    #[arg(long)]
+    beat_entries: Option<usize>,
+    /// Their period in seconds, all due together (default 10; --quick 2).
+    #[arg(long)]
+    beat_period: Option<f64>,
     /// Internal: the raw worker's prefetch.
     #[arg(long, hide = true, default_value_t = 64)]
     prefetch: u16,
@@ -195,6 +210,7 @@ enum Section {
     Redis,
     Canvas,
     Events,
+    Beat,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -277,6 +293,7 @@ pub struct Run {
     pub redis_await: Option<redis_backend::AwaitRuns>,
     pub canvas: Option<canvas::CanvasRun>,
     pub events: Option<events::EventsRun>,
+    pub beat: Option<beat::BeatRun>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -400,6 +417,11 @@ impl Run {
                 put(key, Some(value));
             }
         }
+        if let Some(beat) = &self.beat {
+            for (key, value) in beat.ratios() {
+                put(key, Some(value));
+            }
+        }
         if let Some(a) = &self.redis_await {
             put(
                 "redis:await_collect_rate_redis_over_rpc",
@@ -481,6 +503,7 @@ async fn bench(args: Args) -> Result<()> {
         Section::Redis,
         Section::Canvas,
         Section::Events,
+        Section::Beat,
     ];
     let mut sections: Vec<Section> = args.only.clone();
     if args.redis && !sections.contains(&Section::Redis) {
@@ -498,7 +521,8 @@ async fn bench(args: Args) -> Result<()> {
         || sections.contains(&Section::Drain)
         || sections.contains(&Section::Redis)
         || sections.contains(&Section::Canvas)
-        || sections.contains(&Section::Events);
+        || sections.contains(&Section::Events)
+        || sections.contains(&Section::Beat);
     let worker_binary = if needs_worker {
         framework::ensure_worker_binary(!args.no_build)?
     } else {
@@ -590,6 +614,7 @@ async fn bench(args: Args) -> Result<()> {
     let python = if sections.contains(&Section::Celery)
         || sections.contains(&Section::Redis)
         || sections.contains(&Section::Canvas)
+        || sections.contains(&Section::Beat)
     {
         match celery::find_python() {
             Ok(python) => Some(python),
@@ -690,6 +715,25 @@ async fn bench(args: Args) -> Result<()> {
                 events::bench(&cfg, raw_first)
             );
         }
+        if sections.contains(&Section::Beat) {
+            section!(
+                beat,
+                "beat (scheduler)",
+                beat::bench(
+                    &cfg,
+                    python.as_deref(),
+                    args.beat_seconds
+                        .unwrap_or(if quick { 4.0 } else { 20.0 })
+                        .max(1.0),
+                    args.beat_entries
+                        .unwrap_or(if quick { 1_000 } else { 10_000 })
+                        .max(1),
+                    args.beat_period
+                        .unwrap_or(if quick { 2.0 } else { 10.0 })
+                        .max(1.0),
+                )
+            );
+        }
         run.compute_ratios();
         runs.push(run);
         // Whatever a failed section left behind.
@@ -705,6 +749,8 @@ async fn bench(args: Args) -> Result<()> {
     let events_runs: Vec<events::EventsRun> =
         runs.iter().filter_map(|r| r.events.clone()).collect();
     events::print(&events_runs);
+    let beat_runs: Vec<beat::BeatRun> = runs.iter().filter_map(|r| r.beat.clone()).collect();
+    beat::print(&beat_runs);
     let cpus = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{v:.2}"));
     println!(
         "machine: {} CPUs; over these {:.0} s on average {} CPUs were busy: benchmark {:.2} \
