@@ -561,7 +561,7 @@ async fn a_python_worker_runs_what_the_rust_scheduler_sends() {
     let seen_queue = common::unique_queue("beat-rs2py-seen");
     let app = &group.app;
     app.ensure_queue(&group.queue).await.unwrap();
-    let _python = PythonProcess::start(
+    let python_worker = PythonProcess::start(
         &[
             "-m",
             "celery",
@@ -618,7 +618,7 @@ async fn a_python_worker_runs_what_the_rust_scheduler_sends() {
     assert_eq!(report["label"], json!("from-rust"));
     assert_eq!(report["celery_beat_task"], json!(true), "{report}");
     assert_eq!(report["beat_entry"], json!("relay"), "{report}");
-    drop(python);
+    drop(python_worker);
     let _ = app.broker().delete_queue(&seen_queue).await;
     group.remove().await;
 }

@@ -39,8 +39,8 @@
 //! 9. `events`: round trips with task events on (`-E`) and a monitor
 //!    attached, against events off, in the same run (`events.rs`).
 //! 10. `beat`: the periodic-task scheduler's lateness against Celery beat's,
-//!    and the CPU and memory of one scheduler with 10,000 entries
-//!    (`beat.rs`).
+//!     and the CPU and memory of one scheduler with 10,000 entries
+//!     (`beat.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed

@@ -120,8 +120,9 @@ inventory::collect!(TaskRegistration);
 
 /// The framework's own tasks, known to every registry (like Celery's
 /// `celery.*` tasks) but not listed among its names: the chord join, run
-/// by a worker stage, never by its handler, and `celery.accumulate`.
-static BUILTINS: [TaskRegistration; 2] = [
+/// by a worker stage, never by its handler, `celery.accumulate`, and
+/// `celery.backend_cleanup` (which Celery's beat may send).
+static BUILTINS: [TaskRegistration; 3] = [
     TaskRegistration {
         name: crate::protocol::chord_join::JOIN_TASK,
         params: &["group_id", "size", "body", "body_queue"],
@@ -135,6 +136,13 @@ static BUILTINS: [TaskRegistration; 2] = [
         options: TaskOptions::DEFAULT,
         states: &[],
         handler: crate::canvas::accumulate,
+    },
+    TaskRegistration {
+        name: crate::backend::BACKEND_CLEANUP_TASK,
+        params: &[],
+        options: TaskOptions::DEFAULT,
+        states: &[],
+        handler: crate::backend::backend_cleanup,
     },
 ];
 

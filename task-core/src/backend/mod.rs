@@ -17,6 +17,7 @@
 //! settlement), so a backend that is down delays results but loses none.
 
 mod chord;
+mod cleanup;
 mod error;
 mod meta;
 pub mod redis;
@@ -24,6 +25,8 @@ pub mod redis;
 use std::time::Duration;
 
 pub use chord::{ChordClaim, ChordEnd, ChordJoin, ChordPart, ChordPartResult};
+pub(crate) use cleanup::backend_cleanup;
+pub use cleanup::BACKEND_CLEANUP_TASK;
 pub use error::BackendError;
 pub use meta::{ResultMeta, ResultRecord, TaskMessageRef};
 pub use redis::RedisBackend;
