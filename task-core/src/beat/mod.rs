@@ -23,7 +23,8 @@
 //!   over within the poll interval plus the time to read the record (well
 //!   under the 5 s goal; measured in `tests/beat.rs`). A leader cut off by
 //!   the network loses its connection when the broker stops hearing its
-//!   heartbeats (the heartbeat interval of the URL, `?heartbeat=10`).
+//!   heartbeats (10 s, [`BEAT_HEARTBEAT_S`], unless the URL sets
+//!   `?heartbeat=`), so within about 20 s.
 //! - **Publishes only while holding the lock.** The leader publishes on
 //!   the connection that holds the lock, and that connection is never
 //!   replaced ([`AmqpBroker::connect_once`](crate::broker::amqp::AmqpBroker::connect_once)):
@@ -72,7 +73,8 @@ pub use entry::{DeclaredEntry, Entry, MissedRuns};
 pub use leadership::Role;
 pub use run_log::{ENTRY_HEADER, RUN_HEADER};
 pub use runner::{
-    Beat, BeatBuilder, BEAT_TASK_HEADER, DEFAULT_GRACE, DEFAULT_LOG_MAX_BYTES, DEFAULT_STANDBY_POLL,
+    Beat, BeatBuilder, BEAT_HEARTBEAT_S, BEAT_TASK_HEADER, DEFAULT_GRACE, DEFAULT_LOG_MAX_BYTES,
+    DEFAULT_STANDBY_POLL,
 };
 
 use crate::broker::BrokerError;

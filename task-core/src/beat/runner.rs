@@ -43,6 +43,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// connects again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
+/// The AMQP heartbeat asked for on a scheduler's connection when its URL
+/// names none (seconds): a leader cut off from the broker loses its
+/// connection, hence the lock, within about two of them.
+pub const BEAT_HEARTBEAT_S: u16 = 10;
+
 /// How many entries are fired at once.
 const FIRING_AT_ONCE: usize = 64;
 
@@ -393,7 +398,7 @@ impl Beat {
         match scheme.as_deref() {
             Some("memory") => Ok(Arc::new(MemoryBroker::shared(url)?)),
             Some("amqp" | "amqps") => Ok(Arc::new(
-                AmqpBroker::connect_once(url, inner.tls.as_ref()).await?,
+                AmqpBroker::connect_once(&with_heartbeat(url), inner.tls.as_ref()).await?,
             )),
             _ => Err(BrokerError::InvalidUrl {
                 url: redact(url),
@@ -637,6 +642,17 @@ fn is_refusal(error: &BrokerError) -> bool {
         error,
         BrokerError::Connection { .. } | BrokerError::Connect { .. }
     ) && error.reply_code().is_some()
+}
+
+/// `url` with [`BEAT_HEARTBEAT_S`] unless it sets a heartbeat itself.
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat={BEAT_HEARTBEAT_S}")
+    } else {
+        format!("{url}?heartbeat={BEAT_HEARTBEAT_S}")
+    }
 }
 
 fn to_chrono(duration: Duration) -> chrono::Duration {
