@@ -720,3 +720,50 @@ async fn a_worker_started_with_dash_b_also_runs_the_scheduler() {
     let _ = std::fs::remove_dir_all(&dir);
     group.remove().await;
 }
+
+#[tokio::test]
+async fn the_beat_command_serves_its_metrics() {
+    let group = Group::new("beat-metrics").await;
+    let dir = std::env::temp_dir().join(format!("beat-m-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schedule = dir.join("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[entries.tick]\ntask = \"t.tick\"\nevery = 1\n[entries.tick.options]\nqueue = \"{}\"\n",
+            group.queue
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut consumer = group.consume().await;
+    let mut beat = Command::new(common::example_binary("worker"))
+        .args(["--broker", &common::broker_url(), "--loglevel", "warning"])
+        .args(["--metrics-addr", &addr, "beat", "--beat-name", &group.name])
+        .arg("--schedule")
+        .arg(&schedule)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the worker binary starts");
+    next_fired(&mut consumer).await;
+    next_fired(&mut consumer).await;
+    let (status, body) = common::http("GET", &format!("http://{addr}/metrics"), &json!({})).await;
+    let _ = beat.kill();
+    let _ = beat.wait();
+    assert_eq!(status, 200, "{body}");
+    let sample = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {body}"))
+    };
+    assert!(sample("task_beat_runs_total{entry=\"tick\"}") >= 2.0);
+    assert_eq!(sample("task_beat_leading"), 1.0);
+    assert!(sample("task_beat_lateness_seconds_count") >= 2.0);
+    let _ = std::fs::remove_dir_all(&dir);
+    group.remove().await;
+}

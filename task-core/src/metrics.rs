@@ -23,3 +23,12 @@ pub const PUBLISHED: &str = "task_client_published_total";
 
 /// Seconds from publish to the broker's confirm (a histogram).
 pub const PUBLISH_SECONDS: &str = "task_client_publish_seconds";
+
+/// Runs a periodic-task scheduler sent, by entry (a counter).
+pub const BEAT_RUNS: &str = "task_beat_runs_total";
+
+/// From a run's scheduled time to its confirmed publish (a histogram).
+pub const BEAT_LATENESS: &str = "task_beat_lateness_seconds";
+
+/// 1 while this process's scheduler leads its group, else 0 (a gauge).
+pub const BEAT_LEADING: &str = "task_beat_leading";

@@ -429,6 +429,10 @@ async fn run_beat(
     beat_args: &BeatArgs,
 ) -> Result<(), task_core::beat::BeatError> {
     let beat = crate::beat_cli::build(beat_args, &args.broker, tls_options(args))?;
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr)
+            .map_err(|error| task_core::beat::BeatError::Config(error.to_string()))?;
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shutdown::on_signal(stop.clone()));
     beat.run_until(stop.cancelled()).await

@@ -74,6 +74,19 @@ fn describe() {
         "From publish (or the ETA, if later) to the start of the run"
     );
     describe_gauge!(ACTIVE, "Tasks running now");
+    describe_counter!(
+        task_core::metrics::BEAT_RUNS,
+        "Runs the periodic-task scheduler sent, by entry"
+    );
+    describe_histogram!(
+        task_core::metrics::BEAT_LATENESS,
+        Unit::Seconds,
+        "From a periodic run's scheduled time to its confirmed publish"
+    );
+    describe_gauge!(
+        task_core::metrics::BEAT_LEADING,
+        "1 while this process's scheduler leads its group"
+    );
     describe_gauge!(HELD, "Messages taken from the queues and not yet settled");
     describe_counter!(
         RATE_LIMIT_WAITS,

@@ -48,8 +48,11 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// connection, hence the lock, within about two of them.
 pub const BEAT_HEARTBEAT_S: u16 = 10;
 
+/// The longest group name: its queues' names stay within AMQP's 255 bytes.
+const MAX_GROUP_NAME: usize = 200;
+
 /// How many entries are fired at once.
-const FIRING_AT_ONCE: usize = 64;
+const FIRING_AT_ONCE: usize = 256;
 
 /// An entry checked and ready to fire.
 #[derive(Debug)]
@@ -256,6 +259,13 @@ impl BeatBuilder {
                 return Err(BeatError::Config(error.to_string()));
             }
         }
+        if self.group.is_empty() || self.group.len() > MAX_GROUP_NAME {
+            return Err(BeatError::Config(format!(
+                "the scheduler group name must be 1 to {MAX_GROUP_NAME} bytes long (it names \
+                 the group's queues), not `{}`",
+                self.group
+            )));
+        }
         let prefix = format!("task_core.beat.{}", self.group);
         let (role, _) = watch::channel(Role::Starting);
         Ok(Beat {
@@ -369,9 +379,11 @@ impl Beat {
                 continue;
             }
             inner.role.send_replace(Role::Leading);
+            set_leading_gauge(true);
             tracing::info!(lock = %inner.leadership.queue(), "beat: leading");
             let end = self.lead(broker.as_ref(), &mut shutdown).await;
             inner.role.send_replace(Role::Standby);
+            set_leading_gauge(false);
             // Closing the connection releases the lock at once.
             let _ = broker.close().await;
             match end {
@@ -435,7 +447,16 @@ impl Beat {
                         .get(&entry.queue)
                         .cloned()
                         .unwrap_or_else(|| QueueSpec::task_queue(entry.queue.as_str()));
-                    broker.declare_queue(&spec).await?;
+                    match broker.declare_queue(&spec).await {
+                        Ok(()) => {}
+                        // Declared by others with other arguments (a
+                        // priority, a dead-letter exchange): it exists.
+                        Err(error) if error.is_precondition_failed() => {
+                            tracing::warn!(queue = %spec.name, %error,
+                                "beat: the queue exists with other arguments; sending to it as it is");
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
                 }
             }
             // An entry seen for the first time counts from now.
@@ -619,6 +640,16 @@ impl Beat {
         }
         self.inner.log.mark(&mut message, &entry.name, run, durable);
         broker.publish("", &entry.queue, &message).await?;
+        if crate::metrics::enabled() {
+            metrics::counter!(crate::metrics::BEAT_RUNS, "entry" => entry.name.clone())
+                .increment(1);
+            metrics::histogram!(crate::metrics::BEAT_LATENESS).record(
+                (crate::clock::now() - run)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
         tracing::info!(entry = %entry.name, task = %entry.signature.name(), task_id = %encoded.task_id, %run,
             late_ms = (crate::clock::now() - run).num_milliseconds(), "beat: sent due task");
         Ok(())
@@ -642,6 +673,12 @@ fn is_refusal(error: &BrokerError) -> bool {
         error,
         BrokerError::Connection { .. } | BrokerError::Connect { .. }
     ) && error.reply_code().is_some()
+}
+
+fn set_leading_gauge(leading: bool) {
+    if crate::metrics::enabled() {
+        metrics::gauge!(crate::metrics::BEAT_LEADING).set(if leading { 1.0 } else { 0.0 });
+    }
 }
 
 /// `url` with [`BEAT_HEARTBEAT_S`] unless it sets a heartbeat itself.

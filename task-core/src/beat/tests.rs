@@ -197,3 +197,11 @@ mod tokio_util_like {
         }
     }
 }
+
+#[test]
+fn a_group_name_that_cannot_name_queues_is_refused() {
+    for name in [String::new(), "g".repeat(201)] {
+        let error = Beat::builder().name(name).build().err().expect("refused");
+        assert!(error.to_string().contains("group name"), "{error}");
+    }
+}
