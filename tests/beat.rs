@@ -37,6 +37,27 @@ impl Group {
         Self { app, name, queue }
     }
 
+    /// A schedule file (in a directory `remove` deletes) with one entry,
+    /// `tick`, sending `t.tick` to the group's queue every second.
+    fn tick_schedule(&self) -> std::path::PathBuf {
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let schedule = dir.join("schedule.toml");
+        std::fs::write(
+            &schedule,
+            format!(
+                "[entries.tick]\ntask = \"t.tick\"\nevery = 1\n[entries.tick.options]\nqueue = \"{}\"\n",
+                self.queue
+            ),
+        )
+        .unwrap();
+        schedule
+    }
+
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(&self.name)
+    }
+
     fn run_log(&self) -> String {
         format!("task_core.beat.{}.runs", self.name)
     }
@@ -52,6 +73,7 @@ impl Group {
     }
 
     async fn remove(self) {
+        let _ = std::fs::remove_dir_all(self.dir());
         for queue in [self.queue.clone(), self.run_log()] {
             let _ = self.app.broker().delete_queue(&queue).await;
         }
@@ -329,17 +351,7 @@ async fn three_scheduler_processes_with_the_leader_killed_again_and_again_fire_e
     /// due during the takeover.
     const KILL_PHASES_MS: [u64; 5] = [0, 300, 600, 850, 950];
     let group = Group::new("beat-ha").await;
-    let dir = std::env::temp_dir().join(format!("beat-ha-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schedule = dir.join("schedule.toml");
-    std::fs::write(
-        &schedule,
-        format!(
-            "[entries.tick]\ntask = \"t.tick\"\nevery = 1\n[entries.tick.options]\nqueue = \"{}\"\n",
-            group.queue
-        ),
-    )
-    .unwrap();
+    let schedule = group.tick_schedule();
     let mut consumer = group.consume().await;
     let mut processes: BTreeMap<u32, BeatProcess> = (0..3)
         .map(|_| BeatProcess::start(&schedule, &group.name))
@@ -426,7 +438,6 @@ async fn three_scheduler_processes_with_the_leader_killed_again_and_again_fire_e
         worst_late < 5_000,
         "runs due during a takeover were sent within 5 s: {late_at_takeover:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     group.remove().await;
 }
 
@@ -683,17 +694,7 @@ async fn python_celery_beat_drives_a_rust_worker() {
 async fn a_worker_started_with_dash_b_also_runs_the_scheduler() {
     let group = Group::new("beat-embedded").await;
     let worker_queue = common::unique_queue("beat-embedded-worker");
-    let dir = std::env::temp_dir().join(format!("beat-b-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schedule = dir.join("schedule.toml");
-    std::fs::write(
-        &schedule,
-        format!(
-            "[entries.tick]\ntask = \"t.tick\"\nevery = \"1s\"\n[entries.tick.options]\nqueue = \"{}\"\n",
-            group.queue
-        ),
-    )
-    .unwrap();
+    let schedule = group.tick_schedule();
     let mut consumer = group.consume().await;
     let mut worker = Command::new(common::example_binary("worker"))
         .args(["--broker", &common::broker_url(), "--loglevel", "warning"])
@@ -717,24 +718,13 @@ async fn a_worker_started_with_dash_b_also_runs_the_scheduler() {
     );
     let _ = group.app.broker().delete_queue(&worker_queue).await;
     let _ = group.app.broker().delete_exchange(&worker_queue).await;
-    let _ = std::fs::remove_dir_all(&dir);
     group.remove().await;
 }
 
 #[tokio::test]
 async fn the_beat_command_serves_its_metrics() {
     let group = Group::new("beat-metrics").await;
-    let dir = std::env::temp_dir().join(format!("beat-m-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schedule = dir.join("schedule.toml");
-    std::fs::write(
-        &schedule,
-        format!(
-            "[entries.tick]\ntask = \"t.tick\"\nevery = 1\n[entries.tick.options]\nqueue = \"{}\"\n",
-            group.queue
-        ),
-    )
-    .unwrap();
+    let schedule = group.tick_schedule();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .unwrap()
@@ -764,6 +754,5 @@ async fn the_beat_command_serves_its_metrics() {
     assert!(sample("task_beat_runs_total{entry=\"tick\"}") >= 2.0);
     assert_eq!(sample("task_beat_leading"), 1.0);
     assert!(sample("task_beat_lateness_seconds_count") >= 2.0);
-    let _ = std::fs::remove_dir_all(&dir);
     group.remove().await;
 }

@@ -29,6 +29,21 @@ fn run_of(delivery: &crate::broker::Delivery) -> (String, DateTime<Utc>) {
     )
 }
 
+/// Runs `beat` until the returned signal fires.
+fn start(
+    beat: &Beat,
+) -> (
+    tokio_util_like::Stop,
+    tokio::task::JoinHandle<Result<(), BeatError>>,
+) {
+    let stop = tokio_util_like::Stop::default();
+    let running = tokio::spawn({
+        let (beat, stop) = (beat.clone(), stop.clone());
+        async move { beat.run_until(stop.wait()).await }
+    });
+    (stop, running)
+}
+
 async fn consumer(broker: &MemoryBroker, queue: &str) -> Consumer {
     broker
         .declare_queue(&QueueSpec::task_queue(queue))
@@ -52,11 +67,7 @@ async fn on_a_paused_clock_every_run_fires_on_time_and_in_order() {
         .entry(Entry::cron("odd-minutes", "1-59/2 * * * *", send()).jitter(Duration::from_secs(5)))
         .build()
         .expect("valid entries");
-    let stop = tokio_util_like::Stop::default();
-    let running = tokio::spawn({
-        let (beat, stop) = (beat.clone(), stop.clone());
-        async move { beat.run_until(stop.wait()).await }
-    });
+    let (stop, running) = start(&beat);
     let started = crate::clock::now();
     let mut fired = Vec::new();
     // Ten virtual minutes.
@@ -122,11 +133,7 @@ async fn a_one_off_entry_fires_once_and_a_past_one_never() {
         .entry(Entry::every("marker", Duration::from_secs(3600), send()))
         .build()
         .expect("valid entries");
-    let stop = tokio_util_like::Stop::default();
-    let running = tokio::spawn({
-        let (beat, stop) = (beat.clone(), stop.clone());
-        async move { beat.run_until(stop.wait()).await }
-    });
+    let (stop, running) = start(&beat);
     let mut names = Vec::new();
     // Until the hourly marker: everything due before it has fired.
     loop {
