@@ -8,6 +8,9 @@
 //!    relative to the last send, so it drifts: its lateness is an entry's
 //!    k-th receipt − (its first receipt + k periods), which leaves out its
 //!    first run's own delay and its delivery time (to Celery's advantage).
+//!    Then two instances of each scheduler at once on one entry every
+//!    second: runs received per second (Celery beat has no coordination:
+//!    each instance sends every run).
 //! 2. Load: one scheduler with `--beat-entries` (10,000) entries, all due
 //!    together every `--beat-period` seconds (the worst case: a burst of
 //!    10,000 publishes): its CPU per 1,000 runs, its resident memory, and
@@ -41,6 +44,10 @@ pub struct BeatRun {
     pub celery_runs: usize,
     /// Runs each side should have sent in `seconds` (entries × seconds).
     pub ideal_runs: usize,
+    /// Two instances of each scheduler running at once on one entry every
+    /// second: messages received per second (1.0: each run sent once).
+    pub two_instances_framework_per_s: f64,
+    pub two_instances_celery_per_s: Option<f64>,
     pub load: LoadRun,
 }
 
@@ -106,6 +113,12 @@ async fn collect(
         got.push((now_ms(), delivery?.message));
     }
     Ok(got)
+}
+
+/// Messages per second over `span` (the first message starts it).
+fn per_second(got: &[(f64, task_core::broker::Message)], span: Duration) -> f64 {
+    // `collect` takes the first message and then `span` more.
+    (got.len().saturating_sub(1)) as f64 / span.as_secs_f64()
 }
 
 fn now_ms() -> f64 {
@@ -249,6 +262,70 @@ pub async fn bench(
         None => (None, 0),
     };
 
+    // 1c. Two instances of each at once.
+    let two_span = Duration::from_secs_f64(seconds.min(10.0));
+    let two_instances_framework_per_s = {
+        let queue = admin::unique_queue("beat-fw2", true);
+        let group = queue.replace('.', "-");
+        let mut consumer = consume(&app, &queue).await?;
+        let schedule = schedule_file(&dir, 1, 1.0, &queue)?;
+        let first = spawn_scheduler(cfg, &schedule, &group)?;
+        let second = spawn_scheduler(cfg, &schedule, &group)?;
+        let got = collect(&mut consumer, Duration::from_secs(30), two_span).await?;
+        first.terminate(Duration::from_secs(10))?;
+        second.terminate(Duration::from_secs(10))?;
+        let _ = consumer.cancel.close().await;
+        admin::delete(&admin::connect(&cfg.broker).await?, &queue, true).await?;
+        delete_log(cfg, &group).await?;
+        per_second(&got, two_span)
+    };
+    let two_instances_celery_per_s = match python {
+        Some(python) => {
+            let queue = admin::unique_queue("beat-py2", true);
+            let mut consumer = consume(&app, &queue).await?;
+            let beats = ["a", "b"]
+                .iter()
+                .map(|name| {
+                    let mut command = Command::new(python);
+                    command
+                        .args([
+                            "-m",
+                            "celery",
+                            "-A",
+                            "celery_beat",
+                            "beat",
+                            "-l",
+                            "warning",
+                            "--pidfile=",
+                        ])
+                        .arg("-s")
+                        .arg(dir.join(format!("celerybeat-two-{name}")))
+                        .current_dir(sys::workspace_root().join("examples/bench"))
+                        .env("BROKER_URL", &cfg.broker)
+                        .env("BENCH_QUEUE", &queue)
+                        .env("BENCH_ENTRIES", "1")
+                        .env("BENCH_PERIOD", "1");
+                    ChildProc::spawn(&format!("celery beat {name}"), command)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Both started: the second's first run is in.
+            let _ = collect(
+                &mut consumer,
+                Duration::from_secs(60),
+                Duration::from_secs(2),
+            )
+            .await?;
+            let got = collect(&mut consumer, Duration::from_secs(30), two_span).await?;
+            for beat in beats {
+                beat.terminate(Duration::from_secs(10))?;
+            }
+            let _ = consumer.cancel.close().await;
+            admin::delete(&admin::connect(&cfg.broker).await?, &queue, true).await?;
+            Some(per_second(&got, two_span))
+        }
+        None => None,
+    };
+
     // 2. Many entries.
     let load = load_run(cfg, &app, &dir, load_entries, load_period).await?;
     app.close().await?;
@@ -261,6 +338,8 @@ pub async fn bench(
         celery_late,
         celery_runs,
         ideal_runs: entries * seconds.round() as usize,
+        two_instances_framework_per_s,
+        two_instances_celery_per_s,
         load,
     })
 }
@@ -356,6 +435,12 @@ pub fn print(runs: &[BeatRun]) {
         py(|l| l.p99_ms),
         first.celery_runs,
         first.ideal_runs,
+    );
+    println!(
+        "beat, two instances at once on one entry every second: this scheduler sent {} runs per second, \
+         Celery beat {} (each run sent by both)",
+        median(runs.iter().map(|r| Some(r.two_instances_framework_per_s)).collect()),
+        median(runs.iter().map(|r| r.two_instances_celery_per_s).collect()),
     );
     let load = |f: fn(&LoadRun) -> Option<f64>| median(runs.iter().map(|r| f(&r.load)).collect());
     println!(

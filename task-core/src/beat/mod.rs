@@ -54,7 +54,11 @@
 //!
 //! What this does not cover: instances whose entries differ (each group
 //! must share one configuration), a RabbitMQ node that loses the stream
-//! (use a cluster with replicated streams), and the clock: runs are
+//! (use a cluster with replicated streams), a cluster whose stream leader
+//! is on another node than the old leader's connection (the ordering above
+//! is argued for one node; in a cluster an unconfirmed publish of a dying
+//! leader could in principle reach the stream after the new leader's
+//! marker), and the clock: runs are
 //! scheduled by each instance's wall clock, so a leader whose clock is
 //! late fires late (never twice: the record is by scheduled time).
 //!
