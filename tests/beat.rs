@@ -756,3 +756,30 @@ async fn the_beat_command_serves_its_metrics() {
     assert!(sample("task_beat_lateness_seconds_count") >= 2.0);
     group.remove().await;
 }
+
+#[tokio::test]
+async fn a_broker_that_cannot_be_reached_at_start_is_an_error_not_a_wait() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let beat = Beat::builder()
+        .broker_url(format!("amqp://guest:secret@127.0.0.1:{port}/%2f"))
+        .entry(Entry::every(
+            "tick",
+            Duration::from_secs(1),
+            Signature::<Value>::new("t.tick"),
+        ))
+        .build()
+        .unwrap();
+    let error = tokio::time::timeout(RESULT_TIMEOUT, beat.run_until(std::future::pending()))
+        .await
+        .expect("fails at once")
+        .expect_err("no broker there");
+    let text = error.to_string();
+    assert!(text.contains(&port.to_string()), "{text}");
+    assert!(
+        !text.contains("secret"),
+        "the password is not shown: {text}"
+    );
+}

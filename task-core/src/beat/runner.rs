@@ -145,10 +145,11 @@ impl BeatBuilder {
         self
     }
 
-    /// Publishes through this broker instead of connecting to the URL.
-    /// The lock then lasts as long as the broker's connection, which may
-    /// be replaced under it: for tests and single instances; several
-    /// instances should connect by URL.
+    /// Publishes through this broker instead of connecting to the URL
+    /// (and does not close it). The lock then lasts as long as the
+    /// broker's connection, which may be replaced under it, or until the
+    /// scheduler stops: for tests and single instances; several instances
+    /// should connect by URL.
     pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
         self.broker = Some(broker);
         self
@@ -348,18 +349,23 @@ impl Beat {
     }
 
     /// Runs until `shutdown` completes: stands by, leads when it can, and
-    /// stands by again if its connection is lost. Only a configuration
-    /// the broker refuses ends it with an error; a broker that cannot be
-    /// reached is retried.
+    /// stands by again if its connection is lost. A broker that cannot be
+    /// reached at the start, or that refuses the scheduler's declarations
+    /// (a queue declared otherwise, a permission), ends it with an error;
+    /// a broker lost later is waited for.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) -> Result<(), BeatError> {
         tokio::pin!(shutdown);
         let inner = &self.inner;
+        // A broker given by the caller is theirs: not closed here.
+        let owned = inner.broker.is_none();
+        let mut connected_once = false;
         loop {
             inner.role.send_replace(Role::Standby);
             let broker = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 connected = self.connect() => match connected {
                     Ok(broker) => broker,
+                    Err(error) if !connected_once => return Err(error.into()),
                     Err(error) => {
                         tracing::warn!(%error, "beat: cannot reach the broker; retrying");
                         tokio::select! {
@@ -369,8 +375,14 @@ impl Beat {
                     }
                 },
             };
+            connected_once = true;
             let acquired = tokio::select! {
-                () = &mut shutdown => { let _ = broker.close().await; return Ok(()) }
+                () = &mut shutdown => {
+                    if owned {
+                        let _ = broker.close().await;
+                    }
+                    return Ok(());
+                }
                 acquired = inner.leadership.acquire(broker.as_ref(), inner.standby_poll) => acquired,
             };
             if let Err(error) = acquired {
@@ -384,8 +396,13 @@ impl Beat {
             let end = self.lead(broker.as_ref(), &mut shutdown).await;
             inner.role.send_replace(Role::Standby);
             set_leading_gauge(false);
-            // Closing the connection releases the lock at once.
-            let _ = broker.close().await;
+            // Closing the connection releases the lock at once; on a
+            // broker given by the caller, the lock is deleted instead.
+            if owned {
+                let _ = broker.close().await;
+            } else {
+                let _ = broker.delete_queue(inner.leadership.queue()).await;
+            }
             match end {
                 TermEnd::Stopped => return Ok(()),
                 TermEnd::Lost(BeatError::Broker(error)) if !is_refusal(&error) => {
