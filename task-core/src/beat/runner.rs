@@ -228,8 +228,13 @@ impl BeatBuilder {
                 }
             };
             let mut signature = entry.signature;
-            // Each run is a task of its own.
+            // Each run is a task of its own, marked as Celery's beat marks it.
             signature.options.task_id = None;
+            signature
+                .options
+                .headers
+                .retain(|(name, _)| name != BEAT_TASK_HEADER);
+            let signature = signature.header(BEAT_TASK_HEADER, true);
             if let Err(error) = signature.encode_call(None) {
                 errors.push(fail(error.to_string()));
                 continue;
@@ -635,17 +640,12 @@ impl Beat {
         run: DateTime<Utc>,
         durable: bool,
     ) -> Result<(), BeatError> {
-        let encoded = entry
-            .signature
-            .clone()
-            .header(BEAT_TASK_HEADER, true)
-            .encode_call(None)
-            .map_err(|error| {
-                BeatError::Entries(vec![EntryError {
-                    entry: entry.name.clone(),
-                    reason: error.to_string(),
-                }])
-            })?;
+        let encoded = entry.signature.encode_call(None).map_err(|error| {
+            BeatError::Entries(vec![EntryError {
+                entry: entry.name.clone(),
+                reason: error.to_string(),
+            }])
+        })?;
         let mut message = encoded.message;
         // As Celery's clients: an expiry is also the message's TTL.
         let ttl = entry.signature.options.expires.map(|expiry| match expiry {
