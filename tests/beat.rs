@@ -783,3 +783,51 @@ async fn a_broker_that_cannot_be_reached_at_start_is_an_error_not_a_wait() {
         "the password is not shown: {text}"
     );
 }
+
+#[test]
+fn beat_check_prints_each_entrys_next_runs_without_a_broker() {
+    let dir = std::env::temp_dir().join(format!("beat-check-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schedule = dir.join("schedule.toml");
+    std::fs::write(
+        &schedule,
+        r#"
+        [entries.first-monday]
+        task = "reports.monthly"
+        crontab = { minute = "0", hour = "9", day_of_week = "1", day_of_month = "1-7" }
+        [entries.christmas]
+        task = "greet"
+        at = "2000-12-24T18:00:00+01:00"
+        "#,
+    )
+    .unwrap();
+    let mut command = Command::new(common::example_binary("worker"));
+    command
+        .args(["--broker", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .args(["beat", "--check", "--schedule"])
+        .arg(&schedule);
+    let output = common::output_within(command, common::CHILD_PROCESS_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("2 periodic entries"), "{stdout}");
+    let runs: Vec<DateTime<Utc>> = stdout
+        .lines()
+        .filter_map(|line| DateTime::parse_from_rfc3339(line.trim()).ok())
+        .map(|run| run.with_timezone(&Utc))
+        .collect();
+    assert_eq!(runs.len(), 3, "three runs of the monthly entry: {stdout}");
+    for run in &runs {
+        use chrono::Datelike;
+        assert_eq!(run.weekday(), chrono::Weekday::Mon, "{stdout}");
+        assert!(run.day() <= 7, "Celery's day fields ANDed: {stdout}");
+    }
+    assert!(
+        stdout.contains("(no run to come)"),
+        "a past one-off: {stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,37 @@ pub struct BeatArgs {
     /// (bounds the takeover time once the leader is gone).
     #[arg(long = "standby-poll-ms", default_value_t = task_core::beat::DEFAULT_STANDBY_POLL.as_millis() as u64)]
     pub standby_poll_ms: u64,
+    /// Check the entries and print each one's next runs, then exit
+    /// (nothing is sent; no broker needed).
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// How many upcoming runs `--check` prints per entry.
+const CHECK_RUNS: usize = 3;
+
+/// Prints each entry of `beat` and its next runs (`beat --check`).
+pub(crate) fn print_upcoming(beat: &Beat, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let upcoming = beat.upcoming(chrono::Utc::now(), CHECK_RUNS);
+    writeln!(out, "{} periodic entries", upcoming.len())?;
+    for entry in upcoming {
+        writeln!(
+            out,
+            "{}: {} -> {} on {}",
+            entry.entry, entry.task, entry.queue, entry.schedule
+        )?;
+        if entry.next.is_empty() {
+            writeln!(out, "  (no run to come)")?;
+        }
+        for run in entry.next {
+            writeln!(
+                out,
+                "  {}",
+                run.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Builds the scheduler `args` describe, on `broker_url`.

@@ -429,6 +429,11 @@ async fn run_beat(
     beat_args: &BeatArgs,
 ) -> Result<(), task_core::beat::BeatError> {
     let beat = crate::beat_cli::build(beat_args, &args.broker, tls_options(args))?;
+    if beat_args.check {
+        // A closed stdout (`| head`) ends the listing, not the process.
+        let _ = crate::beat_cli::print_upcoming(&beat, &mut std::io::stdout().lock());
+        return Ok(());
+    }
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr)
             .map_err(|error| task_core::beat::BeatError::Config(error.to_string()))?;

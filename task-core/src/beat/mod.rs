@@ -77,8 +77,8 @@ pub use entry::{DeclaredEntry, Entry, MissedRuns};
 pub use leadership::Role;
 pub use run_log::{ENTRY_HEADER, RUN_HEADER};
 pub use runner::{
-    Beat, BeatBuilder, BEAT_HEARTBEAT_S, BEAT_TASK_HEADER, DEFAULT_GRACE, DEFAULT_LOG_MAX_BYTES,
-    DEFAULT_STANDBY_POLL,
+    Beat, BeatBuilder, Upcoming, BEAT_HEARTBEAT_S, BEAT_TASK_HEADER, DEFAULT_GRACE,
+    DEFAULT_LOG_MAX_BYTES, DEFAULT_STANDBY_POLL,
 };
 
 use crate::broker::BrokerError;

@@ -331,6 +331,22 @@ struct Inner {
     local_last: Mutex<LastRuns>,
 }
 
+/// An entry and its next runs ([`Beat::upcoming`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upcoming {
+    /// The entry's name.
+    pub entry: String,
+    /// The task it sends.
+    pub task: String,
+    /// The queue it sends to.
+    pub queue: String,
+    /// Its schedule, described (`cron '0 3 * * *' (Europe/Paris)`).
+    pub schedule: String,
+    /// Its next runs, soonest first (fewer if it has no more).
+    pub next: Vec<DateTime<Utc>>,
+}
+
 /// Why a leadership term ended.
 enum TermEnd {
     Stopped,
@@ -346,6 +362,26 @@ impl Beat {
     /// The entries' names, in the order given.
     pub fn entry_names(&self) -> impl Iterator<Item = &str> {
         self.inner.entries.iter().map(|entry| entry.name.as_str())
+    }
+
+    /// Each entry with its next `runs` runs after `after` (what
+    /// `worker beat --check` prints).
+    pub fn upcoming(&self, after: DateTime<Utc>, runs: usize) -> Vec<Upcoming> {
+        self.inner
+            .entries
+            .iter()
+            .map(|entry| Upcoming {
+                entry: entry.name.clone(),
+                task: entry.signature.name().to_owned(),
+                queue: entry.queue.clone(),
+                schedule: entry.schedule.to_string(),
+                next: std::iter::successors(entry.schedule.next_after(after), |run| {
+                    entry.schedule.next_after(*run)
+                })
+                .take(runs)
+                .collect(),
+            })
+            .collect()
     }
 
     /// This instance's role, as it changes.
