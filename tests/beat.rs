@@ -81,6 +81,28 @@ impl Group {
     }
 }
 
+/// A schedule file of the test's own, in a directory removed on drop.
+struct TempSchedule {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl TempSchedule {
+    fn new(text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("beat-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("schedule.toml");
+        std::fs::write(&path, text).unwrap();
+        Self { dir, path }
+    }
+}
+
+impl Drop for TempSchedule {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// What one fired message says.
 #[derive(Debug, Clone)]
 struct Fired {
@@ -499,11 +521,7 @@ async fn standby_instances_in_one_process_wait_while_one_leads() {
 
 #[test]
 fn an_invalid_schedule_fails_at_start_naming_each_entry() {
-    let dir = std::env::temp_dir().join(format!("beat-bad-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schedule = dir.join("schedule.toml");
-    std::fs::write(
-        &schedule,
+    let schedule = TempSchedule::new(
         r#"
         [entries.bad-cron]
         task = "t.a"
@@ -519,14 +537,13 @@ fn an_invalid_schedule_fails_at_start_naming_each_entry() {
         task = "t.d"
         every = "5m"
         "#,
-    )
-    .unwrap();
+    );
     let mut command = Command::new(common::example_binary("worker"));
     command
         .args(["--broker", &common::broker_url()])
         .arg("beat")
         .arg("--schedule")
-        .arg(&schedule);
+        .arg(&schedule.path);
     let output = common::output_within(command, common::CHILD_PROCESS_TIMEOUT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "refused: {stderr}");
@@ -535,7 +552,6 @@ fn an_invalid_schedule_fails_at_start_naming_each_entry() {
     }
     assert!(!stderr.contains("`fine`"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs `script` under the interop venv's python in `tests/interop`, until
@@ -786,11 +802,7 @@ async fn a_broker_that_cannot_be_reached_at_start_is_an_error_not_a_wait() {
 
 #[test]
 fn beat_check_prints_each_entrys_next_runs_without_a_broker() {
-    let dir = std::env::temp_dir().join(format!("beat-check-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schedule = dir.join("schedule.toml");
-    std::fs::write(
-        &schedule,
+    let schedule = TempSchedule::new(
         r#"
         [entries.first-monday]
         task = "reports.monthly"
@@ -799,13 +811,12 @@ fn beat_check_prints_each_entrys_next_runs_without_a_broker() {
         task = "greet"
         at = "2000-12-24T18:00:00+01:00"
         "#,
-    )
-    .unwrap();
+    );
     let mut command = Command::new(common::example_binary("worker"));
     command
         .args(["--broker", "amqp://guest:guest@127.0.0.1:1/%2f"])
         .args(["beat", "--check", "--schedule"])
-        .arg(&schedule);
+        .arg(&schedule.path);
     let output = common::output_within(command, common::CHILD_PROCESS_TIMEOUT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -829,5 +840,4 @@ fn beat_check_prints_each_entrys_next_runs_without_a_broker() {
         stdout.contains("(no run to come)"),
         "a past one-off: {stdout}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

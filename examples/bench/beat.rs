@@ -152,6 +152,38 @@ fn schedule_file(
     Ok(path)
 }
 
+/// Celery's `celery beat` (`celery_beat.py`) with `entries` entries every
+/// second to `queue`, its schedule file in `dir` named after `label`.
+fn spawn_celery_beat(
+    cfg: &Config,
+    python: &Path,
+    dir: &Path,
+    label: &str,
+    queue: &str,
+    entries: usize,
+) -> Result<ChildProc> {
+    let mut command = Command::new(python);
+    command
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "celery_beat",
+            "beat",
+            "-l",
+            "warning",
+            "--pidfile=",
+        ])
+        .arg("-s")
+        .arg(dir.join(label.replace(' ', "-")))
+        .current_dir(sys::workspace_root().join("examples/bench"))
+        .env("BROKER_URL", &cfg.broker)
+        .env("BENCH_QUEUE", queue)
+        .env("BENCH_ENTRIES", entries.to_string())
+        .env("BENCH_PERIOD", "1");
+    ChildProc::spawn(label, command)
+}
+
 fn spawn_scheduler(cfg: &Config, schedule: &Path, group: &str) -> Result<ChildProc> {
     let mut command = Command::new(&cfg.worker_binary);
     command
@@ -221,26 +253,7 @@ pub async fn bench(
         Some(python) => {
             let queue = admin::unique_queue("beat-py", true);
             let mut consumer = consume(&app, &queue).await?;
-            let mut command = Command::new(python);
-            command
-                .args([
-                    "-m",
-                    "celery",
-                    "-A",
-                    "celery_beat",
-                    "beat",
-                    "-l",
-                    "warning",
-                    "--pidfile=",
-                ])
-                .arg("-s")
-                .arg(dir.join("celerybeat-schedule"))
-                .current_dir(sys::workspace_root().join("examples/bench"))
-                .env("BROKER_URL", &cfg.broker)
-                .env("BENCH_QUEUE", &queue)
-                .env("BENCH_ENTRIES", entries.to_string())
-                .env("BENCH_PERIOD", "1");
-            let beat = ChildProc::spawn("celery beat", command)?;
+            let beat = spawn_celery_beat(cfg, python, &dir, "celery beat", &queue, entries)?;
             let got = collect(&mut consumer, Duration::from_secs(60), span).await?;
             beat.terminate(Duration::from_secs(10))?;
             // Each entry's k-th run against its first receipt + k periods.
@@ -286,26 +299,7 @@ pub async fn bench(
             let beats = ["a", "b"]
                 .iter()
                 .map(|name| {
-                    let mut command = Command::new(python);
-                    command
-                        .args([
-                            "-m",
-                            "celery",
-                            "-A",
-                            "celery_beat",
-                            "beat",
-                            "-l",
-                            "warning",
-                            "--pidfile=",
-                        ])
-                        .arg("-s")
-                        .arg(dir.join(format!("celerybeat-two-{name}")))
-                        .current_dir(sys::workspace_root().join("examples/bench"))
-                        .env("BROKER_URL", &cfg.broker)
-                        .env("BENCH_QUEUE", &queue)
-                        .env("BENCH_ENTRIES", "1")
-                        .env("BENCH_PERIOD", "1");
-                    ChildProc::spawn(&format!("celery beat {name}"), command)
+                    spawn_celery_beat(cfg, python, &dir, &format!("celery beat {name}"), &queue, 1)
                 })
                 .collect::<Result<Vec<_>>>()?;
             // Both started: the second's first run is in.

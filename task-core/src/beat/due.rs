@@ -9,45 +9,52 @@ use chrono::{DateTime, Utc};
 use super::MissedRuns;
 use crate::schedule::Schedule;
 
-/// The runs of one entry to fire at `now`, oldest first, given that every
-/// run up to `last` is accounted for (fired, or before the entry was first
-/// seen).
+/// What one entry has due at `now` ([`due`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// The runs to fire, oldest first.
+    pub(crate) runs: Vec<DateTime<Utc>>,
+    /// The latest missed run, fired or skipped by the policy (so it is
+    /// not looked at again), else the `last` given.
+    pub(crate) missed_through: DateTime<Utc>,
+}
+
+/// The runs of one entry to fire at `now`, given that every run up to
+/// `last` is accounted for (fired, or before the entry was first seen).
 ///
 /// Runs due within `grace` before `now` are late, not missed: they all
 /// fire (a takeover, a slow publish). Older runs are missed, and `policy`
 /// says which of them fire. Only the runs that fire are enumerated, so a
 /// long outage of a frequent entry costs no more than `max` steps.
-pub(crate) fn runs_to_fire(
+pub(crate) fn due(
     schedule: &Schedule,
     last: DateTime<Utc>,
     now: DateTime<Utc>,
     policy: MissedRuns,
     grace: Duration,
-) -> Vec<DateTime<Utc>> {
+) -> Due {
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let missed_until = now.checked_sub_signed(grace).unwrap_or(now);
     let mut runs = Vec::new();
     // Missed runs: (last, missed_until].
-    if missed_until > last {
-        let latest_missed = schedule
-            .last_at_or_before(missed_until)
-            .filter(|run| *run > last);
-        if let Some(latest) = latest_missed {
-            match policy {
-                MissedRuns::Skip => {}
-                MissedRuns::RunOnce => runs.push(latest),
-                MissedRuns::RunAll { max } => {
-                    let mut run = latest;
-                    for _ in 0..max {
-                        runs.push(run);
-                        let before = run - chrono::Duration::milliseconds(1);
-                        match schedule.last_at_or_before(before).filter(|r| *r > last) {
-                            Some(earlier) => run = earlier,
-                            None => break,
-                        }
+    let latest_missed = schedule
+        .last_at_or_before(missed_until)
+        .filter(|run| *run > last);
+    if let Some(latest) = latest_missed {
+        match policy {
+            MissedRuns::Skip => {}
+            MissedRuns::RunOnce => runs.push(latest),
+            MissedRuns::RunAll { max } => {
+                let mut run = latest;
+                for _ in 0..max {
+                    runs.push(run);
+                    let before = run - chrono::Duration::milliseconds(1);
+                    match schedule.last_at_or_before(before).filter(|r| *r > last) {
+                        Some(earlier) => run = earlier,
+                        None => break,
                     }
-                    runs.reverse();
                 }
+                runs.reverse();
             }
         }
     }
@@ -57,24 +64,10 @@ pub(crate) fn runs_to_fire(
         runs.push(run);
         cursor = run;
     }
-    runs
-}
-
-/// Where the entry stands once the runs due at `now` are fired: the last
-/// of them, or, if none fired, the last missed run that was skipped (so
-/// it is not looked at again), else `last` unchanged.
-pub(crate) fn accounted_until(
-    schedule: &Schedule,
-    last: DateTime<Utc>,
-    now: DateTime<Utc>,
-    grace: Duration,
-) -> DateTime<Utc> {
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let missed_until = now.checked_sub_signed(grace).unwrap_or(now);
-    schedule
-        .last_at_or_before(missed_until)
-        .filter(|run| *run > last)
-        .unwrap_or(last)
+    Due {
+        runs,
+        missed_through: latest_missed.unwrap_or(last),
+    }
 }
 
 /// The delay of an entry's run within `0..max`, the same in every process
@@ -112,34 +105,37 @@ mod tests {
 
     #[test]
     fn a_run_due_now_fires_once() {
-        let runs = runs_to_fire(
+        let runs = due(
             &every(60),
             at(10, 0, 0),
             at(10, 1, 0),
             MissedRuns::Skip,
             GRACE,
-        );
+        )
+        .runs;
         assert_eq!(runs, vec![at(10, 1, 0)]);
-        let runs = runs_to_fire(
+        let runs = due(
             &every(60),
             at(10, 1, 0),
             at(10, 1, 0),
             MissedRuns::Skip,
             GRACE,
-        );
+        )
+        .runs;
         assert!(runs.is_empty(), "a run accounted for does not fire again");
     }
 
     #[test]
     fn late_runs_within_the_grace_period_all_fire_whatever_the_policy() {
         // A takeover 4 s late on a 1 s schedule.
-        let runs = runs_to_fire(
+        let runs = due(
             &every(1),
             at(10, 0, 0),
             at(10, 0, 4),
             MissedRuns::Skip,
             GRACE,
-        );
+        )
+        .runs;
         assert_eq!(
             runs,
             vec![at(10, 0, 1), at(10, 0, 2), at(10, 0, 3), at(10, 0, 4)]
@@ -150,46 +146,53 @@ mod tests {
     fn missed_runs_follow_the_policy() {
         let (last, now) = (at(8, 0, 0), at(12, 0, 40));
         let hourly = every(3600);
-        assert!(runs_to_fire(&hourly, last, now, MissedRuns::Skip, GRACE).is_empty());
+        assert!(due(&hourly, last, now, MissedRuns::Skip, GRACE)
+            .runs
+            .is_empty());
         assert_eq!(
-            runs_to_fire(&hourly, last, now, MissedRuns::RunOnce, GRACE),
+            due(&hourly, last, now, MissedRuns::RunOnce, GRACE).runs,
             vec![at(12, 0, 0)],
             "Celery's behaviour: the latest missed run, once"
         );
         assert_eq!(
-            runs_to_fire(&hourly, last, now, MissedRuns::RunAll { max: 10 }, GRACE),
+            due(&hourly, last, now, MissedRuns::RunAll { max: 10 }, GRACE).runs,
             vec![at(9, 0, 0), at(10, 0, 0), at(11, 0, 0), at(12, 0, 0)]
         );
         assert_eq!(
-            runs_to_fire(&hourly, last, now, MissedRuns::RunAll { max: 2 }, GRACE),
+            due(&hourly, last, now, MissedRuns::RunAll { max: 2 }, GRACE).runs,
             vec![at(11, 0, 0), at(12, 0, 0)],
             "the latest `max`, oldest first"
         );
-        assert_eq!(accounted_until(&hourly, last, now, GRACE), at(12, 0, 0));
+        assert_eq!(
+            due(&hourly, last, now, MissedRuns::Skip, GRACE).missed_through,
+            at(12, 0, 0)
+        );
     }
 
     #[test]
     fn missed_and_late_runs_together() {
         // Down from 10:00:00 to 10:01:00 on a 10 s schedule, grace 30 s:
         // 10:00:10 and 10:00:20 (and 10:00:30) are missed, the rest late.
-        let runs = runs_to_fire(
+        let runs = due(
             &every(10),
             at(10, 0, 0),
             at(10, 1, 0),
             MissedRuns::RunOnce,
             GRACE,
-        );
+        )
+        .runs;
         assert_eq!(
             runs,
             vec![at(10, 0, 30), at(10, 0, 40), at(10, 0, 50), at(10, 1, 0)]
         );
-        let runs = runs_to_fire(
+        let runs = due(
             &every(10),
             at(10, 0, 0),
             at(10, 1, 0),
             MissedRuns::Skip,
             GRACE,
-        );
+        )
+        .runs;
         assert_eq!(runs, vec![at(10, 0, 40), at(10, 0, 50), at(10, 1, 0)]);
     }
 
@@ -199,13 +202,14 @@ mod tests {
             .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
             .single()
             .expect("valid");
-        let runs = runs_to_fire(
+        let runs = due(
             &every(1),
             last,
             at(10, 0, 0),
             MissedRuns::RunAll { max: 3 },
             GRACE,
-        );
+        )
+        .runs;
         assert_eq!(
             runs.len(),
             3 + 30,

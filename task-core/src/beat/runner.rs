@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::due::{accounted_until, jitter, runs_to_fire};
+use super::due::{due, jitter};
 use super::leadership::{Leadership, Role};
 use super::run_log::{LastRuns, RunLog, SNAPSHOT_EVERY};
 use super::{BeatError, DeclaredEntry, Entry, EntryError, MissedRuns};
@@ -605,7 +605,10 @@ impl Beat {
                         accounted
                     }
                 };
-                last.insert(entry.name.clone(), accounted);
+                // Every entry has its place in `last` since the term began.
+                if let Some(slot) = last.get_mut(&entry.name) {
+                    *slot = accounted;
+                }
                 if !durable {
                     inner
                         .local_last
@@ -653,12 +656,12 @@ impl Beat {
         durable: bool,
     ) -> Result<DateTime<Utc>, (DateTime<Utc>, BeatError)> {
         let inner = &self.inner;
-        let runs = runs_to_fire(&entry.schedule, since, now, entry.missed, inner.grace);
-        let mut accounted = accounted_until(&entry.schedule, since, now, inner.grace).max(since);
-        if runs.is_empty() && accounted > since {
+        let due = due(&entry.schedule, since, now, entry.missed, inner.grace);
+        let mut accounted = due.missed_through;
+        if due.runs.is_empty() && accounted > since {
             tracing::info!(entry = %entry.name, until = %accounted, policy = ?entry.missed, "beat: skipped missed runs");
         }
-        for run in runs {
+        for run in due.runs {
             if let Err(error) = self.fire(broker, entry, run, durable).await {
                 return Err((accounted, error));
             }
