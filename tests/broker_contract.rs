@@ -299,7 +299,7 @@ contract_test!(round_trip_preserves_body_properties_and_every_header_type);
 async fn round_trip_preserves_body_properties_and_every_header_type(mut f: Fixture) {
     let q = f.name("round-trip");
     let mut spec = f.spec(&q, json!({}));
-    spec.bind_same_name_exchange = true;
+    spec.same_name_exchange = Some(ExchangeKind::Direct);
     f.exchanges.push(q.clone());
     f.broker.declare_queue(&spec).await.unwrap();
 
@@ -845,7 +845,7 @@ async fn an_unroutable_publish_is_an_error(mut f: Fixture) {
 
     let q = f.name("routed");
     let mut spec = f.spec(&q, json!({}));
-    spec.bind_same_name_exchange = true;
+    spec.same_name_exchange = Some(ExchangeKind::Direct);
     f.exchanges.push(q.clone());
     f.broker.declare_queue(&spec).await.unwrap();
     f.broker.publish(&q, &q, &message("routed")).await.unwrap();
@@ -1222,7 +1222,7 @@ async fn exchange_declarations_and_bindings_are_checked_with_reply_codes(mut f: 
         .await
         .unwrap();
     let mut spec = f.spec(&clash, json!({}));
-    spec.bind_same_name_exchange = true;
+    spec.same_name_exchange = Some(ExchangeKind::Direct);
     let error = f.broker.declare_queue(&spec).await.unwrap_err();
     assert!(is_precondition_failed(&error), "{error}");
     // The broker goes on after refusals: the queue binds and is reached.

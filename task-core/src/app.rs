@@ -13,8 +13,11 @@ use crate::async_result::PendingResults;
 use crate::backend::redis::RedisOptions;
 use crate::backend::{BackendError, BackendUrl, RedisBackend, ResultBackend, ResultMeta};
 use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
+use crate::broker::delay_topology::Layout;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{redact, Broker, BrokerError, ConsumeOptions, Message, QueueSpec, TlsOptions};
+use crate::broker::{
+    redact, Broker, BrokerError, ConsumeOptions, Message, QueueSpec, QueueType, TlsOptions,
+};
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
 use crate::{AsyncResult, Error, Signature, States};
@@ -41,6 +44,10 @@ struct AppInner {
     broker: Arc<dyn Broker>,
     default_queue: String,
     queue_specs: HashMap<String, QueueSpec>,
+    /// How task queues not in `queue_specs` are declared.
+    queue_type: QueueType,
+    /// `x-delivery-limit` of quorum task queues not in `queue_specs`.
+    delivery_limit: Option<u32>,
     declared_queues: Mutex<HashSet<String>>,
     reply_queue: OnceCell<String>,
     /// Set while the reply consumer has lost the broker and not resumed:
@@ -109,6 +116,8 @@ pub struct AppBuilder {
     broker_url: String,
     default_queue: String,
     queue_specs: HashMap<String, QueueSpec>,
+    queue_type: QueueType,
+    delivery_limit: Option<u32>,
     set_as_default: bool,
     eager: bool,
     reconnect: ReconnectPolicy,
@@ -126,6 +135,8 @@ impl Default for AppBuilder {
             broker_url: std::env::var("BROKER_URL").unwrap_or_else(|_| DEFAULT_BROKER_URL.into()),
             default_queue: DEFAULT_QUEUE.into(),
             queue_specs: HashMap::new(),
+            queue_type: QueueType::default(),
+            delivery_limit: None,
             set_as_default: true,
             eager: false,
             reconnect: ReconnectPolicy::default(),
@@ -176,6 +187,32 @@ impl AppBuilder {
     /// queue must declare it alike, or RabbitMQ refuses the second declaration.
     pub fn queue(mut self, spec: QueueSpec) -> Self {
         self.queue_specs.insert(spec.name.clone(), spec);
+        self
+    }
+
+    /// The type of the task queues this app declares (Celery's
+    /// `task_default_queue_type`; default classic), except those given with
+    /// [`AppBuilder::queue`]. [`QueueType::Quorum`]: every task queue is a
+    /// quorum queue as Celery 5.5+ declares one ([`QueueSpec::quorum`]), and
+    /// so are the worker's dead-letter, expired-task and chord-join queues;
+    /// delays and retries go through Celery's native delayed delivery
+    /// levels (quorum queues dead-lettering at least once: see
+    /// [`delay_topology::celery`](crate::broker::delay_topology::celery)),
+    /// which Python peers on the same queues share; workers use
+    /// per-consumer prefetch (quorum queues refuse a global one).
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// With [`QueueType::Quorum`], gives the task queues this app declares
+    /// a poison-message guard ([`QueueSpec::delivery_limit`]): a message
+    /// delivered `limit` times without an ack goes to the queue's
+    /// dead-letter queue. Every peer must declare the queue alike (or use
+    /// a RabbitMQ policy). Ignored for classic queues, which have no
+    /// delivery count. Default: none.
+    pub fn delivery_limit(mut self, limit: Option<u32>) -> Self {
+        self.delivery_limit = limit;
         self
     }
 
@@ -270,10 +307,13 @@ impl AppBuilder {
         let broker: Arc<dyn Broker> = match scheme.as_deref() {
             _ if self.eager => Arc::new(MemoryBroker::new()),
             Some("memory") => Arc::new(MemoryBroker::shared(url)?),
-            Some("amqp" | "amqps") => Arc::new(match &self.tls {
-                Some(tls) => AmqpBroker::connect_with_tls(url, self.reconnect, tls).await?,
-                None => AmqpBroker::connect_with(url, self.reconnect).await?,
-            }),
+            Some("amqp" | "amqps") => Arc::new(
+                match &self.tls {
+                    Some(tls) => AmqpBroker::connect_with_tls(url, self.reconnect, tls).await?,
+                    None => AmqpBroker::connect_with(url, self.reconnect).await?,
+                }
+                .with_delay_layout(Layout::for_queue_type(self.queue_type)),
+            ),
             _ => {
                 return Err(BrokerError::InvalidUrl {
                     url: redact(url),
@@ -306,6 +346,8 @@ impl AppBuilder {
                 broker,
                 default_queue: self.default_queue,
                 queue_specs: self.queue_specs,
+                queue_type: self.queue_type,
+                delivery_limit: self.delivery_limit,
                 declared_queues: Mutex::new(HashSet::new()),
                 clock,
                 broker_url: redact(&self.broker_url),
@@ -399,13 +441,24 @@ impl App {
         &self.inner.default_queue
     }
 
-    /// How `queue` is declared: as configured, else as a Celery task queue.
+    /// How `queue` is declared: as configured, else as a Celery task queue
+    /// of the app's [`QueueType`].
     pub fn queue_spec(&self, queue: &str) -> QueueSpec {
-        self.inner
-            .queue_specs
-            .get(queue)
-            .cloned()
-            .unwrap_or_else(|| QueueSpec::task_queue(queue))
+        if let Some(spec) = self.inner.queue_specs.get(queue) {
+            return spec.clone();
+        }
+        let spec = QueueSpec::task_queue(queue).of_type(self.inner.queue_type);
+        match self.inner.delivery_limit {
+            Some(limit) if spec.is_quorum() => spec.delivery_limit(limit),
+            _ => spec,
+        }
+    }
+
+    /// The type of the task queues this app declares by default
+    /// ([`AppBuilder::queue_type`]); the worker's own queues (dead letters,
+    /// expired tasks, chord joins) follow it.
+    pub fn queue_type(&self) -> QueueType {
+        self.inner.queue_type
     }
 
     /// Declares `queue` once per app (later calls return at once).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use task_core::beat::{Beat, BeatError, ScheduleFile};
-use task_core::broker::TlsOptions;
+use task_core::broker::{QueueType, TlsOptions};
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Args)]
@@ -76,10 +76,12 @@ pub(crate) fn print_upcoming(beat: &Beat, out: &mut impl std::io::Write) -> std:
 pub(crate) fn build(
     args: &BeatArgs,
     broker_url: &str,
+    queue_type: QueueType,
     tls: Option<TlsOptions>,
 ) -> Result<Beat, BeatError> {
     let mut builder = Beat::builder()
         .broker_url(broker_url)
+        .queue_type(queue_type)
         .name(args.name.clone())
         .grace(
             Duration::try_from_secs_f64(args.grace.max(0.0))

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use task_core::broker::{DeadLetterRetention, TlsOptions};
+use task_core::broker::{DeadLetterRetention, QueueType, TlsOptions};
 use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
 use crate::autoscale::Autoscale;
@@ -27,6 +27,23 @@ pub struct WorkerArgs {
     /// Broker URL.
     #[arg(long, env = "BROKER_URL", default_value = DEFAULT_BROKER_URL, hide_env_values = true, global = true)]
     pub broker: String,
+    /// The type of the task queues declared (Celery's
+    /// `task_default_queue_type`): `classic`, or `quorum` (replicated over a
+    /// RabbitMQ cluster; delays through Celery's native delayed delivery
+    /// levels, which Celery 5.5+ peers share).
+    #[arg(
+        long,
+        env = "TASK_QUEUE_TYPE",
+        default_value = "classic",
+        global = true
+    )]
+    pub queue_type: QueueType,
+    /// With `--queue-type quorum`: a message delivered this many times
+    /// without an ack (a task that kills its worker) goes to the queue's
+    /// dead-letter queue (`x-delivery-limit`; every peer must declare the
+    /// queue alike).
+    #[arg(long)]
+    pub delivery_limit: Option<u32>,
     /// Queues to consume, comma-separated (default: `celery` and every queue
     /// a registered task names).
     #[arg(short = 'Q', long, value_delimiter = ',')]
@@ -365,6 +382,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
         true => Some(crate::beat_cli::build(
             &args.beat_options,
             &args.broker,
+            args.queue_type,
             tls.clone(),
         )?),
         false => None,
@@ -378,6 +396,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     };
     let mut builder = Worker::builder()
         .broker_url(args.broker)
+        .queue_type(args.queue_type)
+        .delivery_limit(args.delivery_limit)
         .queues(args.queues)
         .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout.max(0.0)))
         .max_message_size(args.max_message_size)
@@ -428,7 +448,7 @@ async fn run_beat(
     args: &WorkerArgs,
     beat_args: &BeatArgs,
 ) -> Result<(), task_core::beat::BeatError> {
-    let beat = crate::beat_cli::build(beat_args, &args.broker, tls_options(args))?;
+    let beat = crate::beat_cli::build(beat_args, &args.broker, args.queue_type, tls_options(args))?;
     if beat_args.check {
         // A closed stdout (`| head`) ends the listing, not the process.
         let _ = crate::beat_cli::print_upcoming(&beat, &mut std::io::stdout().lock());

@@ -43,7 +43,8 @@ pub(crate) async fn drain(
         app.broker()
             .declare_exchange(&ExchangeSpec::fanout(EXPIRED_EXCHANGE))
             .await?;
-        app.ensure_declared(&QueueSpec::expired_tasks()).await?;
+        app.ensure_declared(&QueueSpec::expired_tasks().of_type(app.queue_type()))
+            .await?;
         app.broker()
             .bind_queue(EXPIRED_QUEUE, EXPIRED_EXCHANGE, "")
             .await?;
@@ -93,7 +94,7 @@ async fn keep(app: &App, delivery: Delivery) {
         "dropped by the broker ({})",
         death_reason(&delivery).unwrap_or("unknown reason")
     );
-    let spec = QueueSpec::dead_letter_queue(&origin);
+    let spec = QueueSpec::dead_letter_queue(&origin).of_type(app.queue_type());
     let mut copy = delivery.message.clone();
     let copy_headers = &mut copy.properties.headers;
     copy_headers.insert_str(dead_letter_headers::REASON, &reason);

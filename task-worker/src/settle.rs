@@ -294,7 +294,8 @@ impl Settler {
     /// the queue's dead-letter queue, then acks the original. If the copy
     /// cannot be published, the original goes back to its queue.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
-        let spec = QueueSpec::dead_letter_queue_with(&delivery.queue, &self.dead_letter_retention);
+        let spec = QueueSpec::dead_letter_queue_with(&delivery.queue, &self.dead_letter_retention)
+            .of_type(self.app.queue_type());
         let mut copy = delivery.message.clone();
         copy.properties.persistent = true;
         let headers = &mut copy.properties.headers;

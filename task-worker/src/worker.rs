@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use task_core::broker::{
-    check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, QueueSpec, TlsOptions,
+    check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, QueueType, TlsOptions,
 };
 use task_core::pipeline::{Expiry, Pipeline, Slot, Stage, TaskSettings};
 use task_core::protocol::chord_join;
@@ -96,6 +96,8 @@ pub struct WorkerBuilder {
     app: Option<App>,
     broker_url: Option<String>,
     tls: Option<TlsOptions>,
+    queue_type: QueueType,
+    delivery_limit: Option<u32>,
     queues: Vec<String>,
     concurrency: usize,
     autoscale: Option<Autoscale>,
@@ -161,6 +163,8 @@ impl Default for WorkerBuilder {
             app: None,
             broker_url: None,
             tls: None,
+            queue_type: QueueType::default(),
+            delivery_limit: None,
             queues: Vec::new(),
             concurrency: std::thread::available_parallelism().map_or(4, usize::from),
             autoscale: None,
@@ -236,6 +240,24 @@ impl WorkerBuilder {
     /// [`WorkerBuilder::app`], whose app is connected already.
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// The type of the task queues the worker declares (see
+    /// [`AppBuilder::queue_type`](task_core::AppBuilder::queue_type):
+    /// quorum queues, their dead-letter queues and delay levels; Celery's
+    /// `task_default_queue_type`; default classic); not used with
+    /// [`WorkerBuilder::app`], whose app has its own.
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The poison-message guard of quorum task queues (see
+    /// [`AppBuilder::delivery_limit`](task_core::AppBuilder::delivery_limit));
+    /// not used with [`WorkerBuilder::app`].
+    pub fn delivery_limit(mut self, limit: Option<u32>) -> Self {
+        self.delivery_limit = limit;
         self
     }
 
@@ -453,6 +475,9 @@ impl WorkerBuilder {
                     Some(tls) => builder.tls(tls),
                     None => builder,
                 };
+                let builder = builder
+                    .queue_type(self.queue_type)
+                    .delivery_limit(self.delivery_limit);
                 let builder = match self.result_backend {
                     Some(url) => builder.result_backend(url),
                     None => builder,
@@ -487,6 +512,7 @@ impl WorkerBuilder {
         warn_about_unreachable_tasks(&registry, &queues);
         for queue in &queues {
             app.ensure_queue(queue).await?;
+            app.broker().prepare_delays_for(queue).await?;
         }
         // Autoscaled: starts with its minimum, prefetches for its maximum.
         let (concurrency, most) = match self.autoscale {
@@ -719,7 +745,9 @@ impl Worker {
                 chord_entries: ChordEntries::new(self.app.clone()),
             })
             .stage(Expiry)
-            .stage(stages::Eta)
+            .stage(stages::Eta::for_resolution(
+                self.app.broker().delay_resolution(),
+            ))
             .stage(stages::RateLimited::new(
                 Arc::clone(&self.settings),
                 rate_limiter::limiters(&self.registry),
@@ -973,7 +1001,14 @@ impl Worker {
         &self,
         queues: &[String],
     ) -> Result<task_core::broker::Consumer, BrokerError> {
-        let options = ConsumeOptions::manual_ack(self.prefetch).with_ack_timeout(self.ack_timeout);
+        // Quorum queues refuse a window shared by all the queues (global
+        // QoS): each queue's consumer gets its own, as Celery's workers do.
+        let per_queue = queues
+            .iter()
+            .any(|queue| self.app.queue_spec(queue).is_quorum());
+        let options = ConsumeOptions::manual_ack(self.prefetch)
+            .with_prefetch_per_queue(per_queue)
+            .with_ack_timeout(self.ack_timeout);
         self.app.broker().consume(queues, options).await
     }
 
@@ -1002,7 +1037,11 @@ impl Worker {
                     let _ = answer.send(reply(error.to_string(), false));
                     return;
                 }
-                if let Err(error) = self.app.ensure_queue(&queue).await {
+                let declared = match self.app.ensure_queue(&queue).await {
+                    Ok(()) => self.app.broker().prepare_delays_for(&queue).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = declared {
                     let _ = answer.send(reply(error.to_string(), false));
                     return;
                 }
@@ -1062,8 +1101,7 @@ async fn consume_chord_joins(
     stop: CancellationToken,
 ) {
     let consume = || async {
-        app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
-            .await?;
+        app.ensure_queue(chord_join::JOIN_TASK_QUEUE).await?;
         app.broker()
             .consume(
                 &[chord_join::JOIN_TASK_QUEUE.to_owned()],

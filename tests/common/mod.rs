@@ -58,9 +58,21 @@ pub fn python() -> &'static std::path::Path {
 /// [`CHILD_PROCESS_TIMEOUT`]), off the async runtime's threads, with
 /// `BROKER_URL` set to the tests' broker.
 pub async fn python_output(args: Vec<String>) -> std::process::Output {
+    python_output_in(args, &[]).await
+}
+
+/// [`python_output`] with more environment variables.
+pub async fn python_output_in(args: Vec<String>, env: &[(&str, &str)]) -> std::process::Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut command = std::process::Command::new(python());
-        command.args(&args).env("BROKER_URL", broker_url());
+        command
+            .args(&args)
+            .env("BROKER_URL", broker_url())
+            .envs(env);
         output_within(command, CHILD_PROCESS_TIMEOUT)
     })
     .await
@@ -160,7 +172,7 @@ pub fn unique_queue(label: &str) -> String {
 /// after their last use, so an aborted test leaves nothing behind.
 pub fn test_queue_spec(name: &str) -> QueueSpec {
     QueueSpec {
-        bind_same_name_exchange: false,
+        same_name_exchange: None,
         ..QueueSpec::task_queue(name)
     }
     .expires_after(Duration::from_secs(120))

@@ -45,7 +45,7 @@ impl Leadership {
             auto_delete: false,
             exclusive: true,
             arguments: serde_json::Map::new(),
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         }
     }
 

@@ -77,7 +77,7 @@ impl RunLog {
             auto_delete: false,
             exclusive: false,
             arguments,
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         }
     }
 

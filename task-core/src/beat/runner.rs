@@ -19,7 +19,7 @@ use super::{BeatError, DeclaredEntry, Entry, EntryError, MissedRuns};
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redact;
-use crate::broker::{Broker, BrokerError, QueueSpec, TlsOptions};
+use crate::broker::{Broker, BrokerError, QueueSpec, QueueType, TlsOptions};
 use crate::schedule::Schedule;
 use crate::{Expiry, Signature, DEFAULT_BROKER_URL, DEFAULT_QUEUE};
 
@@ -80,6 +80,7 @@ pub struct BeatBuilder {
     standby_poll: Duration,
     default_queue: String,
     queues: HashMap<String, QueueSpec>,
+    queue_type: QueueType,
     log_max_bytes: u64,
 }
 
@@ -97,6 +98,7 @@ impl Default for BeatBuilder {
             standby_poll: DEFAULT_STANDBY_POLL,
             default_queue: DEFAULT_QUEUE.into(),
             queues: HashMap::new(),
+            queue_type: QueueType::default(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         }
     }
@@ -181,6 +183,14 @@ impl BeatBuilder {
     /// The queue for entries whose signature names none (default `celery`).
     pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
         self.default_queue = queue.into();
+        self
+    }
+
+    /// The type of the task queues the scheduler declares before sending
+    /// to them (as the workers' [`AppBuilder::queue_type`](crate::AppBuilder::queue_type);
+    /// default classic).
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
         self
     }
 
@@ -285,6 +295,7 @@ impl BeatBuilder {
                 grace: self.grace,
                 standby_poll: self.standby_poll,
                 queues: self.queues,
+                queue_type: self.queue_type,
                 role,
                 local_last: Mutex::new(LastRuns::new()),
             }),
@@ -325,6 +336,7 @@ struct Inner {
     grace: Duration,
     standby_poll: Duration,
     queues: HashMap<String, QueueSpec>,
+    queue_type: QueueType,
     role: watch::Sender<Role>,
     /// Last runs kept in this process, where the broker keeps no streams
     /// (`memory://`).
@@ -500,11 +512,9 @@ impl Beat {
             let mut declared = HashSet::new();
             for entry in &inner.entries {
                 if declared.insert(entry.queue.as_str()) {
-                    let spec = inner
-                        .queues
-                        .get(&entry.queue)
-                        .cloned()
-                        .unwrap_or_else(|| QueueSpec::task_queue(entry.queue.as_str()));
+                    let spec = inner.queues.get(&entry.queue).cloned().unwrap_or_else(|| {
+                        QueueSpec::task_queue(entry.queue.as_str()).of_type(inner.queue_type)
+                    });
                     match broker.declare_queue(&spec).await {
                         Ok(()) => {}
                         // Declared by others with other arguments (a

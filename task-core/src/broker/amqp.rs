@@ -40,6 +40,8 @@ use super::{
 /// itself when RabbitMQ goes away (see [`ReconnectPolicy`]).
 pub struct AmqpBroker {
     link: LinkKeeper,
+    /// Which delay levels delayed messages go through.
+    delay_layout: delay_topology::Layout,
     /// The delay levels, declared on first use (see [`delay_topology`]).
     delay_levels: OnceCell<()>,
     /// Queues already bound to the delay delivery exchange.
@@ -78,6 +80,7 @@ impl AmqpBroker {
     pub async fn connect_once(url: &str, tls: Option<&TlsOptions>) -> Result<Self, BrokerError> {
         Ok(Self {
             link: LinkKeeper::connect_once(url, tls).await?,
+            delay_layout: delay_topology::Layout::default(),
             delay_levels: OnceCell::new(),
             delay_targets: Mutex::new(HashMap::new()),
         })
@@ -90,9 +93,23 @@ impl AmqpBroker {
     ) -> Result<Self, BrokerError> {
         Ok(Self {
             link: LinkKeeper::connect(url, policy, tls).await?,
+            delay_layout: delay_topology::Layout::default(),
             delay_levels: OnceCell::new(),
             delay_targets: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sends delayed messages through these delay levels (default: the
+    /// cascade; Celery's native levels for quorum queues: see
+    /// [`delay_topology::Layout::for_queue_type`]). Set before first use.
+    pub fn with_delay_layout(mut self, layout: delay_topology::Layout) -> Self {
+        self.delay_layout = layout;
+        self
+    }
+
+    /// The delay levels in use.
+    pub fn delay_layout(&self) -> delay_topology::Layout {
+        self.delay_layout
     }
 
     /// The reconnection policy in force.
@@ -132,7 +149,20 @@ impl AmqpBroker {
     /// Declares the delay levels once per broker.
     async fn ensure_delay_levels(&self) -> Result<(), BrokerError> {
         self.delay_levels
-            .get_or_try_init(|| self.on_own_channel("declare delay levels", declare_delay_levels))
+            .get_or_try_init(|| async {
+                match self.delay_layout {
+                    delay_topology::Layout::Celery { level_type } => {
+                        self.on_own_channel("declare Celery's delay levels", |channel| {
+                            declare_celery_delay_levels(channel, level_type)
+                        })
+                        .await
+                    }
+                    _ => {
+                        self.on_own_channel("declare delay levels", declare_delay_levels)
+                            .await
+                    }
+                }
+            })
             .await
             .map(|_| ())
     }
@@ -151,16 +181,29 @@ impl AmqpBroker {
         {
             return Ok(());
         }
-        self.on_own_channel("bind delay target", |channel| async move {
-            channel
-                .queue_bind(
-                    queue.into(),
-                    delay_topology::DELIVERY_EXCHANGE.into(),
-                    delay_topology::delivery_pattern(queue).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
+        let (exchange, pattern) = match self.delay_layout {
+            delay_topology::Layout::Celery { .. } => (
+                delay_topology::celery::DELIVERY_EXCHANGE,
+                delay_topology::celery::delivery_pattern(queue),
+            ),
+            _ => (
+                delay_topology::DELIVERY_EXCHANGE,
+                delay_topology::delivery_pattern(queue),
+            ),
+        };
+        self.on_own_channel("bind delay target", |channel| {
+            let pattern = pattern.clone();
+            async move {
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        exchange.into(),
+                        pattern.into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            }
         })
         .await?;
         self.delay_targets
@@ -168,6 +211,34 @@ impl AmqpBroker {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(queue.to_owned(), std::time::Instant::now());
         Ok(())
+    }
+}
+
+impl AmqpBroker {
+    /// [`Broker::publish_delayed`] through Celery's native levels: the whole
+    /// seconds of `delay` (a message due in less than a second goes to its
+    /// queue at once, where the worker holds it for the rest).
+    async fn publish_delayed_celery(
+        &self,
+        queue: &str,
+        message: &Message,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        use delay_topology::celery;
+        let Some(level) = celery::entry_level(delay.as_secs()) else {
+            return self.publish("", queue, message).await;
+        };
+        let routing_key = celery::routing_key(delay.as_secs(), queue);
+        check_short("delayed routing key (56 bytes + queue name)", &routing_key)?;
+        self.ensure_delay_levels().await?;
+        self.ensure_delay_target(queue).await?;
+        let exchange = celery::level_name(level);
+        if delay_topology::has_death_history(&message.properties.headers) {
+            let mut fresh = message.clone();
+            delay_topology::strip_death_history(&mut fresh.properties.headers);
+            return self.publish(&exchange, &routing_key, &fresh).await;
+        }
+        self.publish(&exchange, &routing_key, message).await
     }
 }
 
@@ -192,12 +263,12 @@ async fn declare_on(channel: Channel, spec: &QueueSpec) -> Result<String, lapin:
         )
         .await?;
     let name = queue.name().as_str().to_owned();
-    if spec.bind_same_name_exchange {
+    if let Some(kind) = spec.same_name_exchange {
         let exchange = ShortString::from(name.as_str());
         channel
             .exchange_declare(
                 exchange.clone(),
-                lapin::ExchangeKind::Direct,
+                lapin_kind(kind),
                 ExchangeDeclareOptions {
                     durable: true,
                     ..ExchangeDeclareOptions::default()
@@ -274,9 +345,10 @@ async fn consume_on(
         .map_err(|e| lost("channel.open", e))?;
     if options.prefetch > 0 {
         // One window for all the queues needs RabbitMQ's channel-wide
-        // (global) prefetch, which costs the broker more per message; a
-        // single queue gets the same bound from the per-consumer one.
-        let global = queues.len() > 1;
+        // (global) prefetch, which costs the broker more per message (and
+        // which quorum queues refuse); a single queue gets the same bound
+        // from the per-consumer one.
+        let global = queues.len() > 1 && !options.prefetch_per_queue;
         channel
             .basic_qos(options.prefetch, BasicQosOptions { global })
             .await
@@ -314,6 +386,90 @@ async fn consume_on(
         deliveries: futures_util::stream::select_all(streams).boxed(),
         cancel: Box::new(AmqpConsumerCancel { channel, tags }),
     })
+}
+
+/// Declares Celery's native delay levels exactly as kombu 5.7 does
+/// (`declare_native_delayed_delivery_exchanges_and_queues`), so that Python
+/// peers declaring them too are not refused: durable topic exchanges,
+/// durable queues of `level_type` with the same arguments, the same
+/// bindings (see [`delay_topology::celery`]).
+async fn declare_celery_delay_levels(
+    channel: Channel,
+    level_type: super::QueueType,
+) -> Result<(), lapin::Error> {
+    use delay_topology::celery;
+    let durable_topic = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for k in (0..celery::BITS).rev() {
+        let level = ShortString::from(celery::level_name(k));
+        channel
+            .exchange_declare(
+                level.clone(),
+                lapin::ExchangeKind::Topic,
+                durable_topic,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(level_type.as_str().into()),
+        );
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        let ttl = i64::try_from(celery::wait_ms(k)).unwrap_or(i64::MAX);
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(celery::next_exchange(k).into()),
+        );
+        if level_type == super::QueueType::Quorum {
+            arguments.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+        }
+        channel
+            .queue_declare(level.clone(), durable, arguments)
+            .await?;
+        channel
+            .queue_bind(
+                level.clone(),
+                level,
+                celery::queue_pattern(k).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .exchange_declare(
+            celery::DELIVERY_EXCHANGE.into(),
+            lapin::ExchangeKind::Topic,
+            durable_topic,
+            FieldTable::default(),
+        )
+        .await?;
+    for k in (0..celery::BITS).rev() {
+        channel
+            .exchange_bind(
+                celery::next_exchange(k).into(),
+                celery::level_name(k).into(),
+                celery::pass_pattern(k).into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Declares the delivery exchange and every level (exchange, TTL queue,
@@ -557,6 +713,9 @@ impl Broker for AmqpBroker {
         message: &Message,
         delay: Duration,
     ) -> Result<(), BrokerError> {
+        if let delay_topology::Layout::Celery { .. } = self.delay_layout {
+            return self.publish_delayed_celery(queue, message, delay).await;
+        }
         // The routing key and the delivery binding are the queue name after
         // the delay's digits; `publish` below checks the rest.
         check_short(
@@ -579,7 +738,22 @@ impl Broker for AmqpBroker {
         self.publish(&exchange, &routing_key, message).await
     }
 
+    fn delay_resolution(&self) -> Duration {
+        self.delay_layout.resolution()
+    }
+
+    async fn prepare_delays_for(&self, queue: &str) -> Result<(), BrokerError> {
+        if self.delay_layout == delay_topology::Layout::Cascade {
+            return Ok(()); // declared and bound by the first delayed publish
+        }
+        self.ensure_delay_levels().await?;
+        self.ensure_delay_target(queue).await
+    }
+
     async fn redeliver_unrouted(&self) -> Result<u32, BrokerError> {
+        if self.delay_layout != delay_topology::Layout::Cascade {
+            return Ok(0); // Celery's levels keep nothing unrouted
+        }
         self.ensure_delay_levels().await?;
         let held = self.queue_message_count(delay_topology::UNROUTED).await?;
         if held == 0 {

@@ -39,6 +39,56 @@
 //! bindings, which RabbitMQ keeps; the old objects can be deleted once
 //! their queues are empty.)
 
+//! With quorum queues the framework uses Celery's own layout instead
+//! ([`celery`]): binary levels of whole seconds, each a quorum queue that
+//! dead-letters at least once, so a delayed task survives a node's death in
+//! transit and Python and Rust peers share the levels ([`Layout`]).
+
+use super::QueueType;
+
+/// Which delay levels a broker publishes delayed messages through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Layout {
+    /// This framework's cascade of classic TTL queues (this module's
+    /// functions): millisecond resolution, at most 8 hops, an unrouted
+    /// queue keeping what comes due for a queue that is gone.
+    #[default]
+    Cascade,
+    /// Celery 5.5+'s native delayed delivery ([`celery`]): 28 binary levels
+    /// of whole seconds, declared exactly as kombu declares them (queues of
+    /// `level_type`), shared with Python peers.
+    Celery {
+        /// The type of the level queues (Celery's
+        /// `broker_native_delayed_delivery_queue_type`, `quorum` by default).
+        level_type: QueueType,
+    },
+}
+
+impl Layout {
+    /// The layout a task queue type goes with: Celery's native levels of
+    /// quorum queues for quorum queues (what Celery 5.5+ peers use), the
+    /// cascade for classic ones.
+    pub fn for_queue_type(queue_type: QueueType) -> Self {
+        match queue_type {
+            QueueType::Classic => Layout::Cascade,
+            QueueType::Quorum => Layout::Celery {
+                level_type: QueueType::Quorum,
+            },
+        }
+    }
+
+    /// The finest delay the layout keeps: a delay is cut down to a multiple
+    /// of it, so a message may arrive up to this much early (a worker holds
+    /// it for the rest).
+    pub fn resolution(self) -> std::time::Duration {
+        match self {
+            Layout::Cascade => std::time::Duration::from_millis(1),
+            Layout::Celery { .. } => std::time::Duration::from_secs(1),
+        }
+    }
+}
+
 /// Bits per level (one hexadecimal digit).
 const DIGIT_BITS: u32 = 4;
 
@@ -163,25 +213,149 @@ fn is_death_header(key: &str) -> bool {
     key == "x-death" || key.starts_with("x-first-death-") || key.starts_with("x-last-death-")
 }
 
+/// Celery 5.5+'s native delayed delivery on RabbitMQ, as kombu 5.7 lays
+/// it out (`kombu/transport/native_delayed_delivery.py`), so that a
+/// countdown sent by either side reaches a worker of the other at its ETA.
+///
+/// Level `k` (0..28) is a topic exchange `celery_delayed_<k>` and a queue of
+/// the same name (durable, `x-queue-type` quorum or classic, `x-message-ttl`
+/// 2^k s, `x-overflow: reject-publish`, dead-lettering to level `k-1`, or
+/// from level 0 to the delivery exchange `celery_delayed_delivery`, at
+/// least once for quorum queues). A delayed message's routing key is its
+/// delay in whole seconds as 28 bits, most significant first, each followed
+/// by `.`, then the target's routing key (`0.….1.0.1.0.celery` for 10 s).
+/// At level `k` a set bit routes the message into the level's queue, where
+/// it waits 2^k s; a clear bit passes it straight on to level `k-1`'s
+/// exchange. The delivery exchange routes on the key's tail: every target
+/// queue is bound to it (Celery's workers bind their queue's exchange with
+/// `#.<routing key>`; this framework binds the queue itself with exactly 28
+/// words before the key: [`celery::delivery_pattern`]; RabbitMQ routes a
+/// message that reaches one queue by both paths to it once).
+///
+/// Celery's clients publish to level 27; this framework publishes to the
+/// level of the highest set bit (the levels above would only pass the
+/// message on). Delays are whole seconds: Celery's client cuts the
+/// fraction off, as does this framework, whose workers hold a message that
+/// arrives less than a second early for the rest. A due message for a queue
+/// bound to nothing is dropped by RabbitMQ (kombu's exchanges have no
+/// alternate exchange, and one cannot be added without making every peer's
+/// declaration differ).
+pub mod celery {
+    /// Bits in the delay (whole seconds): up to 2^28 - 1 s, about 8.5 years.
+    pub const BITS: u32 = 28;
+
+    /// The longest delay one trip through the levels gives, in seconds.
+    pub const MAX_DELAY_SECS: u64 = (1 << BITS) - 1;
+
+    /// The exchange that routes due messages to their queues.
+    pub const DELIVERY_EXCHANGE: &str = "celery_delayed_delivery";
+
+    /// The exchange and the queue of level `k`.
+    pub fn level_name(k: u32) -> String {
+        format!("celery_delayed_{k}")
+    }
+
+    /// How long a message waits in level `k`'s queue, in milliseconds
+    /// (its `x-message-ttl`).
+    pub fn wait_ms(k: u32) -> u64 {
+        (1u64 << k) * 1000
+    }
+
+    /// Where level `k` dead-letters to.
+    pub fn next_exchange(k: u32) -> String {
+        if k == 0 {
+            DELIVERY_EXCHANGE.to_owned()
+        } else {
+            level_name(k - 1)
+        }
+    }
+
+    /// The pattern binding level `k`'s queue to its exchange: bit `k` set.
+    pub fn queue_pattern(k: u32) -> String {
+        bit_pattern(k, '1')
+    }
+
+    /// The pattern binding level `k`'s exchange to the next one's (and
+    /// level 0's to the delivery exchange): bit `k` clear.
+    pub fn pass_pattern(k: u32) -> String {
+        bit_pattern(k, '0')
+    }
+
+    fn bit_pattern(k: u32, bit: char) -> String {
+        let mut pattern = "*.".repeat((BITS - 1 - k) as usize);
+        pattern.push(bit);
+        pattern.push_str(".#");
+        pattern
+    }
+
+    /// The delivery exchange's binding for `routing_key`: 28 bits, then
+    /// exactly the key. (Celery's workers bind `#.<key>`, which also takes
+    /// what is due for any key ending in `.<key>`: a queue `high` would get
+    /// the delayed tasks of a queue `tasks.high`.)
+    pub fn delivery_pattern(routing_key: &str) -> String {
+        let mut pattern = "*.".repeat(BITS as usize);
+        pattern.push_str(routing_key);
+        pattern
+    }
+
+    /// The routing key of a message delayed `secs` seconds (capped at
+    /// [`MAX_DELAY_SECS`]) for `routing_key`, whose own delay prefix, if it
+    /// carries one from an earlier trip, is dropped first (as kombu does).
+    pub fn routing_key(secs: u64, routing_key: &str) -> String {
+        let secs = secs.min(MAX_DELAY_SECS);
+        let target = strip_prefix(routing_key);
+        let mut key = String::with_capacity(BITS as usize * 2 + target.len());
+        for k in (0..BITS).rev() {
+            key.push(if secs >> k & 1 == 1 { '1' } else { '0' });
+            key.push('.');
+        }
+        key.push_str(target);
+        key
+    }
+
+    /// The routing key without a delay prefix (28 `0.` / `1.` words).
+    pub fn strip_prefix(routing_key: &str) -> &str {
+        let bytes = routing_key.as_bytes();
+        let prefix = BITS as usize * 2;
+        let is_prefix = bytes.len() >= prefix
+            && bytes[..prefix]
+                .chunks(2)
+                .all(|pair| matches!(pair, [b'0' | b'1', b'.']));
+        if is_prefix {
+            &routing_key[prefix..]
+        } else {
+            routing_key
+        }
+    }
+
+    /// The level a message delayed `secs` seconds is first published to:
+    /// that of its highest set bit (`None` for no delay).
+    pub fn entry_level(secs: u64) -> Option<u32> {
+        let secs = secs.min(MAX_DELAY_SECS);
+        (secs > 0).then(|| 63 - secs.leading_zeros())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// RabbitMQ's topic matching, enough for these patterns (`*` one word, `#` the rest).
+    /// RabbitMQ's topic matching (`*` one word, `#` zero or more).
     fn topic_matches(pattern: &str, key: &str) -> bool {
+        fn words(pattern: &[&str], key: &[&str]) -> bool {
+            match (pattern.split_first(), key.split_first()) {
+                (None, None) => true,
+                (Some((&"#", rest)), _) => {
+                    words(rest, key) || (!key.is_empty() && words(pattern, &key[1..]))
+                }
+                (Some((&"*", rest)), Some((_, tail))) => words(rest, tail),
+                (Some((word, rest)), Some((first, tail))) => word == first && words(rest, tail),
+                _ => false,
+            }
+        }
         let pattern: Vec<&str> = pattern.split('.').collect();
         let key: Vec<&str> = key.split('.').collect();
-        let mut i = 0;
-        for (p, word) in pattern.iter().enumerate() {
-            match *word {
-                "#" => return p == pattern.len() - 1,
-                "*" => {}
-                w if key.get(i) == Some(&w) => {}
-                _ => return false,
-            }
-            i += 1;
-        }
-        i == key.len()
+        words(&pattern, &key)
     }
 
     /// Walks a key down the levels as RabbitMQ would and returns the wait
@@ -244,5 +418,58 @@ mod tests {
         assert_eq!(target_queue("0.0.0.0.2.7.1.0."), None);
         assert_eq!(target_queue("orders"), None);
         assert_eq!(target_queue("0.0.0.0.2.7.1.zz.q"), None);
+    }
+
+    /// Walks a key down Celery's levels as RabbitMQ would: the levels whose
+    /// queue it enters, from the entry level down.
+    fn walk_celery(entry: u32, key: &str) -> Vec<u32> {
+        (0..=entry)
+            .rev()
+            .filter(|k| {
+                let enters = topic_matches(&celery::queue_pattern(*k), key);
+                let passes = topic_matches(&celery::pass_pattern(*k), key);
+                assert!(enters ^ passes, "level {k} routes {key} exactly one way");
+                enters
+            })
+            .collect()
+    }
+
+    #[test]
+    fn celery_keys_wait_their_whole_seconds_as_kombu_computes_them() {
+        // kombu: '.'.join(f'{countdown:028b}') + '.' + routing_key
+        assert_eq!(
+            celery::routing_key(10, "celery"),
+            format!("{}1.0.1.0.celery", "0.".repeat(24))
+        );
+        for secs in [1u64, 2, 3, 10, 59, 60, 3600, 86_400, celery::MAX_DELAY_SECS] {
+            let key = celery::routing_key(secs, "tasks.high");
+            let entry = celery::entry_level(secs).unwrap();
+            let waited: u64 = walk_celery(entry, &key)
+                .iter()
+                .map(|k| celery::wait_ms(*k))
+                .sum();
+            assert_eq!(waited, secs * 1000, "{key}");
+            // From level 27, as Celery's clients publish, the same queues.
+            assert_eq!(
+                walk_celery(celery::BITS - 1, &key),
+                walk_celery(entry, &key)
+            );
+            assert!(topic_matches(&celery::delivery_pattern("tasks.high"), &key));
+            assert!(!topic_matches(&celery::delivery_pattern("high"), &key));
+        }
+        assert_eq!(celery::entry_level(0), None);
+        assert_eq!(celery::entry_level(1), Some(0));
+        assert_eq!(celery::entry_level(10), Some(3));
+        assert_eq!(celery::next_exchange(0), celery::DELIVERY_EXCHANGE);
+        assert_eq!(celery::next_exchange(3), "celery_delayed_2");
+    }
+
+    #[test]
+    fn a_celery_key_delayed_again_keeps_one_prefix() {
+        let once = celery::routing_key(5, "celery");
+        let twice = celery::routing_key(7, &once);
+        assert_eq!(twice, celery::routing_key(7, "celery"));
+        assert_eq!(celery::strip_prefix(&once), "celery");
+        assert_eq!(celery::strip_prefix("0.1.celery"), "0.1.celery");
     }
 }

@@ -8,7 +8,7 @@
 //!   other flags or arguments fails like RabbitMQ's `PRECONDITION_FAILED`;
 //!   refusals carry RabbitMQ's reply code for the same situation
 //!   ([`BrokerError::reply_code`]: 404, 405, 406, 403);
-//! - exchange `""` routes by queue name, [`QueueSpec::bind_same_name_exchange`]
+//! - exchange `""` routes by queue name, [`QueueSpec::same_name_exchange`]
 //!   adds a direct exchange of the queue's name; declared exchanges route
 //!   by their kind (direct: the exact key; fanout: every bound queue; topic:
 //!   patterns with `*` and `#`), and an auto-delete one goes with its last
@@ -357,7 +357,7 @@ mod tests {
 
     fn spec(name: &str, arguments: Value) -> QueueSpec {
         let mut spec = QueueSpec::task_queue(name);
-        spec.bind_same_name_exchange = false;
+        spec.same_name_exchange = None;
         if let Value::Object(arguments) = arguments {
             spec.arguments = arguments;
         }
@@ -373,6 +373,7 @@ mod tests {
 
     const OPTIONS: ConsumeOptions = ConsumeOptions {
         prefetch: 10,
+        prefetch_per_queue: false,
         no_ack: false,
         ack_timeout: None,
         exclusive: false,
@@ -541,7 +542,7 @@ mod tests {
     async fn dead_letters_can_go_through_a_same_name_exchange() {
         let broker = MemoryBroker::new();
         let mut target = spec("target", json!({}));
-        target.bind_same_name_exchange = true;
+        target.same_name_exchange = Some(crate::broker::ExchangeKind::Direct);
         broker.declare_queue(&target).await.unwrap();
         let arguments =
             json!({"x-dead-letter-exchange": "target", "x-dead-letter-routing-key": "target"});

@@ -280,8 +280,35 @@ pub(crate) fn check_declared_name(spec: &QueueSpec, named: bool) -> Result<(), B
                 spec.name
             ),
         )),
-        _ => check_short("queue name", &spec.name),
+        _ => {
+            check_short("queue name", &spec.name)?;
+            check_queue_kind(spec)
+        }
     }
+}
+
+/// Refuses what a quorum queue cannot be, before the broker does (with a
+/// reason that says what to change).
+fn check_queue_kind(spec: &QueueSpec) -> Result<(), BrokerError> {
+    if !spec.is_quorum() {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        Err(BrokerError::failed(
+            "queue.declare",
+            format!("queue `{}`: a quorum queue {why}", spec.name),
+        ))
+    };
+    if !spec.durable || spec.auto_delete || spec.exclusive {
+        return refuse("is durable, never exclusive nor auto-delete");
+    }
+    if spec.arguments.contains_key("x-max-priority") {
+        return refuse(
+            "has no x-max-priority (RabbitMQ 4.0+ gives quorum queues two priority levels, \
+             0-4 and 5+, without any argument; before 4.0 they have none)",
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a binding whose names are too long for AMQP.
@@ -386,14 +413,67 @@ pub struct QueueSpec {
     pub exclusive: bool,
     /// Queue arguments (`x-max-priority`, `x-expires`, `x-dead-letter-exchange`, ...).
     pub arguments: Map<String, Value>,
-    /// Also declare a direct exchange of the same name and bind the queue to
-    /// it with its name as routing key, as Celery does for its task queues.
-    pub bind_same_name_exchange: bool,
+    /// Also declare an exchange of the same name, of this kind, and bind the
+    /// queue to it with its name as routing key, as Celery does for its task
+    /// queues (direct by default; topic for quorum queues, which Celery's
+    /// native delayed delivery needs: [`QueueSpec::quorum`]).
+    pub same_name_exchange: Option<ExchangeKind>,
+}
+
+/// The kind of RabbitMQ queue a task queue is (Celery's
+/// `task_default_queue_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// A classic queue: kept by one node of a cluster (gone with it until
+    /// it comes back); priorities up to `x-max-priority`.
+    #[default]
+    Classic,
+    /// A quorum queue (`x-queue-type: quorum`): replicated by Raft over
+    /// the cluster's nodes, so a task survives the death of a minority of
+    /// them. Durable, never exclusive nor auto-delete; no global prefetch;
+    /// priorities: none before RabbitMQ 4.0, two levels (0-4 normal, 5+
+    /// high) from 4.0, without any queue argument. Delays go through
+    /// Celery's native delayed delivery levels, themselves quorum queues
+    /// ([`delay_topology::celery`]).
+    Quorum,
+}
+
+impl QueueType {
+    /// RabbitMQ's name for it (`classic`, `quorum`): the value of
+    /// `x-queue-type`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!(
+                "unknown queue type `{other}`: expected `classic` or `quorum`"
+            )),
+        }
+    }
 }
 
 impl QueueSpec {
     /// A task queue as Celery declares one: durable, no arguments, bound to a
-    /// direct exchange of the same name.
+    /// direct exchange of the same name. See [`QueueSpec::quorum`] for
+    /// Celery's quorum form.
     pub fn task_queue(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -401,7 +481,7 @@ impl QueueSpec {
             auto_delete: false,
             exclusive: false,
             arguments: Map::new(),
-            bind_same_name_exchange: true,
+            same_name_exchange: Some(ExchangeKind::Direct),
         }
     }
 
@@ -414,7 +494,7 @@ impl QueueSpec {
             auto_delete: true,
             exclusive: false,
             arguments: Map::new(),
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         }
         .expires_after(Duration::from_secs(86_400))
     }
@@ -452,7 +532,7 @@ impl QueueSpec {
             auto_delete: false,
             exclusive: false,
             arguments,
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         }
     }
 
@@ -468,7 +548,7 @@ impl QueueSpec {
             auto_delete: true,
             exclusive: true,
             arguments: Map::new(),
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         }
     }
 
@@ -477,6 +557,87 @@ impl QueueSpec {
     pub fn expires_after(mut self, unused: Duration) -> Self {
         let ms = u64::try_from(unused.as_millis()).unwrap_or(u64::MAX).max(1);
         self.arguments.insert("x-expires".into(), Value::from(ms));
+        self
+    }
+
+    /// Makes this a quorum queue as Celery 5.5+ declares one
+    /// (`task_default_queue_type = "quorum"`): `x-queue-type: quorum`,
+    /// durable, not exclusive nor auto-delete, and its same-name exchange a
+    /// topic exchange (set `task_default_exchange_type = "topic"` on the
+    /// Python side, as Celery's native delayed delivery requires). Peers
+    /// must declare a queue the same way: RabbitMQ refuses a declaration
+    /// that differs in its type (406). An `x-max-priority` is refused when
+    /// the queue is declared (quorum queues have none before RabbitMQ 4.0,
+    /// and two levels without any argument from 4.0).
+    pub fn quorum(mut self) -> Self {
+        self.arguments.insert(
+            "x-queue-type".into(),
+            Value::from(QueueType::Quorum.as_str()),
+        );
+        self.durable = true;
+        self.auto_delete = false;
+        self.exclusive = false;
+        if self.same_name_exchange.is_some() {
+            self.same_name_exchange = Some(ExchangeKind::Topic);
+        }
+        self
+    }
+
+    /// [`QueueSpec::quorum`] for [`QueueType::Quorum`], unchanged for
+    /// [`QueueType::Classic`].
+    pub fn of_type(self, queue_type: QueueType) -> Self {
+        match queue_type {
+            QueueType::Classic => self,
+            QueueType::Quorum => self.quorum(),
+        }
+    }
+
+    /// The queue's type, from its `x-queue-type` argument (classic without).
+    pub fn queue_type(&self) -> Option<QueueType> {
+        match self.arguments.get("x-queue-type").and_then(Value::as_str) {
+            None | Some("classic") => Some(QueueType::Classic),
+            Some("quorum") => Some(QueueType::Quorum),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether it is a quorum queue.
+    pub fn is_quorum(&self) -> bool {
+        self.queue_type() == Some(QueueType::Quorum)
+    }
+
+    /// A quorum queue's poison-message guard (`x-delivery-limit`): a message
+    /// delivered more than `limit` times without an ack (a worker that dies
+    /// on it, again and again) is dead-lettered instead of delivered again,
+    /// to [`EXPIRED_EXCHANGE`], where workers copy it into the queue's
+    /// dead-letter queue with the reason `delivery_limit`, at least once
+    /// (`x-dead-letter-strategy: at-least-once`, which needs `x-overflow:
+    /// reject-publish`: a full queue refuses publishes rather than drop its
+    /// oldest). Every peer declaring the queue must give the same arguments;
+    /// for a queue Python peers declare too, set a RabbitMQ policy instead
+    /// (`delivery-limit`, `dead-letter-exchange`, `dead-letter-strategy`).
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self = self.quorum();
+        self.arguments
+            .insert("x-delivery-limit".into(), Value::from(limit));
+        self.arguments.insert(
+            "x-dead-letter-exchange".into(),
+            Value::from(EXPIRED_EXCHANGE),
+        );
+        self.arguments.insert(
+            "x-dead-letter-strategy".into(),
+            Value::from("at-least-once"),
+        );
+        self.arguments
+            .insert("x-overflow".into(), Value::from("reject-publish"));
+        self
+    }
+
+    /// Sets the kind of the same-name exchange (when there is one).
+    pub fn exchange_kind(mut self, kind: ExchangeKind) -> Self {
+        if self.same_name_exchange.is_some() {
+            self.same_name_exchange = Some(kind);
+        }
         self
     }
 
@@ -510,7 +671,7 @@ impl QueueSpec {
     /// shared by every worker.
     pub fn expired_tasks() -> Self {
         Self {
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
             ..Self::task_queue(EXPIRED_QUEUE)
         }
     }
@@ -610,8 +771,15 @@ impl ExchangeSpec {
 /// How to consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumeOptions {
-    /// Unacknowledged messages the broker may send ahead (0 = unlimited).
+    /// Unacknowledged messages the broker may send ahead (0 = unlimited),
+    /// over all the queues together, or per queue with
+    /// [`ConsumeOptions::prefetch_per_queue`].
     pub prefetch: u16,
+    /// The prefetch window applies to each queue's consumer on its own
+    /// (RabbitMQ's per-consumer QoS), not to all of them together (global
+    /// QoS, which quorum queues refuse: 540 `NOT_IMPLEMENTED`). A worker
+    /// consuming a quorum queue sets it, as Celery's does.
+    pub prefetch_per_queue: bool,
     /// The broker forgets a message as soon as it is sent (no ack needed).
     pub no_ack: bool,
     /// How long a delivery may stay unacknowledged before the broker gives
@@ -646,6 +814,7 @@ impl ConsumeOptions {
     pub fn manual_ack(prefetch: u16) -> Self {
         Self {
             prefetch,
+            prefetch_per_queue: false,
             no_ack: false,
             ack_timeout: None,
             exclusive: false,
@@ -657,11 +826,18 @@ impl ConsumeOptions {
     pub fn no_ack() -> Self {
         Self {
             prefetch: 0,
+            prefetch_per_queue: false,
             no_ack: true,
             ack_timeout: None,
             exclusive: false,
             stream_offset: None,
         }
+    }
+
+    /// Sets [`ConsumeOptions::prefetch_per_queue`].
+    pub fn with_prefetch_per_queue(mut self, per_queue: bool) -> Self {
+        self.prefetch_per_queue = per_queue;
+        self
     }
 
     /// Sets [`ConsumeOptions::exclusive`].
@@ -820,6 +996,24 @@ pub trait Broker: Send + Sync + 'static {
             "publish_delayed",
             "this broker has no delayed delivery",
         ))
+    }
+
+    /// Makes sure delayed messages for `queue` reach it, before any is
+    /// published: declares the delay levels and binds the queue to their
+    /// delivery exchange. Workers call it for their queues when they start,
+    /// as Celery's workers do for its native delayed delivery, since Python
+    /// clients publish into levels they never declare. (Does nothing where
+    /// the first [`Broker::publish_delayed`] does it.)
+    async fn prepare_delays_for(&self, queue: &str) -> Result<(), BrokerError> {
+        let _ = queue;
+        Ok(())
+    }
+
+    /// The finest delay [`Broker::publish_delayed`] keeps: a delay is cut
+    /// down to a multiple of it, so a delayed message may arrive up to this
+    /// much before it is due (workers hold such a task for the rest).
+    fn delay_resolution(&self) -> Duration {
+        Duration::ZERO
     }
 
     /// Moves delayed messages that came due while their queue could not be

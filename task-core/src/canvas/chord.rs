@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::chain::{Follows, InvalidSignature};
 use super::group::{send_all, Group};
-use crate::broker::QueueSpec;
 use crate::protocol::chord_join::{self, JoinRequest, JOIN_QUEUE_HEADER};
 use crate::protocol::result_message;
 use crate::{App, AsyncResult, Error, Signature};
@@ -304,7 +303,7 @@ pub async fn start_join_on_broker(
             task: chord_join::JOIN_TASK.to_owned(),
             reason,
         })?;
-    app.ensure_declared(&QueueSpec::task_queue(chord_join::JOIN_TASK_QUEUE))
+    app.ensure_queue(chord_join::JOIN_TASK_QUEUE)
         .await?;
     app.broker()
         .publish("", chord_join::JOIN_TASK_QUEUE, &message)

@@ -208,7 +208,7 @@ impl Control {
             auto_delete: true,
             exclusive: true,
             arguments,
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         };
         self.broker.declare_queue(&spec).await?;
         self.broker

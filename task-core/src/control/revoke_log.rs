@@ -45,7 +45,7 @@ pub fn queue_spec() -> QueueSpec {
         auto_delete: false,
         exclusive: false,
         arguments,
-        bind_same_name_exchange: false,
+        same_name_exchange: None,
     }
 }
 

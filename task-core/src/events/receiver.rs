@@ -73,7 +73,7 @@ impl EventReceiver {
             auto_delete: true,
             exclusive: true,
             arguments,
-            bind_same_name_exchange: false,
+            same_name_exchange: None,
         };
         broker.declare_queue(&spec).await?;
         broker

@@ -50,7 +50,7 @@ pub fn join_queue_name(group_id: &str) -> String {
 /// unused.
 pub fn join_queue_spec(name: &str) -> QueueSpec {
     QueueSpec {
-        bind_same_name_exchange: false,
+        same_name_exchange: None,
         ..QueueSpec::task_queue(name)
     }
     .expires_after(JOIN_QUEUE_EXPIRES)

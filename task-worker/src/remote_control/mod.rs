@@ -101,7 +101,7 @@ async fn consume(node: &Node) -> Result<Consumer, BrokerError> {
         auto_delete: true,
         exclusive: false,
         arguments,
-        bind_same_name_exchange: false,
+        same_name_exchange: None,
     };
     broker.declare_queue(&spec).await?;
     broker.bind_queue(&spec.name, PIDBOX_EXCHANGE, "").await?;

@@ -18,8 +18,8 @@ use super::handles::{MemoryAcker, NoAck, Outcome};
 use super::timer::{rearm, Timer};
 use super::Core;
 use crate::broker::{
-    Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeKind, ExchangeSpec, Message,
-    QueueSpec, ReplyCode,
+    Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeSpec, Message, QueueSpec,
+    ReplyCode,
 };
 
 /// Delays too long for the clock are cut to this (about 30 years).
@@ -563,10 +563,10 @@ impl State {
                 );
             }
         }
-        if spec.bind_same_name_exchange {
+        if let Some(kind) = spec.same_name_exchange {
             // A refusal is reported as the queue's declaration, as the AMQP
             // broker reports it.
-            self.declare_exchange(&ExchangeSpec::new(name, ExchangeKind::Direct))
+            self.declare_exchange(&ExchangeSpec::new(name, kind))
                 .map_err(|error| match error {
                     BrokerError::Operation {
                         reason,
