@@ -1438,3 +1438,390 @@ async fn a_delayed_message_due_while_its_queue_was_deleted_arrives_once_it_is_ba
     let _ = other.close().await;
     f.finish().await;
 }
+
+/// A quorum test queue (expiring on RabbitMQ) with these extra arguments.
+fn quorum_spec(f: &Fixture, name: &str, arguments: Value) -> QueueSpec {
+    f.spec(name, arguments).quorum()
+}
+
+/// The `x-delivery-count` header a quorum queue sets on a redelivery.
+fn delivery_count(delivery: &Delivery) -> Option<&HeaderValue> {
+    delivery.message.properties.headers.get("x-delivery-count")
+}
+
+contract_test!(a_quorum_queue_redeclares_equivalently_and_compares_its_arguments);
+/// As RabbitMQ 3.10 compares a quorum queue's arguments: its type, and
+/// `x-delivery-limit` and `x-dead-letter-strategy` like the others.
+async fn a_quorum_queue_redeclares_equivalently_and_compares_its_arguments(mut f: Fixture) {
+    let q = f.name("quorum-declare");
+    let spec = quorum_spec(&f, &q, json!({}));
+    assert!(spec.is_quorum());
+    f.broker.declare_queue(&spec).await.unwrap();
+    f.publish(&q, &message("kept")).await;
+    f.broker.declare_queue(&spec).await.unwrap();
+    assert_eq!(f.count(&q).await, 1, "a re-declaration keeps the messages");
+    // Arguments RabbitMQ does not compare are not compared.
+    let mut custom = spec.clone();
+    custom.arguments.insert("x-custom".into(), json!(1));
+    f.broker.declare_queue(&custom).await.unwrap();
+
+    let with = |key: &str, value: Value| {
+        let mut different = spec.clone();
+        different.arguments.insert(key.into(), value);
+        different
+    };
+    for different in [
+        with("x-delivery-limit", json!(3)),
+        with("x-dead-letter-strategy", json!("at-least-once")),
+        with("x-overflow", json!("reject-publish")),
+        with("x-max-length", json!(5)),
+    ] {
+        let error = f.broker.declare_queue(&different).await.unwrap_err();
+        assert!(is_precondition_failed(&error), "{error}");
+    }
+
+    let limited = f.name("quorum-declare-limited");
+    let arguments = json!({
+        "x-delivery-limit": 3,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    });
+    let spec = quorum_spec(&f, &limited, arguments);
+    f.broker.declare_queue(&spec).await.unwrap();
+    f.broker.declare_queue(&spec).await.unwrap();
+    let without = |key: &str| {
+        let mut different = spec.clone();
+        different.arguments.remove(key);
+        different
+    };
+    let mut other_limit = spec.clone();
+    other_limit
+        .arguments
+        .insert("x-delivery-limit".into(), json!(4));
+    let mut other_strategy = spec.clone();
+    other_strategy
+        .arguments
+        .insert("x-dead-letter-strategy".into(), json!("at-most-once"));
+    for different in [
+        other_limit,
+        other_strategy,
+        without("x-delivery-limit"),
+        without("x-dead-letter-strategy"),
+    ] {
+        let error = f.broker.declare_queue(&different).await.unwrap_err();
+        assert!(is_precondition_failed(&error), "{error}");
+    }
+    assert_eq!(f.count(&q).await, 1);
+    f.finish().await;
+}
+
+contract_test!(classic_and_quorum_redeclarations_refuse_each_other);
+/// A queue's type is fixed: a classic queue is refused as quorum and a
+/// quorum queue as classic (406), with or without `x-queue-type: classic`,
+/// which means the same as no type.
+async fn classic_and_quorum_redeclarations_refuse_each_other(mut f: Fixture) {
+    let classic = f.name("classic-not-quorum");
+    let classic_spec = f.spec(&classic, json!({}));
+    f.broker.declare_queue(&classic_spec).await.unwrap();
+    let error = f
+        .broker
+        .declare_queue(&classic_spec.clone().quorum())
+        .await
+        .unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
+    let explicit = f.spec(&classic, json!({"x-queue-type": "classic"}));
+    f.broker.declare_queue(&explicit).await.unwrap();
+
+    let quorum = f.name("quorum-not-classic");
+    f.broker
+        .declare_queue(&quorum_spec(&f, &quorum, json!({})))
+        .await
+        .unwrap();
+    for different in [
+        f.spec(&quorum, json!({})),
+        f.spec(&quorum, json!({"x-queue-type": "classic"})),
+    ] {
+        let error = f.broker.declare_queue(&different).await.unwrap_err();
+        assert!(is_precondition_failed(&error), "{error}");
+    }
+    let unknown = f.name("unknown-type");
+    let error = f
+        .broker
+        .declare_queue(&f.spec(&unknown, json!({"x-queue-type": "bogus"})))
+        .await
+        .unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
+    f.finish().await;
+}
+
+contract_test!(arguments_of_the_other_queue_type_are_refused);
+/// What a quorum queue cannot have: `x-max-priority` or a non-durable
+/// declaration, refused by the client before RabbitMQ does (no reply code);
+/// `x-queue-mode`, refused by RabbitMQ (406). And a classic queue has no
+/// `x-delivery-limit` nor `x-dead-letter-strategy` (406).
+async fn arguments_of_the_other_queue_type_are_refused(mut f: Fixture) {
+    let q = f.name("quorum-refusals");
+    let mut not_durable = quorum_spec(&f, &q, json!({}));
+    not_durable.durable = false;
+    for refused in [quorum_spec(&f, &q, json!({})).max_priority(5), not_durable] {
+        let error = f.broker.declare_queue(&refused).await.unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                BrokerError::Operation {
+                    operation: "queue.declare",
+                    reply_code: None,
+                    ..
+                }
+            ),
+            "refused before sending: {error}"
+        );
+    }
+    let error = f
+        .broker
+        .declare_queue(&quorum_spec(&f, &q, json!({"x-queue-mode": "lazy"})))
+        .await
+        .unwrap_err();
+    assert!(is_precondition_failed(&error), "{error}");
+    for arguments in [
+        json!({"x-delivery-limit": 3}),
+        json!({"x-dead-letter-strategy": "at-most-once"}),
+    ] {
+        let error = f
+            .broker
+            .declare_queue(&f.spec(&q, arguments))
+            .await
+            .unwrap_err();
+        assert!(is_precondition_failed(&error), "{error}");
+    }
+    // Nothing was declared.
+    let error = f.broker.queue_message_count(&q).await.unwrap_err();
+    assert!(error.is_not_found(), "{error}");
+    f.queues.retain(|queue| *queue != q);
+    f.finish().await;
+}
+
+contract_test!(a_message_rejected_past_the_delivery_limit_is_dead_lettered);
+/// RabbitMQ 3.10's rule: a message returned to its quorum queue more than
+/// `x-delivery-limit` times is dead-lettered instead (so it is delivered
+/// limit + 1 times), with the reason `delivery_limit`; each redelivery
+/// carries `x-delivery-count`, the returns so far.
+async fn a_message_rejected_past_the_delivery_limit_is_dead_lettered(mut f: Fixture) {
+    const LIMIT: i64 = 2;
+    let dlx = f.exchange("delivery-limit-dlx", ExchangeKind::Fanout).await;
+    let target = f.queue("delivery-limit-target", json!({})).await;
+    f.bind(&target, &dlx, "").await;
+    let q = f.name("delivery-limit");
+    let arguments = json!({"x-delivery-limit": LIMIT, "x-dead-letter-exchange": dlx});
+    f.broker
+        .declare_queue(&quorum_spec(&f, &q, arguments))
+        .await
+        .unwrap();
+    let mut sent = message("poison");
+    sent.properties.headers.insert_json("kept", &json!(1));
+    f.publish(&q, &sent).await;
+
+    let mut consumer = f.consume(&[&q], 1).await;
+    for returns in 0..=LIMIT {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(body(&delivery), "poison");
+        assert_eq!(delivery.redelivered, returns > 0);
+        let expected = (returns > 0).then_some(HeaderValue::LongLongInt(returns));
+        assert_eq!(delivery_count(&delivery), expected.as_ref(), "{returns}");
+        delivery.acker.reject(true).await.unwrap();
+    }
+    let mut dead = f.consume(&[&target], 1).await;
+    let poison = next(&mut dead).await;
+    assert_eq!(body(&poison), "poison");
+    assert_eq!(delivery_count(&poison), None, "on deliveries only");
+    let headers = poison.message.properties.headers.to_json();
+    assert_eq!(headers["kept"], 1);
+    let death = &headers["x-death"][0];
+    assert_eq!(
+        (
+            &death["reason"],
+            &death["queue"],
+            &death["count"],
+            &death["exchange"]
+        ),
+        (&json!("delivery_limit"), &json!(q), &json!(1), &json!(""))
+    );
+    assert_eq!(death["routing-keys"], json!([q]));
+    assert_eq!(headers["x-first-death-reason"], "delivery_limit");
+    assert_eq!(headers["x-first-death-queue"], q.as_str());
+    poison.acker.ack().await.unwrap();
+
+    // Never delivered again: the next delivery is the next message.
+    f.publish(&q, &message("next")).await;
+    let after = next(&mut consumer).await;
+    assert_eq!((body(&after), after.redelivered), ("next", false));
+    after.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    dead.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(a_message_left_unacked_past_the_delivery_limit_is_dropped_without_a_dlx);
+/// A consumer that goes without settling returns its messages as a reject
+/// with requeue does, counted against the delivery limit; past it, a queue
+/// without a dead-letter exchange drops the message.
+async fn a_message_left_unacked_past_the_delivery_limit_is_dropped_without_a_dlx(mut f: Fixture) {
+    let q = f.name("delivery-limit-close");
+    f.broker
+        .declare_queue(&quorum_spec(&f, &q, json!({"x-delivery-limit": 1})))
+        .await
+        .unwrap();
+    f.publish(&q, &message("poison")).await;
+    for returns in 0..=1_i64 {
+        let mut consumer = f.consume(&[&q], 1).await;
+        let delivery = next(&mut consumer).await;
+        assert_eq!(body(&delivery), "poison");
+        let expected = (returns > 0).then_some(HeaderValue::LongLongInt(returns));
+        assert_eq!(delivery_count(&delivery), expected.as_ref());
+        consumer.cancel.close().await.unwrap();
+    }
+    f.publish(&q, &message("next")).await;
+    let mut consumer = f.consume(&[&q], 1).await;
+    let after = next(&mut consumer).await;
+    assert_eq!((body(&after), after.redelivered), ("next", false));
+    after.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+    assert_eq!(f.count(&q).await, 0);
+    f.finish().await;
+}
+
+/// Publishes `text` to `queue`, expecting the broker's `nack`.
+async fn assert_nacked(f: &Fixture, queue: &str, text: &str) {
+    match f.broker.publish("", queue, &message(text)).await {
+        Err(BrokerError::Nacked { routing_key }) => assert_eq!(routing_key, queue),
+        other => panic!("{text}: expected Nacked, got {other:?}"),
+    }
+}
+
+contract_test!(a_full_reject_publish_queue_nacks_publishes);
+/// `x-overflow: reject-publish`: a classic queue refuses (confirm `nack`)
+/// a message that would take it over `x-max-length`. A quorum queue
+/// (RabbitMQ 3.10) takes the message that takes it over, refuses the next
+/// ones, and takes them again once back under 80% of the limit.
+async fn a_full_reject_publish_queue_nacks_publishes(mut f: Fixture) {
+    let limits = json!({"x-overflow": "reject-publish", "x-max-length": 1});
+    let classic = f.queue("reject-publish", limits.clone()).await;
+    f.publish(&classic, &message("a")).await;
+    assert_nacked(&f, &classic, "b").await;
+    assert_eq!(f.count(&classic).await, 1);
+    let mut consumer = f.consume(&[&classic], 1).await;
+    let a = next(&mut consumer).await;
+    // Delivered (even unacked), it leaves room; `c` waits behind it.
+    f.publish(&classic, &message("c")).await;
+    assert_nacked(&f, &classic, "d").await;
+    a.acker.ack().await.unwrap();
+    let c = next(&mut consumer).await;
+    assert_eq!(body(&c), "c");
+    c.acker.ack().await.unwrap();
+    consumer.cancel.close().await.unwrap();
+
+    let quorum = f.name("reject-publish-quorum");
+    f.broker
+        .declare_queue(&quorum_spec(&f, &quorum, limits))
+        .await
+        .unwrap();
+    f.publish(&quorum, &message("a")).await;
+    f.publish(&quorum, &message("b")).await;
+    assert_nacked(&f, &quorum, "c").await;
+    assert_eq!(f.count(&quorum).await, 2);
+    let mut consumer = f.consume(&[&quorum], 10).await;
+    for expected in ["a", "b"] {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(body(&delivery), expected);
+        delivery.acker.ack().await.unwrap();
+    }
+    f.publish(&quorum, &message("e")).await;
+    assert_eq!(body(&next(&mut consumer).await), "e");
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}
+
+contract_test!(one_prefetch_window_over_a_quorum_queue_and_another_is_not_implemented);
+/// One prefetch window over several queues is RabbitMQ's global QoS, which
+/// quorum queues refuse (540 `NOT_IMPLEMENTED`, verified with a plain AMQP
+/// client on RabbitMQ 3.10: `basic.qos(global)` then `basic.consume` of a
+/// quorum queue, with or without acks).
+async fn one_prefetch_window_over_a_quorum_queue_and_another_is_not_implemented(mut f: Fixture) {
+    let classic = f.queue("global-qos-classic", json!({})).await;
+    let quorum = f.name("global-qos-quorum");
+    f.broker
+        .declare_queue(&quorum_spec(&f, &quorum, json!({})))
+        .await
+        .unwrap();
+    let queues = [classic.clone(), quorum.clone()];
+    for options in [
+        ConsumeOptions::manual_ack(2),
+        ConsumeOptions {
+            prefetch: 2,
+            ..ConsumeOptions::no_ack()
+        },
+    ] {
+        let refused = f
+            .broker
+            .consume(&queues, options)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refused.reply_code(),
+            Some(ReplyCode::NotImplemented),
+            "{refused}"
+        );
+    }
+    // Without a window, or with one per queue, it is no global QoS.
+    for options in [
+        ConsumeOptions::manual_ack(0),
+        ConsumeOptions::manual_ack(2).with_prefetch_per_queue(true),
+    ] {
+        let consumer = f.broker.consume(&queues, options).await.unwrap();
+        consumer.cancel.close().await.unwrap();
+    }
+    f.finish().await;
+}
+
+contract_test!(a_per_queue_prefetch_gives_each_queue_its_own_window);
+/// With `prefetch_per_queue`, each queue of a consumer has a window of its
+/// own (RabbitMQ's per-consumer QoS), as a consumer of quorum queues needs.
+async fn a_per_queue_prefetch_gives_each_queue_its_own_window(mut f: Fixture) {
+    let classic = f.queue("per-queue-classic", json!({})).await;
+    let quorum = f.name("per-queue-quorum");
+    f.broker
+        .declare_queue(&quorum_spec(&f, &quorum, json!({})))
+        .await
+        .unwrap();
+    let queues = [classic.clone(), quorum.clone()];
+    for i in 0..3 {
+        f.publish(&classic, &message(&format!("classic-{i}"))).await;
+        f.publish(&quorum, &message(&format!("quorum-{i}"))).await;
+    }
+    let options = ConsumeOptions::manual_ack(2).with_prefetch_per_queue(true);
+    let mut consumer = f.broker.consume(&queues, options).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(next(&mut consumer).await);
+    }
+    let from = |held: &[Delivery], queue: &str| held.iter().filter(|d| d.queue == queue).count();
+    assert_eq!(
+        (from(&held, &classic), from(&held, &quorum)),
+        (2, 2),
+        "two from each"
+    );
+    assert_eq!(f.count(&classic).await + f.count(&quorum).await, 2);
+    // An ack frees room in its own queue's window only.
+    let index = held.iter().position(|d| d.queue == quorum).unwrap();
+    held.remove(index).acker.ack().await.unwrap();
+    let third = next(&mut consumer).await;
+    assert_eq!(body(&third), "quorum-2");
+    assert_eq!(f.count(&classic).await, 1);
+    held.push(third);
+    for delivery in held {
+        delivery.acker.ack().await.unwrap();
+    }
+    consumer.cancel.close().await.unwrap();
+    f.finish().await;
+}

@@ -16,7 +16,8 @@ use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use crate::broker::delay_topology::Layout;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{
-    redact, Broker, BrokerError, ConsumeOptions, Message, QueueSpec, QueueType, TlsOptions,
+    redact, Broker, BrokerError, ConsumeOptions, Credentials, Message, QueueSpec, QueueType,
+    TlsOptions,
 };
 use crate::protocol::result_message::ResultBody;
 use crate::signature::EncodedCall;
@@ -111,13 +112,14 @@ impl std::fmt::Debug for App {
 }
 
 /// Configures and connects an [`App`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppBuilder {
     broker_url: String,
     default_queue: String,
     queue_specs: HashMap<String, QueueSpec>,
     queue_type: QueueType,
     delivery_limit: Option<u32>,
+    credentials: Option<Credentials>,
     set_as_default: bool,
     eager: bool,
     reconnect: ReconnectPolicy,
@@ -129,6 +131,26 @@ pub struct AppBuilder {
     send_sent_events: bool,
 }
 
+impl std::fmt::Debug for AppBuilder {
+    /// URLs without their passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("broker_url", &redact(&self.broker_url))
+            .field("default_queue", &self.default_queue)
+            .field("queue_specs", &self.queue_specs)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("credentials", &self.credentials)
+            .field("set_as_default", &self.set_as_default)
+            .field("eager", &self.eager)
+            .field("reconnect", &self.reconnect)
+            .field("tls", &self.tls)
+            .field("result_backend", &redact(&self.result_backend))
+            .field("send_sent_events", &self.send_sent_events)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for AppBuilder {
     fn default() -> Self {
         Self {
@@ -137,6 +159,7 @@ impl Default for AppBuilder {
             queue_specs: HashMap::new(),
             queue_type: QueueType::default(),
             delivery_limit: None,
+            credentials: None,
             set_as_default: true,
             eager: false,
             reconnect: ReconnectPolicy::default(),
@@ -173,6 +196,15 @@ impl AppBuilder {
     /// The broker to connect to (default: `$BROKER_URL`, else [`DEFAULT_BROKER_URL`]).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_url = url.into();
+        self
+    }
+
+    /// The user and password for the broker nodes whose URL names no user
+    /// (default: from the environment, [`Credentials::from_env`]:
+    /// `BROKER_USER` with `BROKER_PASSWORD` or `BROKER_PASSWORD_FILE`), so
+    /// that a secret need not sit in the URL.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -307,13 +339,22 @@ impl AppBuilder {
         let broker: Arc<dyn Broker> = match scheme.as_deref() {
             _ if self.eager => Arc::new(MemoryBroker::new()),
             Some("memory") => Arc::new(MemoryBroker::shared(url)?),
-            Some("amqp" | "amqps") => Arc::new(
-                match &self.tls {
-                    Some(tls) => AmqpBroker::connect_with_tls(url, self.reconnect, tls).await?,
-                    None => AmqpBroker::connect_with(url, self.reconnect).await?,
-                }
-                .with_delay_layout(Layout::for_queue_type(self.queue_type)),
-            ),
+            Some("amqp" | "amqps") => {
+                let credentials = match &self.credentials {
+                    Some(credentials) => Some(credentials.clone()),
+                    None => Credentials::from_env()?,
+                };
+                Arc::new(
+                    AmqpBroker::connect_with_credentials(
+                        url,
+                        self.reconnect,
+                        self.tls.as_ref(),
+                        credentials.as_ref(),
+                    )
+                    .await?
+                    .with_delay_layout(Layout::for_queue_type(self.queue_type)),
+                )
+            }
             _ => {
                 return Err(BrokerError::InvalidUrl {
                     url: redact(url),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use task_core::beat::{Beat, BeatError, ScheduleFile};
-use task_core::broker::{QueueType, TlsOptions};
+use task_core::broker::{Credentials, QueueType, TlsOptions};
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Args)]
@@ -78,6 +78,7 @@ pub(crate) fn build(
     broker_url: &str,
     queue_type: QueueType,
     tls: Option<TlsOptions>,
+    credentials: Option<Credentials>,
 ) -> Result<Beat, BeatError> {
     let mut builder = Beat::builder()
         .broker_url(broker_url)
@@ -101,6 +102,9 @@ pub(crate) fn build(
     }
     if let Some(tls) = tls {
         builder = builder.tls(tls);
+    }
+    if let Some(credentials) = credentials {
+        builder = builder.credentials(credentials);
     }
     let beat = builder.build()?;
     let names: Vec<&str> = beat.entry_names().collect();

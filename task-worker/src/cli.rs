@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use task_core::broker::{DeadLetterRetention, QueueType, TlsOptions};
+use task_core::broker::{BrokerError, Credentials, DeadLetterRetention, QueueType, TlsOptions};
 use task_core::{App, Registry, DEFAULT_BROKER_URL};
 
 use crate::autoscale::Autoscale;
@@ -103,6 +103,14 @@ pub struct WorkerArgs {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "BROKER_TLS_KEY", requires = "tls_cert", global = true)]
     pub tls_key: Option<PathBuf>,
+    /// The broker user for nodes whose URL names none (with
+    /// `--broker-password-file`, or the password in `BROKER_PASSWORD`).
+    #[arg(long, env = "BROKER_USER", global = true)]
+    pub broker_user: Option<String>,
+    /// A file holding the broker password (a mounted secret), for nodes
+    /// whose URL names no user; never logged.
+    #[arg(long, env = "BROKER_PASSWORD_FILE", global = true)]
+    pub broker_password_file: Option<PathBuf>,
     /// Most messages a dead-letter queue keeps (the oldest go first); 0: no limit.
     #[arg(long, default_value_t = 10_000)]
     pub dead_letter_max_messages: u32,
@@ -377,6 +385,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
         crate::metrics::serve(addr)?;
     }
     let tls = tls_options(&args);
+    let broker_credentials = credentials(&args)?;
     // Checked before connecting: a bad entry fails the start.
     let beat = match args.beat {
         true => Some(crate::beat_cli::build(
@@ -384,6 +393,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
             &args.broker,
             args.queue_type,
             tls.clone(),
+            broker_credentials.clone(),
         )?),
         false => None,
     };
@@ -422,6 +432,9 @@ pub async fn run(args: WorkerArgs) -> Result<(), crate::WorkerError> {
     if let Some(tls) = tls {
         builder = builder.tls(tls);
     }
+    if let Some(credentials) = broker_credentials {
+        builder = builder.credentials(credentials);
+    }
     if let Some(ca_file) = args.result_backend_tls_ca_file.clone() {
         builder = builder.result_backend_tls(TlsOptions::new().ca_file(ca_file));
     }
@@ -448,7 +461,13 @@ async fn run_beat(
     args: &WorkerArgs,
     beat_args: &BeatArgs,
 ) -> Result<(), task_core::beat::BeatError> {
-    let beat = crate::beat_cli::build(beat_args, &args.broker, args.queue_type, tls_options(args))?;
+    let beat = crate::beat_cli::build(
+        beat_args,
+        &args.broker,
+        args.queue_type,
+        tls_options(args),
+        credentials(args)?,
+    )?;
     if beat_args.check {
         // A closed stdout (`| head`) ends the listing, not the process.
         let _ = crate::beat_cli::print_upcoming(&beat, &mut std::io::stdout().lock());
@@ -461,6 +480,22 @@ async fn run_beat(
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shutdown::on_signal(stop.clone()));
     beat.run_until(stop.cancelled()).await
+}
+
+/// The broker credentials `--broker-user` / `--broker-password-file` give
+/// (or their variables); without a password file, the app reads
+/// `BROKER_USER` / `BROKER_PASSWORD` itself.
+fn credentials(args: &WorkerArgs) -> Result<Option<Credentials>, BrokerError> {
+    match &args.broker_password_file {
+        Some(path) => {
+            let user = args
+                .broker_user
+                .clone()
+                .unwrap_or_else(|| task_core::broker::credentials::DEFAULT_USER.to_owned());
+            Credentials::password_file(user, path).map(Some)
+        }
+        None => Credentials::from_env(),
+    }
 }
 
 /// The TLS settings the `--tls-*` flags ask for, if any.
@@ -487,6 +522,9 @@ async fn remote_control(args: &WorkerArgs, remote: &RemoteArgs) -> Result<bool, 
     if let Some(tls) = tls_options(args) {
         builder = builder.tls(tls);
     }
+    if let Some(credentials) = credentials(args).map_err(|error| error.to_string())? {
+        builder = builder.credentials(credentials);
+    }
     let app = builder.connect().await.map_err(|error| error.to_string())?;
     let outcome = crate::control_cli::run(&app, remote).await;
     let _ = app.close().await;
@@ -500,6 +538,9 @@ async fn dead_letters(args: &WorkerArgs, command: DeadLetterCommand) -> Result<(
         .set_as_default(false);
     if let Some(tls) = tls_options(args) {
         builder = builder.tls(tls);
+    }
+    if let Some(credentials) = credentials(args).map_err(|error| error.to_string())? {
+        builder = builder.credentials(credentials);
     }
     let app = builder.connect().await.map_err(|error| error.to_string())?;
     let outcome = run_dead_letters(&app, command).await;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use task_core::broker::{
-    check_task_queue_name, BrokerError, ConsumeOptions, DeadLetterRetention, QueueType, TlsOptions,
+    check_task_queue_name, BrokerError, ConsumeOptions, Credentials, DeadLetterRetention,
+    QueueType, TlsOptions,
 };
 use task_core::pipeline::{Expiry, Pipeline, Slot, Stage, TaskSettings};
 use task_core::protocol::chord_join;
@@ -91,11 +92,12 @@ pub enum WorkerError {
 }
 
 /// Configures a [`Worker`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerBuilder {
     app: Option<App>,
     broker_url: Option<String>,
     tls: Option<TlsOptions>,
+    credentials: Option<Credentials>,
     queue_type: QueueType,
     delivery_limit: Option<u32>,
     queues: Vec<String>,
@@ -119,6 +121,28 @@ pub struct WorkerBuilder {
     task_events: bool,
     heartbeat: bool,
     remote_control: bool,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    /// URLs without their passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |url: &Option<String>| url.as_deref().map(task_core::broker::redact);
+        f.debug_struct("WorkerBuilder")
+            .field("app", &self.app)
+            .field("broker_url", &redacted(&self.broker_url))
+            .field("tls", &self.tls)
+            .field("credentials", &self.credentials)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .field("autoscale", &self.autoscale)
+            .field("prefetch", &self.prefetch)
+            .field("result_backend", &redacted(&self.result_backend))
+            .field("node_name", &self.node_name)
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
+    }
 }
 
 /// User code called at a point of the worker's life.
@@ -163,6 +187,7 @@ impl Default for WorkerBuilder {
             app: None,
             broker_url: None,
             tls: None,
+            credentials: None,
             queue_type: QueueType::default(),
             delivery_limit: None,
             queues: Vec::new(),
@@ -240,6 +265,14 @@ impl WorkerBuilder {
     /// [`WorkerBuilder::app`], whose app is connected already.
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// The broker user and password for nodes whose URL names none (see
+    /// [`AppBuilder::credentials`](task_core::AppBuilder::credentials);
+    /// default: from the environment); not used with [`WorkerBuilder::app`].
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -473,6 +506,10 @@ impl WorkerBuilder {
                 };
                 let builder = match self.tls {
                     Some(tls) => builder.tls(tls),
+                    None => builder,
+                };
+                let builder = match self.credentials {
+                    Some(credentials) => builder.credentials(credentials),
                     None => builder,
                 };
                 let builder = builder

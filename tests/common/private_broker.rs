@@ -15,6 +15,9 @@
 //! halted (`rabbitmqctl stop`), killed if it does not go, and its directory
 //! is removed (kept, and its path printed, when the test failed). Nodes left
 //! by a test process that was killed are halted by the next harness start.
+//!
+//! `private_cluster.rs` builds a three-node cluster out of the same pieces
+//! (the `pub(crate)` items).
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::fs;
@@ -27,26 +30,27 @@ use std::time::{Duration, Instant};
 
 /// Node names start with this, followed by `<pid>_<n>`: the pid tells
 /// whether the test process that started the node is still alive.
-const NODE_PREFIX: &str = "taskfaults_";
+pub(crate) const NODE_PREFIX: &str = "taskfaults_";
 /// How long a node may take to boot (two CPUs, other tests running).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long one `rabbitmqctl` command may take.
-const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 
 static NODES_STARTED: AtomicU32 = AtomicU32::new(0);
 
 /// How to run RabbitMQ's scripts on this machine.
 #[derive(Debug, Clone)]
-struct Tools {
+pub(crate) struct Tools {
     server: PathBuf,
     ctl: PathBuf,
     /// The uid and gid the node runs as, when it is not the current user
     /// (root with the Debian wrapper): its directories must be theirs.
-    owner: Option<(u32, u32)>,
+    pub(crate) owner: Option<(u32, u32)>,
 }
 
 impl Tools {
-    fn find() -> Tools {
+    /// Finds RabbitMQ's scripts, and whom the node runs as.
+    pub(crate) fn find() -> Tools {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         let rabbitmq_user = user_ids("rabbitmq");
@@ -78,7 +82,7 @@ impl Tools {
     }
 
     /// Runs `rabbitmqctl -n <node> <args>` with a time limit.
-    fn ctl(&self, node: &str, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn ctl(&self, node: &str, args: &[&str]) -> Result<String, String> {
         let mut command = Command::new(&self.ctl);
         command.arg("-n").arg(node).args(args);
         for variable in NODE_ENVIRONMENT {
@@ -122,23 +126,154 @@ pub struct NodeTls {
 
 /// Where a node lives and how to reach it (no ownership of its process).
 #[derive(Debug, Clone)]
-struct Node {
-    name: String,
-    port: u16,
+pub(crate) struct Node {
+    /// `<name>@localhost`.
+    pub(crate) name: String,
+    /// The AMQP port (on 127.0.0.1).
+    pub(crate) port: u16,
+    /// The Erlang distribution port.
+    dist_port: u16,
     /// The TLS listener's port, if the node has one.
     tls_port: Option<u16>,
-    dir: PathBuf,
+    /// Config, data (`mnesia`), logs, pid file and the server's output.
+    pub(crate) dir: PathBuf,
     tools: Tools,
 }
 
 impl Node {
-    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+    /// Runs `rabbitmqctl -n <this node> <args>` with a time limit.
+    pub(crate) fn ctl(&self, args: &[&str]) -> Result<String, String> {
         self.tools.ctl(&self.name, args)
+    }
+
+    /// Picks free ports for a fresh node called `name` (without the
+    /// `@localhost`) and writes its directory: config (AMQP listener on
+    /// 127.0.0.1, guest allowed from there; `tls` if given), no plugins.
+    pub(crate) fn create(
+        name: &str,
+        label: &str,
+        tools: &Tools,
+        tls: Option<&NodeTls>,
+    ) -> Result<Node, String> {
+        let ports = free_ports(3);
+        let (port, dist_port) = (ports[0], ports[1]);
+        let tls_port = tls.map(|_| ports[2]);
+        // As root the node runs as `rabbitmq`: its directory must be
+        // reachable by that user, whatever TMPDIR says.
+        let base = if tools.owner.is_some() {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let node = Node {
+            name: format!("{name}@localhost"),
+            port,
+            dist_port,
+            tls_port,
+            dir: base.join(format!("{name}-{label}")),
+            tools: tools.clone(),
+        };
+        let dir = &node.dir;
+        let _ = fs::remove_dir_all(dir);
+        let mnesia = dir.join("mnesia");
+        let log = dir.join("log");
+        for d in [dir, &mnesia, &log] {
+            fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        let config = dir.join("rabbitmq.conf");
+        let mut settings =
+            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n");
+        let mut tls_files = Vec::new();
+        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+            for (file, pem) in [
+                ("ca.pem", &tls.ca_pem),
+                ("cert.pem", &tls.cert_pem),
+                ("key.pem", &tls.key_pem),
+            ] {
+                let path = dir.join(file);
+                fs::write(&path, pem).map_err(|e| format!("write {}: {e}", path.display()))?;
+                tls_files.push(path);
+            }
+            let (verify, fail_if_no_peer_cert) = if tls.require_client_cert {
+                ("verify_peer", true)
+            } else {
+                ("verify_none", false)
+            };
+            settings.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {fail_if_no_peer_cert}\n",
+                tls_files[0].display(),
+                tls_files[1].display(),
+                tls_files[2].display(),
+            ));
+        }
+        fs::write(&config, settings).map_err(|e| e.to_string())?;
+        let plugins = dir.join("enabled_plugins");
+        fs::write(&plugins, "[].\n").map_err(|e| e.to_string())?;
+        if let Some((uid, gid)) = tools.owner {
+            for path in [dir, &mnesia, &log, &config, &plugins]
+                .into_iter()
+                .chain(&tls_files)
+            {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+        }
+        Ok(node)
+    }
+
+    /// Starts the node's server in the foreground as a child process, its
+    /// output appended to `server.out`: a fresh node, or one that stopped
+    /// again on the data it kept (same name and ports).
+    pub(crate) fn spawn(&self) -> Result<Child, String> {
+        let dir = &self.dir;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.output())
+            .map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut command = Command::new(&self.tools.server);
+        command
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env_remove("RABBITMQ_ALLOW_INPUT")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        command
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.tools.server.display()))
+    }
+
+    /// Waits (up to [`BOOT_TIMEOUT`]) until the node started by `server`
+    /// accepts connections and `rabbitmqctl await_startup` returns; the
+    /// error has the tail of the server's output.
+    pub(crate) fn await_boot(&self, server: &mut Child) -> Result<(), String> {
+        self.wait_for_port(true, BOOT_TIMEOUT, Some(server))
+            .and_then(|()| self.ctl(&["await_startup"]).map(drop))
+            .map_err(|reason| format!("{reason}\n{}", tail_of(&self.output(), 40)))
+    }
+
+    /// What the server wrote to stdout and stderr.
+    pub(crate) fn output(&self) -> PathBuf {
+        self.dir.join("server.out")
     }
 
     /// Waits until the port accepts (`open`) or refuses connections; fails
     /// early if `server` (the node's process) exits.
-    fn wait_for_port(
+    pub(crate) fn wait_for_port(
         &self,
         open: bool,
         timeout: Duration,
@@ -166,7 +301,7 @@ impl Node {
     }
 
     /// Stops the node: `rabbitmqctl stop`, then kills whatever remains.
-    fn halt(&self, server: Option<Child>) {
+    pub(crate) fn halt(&self, server: Option<Child>) {
         if let Err(reason) = self.ctl(&["stop"]) {
             eprintln!("[private broker] {reason}");
         }
@@ -246,110 +381,7 @@ impl PrivateBroker {
     fn boot(label: &str, tools: &Tools, tls: Option<&NodeTls>) -> Result<PrivateBroker, String> {
         let n = NODES_STARTED.fetch_add(1, Ordering::SeqCst);
         let name = format!("{NODE_PREFIX}{}_{n}", std::process::id());
-        let ports = free_ports(3);
-        let (port, dist_port) = (ports[0], ports[1]);
-        let tls_port = tls.map(|_| ports[2]);
-        // As root the node runs as `rabbitmq`: its directory must be
-        // reachable by that user, whatever TMPDIR says.
-        let base = if tools.owner.is_some() {
-            PathBuf::from("/tmp")
-        } else {
-            std::env::temp_dir()
-        };
-        let node = Node {
-            name: format!("{name}@localhost"),
-            port,
-            tls_port,
-            dir: base.join(format!("{name}-{label}")),
-            tools: tools.clone(),
-        };
-        let dir = &node.dir;
-        let _ = fs::remove_dir_all(dir);
-        let mnesia = dir.join("mnesia");
-        let log = dir.join("log");
-        for d in [dir, &mnesia, &log] {
-            fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
-        }
-        let config = dir.join("rabbitmq.conf");
-        let mut settings =
-            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n");
-        let mut tls_files = Vec::new();
-        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
-            for (file, pem) in [
-                ("ca.pem", &tls.ca_pem),
-                ("cert.pem", &tls.cert_pem),
-                ("key.pem", &tls.key_pem),
-            ] {
-                let path = dir.join(file);
-                fs::write(&path, pem).map_err(|e| format!("write {}: {e}", path.display()))?;
-                tls_files.push(path);
-            }
-            let (verify, fail_if_no_peer_cert) = if tls.require_client_cert {
-                ("verify_peer", true)
-            } else {
-                ("verify_none", false)
-            };
-            settings.push_str(&format!(
-                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
-                 ssl_options.cacertfile = {}\n\
-                 ssl_options.certfile = {}\n\
-                 ssl_options.keyfile = {}\n\
-                 ssl_options.verify = {verify}\n\
-                 ssl_options.fail_if_no_peer_cert = {fail_if_no_peer_cert}\n",
-                tls_files[0].display(),
-                tls_files[1].display(),
-                tls_files[2].display(),
-            ));
-        }
-        fs::write(&config, settings).map_err(|e| e.to_string())?;
-        let plugins = dir.join("enabled_plugins");
-        fs::write(&plugins, "[].\n").map_err(|e| e.to_string())?;
-        if let Some((uid, gid)) = tools.owner {
-            for path in [dir, &mnesia, &log, &config, &plugins]
-                .into_iter()
-                .chain(&tls_files)
-            {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
-            }
-        }
-        let output = dir.join("server.out");
-        let out = fs::File::create(&output).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-
-        let mut command = Command::new(&tools.server);
-        command
-            .env("RABBITMQ_NODENAME", &node.name)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-            .env("RABBITMQ_CONFIG_FILE", &config)
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
-            .env("RABBITMQ_MNESIA_BASE", &mnesia)
-            .env("RABBITMQ_LOG_BASE", &log)
-            .env("RABBITMQ_PID_FILE", dir.join("pid"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
-            .env_remove("RABBITMQ_ALLOW_INPUT")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let mut server = command
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", tools.server.display()))?;
-        let started = Instant::now();
-        let booted = node
-            .wait_for_port(true, BOOT_TIMEOUT, Some(&mut server))
-            .and_then(|()| node.ctl(&["await_startup"]));
-        if let Err(reason) = booted {
-            let tail = tail_of(&output, 40);
-            node.halt(Some(server));
-            let _ = fs::remove_dir_all(&node.dir);
-            return Err(format!("{reason}\n{tail}"));
-        }
-        eprintln!(
-            "[private broker] {} up on 127.0.0.1:{port} in {:.1?}",
-            node.name,
-            started.elapsed()
-        );
+        let (node, server) = boot_node(&name, label, tools, tls)?;
         Ok(PrivateBroker {
             node,
             server: Some(server),
@@ -466,9 +498,34 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// Creates and boots a fresh node called `name` (see [`Node::create`]);
+/// on failure nothing of it is left.
+pub(crate) fn boot_node(
+    name: &str,
+    label: &str,
+    tools: &Tools,
+    tls: Option<&NodeTls>,
+) -> Result<(Node, Child), String> {
+    let node = Node::create(name, label, tools, tls)?;
+    let started = Instant::now();
+    let mut server = node.spawn()?;
+    if let Err(reason) = node.await_boot(&mut server) {
+        node.halt(Some(server));
+        let _ = fs::remove_dir_all(&node.dir);
+        return Err(reason);
+    }
+    eprintln!(
+        "[private broker] {} up on 127.0.0.1:{} in {:.1?}",
+        node.name,
+        node.port,
+        started.elapsed()
+    );
+    Ok((node, server))
+}
+
 /// Halts private nodes whose test process is gone (killed before its drop
 /// ran): they would otherwise run forever.
-fn reap_orphans(tools: &Tools) {
+pub(crate) fn reap_orphans(tools: &Tools) {
     let Ok(output) = Command::new("epmd").arg("-names").output() else {
         return;
     };
@@ -496,7 +553,7 @@ fn reap_orphans(tools: &Tools) {
 
 /// Whether `pid` is (still) the Erlang VM of `node` (guards against pid
 /// reuse): the VM's environment names its node.
-fn is_our_node(pid: i32, node: &str) -> bool {
+pub(crate) fn is_our_node(pid: i32, node: &str) -> bool {
     let wanted = format!("RABBITMQ_NODENAME={node}");
     fs::read(format!("/proc/{pid}/environ"))
         .map(|environ| {

@@ -19,7 +19,7 @@ use super::{BeatError, DeclaredEntry, Entry, EntryError, MissedRuns};
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redact;
-use crate::broker::{Broker, BrokerError, QueueSpec, QueueType, TlsOptions};
+use crate::broker::{Broker, BrokerError, Credentials, QueueSpec, QueueType, TlsOptions};
 use crate::schedule::Schedule;
 use crate::{Expiry, Signature, DEFAULT_BROKER_URL, DEFAULT_QUEUE};
 
@@ -74,6 +74,7 @@ pub struct BeatBuilder {
     group: String,
     broker_url: String,
     tls: Option<TlsOptions>,
+    credentials: Option<Credentials>,
     broker: Option<Arc<dyn Broker>>,
     timezone: Option<String>,
     grace: Duration,
@@ -92,6 +93,7 @@ impl Default for BeatBuilder {
             group: "default".into(),
             broker_url: DEFAULT_BROKER_URL.into(),
             tls: None,
+            credentials: None,
             broker: None,
             timezone: None,
             grace: DEFAULT_GRACE,
@@ -183,6 +185,14 @@ impl BeatBuilder {
     /// The queue for entries whose signature names none (default `celery`).
     pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
         self.default_queue = queue.into();
+        self
+    }
+
+    /// The broker user and password for nodes whose URL names none
+    /// (default: from the environment, as
+    /// [`AppBuilder::credentials`](crate::AppBuilder::credentials)).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -289,6 +299,7 @@ impl BeatBuilder {
                 entries: scheduled,
                 broker_url: self.broker_url,
                 tls: self.tls,
+                credentials: self.credentials,
                 broker: self.broker,
                 leadership: Leadership::new(format!("{prefix}.leader")),
                 log: RunLog::new(format!("{prefix}.runs"), self.log_max_bytes),
@@ -330,6 +341,7 @@ struct Inner {
     entries: Vec<Scheduled>,
     broker_url: String,
     tls: Option<TlsOptions>,
+    credentials: Option<Credentials>,
     broker: Option<Arc<dyn Broker>>,
     leadership: Leadership,
     log: RunLog,
@@ -479,9 +491,20 @@ impl Beat {
             .map(|(scheme, _)| scheme.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("memory") => Ok(Arc::new(MemoryBroker::shared(url)?)),
-            Some("amqp" | "amqps") => Ok(Arc::new(
-                AmqpBroker::connect_once(&with_heartbeat(url), inner.tls.as_ref()).await?,
-            )),
+            Some("amqp" | "amqps") => {
+                let credentials = match &inner.credentials {
+                    Some(credentials) => Some(credentials.clone()),
+                    None => Credentials::from_env()?,
+                };
+                Ok(Arc::new(
+                    AmqpBroker::connect_once_with_credentials(
+                        &with_heartbeat(url),
+                        inner.tls.as_ref(),
+                        credentials.as_ref(),
+                    )
+                    .await?,
+                ))
+            }
             _ => Err(BrokerError::InvalidUrl {
                 url: redact(url),
                 reason: "unsupported scheme: use amqp://, amqps:// or memory://".into(),
@@ -747,17 +770,36 @@ fn set_leading_gauge(leading: bool) {
     }
 }
 
-/// `url` with [`BEAT_HEARTBEAT_S`] unless it sets a heartbeat itself.
+/// `url` (each node of a `;` list) with [`BEAT_HEARTBEAT_S`] unless it sets
+/// a heartbeat itself.
 fn with_heartbeat(url: &str) -> String {
-    if url.contains("heartbeat=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&heartbeat={BEAT_HEARTBEAT_S}")
-    } else {
-        format!("{url}?heartbeat={BEAT_HEARTBEAT_S}")
-    }
+    let node = |url: &str| {
+        let url = url.trim();
+        if url.is_empty() || url.contains("heartbeat=") {
+            url.to_owned()
+        } else if url.contains('?') {
+            format!("{url}&heartbeat={BEAT_HEARTBEAT_S}")
+        } else {
+            format!("{url}?heartbeat={BEAT_HEARTBEAT_S}")
+        }
+    };
+    url.split(';').map(node).collect::<Vec<_>>().join(";")
 }
 
 fn to_chrono(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_heartbeat;
+
+    #[test]
+    fn every_node_of_a_list_gets_the_heartbeat_unless_it_sets_one() {
+        assert_eq!(
+            with_heartbeat("amqp://a//; amqp://b//?heartbeat=3;amqps://c//?x=1"),
+            "amqp://a//?heartbeat=10;amqp://b//?heartbeat=3;amqps://c//?x=1&heartbeat=10"
+        );
+        assert_eq!(with_heartbeat("amqp://a//"), "amqp://a//?heartbeat=10");
+    }
 }

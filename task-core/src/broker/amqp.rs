@@ -32,8 +32,9 @@ use super::field_table::json_to_table;
 pub use super::url::redact;
 use super::{
     check_binding, check_declared_name, check_publish, check_queue_names, check_short,
-    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery,
-    ExchangeKind, ExchangeSpec, Headers, Message, Properties, QueueSpec, StreamOffset, TlsOptions,
+    Acknowledger, Broker, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Credentials,
+    Delivery, ExchangeKind, ExchangeSpec, Headers, Message, Properties, QueueSpec, StreamOffset,
+    TlsOptions,
 };
 
 /// A RabbitMQ connection used as the framework's broker. It reconnects by
@@ -78,12 +79,37 @@ impl AmqpBroker {
     /// exclusive queue, and the publishes made while holding it: see
     /// [`crate::beat`]). `tls` as in [`AmqpBroker::connect_with_tls`].
     pub async fn connect_once(url: &str, tls: Option<&TlsOptions>) -> Result<Self, BrokerError> {
-        Ok(Self {
-            link: LinkKeeper::connect_once(url, tls).await?,
-            delay_layout: delay_topology::Layout::default(),
-            delay_levels: OnceCell::new(),
-            delay_targets: Mutex::new(HashMap::new()),
-        })
+        Self::connect_once_with_credentials(url, tls, None).await
+    }
+
+    /// [`AmqpBroker::connect_once`] with [`Credentials`] for the nodes
+    /// whose URL names no user.
+    pub async fn connect_once_with_credentials(
+        url: &str,
+        tls: Option<&TlsOptions>,
+        credentials: Option<&Credentials>,
+    ) -> Result<Self, BrokerError> {
+        Ok(Self::on(
+            LinkKeeper::connect_once_with_credentials(url, tls, credentials).await?,
+        ))
+    }
+
+    /// Connects to `url`: one broker URL, or several separated by `;`
+    /// (Celery's failover form, `amqp://a//;amqp://b//`: the first node
+    /// that answers is used, the next ones in turn when it is lost). `tls`
+    /// applies to every `amqps://` node (`None`: the system's roots); the
+    /// `credentials` to every node whose URL names no user (a URL's own
+    /// `user:password@` wins). Lost connections are recovered as `policy`
+    /// says.
+    pub async fn connect_with_credentials(
+        url: &str,
+        policy: ReconnectPolicy,
+        tls: Option<&TlsOptions>,
+        credentials: Option<&Credentials>,
+    ) -> Result<Self, BrokerError> {
+        Ok(Self::on(
+            LinkKeeper::connect_with_credentials(url, policy, tls, credentials).await?,
+        ))
     }
 
     async fn connect_inner(
@@ -91,12 +117,22 @@ impl AmqpBroker {
         policy: ReconnectPolicy,
         tls: Option<&TlsOptions>,
     ) -> Result<Self, BrokerError> {
-        Ok(Self {
-            link: LinkKeeper::connect(url, policy, tls).await?,
+        Self::connect_with_credentials(url, policy, tls, None).await
+    }
+
+    fn on(link: LinkKeeper) -> Self {
+        Self {
+            link,
             delay_layout: delay_topology::Layout::default(),
             delay_levels: OnceCell::new(),
             delay_targets: Mutex::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// The node in use (its URL, password hidden): with a list of nodes,
+    /// the one this broker is connected to now.
+    pub fn connected_node(&self) -> String {
+        self.link.connected_node()
     }
 
     /// Sends delayed messages through these delay levels (default: the
@@ -665,11 +701,32 @@ impl Broker for AmqpBroker {
         message: &Message,
     ) -> Result<(), BrokerError> {
         check_publish(exchange, routing_key, &message.properties)?;
-        self.link
-            .run(|link| async move {
-                publish_on(&link.publisher(), exchange, routing_key, message).await
-            })
-            .await
+        // A quorum queue electing a new leader (its node died) refuses
+        // publishes for a moment: a nack is tried again, with backoff, until
+        // the operation deadline (a nacked message was not taken, so the
+        // retry cannot duplicate it).
+        let policy = self.link.policy();
+        let deadline = tokio::time::Instant::now() + policy.operation_deadline;
+        let mut backoff = policy.initial_backoff;
+        loop {
+            let published = self
+                .link
+                .run(|link| async move {
+                    publish_on(&link.publisher(), exchange, routing_key, message).await
+                })
+                .await;
+            match published {
+                Err(BrokerError::Nacked { .. })
+                    if tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::debug!(%exchange, %routing_key, ?backoff,
+                        "the broker refused a publish (nack); trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn publish_transient(

@@ -6,6 +6,12 @@
 //! operation again, until the policy's deadline; then it fails with a typed
 //! error. Reconnection is single-flight: concurrent operations that saw the
 //! same connection fail wait for one new connection.
+//!
+//! The URL may name several broker nodes, in Celery's failover form
+//! (`amqp://a;amqp://b;amqps://c`): the first connection tries them in
+//! order, and each reconnection attempt tries every node once, starting
+//! with the one after the node just lost (round-robin, as Celery's
+//! failover strategy), before backing off.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,13 +20,13 @@ use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::OwnedTLSConfig;
-use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::uri::{AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::time::Instant;
 
 use super::connect_failure::{connect_error, connect_timed_out, Target};
-use super::url::redact;
-use super::{BrokerError, ReplyCode, TlsOptions, CONNECT_TIMEOUT};
+use super::url::{has_userinfo, redact, BrokerNodes};
+use super::{BrokerError, Credentials, ReplyCode, TlsOptions, CONNECT_TIMEOUT};
 
 /// How a broker connection recovers from RabbitMQ going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,8 @@ const CHANNEL_RETRIES: u32 = 3;
 pub(crate) struct Link {
     /// Counts connections: a failure is reported against the link it saw.
     pub(crate) generation: u64,
+    /// Which broker node (its index in the URL's list) it is connected to.
+    pub(crate) node: usize,
     /// When the connection was opened.
     pub(crate) opened_at: Instant,
     pub(crate) connection: Connection,
@@ -93,13 +101,23 @@ impl LinkKeeper {
     /// with a [`BrokerError::Connect`] saying why). `tls` applies to
     /// `amqps://` URLs (default: the system's roots); giving it with an
     /// `amqp://` URL is refused rather than ignored.
-    pub(crate) async fn connect(
+    ///
+    /// `url` may list several nodes (`amqp://a;amqp://b`): they are tried
+    /// in order and the first that connects is used; when none does, the
+    /// error is a [`BrokerError::NoNodeReachable`] with each node's
+    /// failure. `tls` then applies to every `amqps://` node, and is
+    /// refused if any node is `amqp://`.
+    ///
+    /// `credentials` apply to the nodes whose URL names no user
+    /// (`amqp://host/%2f`; a URL's own `user:pass@` wins).
+    pub(crate) async fn connect_with_credentials(
         url: &str,
         policy: ReconnectPolicy,
         tls: Option<&TlsOptions>,
+        credentials: Option<&Credentials>,
     ) -> Result<Self, BrokerError> {
-        let endpoint = Endpoint::new(url, tls)?;
-        let link = endpoint.open(0).await?;
+        let endpoint = Endpoint::new(url, tls, credentials)?;
+        let link = endpoint.connect_first().await?;
         Ok(Self {
             endpoint,
             policy,
@@ -115,14 +133,24 @@ impl LinkKeeper {
     /// the connection holds (an exclusive queue used as a lock) then ends
     /// with it, and nothing is done on a new connection that does not hold
     /// it.
-    pub(crate) async fn connect_once(
+    /// `url`, `tls` and `credentials` as in
+    /// [`LinkKeeper::connect_with_credentials`].
+    pub(crate) async fn connect_once_with_credentials(
         url: &str,
         tls: Option<&TlsOptions>,
+        credentials: Option<&Credentials>,
     ) -> Result<Self, BrokerError> {
         Ok(Self {
             reconnects: false,
-            ..Self::connect(url, ReconnectPolicy::default(), tls).await?
+            ..Self::connect_with_credentials(url, ReconnectPolicy::default(), tls, credentials)
+                .await?
         })
+    }
+
+    /// The node in use, as its URL is written without its password
+    /// (`amqp://user:***@host:5672/%2f`), for logs.
+    pub(crate) fn connected_node(&self) -> String {
+        self.endpoint.shown(self.current().node)
     }
 
     /// The link in use.
@@ -240,6 +268,8 @@ impl LinkKeeper {
 
     /// Replaces the link of generation `failed` (unless another caller did
     /// already), retrying with capped exponential backoff until `deadline`.
+    /// Each attempt tries every node once, starting with the one after the
+    /// node just lost (which is tried last).
     pub(crate) async fn reconnect(
         &self,
         failed: u64,
@@ -258,6 +288,7 @@ impl LinkKeeper {
             });
         }
         let mut backoff = self.policy.initial_backoff;
+        let first = self.endpoint.after(current.node);
         loop {
             if self.is_closed() {
                 return Err(closed());
@@ -266,19 +297,26 @@ impl LinkKeeper {
             // those), with the readable reason.
             match self
                 .endpoint
-                .open(current.generation + 1)
+                .open_round(first, current.generation + 1, Some(deadline))
                 .await
-                .map_err(|e| match e {
-                    BrokerError::Connect { .. } => BrokerError::Connection {
-                        reason: e.to_string(),
-                        reply_code: e.reply_code(),
-                        source: Some(Box::new(e)),
-                    },
+                .map_err(|attempts| match self.endpoint.failure(attempts) {
+                    e @ (BrokerError::Connect { .. } | BrokerError::NoNodeReachable { .. }) => {
+                        BrokerError::Connection {
+                            reason: e.to_string(),
+                            reply_code: e.reply_code(),
+                            source: Some(Box::new(e)),
+                        }
+                    }
                     other => other,
                 }) {
-                Ok(link) => {
-                    tracing::info!(generation = link.generation, "reconnected to the broker");
+                Ok((link, _)) => {
+                    let generation = link.generation;
                     *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(link);
+                    tracing::info!(
+                        generation,
+                        node = %self.connected_node(),
+                        "reconnected to the broker"
+                    );
                     return Ok(());
                 }
                 Err(error) if Instant::now() + backoff >= deadline => return Err(error),
@@ -320,52 +358,165 @@ impl LinkKeeper {
     }
 }
 
-/// Where and how to connect: the parsed URL and, for `amqps://`, the TLS
-/// configuration (its files read once, at the first connection).
+/// Where and how to connect: the broker nodes, in the order given.
 struct Endpoint {
+    /// At least one.
+    nodes: Vec<Node>,
+}
+
+/// One broker node: the parsed URL (with the credentials it uses) and, for
+/// `amqps://`, the TLS configuration (its files read once, at the first
+/// connection).
+struct Node {
     uri: AMQPUri,
     target: Target,
     tls: OwnedTLSConfig,
+    /// The URL as written, without its password (for logs).
+    shown: String,
 }
 
 impl Endpoint {
-    fn new(url: &str, tls: Option<&TlsOptions>) -> Result<Self, BrokerError> {
-        let uri: AMQPUri = url.parse().map_err(|reason| BrokerError::InvalidUrl {
-            url: redact(url),
-            reason,
-        })?;
-        let tls = match (&uri.scheme, tls) {
-            (AMQPScheme::AMQPS, Some(tls)) => tls.load()?,
-            (AMQPScheme::AMQPS, None) => OwnedTLSConfig::default(),
-            (AMQPScheme::AMQP, None) => OwnedTLSConfig::default(),
-            (AMQPScheme::AMQP, Some(_)) => {
+    fn new(
+        url: &str,
+        tls: Option<&TlsOptions>,
+        credentials: Option<&Credentials>,
+    ) -> Result<Self, BrokerError> {
+        let list = BrokerNodes::parse(url)?;
+        let count = list.len();
+        if tls.is_some() {
+            let plaintext = list
+                .entries()
+                .enumerate()
+                .find(|(_, (_, uri))| uri.scheme == AMQPScheme::AMQP);
+            if let Some((k, (entry, _))) = plaintext {
+                let which = if count > 1 {
+                    format!(" (node {} of {count})", k + 1)
+                } else {
+                    String::new()
+                };
                 return Err(BrokerError::InvalidUrl {
-                    url: redact(url),
-                    reason: "TLS options were given but the URL is amqp:// (plaintext): \
-                             use amqps://"
-                        .into(),
-                })
+                    url: redact(entry),
+                    reason: format!(
+                        "TLS options were given but the URL is amqp:// (plaintext): \
+                         use amqps://{which}"
+                    ),
+                });
             }
+        }
+        let tls = tls.map(TlsOptions::load).transpose()?.unwrap_or_default();
+        let nodes = list
+            .entries()
+            .map(|(entry, uri)| {
+                let mut uri = uri.clone();
+                if let Some(credentials) = credentials.filter(|_| !has_userinfo(entry)) {
+                    uri.authority.userinfo = AMQPUserInfo {
+                        username: credentials.user().to_owned(),
+                        password: credentials.password().to_owned(),
+                    };
+                }
+                let tls = match uri.scheme {
+                    AMQPScheme::AMQPS => tls.clone(),
+                    AMQPScheme::AMQP => OwnedTLSConfig::default(),
+                };
+                Node {
+                    target: Target::of(&uri),
+                    uri,
+                    tls,
+                    shown: redact(entry),
+                }
+            })
+            .collect();
+        Ok(Self { nodes })
+    }
+
+    /// Node `index`'s URL without its password.
+    fn shown(&self, index: usize) -> String {
+        self.nodes
+            .get(index)
+            .map_or_else(String::new, |node| node.shown.clone())
+    }
+
+    /// The node after `index`, where a reconnection starts.
+    fn after(&self, index: usize) -> usize {
+        (index + 1) % self.nodes.len().max(1)
+    }
+
+    /// The first connection: every node in order, once.
+    async fn connect_first(&self) -> Result<Link, BrokerError> {
+        match self.open_round(0, 0, None).await {
+            Ok((link, skipped)) => {
+                if !skipped.is_empty() {
+                    tracing::warn!(
+                        node = %self.shown(link.node),
+                        unreachable = %super::connect_failure::describe_attempts(&skipped),
+                        "connected to a broker node after the nodes before it failed"
+                    );
+                }
+                Ok(link)
+            }
+            Err(attempts) => Err(self.failure(attempts)),
+        }
+    }
+
+    /// Tries every node once, starting with `first`, until one connects
+    /// (with the failures of those tried before it); a node is not tried
+    /// once `deadline` has passed (the first always is). Else every
+    /// node's failure.
+    async fn open_round(
+        &self,
+        first: usize,
+        generation: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(Link, Vec<BrokerError>), Vec<BrokerError>> {
+        let mut attempts = Vec::new();
+        for index in rotation(first, self.nodes.len()) {
+            if !attempts.is_empty() && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
+            match self.open(index, generation).await {
+                Ok(link) => return Ok((link, attempts)),
+                Err(error) => {
+                    if self.nodes.len() > 1 {
+                        tracing::debug!(node = %self.shown(index), %error, "broker node unreachable");
+                    }
+                    attempts.push(error);
+                }
+            }
+        }
+        Err(attempts)
+    }
+
+    /// The error for a round that failed: with a single node, its own
+    /// error, as it was before lists of nodes.
+    fn failure(&self, mut attempts: Vec<BrokerError>) -> BrokerError {
+        if self.nodes.len() == 1 && attempts.len() == 1 {
+            if let Some(only) = attempts.pop() {
+                return only;
+            }
+        }
+        BrokerError::NoNodeReachable { attempts }
+    }
+
+    /// Opens a connection to node `index` and its publishing channel,
+    /// within [`CONNECT_TIMEOUT`] (a peer that accepts but never answers
+    /// must not hold a worker's start or a reconnection forever). An
+    /// `amqps://` connection is TLS or fails (lapin is built with rustls:
+    /// see the workspace Cargo.toml).
+    async fn open(&self, index: usize, generation: u64) -> Result<Link, BrokerError> {
+        let Some(node) = self.nodes.get(index) else {
+            return Err(BrokerError::failed(
+                "connect",
+                format!("no broker node {index}"),
+            ));
         };
-        Ok(Self {
-            target: Target::of(&uri),
-            uri,
-            tls,
-        })
-    }
-
-    /// Opens a connection; an `amqps://` one is TLS or fails (lapin is built
-    /// with rustls: see the workspace Cargo.toml).
-    /// Opens a connection and its publishing channel, within
-    /// [`CONNECT_TIMEOUT`] (a peer that accepts but never answers must not
-    /// hold a worker's start or a reconnection forever).
-    async fn open(&self, generation: u64) -> Result<Link, BrokerError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.open_unbounded(generation))
+        tokio::time::timeout(CONNECT_TIMEOUT, node.open_unbounded(index, generation))
             .await
-            .map_err(|elapsed| connect_timed_out(&self.target, elapsed))?
+            .map_err(|elapsed| connect_timed_out(&node.target, elapsed))?
     }
+}
 
-    async fn open_unbounded(&self, generation: u64) -> Result<Link, BrokerError> {
+impl Node {
+    async fn open_unbounded(&self, index: usize, generation: u64) -> Result<Link, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("task-core pid={}", std::process::id()).into());
         let runtime =
@@ -378,14 +529,25 @@ impl Endpoint {
         )
         .await
         .map_err(|e| connect_error(&self.target, e))?;
-        open_channels(connection, generation).await
+        open_channels(connection, index, generation).await
     }
 }
 
-async fn open_channels(connection: Connection, generation: u64) -> Result<Link, BrokerError> {
+/// The nodes in the order a round tries them: `first`, the ones after it,
+/// then the ones before it.
+fn rotation(first: usize, len: usize) -> impl Iterator<Item = usize> {
+    (0..len).map(move |k| (first + k) % len)
+}
+
+async fn open_channels(
+    connection: Connection,
+    node: usize,
+    generation: u64,
+) -> Result<Link, BrokerError> {
     let publisher = open_publisher(&connection).await?;
     Ok(Link {
         generation,
+        node,
         opened_at: Instant::now(),
         connection,
         publisher: RwLock::new(publisher),
@@ -434,7 +596,12 @@ pub(crate) fn is_connection_lost(error: &lapin::Error) -> bool {
 /// reason is the broker's reply text (`NOT_FOUND - no queue 'q' ...`).
 pub(crate) fn lost(operation: &'static str, error: lapin::Error) -> BrokerError {
     let reply_code = ReplyCode::of_lapin(&error);
-    if is_connection_lost(&error) {
+    // 540 NOT_IMPLEMENTED (e.g. a global prefetch on a quorum queue) closes
+    // the connection, but the same request would be refused again on a new
+    // one: a refusal, not a lost connection (the next operation replaces
+    // the closed connection).
+    let refused_for_good = reply_code == Some(ReplyCode::NotImplemented);
+    if is_connection_lost(&error) && !refused_for_good {
         BrokerError::Connection {
             reason: format!("{operation}: {error}"),
             reply_code,
@@ -451,6 +618,18 @@ pub(crate) fn lost(operation: &'static str, error: lapin::Error) -> BrokerError 
             reply_code,
             source: Some(Box::new(error)),
         }
+    }
+}
+
+#[cfg(test)]
+impl LinkKeeper {
+    /// [`LinkKeeper::connect_with_credentials`] without credentials.
+    async fn connect(
+        url: &str,
+        policy: ReconnectPolicy,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Self, BrokerError> {
+        Self::connect_with_credentials(url, policy, tls, None).await
     }
 }
 
@@ -562,6 +741,165 @@ mod tests {
         assert_eq!(refused.reply_code(), Some(ReplyCode::NotAllowed));
         // The client's own checks have no code.
         assert_eq!(closed().reply_code(), None);
+    }
+
+    #[test]
+    fn a_round_starts_after_the_lost_node_and_ends_with_it() {
+        let order = |first, len| rotation(first, len).collect::<Vec<_>>();
+        assert_eq!(order(0, 1), [0]);
+        assert_eq!(order(0, 3), [0, 1, 2]);
+        assert_eq!(order(1, 3), [1, 2, 0]);
+        assert_eq!(order(2, 3), [2, 0, 1]);
+        let endpoint = Endpoint::new("amqp://a;amqp://b;amqp://c", None, None).unwrap();
+        assert_eq!(endpoint.after(0), 1);
+        assert_eq!(endpoint.after(1), 2);
+        assert_eq!(endpoint.after(2), 0, "after the last node comes the first");
+        let single = Endpoint::new("amqp://a", None, None).unwrap();
+        assert_eq!(single.after(0), 0, "a single node is retried");
+    }
+
+    #[test]
+    fn credentials_apply_to_the_nodes_without_userinfo_only() {
+        let credentials = Credentials::new("wörker", "p@ss:w/rd;%?#");
+        let endpoint = Endpoint::new(
+            "amqp://own:secret@a:1/%2f; amqp://b:2/%2f ;amqps://c:3/v?heartbeat=5",
+            None,
+            Some(&credentials),
+        )
+        .unwrap();
+        let users: Vec<(&str, &str)> = endpoint
+            .nodes
+            .iter()
+            .map(|node| {
+                let userinfo = &node.uri.authority.userinfo;
+                (userinfo.username.as_str(), userinfo.password.as_str())
+            })
+            .collect();
+        assert_eq!(
+            users,
+            [
+                ("own", "secret"),
+                ("wörker", "p@ss:w/rd;%?#"),
+                ("wörker", "p@ss:w/rd;%?#")
+            ]
+        );
+        let shown: Vec<String> = (0..3).map(|k| endpoint.shown(k)).collect();
+        assert_eq!(
+            shown,
+            [
+                "amqp://own:***@a:1/%2f",
+                "amqp://b:2/%2f",
+                "amqps://c:3/v?heartbeat=5"
+            ]
+        );
+        // The target names the user in use, never a password.
+        assert_eq!(endpoint.nodes[1].target.url, "amqp://w%C3%B6rker@b:2/%2f");
+        assert_eq!(endpoint.nodes[2].uri.query.heartbeat, Some(5));
+        // Without credentials, lapin's default stays.
+        let plain = Endpoint::new("amqp://b:2/%2f", None, None).unwrap();
+        assert_eq!(plain.nodes[0].uri.authority.userinfo.username, "guest");
+    }
+
+    #[test]
+    fn tls_options_with_a_list_holding_an_amqp_node_are_refused() {
+        let refused = Endpoint::new(
+            "amqps://u:secret@a:5671/%2f;amqp://u:secret@b:5672/%2f",
+            Some(&TlsOptions::new()),
+            None,
+        );
+        match refused {
+            Err(BrokerError::InvalidUrl { url, reason }) => {
+                assert_eq!(url, "amqp://u:***@b:5672/%2f");
+                assert!(reason.contains("use amqps:// (node 2 of 2)"), "{reason}");
+            }
+            Err(other) => panic!("expected InvalidUrl, got {other}"),
+            Ok(_) => panic!("TLS options accepted with a plaintext node"),
+        }
+        let all_tls = Endpoint::new(
+            "amqps://a:5671/%2f;amqps://b:5671/%2f",
+            Some(&TlsOptions::new()),
+            None,
+        );
+        assert!(all_tls.is_ok());
+    }
+
+    /// A port that was free a moment ago: nothing listens there.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn no_reachable_node_lists_every_failure_and_one_node_keeps_its_error() {
+        let (a, b) = (closed_port(), closed_port());
+        let url = format!("amqp://u:s3cret@127.0.0.1:{a}/%2f;amqp://u:s3cret@127.0.0.1:{b}/%2f");
+        let error = match LinkKeeper::connect(&url, ReconnectPolicy::default(), None).await {
+            Err(error) => error,
+            Ok(_) => panic!("connected to closed ports"),
+        };
+        let BrokerError::NoNodeReachable { attempts } = &error else {
+            panic!("expected NoNodeReachable, got {error:?}");
+        };
+        assert_eq!(attempts.len(), 2);
+        assert!(attempts.iter().all(|attempt| matches!(
+            attempt,
+            BrokerError::Connect {
+                failure: super::super::ConnectFailure::Refused,
+                ..
+            }
+        )));
+        let shown = error.to_string();
+        assert!(
+            shown.contains(&format!("127.0.0.1:{a}")) && shown.contains(&format!("127.0.0.1:{b}")),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let single = format!("amqp://u:s3cret@127.0.0.1:{a}/%2f");
+        let error = LinkKeeper::connect(&single, ReconnectPolicy::default(), None).await;
+        assert!(
+            matches!(error, Err(BrokerError::Connect { .. })),
+            "one node keeps its Connect error"
+        );
+    }
+
+    /// A round tries the nodes from the one it starts with: each fake node
+    /// accepts and hangs up, and records when it was tried.
+    #[tokio::test]
+    async fn a_round_tries_every_node_once_in_rotation() {
+        let tried = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut urls = Vec::new();
+        for node in 0..3usize {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            urls.push(format!("amqp://127.0.0.1:{port}/%2f"));
+            let tried = Arc::clone(&tried);
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    tried.lock().unwrap().push(node);
+                    drop(socket);
+                }
+            });
+        }
+        let endpoint = Endpoint::new(&urls.join(";"), None, None).unwrap();
+        let failed = endpoint
+            .open_round(
+                endpoint.after(0),
+                1,
+                Some(Instant::now() + Duration::from_secs(60)),
+            )
+            .await;
+        let attempts = match failed {
+            Err(attempts) => attempts,
+            Ok(_) => panic!("a node that hangs up connected"),
+        };
+        assert_eq!(attempts.len(), 3);
+        assert_eq!(*tried.lock().unwrap(), [1, 2, 0]);
+        assert!(matches!(
+            endpoint.failure(attempts),
+            BrokerError::NoNodeReachable { .. }
+        ));
     }
 
     #[tokio::test]

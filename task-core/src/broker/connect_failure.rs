@@ -185,6 +185,17 @@ pub(crate) fn describe(url: &str, address: &str, failure: &ConnectFailure) -> St
     }
 }
 
+/// The message of a [`BrokerError::NoNodeReachable`]: every node's failure,
+/// on one line, separated by `; `.
+pub(crate) fn describe_attempts(attempts: &[BrokerError]) -> String {
+    let failures: Vec<String> = attempts.iter().map(ToString::to_string).collect();
+    format!(
+        "no broker node could be reached ({} tried): {}",
+        attempts.len(),
+        failures.join("; ")
+    )
+}
+
 /// The typed error for a connection attempt to `target` that did not
 /// complete in time.
 pub(crate) fn connect_timed_out(
@@ -298,5 +309,31 @@ mod tests {
         assert_eq!(target.url, "amqps://worker@broker.example:5671/%2f");
         assert_eq!(target.address, "broker.example:5671");
         assert!(!target.url.contains("s3cret"));
+    }
+
+    #[test]
+    fn every_nodes_failure_is_listed_on_one_line() {
+        let refused = |port: u16| {
+            let uri: AMQPUri = format!("amqp://u:s3cret@127.0.0.1:{port}/%2f")
+                .parse()
+                .unwrap();
+            connect_error(
+                &Target::of(&uri),
+                lapin::Error::from(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            )
+        };
+        let error = BrokerError::NoNodeReachable {
+            attempts: vec![refused(1), refused(2)],
+        };
+        let shown = error.to_string();
+        assert_eq!(
+            shown,
+            "no broker node could be reached (2 tried): \
+             nothing is listening at 127.0.0.1:1 (connection refused): \
+             is RabbitMQ running, is the port right?; \
+             nothing is listening at 127.0.0.1:2 (connection refused): \
+             is RabbitMQ running, is the port right?"
+        );
+        assert!(!shown.contains('\n') && !shown.contains("s3cret"));
     }
 }

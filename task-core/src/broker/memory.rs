@@ -7,23 +7,41 @@
 //! - queues are FIFO; a declaration is idempotent and a re-declaration with
 //!   other flags or arguments fails like RabbitMQ's `PRECONDITION_FAILED`;
 //!   refusals carry RabbitMQ's reply code for the same situation
-//!   ([`BrokerError::reply_code`]: 404, 405, 406, 403);
+//!   ([`BrokerError::reply_code`]: 404, 405, 406, 403, 540);
 //! - exchange `""` routes by queue name, [`QueueSpec::same_name_exchange`]
 //!   adds a direct exchange of the queue's name; declared exchanges route
 //!   by their kind (direct: the exact key; fanout: every bound queue; topic:
 //!   patterns with `*` and `#`), and an auto-delete one goes with its last
 //!   binding; an unroutable publish is [`BrokerError::Unroutable`]; a
 //!   publish is confirmed once enqueued;
-//! - consumers have a prefetch window shared by their queues, manual ack,
-//!   reject (with or without requeue) or `no_ack`; a requeued message goes back
-//!   to the head of its queue marked redelivered, and closing (or dropping) a
+//! - consumers have a prefetch window shared by their queues (or one per
+//!   queue, [`ConsumeOptions::prefetch_per_queue`]), manual ack, reject
+//!   (with or without requeue) or `no_ack`; a requeued message goes back to
+//!   the head of its queue marked redelivered, and closing (or dropping) a
 //!   consumer requeues every message it has not settled;
 //! - queue arguments `x-max-priority`, `x-message-ttl`,
 //!   `x-dead-letter-exchange` and `x-dead-letter-routing-key`, and per-message
 //!   `expiration`, are honoured, as are `x-max-length` and `x-max-length-bytes`
 //!   with `x-overflow` `drop-head` (the oldest ready messages are dropped;
-//!   dropped, not dead-lettered); dead-lettered messages carry RabbitMQ's
-//!   `x-death` headers. `x-expires` is checked but not enforced;
+//!   dropped, not dead-lettered) or `reject-publish` (the publish fails with
+//!   [`BrokerError::Nacked`], RabbitMQ's confirm `nack`); dead-lettered
+//!   messages carry RabbitMQ's `x-death` headers. `x-expires` is checked but
+//!   not enforced;
+//! - quorum queues (`x-queue-type: quorum`, [`QueueSpec::quorum`]) behave as
+//!   RabbitMQ 3.10's: their type is compared on re-declaration (no type means
+//!   classic), arguments of the other type are refused (`x-max-priority`,
+//!   `x-queue-mode`; on a classic queue, `x-delivery-limit`,
+//!   `x-dead-letter-strategy`), a redelivery carries `x-delivery-count` (the
+//!   returns so far), a message returned more than `x-delivery-limit` times
+//!   is dead-lettered with the reason `delivery_limit` (or dropped), a
+//!   `reject-publish` quorum queue takes the message that takes it over its
+//!   limit and refuses publishes until it is back under 80% of it, and one
+//!   prefetch window over several queues (RabbitMQ's global QoS) is refused
+//!   for a quorum queue with 540 `NOT_IMPLEMENTED`. Dead-lettering is
+//!   synchronous, so `x-dead-letter-strategy` `at-most-once` and
+//!   `at-least-once` do the same (a dead letter no queue takes is dropped,
+//!   where RabbitMQ's `at-least-once` keeps it until one does). Streams
+//!   (`x-queue-type: stream`) are refused ([`Broker::supports_streams`]);
 //! - an exclusive queue (e.g. a server-named one) belongs to the connection
 //!   (handle) that declared it: another may publish to it, but not consume,
 //!   bind, count or delete it (`RESOURCE_LOCKED`), and it is deleted when
@@ -599,6 +617,134 @@ mod tests {
             })
         ));
         assert!(broker.delete_exchange("").await.is_err());
+    }
+
+    fn quorum(name: &str, arguments: Value) -> QueueSpec {
+        spec(name, arguments).quorum()
+    }
+
+    fn is_nacked(result: Result<(), BrokerError>) -> bool {
+        matches!(result, Err(BrokerError::Nacked { .. }))
+    }
+
+    #[tokio::test]
+    async fn queue_types_and_their_arguments_are_checked() {
+        let broker = MemoryBroker::new();
+        for bad in [
+            spec("q", json!({"x-queue-type": "stream"})),
+            spec("q", json!({"x-queue-type": "bogus"})),
+            spec("q", json!({"x-queue-type": 1})),
+            spec("q", json!({"x-delivery-limit": 3})),
+            spec("q", json!({"x-quorum-initial-group-size": 3})),
+            spec("q", json!({"x-overflow": "reject-publish-dlx"})),
+            spec("q", json!({"x-overflow": "bogus"})),
+            quorum("q", json!({"x-delivery-limit": -1})),
+            quorum("q", json!({"x-delivery-limit": "3"})),
+            quorum("q", json!({"x-dead-letter-strategy": "bogus"})),
+            quorum("q", json!({"x-queue-version": 2})),
+        ] {
+            let error = broker.declare_queue(&bad).await.unwrap_err();
+            assert!(error.is_precondition_failed(), "{error}");
+        }
+        assert!(broker
+            .queue_message_count("q")
+            .await
+            .unwrap_err()
+            .is_not_found());
+        // No type and `classic` are the same type; quorum is another.
+        broker.declare_queue(&spec("c", json!({}))).await.unwrap();
+        let explicit = spec("c", json!({"x-queue-type": "classic"}));
+        broker.declare_queue(&explicit).await.unwrap();
+        broker.declare_queue(&spec("c", json!({}))).await.unwrap();
+        let error = broker
+            .declare_queue(&quorum("c", json!({})))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("x-queue-type"), "{error}");
+        let limited = QueueSpec::task_queue("limited").delivery_limit(5);
+        broker.declare_queue(&limited).await.unwrap();
+        broker.declare_queue(&limited).await.unwrap();
+        let error = broker
+            .declare_queue(&QueueSpec::task_queue("limited").delivery_limit(6))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("x-delivery-limit"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_zero_delivery_limit_dead_letters_on_the_first_return() {
+        let broker = MemoryBroker::new();
+        broker
+            .declare_queue(&spec("dead", json!({})))
+            .await
+            .unwrap();
+        let arguments = json!({
+            "x-delivery-limit": 0,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "dead",
+        });
+        broker.declare_queue(&quorum("q", arguments)).await.unwrap();
+        for text in ["requeued", "rejected"] {
+            broker.publish("", "q", &message(text)).await.unwrap();
+        }
+        let mut consumer = broker.consume(&["q".into()], OPTIONS).await.unwrap();
+        next(&mut consumer).await.acker.reject(true).await.unwrap();
+        next(&mut consumer).await.acker.reject(false).await.unwrap();
+        let mut dead = broker.consume(&["dead".into()], OPTIONS).await.unwrap();
+        for (text, reason) in [("requeued", "delivery_limit"), ("rejected", "rejected")] {
+            let delivery = next(&mut dead).await;
+            assert_eq!(body(&delivery), text);
+            let headers = delivery.message.properties.headers.to_json();
+            assert_eq!(headers["x-death"][0]["reason"], reason);
+        }
+        assert_eq!(broker.queue_message_count("q").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_quorum_queue_takes_publishes_again_under_80_percent() {
+        let broker = MemoryBroker::new();
+        let arguments = json!({"x-overflow": "reject-publish", "x-max-length": 5});
+        broker.declare_queue(&quorum("q", arguments)).await.unwrap();
+        // The sixth takes it over its limit: taken, and the next refused.
+        for i in 0..6 {
+            broker
+                .publish("", "q", &message(&i.to_string()))
+                .await
+                .unwrap();
+        }
+        assert!(is_nacked(broker.publish("", "q", &message("x")).await));
+        let one = ConsumeOptions {
+            prefetch: 1,
+            ..OPTIONS
+        };
+        let mut consumer = broker.consume(&["q".into()], one).await.unwrap();
+        let first = next(&mut consumer).await;
+        // 5 ready: under the limit, not under 80% of it (4).
+        assert!(is_nacked(broker.publish("", "q", &message("x")).await));
+        first.acker.ack().await.unwrap();
+        let _second = next(&mut consumer).await;
+        broker.publish("", "q", &message("6")).await.unwrap();
+        broker.publish("", "q", &message("7")).await.unwrap();
+        assert!(is_nacked(broker.publish("", "q", &message("x")).await));
+        assert_eq!(broker.queue_message_count("q").await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_publish_one_full_queue_refuses_is_nacked_and_kept_by_the_others() {
+        let broker = MemoryBroker::new();
+        let full = json!({"x-overflow": "reject-publish", "x-max-length-bytes": 3});
+        broker.declare_queue(&spec("small", full)).await.unwrap();
+        broker.declare_queue(&spec("big", json!({}))).await.unwrap();
+        let fanout = ExchangeSpec::fanout("both");
+        broker.declare_exchange(&fanout).await.unwrap();
+        for queue in ["small", "big"] {
+            broker.bind_queue(queue, "both", "").await.unwrap();
+        }
+        broker.publish("both", "", &message("aa")).await.unwrap();
+        assert!(is_nacked(broker.publish("both", "", &message("bb")).await));
+        broker.publish("", "small", &message("c")).await.unwrap();
+        assert_eq!(broker.queue_message_count("small").await.unwrap(), 2);
+        assert_eq!(broker.queue_message_count("big").await.unwrap(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 pub mod amqp;
 mod amqp_link;
 mod connect_failure;
+pub mod credentials;
 pub mod delay_topology;
 mod field_table;
 pub mod headers;
@@ -22,10 +23,11 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
 
 pub use connect_failure::{ConnectFailure, TlsFailure};
+pub use credentials::Credentials;
 pub use headers::{HeaderValue, Headers};
 pub use reply_code::ReplyCode;
 pub use tls::TlsOptions;
-pub use url::redact;
+pub use url::{redact, split_nodes, BrokerNodes, NODE_SEPARATOR};
 
 /// Errors from the broker connection.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,31 @@ pub enum BrokerError {
         /// The client library's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// None of the nodes of a failover list (`amqp://a;amqp://b`) could be
+    /// connected to: each node's failure, in the order tried (with a single
+    /// node, its [`BrokerError::Connect`] is reported as is).
+    #[error("{}", connect_failure::describe_attempts(.attempts))]
+    NoNodeReachable {
+        /// Why each node failed (most often [`BrokerError::Connect`]s,
+        /// which name their node without its password).
+        attempts: Vec<BrokerError>,
+    },
+    /// A broker password file ([`Credentials::password_file`]) could not
+    /// be used; nothing was sent.
+    #[error("broker password file `{}`: {reason}", .path.display())]
+    CredentialsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it (never its content).
+        reason: String,
+    },
+    /// The broker credentials given in the environment are incomplete or
+    /// contradictory ([`Credentials::from_env`]).
+    #[error("broker credentials: {reason}")]
+    Credentials {
+        /// What is wrong.
+        reason: String,
     },
     /// A TLS file ([`TlsOptions`]) could not be read or holds no usable
     /// certificate or key; nothing was sent.
@@ -160,6 +187,12 @@ impl BrokerError {
             BrokerError::Connect { source, .. } => source
                 .downcast_ref::<lapin::Error>()
                 .and_then(ReplyCode::of_lapin),
+            // The code every node answered with, if they agree.
+            BrokerError::NoNodeReachable { attempts } => {
+                let mut codes = attempts.iter().map(BrokerError::reply_code);
+                let first = codes.next().flatten();
+                codes.all(|code| code == first).then_some(first).flatten()
+            }
             _ => None,
         }
     }
@@ -485,12 +518,18 @@ impl QueueSpec {
         }
     }
 
-    /// A client's result queue as Celery 5.7 declares it: durable,
-    /// auto-delete, expiring one day after its last use.
+    /// A client's result queue: auto-delete, expiring one day after its
+    /// last use, as Celery 5.7 declares it, but not durable (Celery's is):
+    /// in a cluster, a durable queue whose node died cannot be declared
+    /// again on another node until that node is back (404 "home node ...
+    /// is down"), so a client could not fail over; RabbitMQ deletes a
+    /// transient one with its node, and the client declares it again where
+    /// it reconnected. (Results are transient messages either way, and
+    /// only the client declares its reply queue.)
     pub fn reply_queue(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            durable: true,
+            durable: false,
             auto_delete: true,
             exclusive: false,
             arguments: Map::new(),

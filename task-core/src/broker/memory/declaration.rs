@@ -5,15 +5,18 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::broker::{BrokerError, Message, QueueSpec, ReplyCode};
+use crate::broker::{BrokerError, Message, QueueSpec, QueueType, ReplyCode};
 
-/// Queue arguments RabbitMQ compares when a queue is declared again (others
-/// are ignored in the comparison, as RabbitMQ does).
+/// Queue arguments RabbitMQ (3.10) compares when a queue is declared again
+/// (others are ignored in the comparison, as RabbitMQ does). `x-queue-type`
+/// is compared by the type it means: absent and `classic` are the same.
 const COMPARED_ARGUMENTS: &[&str] = &[
     "x-expires",
     "x-message-ttl",
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-delivery-limit",
     "x-max-length",
     "x-max-length-bytes",
     "x-max-priority",
@@ -23,9 +26,47 @@ const COMPARED_ARGUMENTS: &[&str] = &[
     "x-single-active-consumer",
 ];
 
+/// Arguments RabbitMQ 3.10 knows but refuses on a classic queue (`invalid
+/// arg ... of queue type rabbit_classic_queue`): those of quorum queues and
+/// streams.
+const NOT_FOR_CLASSIC: &[&str] = &[
+    "x-delivery-limit",
+    "x-dead-letter-strategy",
+    "x-quorum-initial-group-size",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
+/// Arguments RabbitMQ 3.10 knows but refuses on a quorum queue (`invalid
+/// arg ... of queue type rabbit_quorum_queue`): those of classic queues
+/// and streams. (`x-max-priority` is refused before, by the client:
+/// [`QueueSpec::quorum`].)
+const NOT_FOR_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
 /// The largest TTL RabbitMQ accepts, in milliseconds.
 pub(super) const MAX_TTL_MS: u64 = u32::MAX as u64;
 
+/// What a queue does with a message that would take it over its
+/// `x-max-length` / `x-max-length-bytes` (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Overflow {
+    /// `drop-head` (the default): the oldest ready messages are dropped.
+    DropHead,
+    /// `reject-publish`: the publish is refused (a confirm `nack`).
+    RejectPublish,
+}
 /// How a queue was declared, and what its arguments mean.
 #[derive(Debug, Clone)]
 pub(super) struct Declaration {
@@ -41,6 +82,14 @@ pub(super) struct Declaration {
     pub(super) max_length: Option<usize>,
     /// `x-max-length-bytes`: the most body bytes kept in ready messages.
     pub(super) max_length_bytes: Option<usize>,
+    /// `x-overflow`: what a full queue does.
+    pub(super) overflow: Overflow,
+    /// `x-queue-type` (classic without).
+    pub(super) queue_type: QueueType,
+    /// `x-delivery-limit` (quorum queues): how many times a message may be
+    /// returned to the queue (rejected with requeue, or left unacked by a
+    /// consumer that went) and still be delivered again.
+    pub(super) delivery_limit: Option<u64>,
 }
 
 impl Declaration {
@@ -103,20 +152,52 @@ impl Declaration {
         };
         let max_length = size("x-max-length")?;
         let max_length_bytes = size("x-max-length-bytes")?;
-        match text("x-overflow")?.as_deref() {
-            None | Some("drop-head") => {}
-            Some("reject-publish" | "reject-publish-dlx") => {
+        let overflow = match text("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => {
                 return Err(invalid(
                     "x-overflow",
-                    "not supported by memory:// (only drop-head)",
+                    "not supported by memory:// (drop-head or reject-publish)",
+                ))
+            }
+            Some(_) => return Err(invalid("x-overflow", "invalid_overflow")),
+        };
+        let queue_type = match text("x-queue-type")?.as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some("stream") => {
+                return Err(invalid(
+                    "x-queue-type",
+                    "\"unsupported queue type 'stream'\" (memory:// keeps no streams: \
+                     see Broker::supports_streams)",
                 ))
             }
             Some(other) => {
                 return Err(invalid(
-                    "x-overflow",
-                    &format!("unknown overflow behaviour '{other}'"),
+                    "x-queue-type",
+                    &format!("\"unsupported queue type '{other}'\""),
                 ))
             }
+        };
+        let (refused, type_name) = match queue_type {
+            QueueType::Quorum => (NOT_FOR_QUORUM, "rabbit_quorum_queue"),
+            _ => (NOT_FOR_CLASSIC, "rabbit_classic_queue"),
+        };
+        if let Some(key) = refused.iter().find(|key| arguments.contains_key(**key)) {
+            return Err(format!(
+                "PRECONDITION_FAILED - invalid arg '{key}' for queue '{}' of queue type \
+                 {type_name}",
+                spec.name
+            ));
+        }
+        // RabbitMQ 3.10 takes any value here (and no limit from a value
+        // that is not a number); memory:// refuses what cannot be a count.
+        let delivery_limit = integer("x-delivery-limit")?;
+        match text("x-dead-letter-strategy")?.as_deref() {
+            // Dead-lettering is synchronous here: both are at least once.
+            None | Some("at-most-once" | "at-least-once") => {}
+            Some(_) => return Err(invalid("x-dead-letter-strategy", "invalid_dlx_strategy")),
         }
         Ok(Self {
             durable: spec.durable,
@@ -129,6 +210,9 @@ impl Declaration {
             dead_letter_routing_key,
             max_length,
             max_length_bytes,
+            overflow,
+            queue_type,
+            delivery_limit,
         })
     }
 
@@ -149,7 +233,12 @@ impl Declaration {
                 COMPARED_ARGUMENTS.iter().find_map(|key| {
                     let received = self.arguments.get(*key);
                     let existing = current.arguments.get(*key);
-                    (!same_argument(received, existing)).then(|| {
+                    let same = if *key == "x-queue-type" {
+                        self.queue_type == current.queue_type
+                    } else {
+                        same_argument(received, existing)
+                    };
+                    (!same).then(|| {
                         let show =
                             |v: Option<&Value>| v.map_or("none".to_owned(), |v| format!("'{v}'"));
                         format!(
@@ -161,6 +250,37 @@ impl Declaration {
                     })
                 })
             })
+    }
+
+    /// Whether it is a quorum queue.
+    pub(super) fn is_quorum(&self) -> bool {
+        self.queue_type == QueueType::Quorum
+    }
+
+    /// Whether a queue holding `ready` messages of `bytes` body bytes
+    /// refuses a publish of `size` bytes: for a classic queue with
+    /// `reject-publish`, when the message would take it over a limit.
+    /// (A quorum queue decides by its state: [`Declaration::over_limit`].)
+    pub(super) fn would_overflow(&self, ready: usize, bytes: usize, size: usize) -> bool {
+        self.overflow == Overflow::RejectPublish
+            && !self.is_quorum()
+            && (self.max_length.is_some_and(|max| ready >= max)
+                || self.max_length_bytes.is_some_and(|max| bytes + size > max))
+    }
+
+    /// Whether `ready` messages of `bytes` body bytes are over a limit.
+    pub(super) fn over_limit(&self, ready: usize, bytes: usize) -> bool {
+        self.max_length.is_some_and(|max| ready > max)
+            || self.max_length_bytes.is_some_and(|max| bytes > max)
+    }
+
+    /// Whether `ready` messages of `bytes` body bytes are back under the
+    /// soft limits (80%) at which a quorum queue that refused publishes
+    /// takes them again.
+    pub(super) fn below_soft_limit(&self, ready: usize, bytes: usize) -> bool {
+        // As `rabbit_fifo` (`?LOW_LIMIT`): `Num =< trunc(Max * 0.8)`.
+        let below = |max: Option<usize>, n: usize| max.is_none_or(|max| n <= max - max.div_ceil(5));
+        below(self.max_length, ready) && below(self.max_length_bytes, bytes)
     }
 
     /// The priority level a message is stored at.

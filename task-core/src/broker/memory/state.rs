@@ -12,15 +12,20 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::dead_letter::record_death;
-use super::declaration::{parse_expiration, Declaration};
+use super::declaration::{parse_expiration, Declaration, Overflow};
 use super::exchange::Exchange;
 use super::handles::{MemoryAcker, NoAck, Outcome};
 use super::timer::{rearm, Timer};
 use super::Core;
 use crate::broker::{
-    Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeSpec, Message, QueueSpec,
-    ReplyCode,
+    Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeSpec, HeaderValue, Message,
+    QueueSpec, ReplyCode,
 };
+
+/// The header a quorum queue sets on a message it delivers again: how many
+/// times it was returned before (RabbitMQ 3.10 writes it from the first
+/// return on, as a 64-bit integer).
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Delays too long for the clock are cut to this (about 30 years).
 const MAX_DELAY: Duration = Duration::from_secs(30 * 365 * 86_400);
@@ -54,6 +59,10 @@ struct Entry {
     exchange: String,
     routing_key: String,
     redelivered: bool,
+    /// How many times it was returned to its queue after a delivery (a
+    /// reject with requeue, a consumer that went without settling it):
+    /// what a quorum queue's `x-delivery-limit` bounds.
+    returns: u64,
     /// When it expires in its current queue.
     expires_at: Option<Instant>,
 }
@@ -85,6 +94,9 @@ struct Queue {
     had_consumer: bool,
     /// The earliest deadline of this queue in the broker's expiries.
     scheduled: Option<Instant>,
+    /// A quorum queue with `x-overflow: reject-publish` refuses publishes
+    /// from when it goes over a limit until it is back under 80% of it.
+    rejecting: bool,
 }
 
 impl Queue {
@@ -112,14 +124,43 @@ impl Queue {
         Some(entry)
     }
 
+    /// Whether a publish of `size` bytes is refused (`x-overflow:
+    /// reject-publish`): a classic queue refuses a message that would take
+    /// it over a limit; a quorum queue refuses publishes while it is
+    /// [`Queue::rejecting`], and takes one that takes it over its limit.
+    fn refuses(&self, size: usize) -> bool {
+        self.rejecting
+            || self
+                .declaration
+                .would_overflow(self.ready_len, self.ready_bytes, size)
+    }
+
+    /// After an operation on a quorum queue with `reject-publish`: it
+    /// refuses publishes once over a limit, takes them again once back
+    /// under 80% of every limit (RabbitMQ's `rabbit_fifo`
+    /// `evaluate_limit`).
+    fn evaluate_limit(&mut self) {
+        let declaration = &self.declaration;
+        if !declaration.is_quorum() || declaration.overflow != Overflow::RejectPublish {
+            return;
+        }
+        if declaration.over_limit(self.ready_len, self.ready_bytes) {
+            self.rejecting = true;
+        } else if declaration.below_soft_limit(self.ready_len, self.ready_bytes) {
+            self.rejecting = false;
+        }
+    }
+
     /// Drops the oldest ready messages while the queue holds more than its
-    /// `x-max-length` / `x-max-length-bytes` allow (RabbitMQ's `drop-head`).
+    /// `x-max-length` / `x-max-length-bytes` allow (RabbitMQ's `drop-head`;
+    /// a `reject-publish` queue refuses them before instead).
     fn drop_overflow(&mut self) {
-        let limits = &self.declaration;
-        while limits.max_length.is_some_and(|max| self.ready_len > max)
-            || limits
-                .max_length_bytes
-                .is_some_and(|max| self.ready_bytes > max)
+        if self.declaration.overflow != Overflow::DropHead {
+            return;
+        }
+        while self
+            .declaration
+            .over_limit(self.ready_len, self.ready_bytes)
         {
             let Some(entry) = self.levels.iter_mut().find_map(VecDeque::pop_front) else {
                 return;
@@ -166,6 +207,8 @@ struct ConsumerState {
     session: u64,
     queues: Vec<String>,
     prefetch: u16,
+    /// The window applies to each queue on its own, not to all together.
+    prefetch_per_queue: bool,
     no_ack: bool,
     /// By delivery tag (increasing with delivery order).
     unacked: BTreeMap<u64, Unacked>,
@@ -176,13 +219,23 @@ struct ConsumerState {
 }
 
 impl ConsumerState {
-    /// Whether it takes another delivery now (open, and room in its window;
-    /// `no_ack` deliveries do not count against prefetch, as in RabbitMQ).
-    fn has_room(&self) -> bool {
-        self.sender.is_some()
-            && (self.no_ack
-                || self.prefetch == 0
-                || self.unacked.len() < usize::from(self.prefetch))
+    /// Whether it takes another delivery from `queue` now (open, and room
+    /// in its window, or in the queue's window with
+    /// [`ConsumeOptions::prefetch_per_queue`]; `no_ack` deliveries do not
+    /// count against prefetch, as in RabbitMQ).
+    fn has_room(&self, queue: &str) -> bool {
+        if self.sender.is_none() {
+            return false;
+        }
+        if self.no_ack || self.prefetch == 0 {
+            return true;
+        }
+        let in_flight = if self.prefetch_per_queue {
+            self.unacked.values().filter(|u| u.queue == queue).count()
+        } else {
+            self.unacked.len()
+        };
+        in_flight < usize::from(self.prefetch)
     }
 }
 
@@ -210,17 +263,26 @@ impl State {
             });
         }
         let now = Instant::now();
+        let mut refused = false;
         for queue in &targets {
             let entry = Entry {
                 message: message.clone(),
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
                 redelivered: false,
+                returns: 0,
                 expires_at: None,
             };
-            self.enqueue(queue, entry, expiration, now);
+            refused |= !self.enqueue(queue, entry, expiration, now);
         }
         self.settle(core, targets, now);
+        // As RabbitMQ's confirm: a `nack` if one queue refused it, even
+        // though the others keep it.
+        if refused {
+            return Err(BrokerError::Nacked {
+                routing_key: routing_key.to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -246,6 +308,7 @@ impl State {
             exchange: String::new(),
             routing_key: queue.to_owned(),
             redelivered: false,
+            returns: 0,
             expires_at: None,
         };
         let delayed = Delayed {
@@ -268,8 +331,21 @@ impl State {
         sender: mpsc::UnboundedSender<Delivery>,
         closed: Arc<AtomicBool>,
     ) -> Result<u64, BrokerError> {
+        // Several queues share one window through RabbitMQ's global QoS,
+        // which quorum queues refuse (as the AMQP broker asks for it).
+        let global_qos = queues.len() > 1 && options.prefetch > 0 && !options.prefetch_per_queue;
         for queue in queues {
             let queue_state = self.accessible_queue("basic.consume", queue, session)?;
+            if global_qos && queue_state.declaration.is_quorum() {
+                return Err(BrokerError::refused(
+                    "basic.consume",
+                    ReplyCode::NotImplemented,
+                    format!(
+                        "queue `{queue}`: NOT_IMPLEMENTED - queue '{queue}' in vhost '/' does \
+                         not support global qos (consume with prefetch_per_queue)"
+                    ),
+                ));
+            }
             if queue_state.exclusive_consumer.is_some()
                 || (options.exclusive && !queue_state.consumers.is_empty())
             {
@@ -303,6 +379,7 @@ impl State {
             session,
             queues: names.clone(),
             prefetch: options.prefetch,
+            prefetch_per_queue: options.prefetch_per_queue,
             no_ack: options.no_ack,
             unacked: BTreeMap::new(),
             sender: Some(sender),
@@ -559,6 +636,7 @@ impl State {
                         next_consumer: 0,
                         had_consumer: false,
                         scheduled: None,
+                        rejecting: false,
                     },
                 );
             }
@@ -609,17 +687,21 @@ impl State {
         Ok(targets)
     }
 
-    /// Appends a message to a queue, with its deadline in that queue.
+    /// Appends a message to a queue, with its deadline in that queue;
+    /// `false` if the queue refused it (`x-overflow: reject-publish`).
     fn enqueue(
         &mut self,
         name: &str,
         mut entry: Entry,
         expiration: Option<Duration>,
         now: Instant,
-    ) {
+    ) -> bool {
         let Some(queue) = self.queues.get_mut(name) else {
-            return;
+            return true;
         };
+        if queue.refuses(entry.message.body.len()) {
+            return false;
+        }
         let ttl = match (queue.declaration.message_ttl, expiration) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -627,6 +709,7 @@ impl State {
         entry.expires_at = ttl.map(|ttl| now + ttl);
         queue.push_back(entry);
         queue.drop_overflow();
+        true
     }
 
     /// Brings queues up to date after a change: expires (and dead-letters)
@@ -637,9 +720,9 @@ impl State {
         while let Some(name) = work.pop_front() {
             let mut dead = Vec::new();
             self.dispatch(core, &name, now, &mut dead);
-            for entry in dead {
+            for (entry, reason) in dead {
                 for target in self
-                    .dead_letter(&name, entry, "expired", now)
+                    .dead_letter(&name, entry, reason, now)
                     .into_iter()
                     .flatten()
                 {
@@ -647,6 +730,9 @@ impl State {
                         work.push_back(target);
                     }
                 }
+            }
+            if let Some(queue) = self.queues.get_mut(&name) {
+                queue.evaluate_limit();
             }
             self.schedule_expiry(&name);
         }
@@ -656,13 +742,22 @@ impl State {
     }
 
     /// Delivers ready messages of `name` to its consumers, round robin, as
-    /// long as one has room in its prefetch window.
-    fn dispatch(&mut self, core: &Arc<Core>, name: &str, now: Instant, dead: &mut Vec<Entry>) {
+    /// long as one has room in its prefetch window. What leaves the queue
+    /// meanwhile to be dead-lettered goes to `dead`, with the reason.
+    fn dispatch(
+        &mut self,
+        core: &Arc<Core>,
+        name: &str,
+        now: Instant,
+        dead: &mut Vec<(Entry, &'static str)>,
+    ) {
+        let mut expired = Vec::new();
         loop {
             let Some(queue) = self.queues.get_mut(name) else {
                 return;
             };
-            queue.expire_heads(now, dead);
+            queue.expire_heads(now, &mut expired);
+            dead.extend(expired.drain(..).map(|entry| (entry, "expired")));
             if queue.ready_len == 0 || queue.consumers.is_empty() {
                 return;
             }
@@ -671,7 +766,7 @@ impl State {
             let chosen = (0..count).map(|i| (start + i) % count).find(|&i| {
                 self.consumers
                     .get(&queue.consumers[i])
-                    .is_some_and(ConsumerState::has_room)
+                    .is_some_and(|consumer| consumer.has_room(name))
             });
             let Some(index) = chosen else {
                 return;
@@ -679,6 +774,7 @@ impl State {
             queue.next_consumer = index + 1;
             let consumer_id = queue.consumers[index];
             let queue_id = queue.id;
+            let quorum = queue.declaration.is_quorum();
             let Some(entry) = queue.pop() else {
                 return;
             };
@@ -689,7 +785,8 @@ impl State {
             };
             let redelivered = entry.redelivered;
             let (exchange, routing_key) = (entry.exchange.clone(), entry.routing_key.clone());
-            let (message, acker): (Message, Box<dyn Acknowledger>) = if consumer.no_ack {
+            let returns = entry.returns;
+            let (mut message, acker): (Message, Box<dyn Acknowledger>) = if consumer.no_ack {
                 (entry.message, Box::new(NoAck))
             } else {
                 let message = entry.message.clone();
@@ -702,6 +799,15 @@ impl State {
                 let acker = MemoryAcker::new(Arc::downgrade(core), consumer_id, tag);
                 (message, Box::new(acker))
             };
+            if quorum && returns > 0 {
+                // On the delivery only: the stored message (and so a dead
+                // letter) has none, as on RabbitMQ.
+                let count = i64::try_from(returns).unwrap_or(i64::MAX);
+                message
+                    .properties
+                    .headers
+                    .insert(DELIVERY_COUNT_HEADER, HeaderValue::LongLongInt(count));
+            }
             let delivery = Delivery {
                 message,
                 queue: name.to_owned(),
@@ -719,20 +825,49 @@ impl State {
                 // put the message back and stop delivering to it.
                 consumer.sender = None;
                 if let Some(unacked) = consumer.unacked.remove(&tag) {
-                    self.requeue(unacked);
+                    if let Some(over) = self.requeue(unacked) {
+                        dead.push((over.entry, "delivery_limit"));
+                    }
                 }
             }
         }
     }
 
-    /// Puts an unsettled message back at the head of its queue, redelivered.
-    fn requeue(&mut self, unacked: Unacked) {
-        if let Some(queue) = self.queues.get_mut(&unacked.queue) {
-            if queue.id == unacked.queue_id {
-                let mut entry = unacked.entry;
-                entry.redelivered = true;
-                queue.push_front(entry);
-            }
+    /// Puts an unsettled message back at the head of its queue, redelivered,
+    /// and counts the return; returns it instead when that takes it over
+    /// its quorum queue's `x-delivery-limit` (returned more than that many
+    /// times: delivered at most limit + 1 times, as RabbitMQ 3.10 does), to
+    /// be dead-lettered with the reason `delivery_limit`. A message whose
+    /// queue is gone is dropped.
+    fn requeue(&mut self, unacked: Unacked) -> Option<Unacked> {
+        let queue = self.queues.get_mut(&unacked.queue)?;
+        if queue.id != unacked.queue_id {
+            return None;
+        }
+        let mut unacked = unacked;
+        unacked.entry.returns += 1;
+        if queue.declaration.is_quorum()
+            && queue
+                .declaration
+                .delivery_limit
+                .is_some_and(|limit| unacked.entry.returns > limit)
+        {
+            return Some(unacked);
+        }
+        unacked.entry.redelivered = true;
+        queue.push_front(unacked.entry);
+        None
+    }
+
+    /// Returns an unsettled message to its queue ([`State::requeue`]), or
+    /// dead-letters it past its delivery limit; returns the queues it
+    /// reached then.
+    fn give_back(&mut self, unacked: Unacked, now: Instant) -> Vec<String> {
+        match self.requeue(unacked) {
+            Some(over) => self
+                .dead_letter(&over.queue, over.entry, "delivery_limit", now)
+                .unwrap_or_default(),
+            None => Vec::new(),
         }
     }
 
@@ -775,6 +910,7 @@ impl State {
                 exchange: exchange.clone(),
                 routing_key: routing_key.clone(),
                 redelivered: false,
+                returns: 0,
                 expires_at: None,
             };
             self.enqueue(&target, copy, None, now);
@@ -907,16 +1043,21 @@ impl State {
         };
         consumer.closed.store(true, Ordering::Release);
         let mut touched: Vec<String> = consumer.queues.clone();
+        let now = Instant::now();
         // Requeue newest first, each at the head: the oldest ends up first.
         for (_, unacked) in consumer.unacked.into_iter().rev() {
             if !touched.contains(&unacked.queue) {
                 touched.push(unacked.queue.clone());
             }
-            self.requeue(unacked);
+            for target in self.give_back(unacked, now) {
+                if !touched.contains(&target) {
+                    touched.push(target);
+                }
+            }
         }
         self.detach(id, &consumer.queues);
         touched.retain(|q| self.queues.contains_key(q));
-        self.settle(core, touched, Instant::now());
+        self.settle(core, touched, now);
     }
 
     /// Removes a consumer from its queues, deleting the `auto_delete` queues
@@ -966,7 +1107,7 @@ impl State {
                 if !touched.contains(&unacked.queue) {
                     touched.push(unacked.queue.clone());
                 }
-                self.requeue(unacked);
+                touched.extend(self.give_back(unacked, now));
             }
             Outcome::Discard => {
                 let live = self
