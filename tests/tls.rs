@@ -152,6 +152,28 @@ async fn amqps_verifies_the_brokers_certificate_and_host_name_and_never_falls_ba
         listed.trim().is_empty(),
         "a refused connection is still open: {listed}"
     );
+
+    // A list of nodes: the TLS settings apply to each, and a node that
+    // does not speak TLS is passed over for the next, which is TLS.
+    let list = format!("{plaintext_port};{}", node.tls_url("localhost"));
+    let app = connect(&list, TlsOptions::new().ca_file(&ca_file))
+        .await
+        .expect("the second node of the list connects over TLS");
+    assert!(
+        single_connection_is_tls(&node).await,
+        "the node list's connection is not TLS"
+    );
+    app.close().await.expect("closed");
+    // With a plaintext node in it, TLS settings are refused, not ignored.
+    let mixed = format!("{};{}", node.url(), node.tls_url("localhost"));
+    match connect(&mixed, TlsOptions::new().ca_file(&ca_file)).await {
+        Err(Error::Broker(BrokerError::InvalidUrl { url, reason })) => {
+            assert!(!url.contains(":guest@"), "the password shows: {url}");
+            println!("[tls] mixed list: {reason}");
+        }
+        Err(other) => panic!("mixed list: expected InvalidUrl, got {other:?}"),
+        Ok(_) => panic!("mixed list: connected with a plaintext node in the list"),
+    }
     node.shutdown().await;
 }
 

@@ -41,6 +41,11 @@
 //! 10. `beat`: the periodic-task scheduler's lateness against Celery beat's,
 //!     and the CPU and memory of one scheduler with 10,000 entries
 //!     (`beat.rs`).
+//! 11. `quorum`: classic against quorum task queues in the same run: round
+//!     trips, delayed tasks' lateness (the hex cascade against Celery's
+//!     native levels) and the CPU of client, worker and RabbitMQ, on the
+//!     shared node and (not with `--quick`) on a private 3-node cluster
+//!     (`quorum.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -63,6 +68,9 @@ mod delays;
 mod drain;
 mod events;
 mod framework;
+#[path = "../../tests/common/private_cluster.rs"]
+mod private_cluster;
+mod quorum;
 mod raw;
 mod redis_backend;
 mod report;
@@ -193,6 +201,24 @@ struct Args {
     /// Their period in seconds, all due together (default 10; --quick 2).
     #[arg(long)]
     beat_period: Option<f64>,
+    /// Round trips per `quorum` measurement (default --n; --quick 1,000).
+    #[arg(long)]
+    quorum_n: Option<usize>,
+    /// One-at-a-time round trips per `quorum` measurement (default --seq;
+    /// --quick 200).
+    #[arg(long)]
+    quorum_seq: Option<usize>,
+    /// Delayed tasks per `quorum` measurement (default 2,000; --quick 200).
+    #[arg(long)]
+    quorum_delay_n: Option<usize>,
+    /// Their countdowns are uniform in [1, this] seconds (default 5;
+    /// --quick 2).
+    #[arg(long)]
+    quorum_delay_max_s: Option<f64>,
+    /// Skip the `quorum` section's private 3-node cluster (never started
+    /// with --quick).
+    #[arg(long)]
+    no_quorum_cluster: bool,
     /// Internal: the raw worker's prefetch.
     #[arg(long, hide = true, default_value_t = 64)]
     prefetch: u16,
@@ -211,6 +237,7 @@ enum Section {
     Canvas,
     Events,
     Beat,
+    Quorum,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -243,6 +270,13 @@ pub struct Config {
     pub await_n: usize,
     pub canvas_n: usize,
     pub chain_steps: usize,
+    pub quorum_n: usize,
+    pub quorum_seq: usize,
+    pub quorum_delay_n: usize,
+    /// Countdowns of the `quorum` section are uniform in [1, this] seconds.
+    pub quorum_delay_max_s: f64,
+    /// Whether the `quorum` section runs on a private 3-node cluster too.
+    pub quorum_cluster: bool,
 }
 
 impl Config {
@@ -294,6 +328,7 @@ pub struct Run {
     pub canvas: Option<canvas::CanvasRun>,
     pub events: Option<events::EventsRun>,
     pub beat: Option<beat::BeatRun>,
+    pub quorum: Option<quorum::QuorumRun>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -422,6 +457,11 @@ impl Run {
                 put(key, Some(value));
             }
         }
+        if let Some(quorum) = &self.quorum {
+            for (key, value) in quorum.ratios() {
+                put(key, Some(value));
+            }
+        }
         if let Some(a) = &self.redis_await {
             put(
                 "redis:await_collect_rate_redis_over_rpc",
@@ -504,6 +544,7 @@ async fn bench(args: Args) -> Result<()> {
         Section::Canvas,
         Section::Events,
         Section::Beat,
+        Section::Quorum,
     ];
     let mut sections: Vec<Section> = args.only.clone();
     if args.redis && !sections.contains(&Section::Redis) {
@@ -581,6 +622,25 @@ async fn bench(args: Args) -> Result<()> {
             .chain_steps
             .unwrap_or(if quick { 50 } else { 1_000 })
             .max(1),
+        quorum_n: args
+            .quorum_n
+            .or(args.n)
+            .unwrap_or(if quick { 1_000 } else { 20_000 })
+            .max(1),
+        quorum_seq: args
+            .quorum_seq
+            .or(args.seq)
+            .unwrap_or(if quick { 200 } else { 2_000 })
+            .max(1),
+        quorum_delay_n: args
+            .quorum_delay_n
+            .unwrap_or(if quick { 200 } else { 2_000 })
+            .max(1),
+        quorum_delay_max_s: args
+            .quorum_delay_max_s
+            .unwrap_or(if quick { 2.0 } else { 5.0 })
+            .clamp(1.0, 86_400.0),
+        quorum_cluster: !quick && !args.no_quorum_cluster,
     };
     let machine = sys::Machine::describe();
     let mut notes = Vec::new();
@@ -630,6 +690,9 @@ async fn bench(args: Args) -> Result<()> {
     report::print_header(&cfg, &machine, &sections);
 
     let cpu_share = sys::CpuShare::start();
+    // The `quorum` section's private cluster: started by its first run,
+    // halted after the last.
+    let mut quorum_cluster = quorum::ClusterSlot::default();
     let mut runs = Vec::new();
     for k in 1..=cfg.runs {
         let mut run = Run::default();
@@ -734,12 +797,24 @@ async fn bench(args: Args) -> Result<()> {
                 )
             );
         }
+        if sections.contains(&Section::Quorum) {
+            section!(
+                quorum,
+                "quorum (classic vs quorum)",
+                quorum::bench(&cfg, k, &mut quorum_cluster)
+            );
+            if let Some(why) = run.quorum.as_ref().and_then(|q| q.cluster_error.clone()) {
+                eprintln!("  quorum: the 3-node part FAILED: {why}");
+                run.errors.push(format!("quorum (3 nodes): {why}"));
+            }
+        }
         run.compute_ratios();
         runs.push(run);
         // Whatever a failed section left behind.
         admin::cleanup(&cfg.broker).await?;
     }
 
+    quorum_cluster.shutdown().await;
     let cpu_use = cpu_share.finish();
     let summary = report::Summary::of(&runs);
     report::print_table(&cfg, &summary, &runs);
@@ -751,6 +826,9 @@ async fn bench(args: Args) -> Result<()> {
     events::print(&events_runs);
     let beat_runs: Vec<beat::BeatRun> = runs.iter().filter_map(|r| r.beat.clone()).collect();
     beat::print(&beat_runs);
+    let quorum_runs: Vec<quorum::QuorumRun> =
+        runs.iter().filter_map(|r| r.quorum.clone()).collect();
+    quorum::print(&quorum_runs);
     let cpus = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{v:.2}"));
     println!(
         "machine: {} CPUs; over these {:.0} s on average {} CPUs were busy: benchmark {:.2} \

@@ -524,6 +524,37 @@ impl App {
         Ok(())
     }
 
+    /// Declares a queue the framework shares between all the apps of a
+    /// virtual host (`task_core.expired`, `task_core.chord_join`), or,
+    /// when it exists with other settings (another app declared it as
+    /// another [`QueueType`], or an earlier version with other arguments),
+    /// uses it as it is: all that matters is that it exists. Logged once
+    /// per app and queue.
+    pub async fn ensure_shared(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        match self.ensure_declared(spec).await {
+            Err(error) if error.is_precondition_failed() => {
+                self.inner.broker.queue_message_count(&spec.name).await?;
+                tracing::info!(queue = %spec.name, %error,
+                    "the shared queue exists with other settings; using it as it is");
+                self.inner
+                    .declared_queues
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(spec.name.clone());
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// How the chord join tasks' queue is declared: a task queue of the
+    /// app's type (without a delivery limit: a join waits, unacked, for its
+    /// parts).
+    pub fn chord_join_queue_spec(&self) -> QueueSpec {
+        QueueSpec::task_queue(crate::protocol::chord_join::JOIN_TASK_QUEUE)
+            .of_type(self.inner.queue_type)
+    }
+
     fn declared(&self, queue: &str) -> bool {
         self.inner
             .declared_queues

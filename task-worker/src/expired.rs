@@ -43,7 +43,7 @@ pub(crate) async fn drain(
         app.broker()
             .declare_exchange(&ExchangeSpec::fanout(EXPIRED_EXCHANGE))
             .await?;
-        app.ensure_declared(&QueueSpec::expired_tasks().of_type(app.queue_type()))
+        app.ensure_shared(&QueueSpec::expired_tasks().of_type(app.queue_type()))
             .await?;
         app.broker()
             .bind_queue(EXPIRED_QUEUE, EXPIRED_EXCHANGE, "")

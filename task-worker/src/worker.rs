@@ -1138,7 +1138,7 @@ async fn consume_chord_joins(
     stop: CancellationToken,
 ) {
     let consume = || async {
-        app.ensure_queue(chord_join::JOIN_TASK_QUEUE).await?;
+        app.ensure_shared(&app.chord_join_queue_spec()).await?;
         app.broker()
             .consume(
                 &[chord_join::JOIN_TASK_QUEUE.to_owned()],

@@ -705,14 +705,19 @@ impl Broker for AmqpBroker {
         // publishes for a moment: a nack is tried again, with backoff, until
         // the operation deadline (a nacked message was not taken, so the
         // retry cannot duplicate it).
+        // RabbitMQ 3.10 may go on refusing a channel's publishes to a
+        // queue whose leader moved: the next try is on a new channel.
         let policy = self.link.policy();
         let deadline = tokio::time::Instant::now() + policy.operation_deadline;
         let mut backoff = policy.initial_backoff;
+        let used_channel = std::sync::atomic::AtomicU16::new(0);
         loop {
             let published = self
                 .link
-                .run(|link| async move {
-                    publish_on(&link.publisher(), exchange, routing_key, message).await
+                .run(|link| {
+                    let publisher = link.publisher();
+                    used_channel.store(publisher.id(), std::sync::atomic::Ordering::Relaxed);
+                    async move { publish_on(&publisher, exchange, routing_key, message).await }
                 })
                 .await;
             match published {
@@ -720,7 +725,11 @@ impl Broker for AmqpBroker {
                     if tokio::time::Instant::now() + backoff < deadline =>
                 {
                     tracing::debug!(%exchange, %routing_key, ?backoff,
-                        "the broker refused a publish (nack); trying again");
+                        "the broker refused a publish (nack); trying again on a new channel");
+                    let nacked_on = used_channel.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Err(error) = self.link.renew_publisher(nacked_on).await {
+                        tracing::debug!(%error, "could not open a new publishing channel");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(policy.max_backoff);
                 }

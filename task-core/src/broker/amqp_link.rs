@@ -210,7 +210,20 @@ impl LinkKeeper {
                 return Err(closed());
             }
             let link = self.current();
-            match operation(Arc::clone(&link)).await {
+            // Bounded: a broker that never answers (a publisher confirm
+            // that never comes) must not hold the caller forever.
+            let attempt = tokio::time::timeout_at(deadline, operation(Arc::clone(&link)));
+            let Ok(outcome) = attempt.await else {
+                return Err(BrokerError::failed(
+                    "broker operation",
+                    format!(
+                        "the broker did not answer within {:?} (a publish may or may not \
+                         have been taken)",
+                        self.policy.operation_deadline
+                    ),
+                ));
+            };
+            match outcome {
                 // Closed by this client: nothing to recover, and not a lost
                 // connection (which callers such as the reply consumer retry).
                 Err(BrokerError::Connection { .. }) if self.is_closed() => return Err(closed()),
@@ -245,6 +258,36 @@ impl LinkKeeper {
                 other => return other,
             }
         }
+    }
+
+    /// Replaces the publishing channel `nacked_on` (a channel id) with a new
+    /// one on the same connection, unless that was done already. After a
+    /// quorum queue's leader died, RabbitMQ 3.10 may keep refusing (nack)
+    /// every publish a channel makes to that queue, while a new channel's
+    /// are taken. The old channel is closed once publishes in flight on it
+    /// had the operation deadline to be confirmed.
+    pub(crate) async fn renew_publisher(&self, nacked_on: u16) -> Result<(), BrokerError> {
+        let _single_flight = self.reconnecting.lock().await;
+        let link = self.current();
+        let old = link.publisher();
+        if old.id() != nacked_on || !link.connection.status().connected() {
+            return Ok(());
+        }
+        let publisher = open_publisher(&link.connection).await?;
+        tracing::debug!(
+            generation = link.generation,
+            "opened a new publishing channel after refused publishes"
+        );
+        *link
+            .publisher
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = publisher;
+        let grace = self.policy.operation_deadline;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = old.close(200, "replaced".into()).await;
+        });
+        Ok(())
     }
 
     /// Opens a new publishing channel on `link`'s connection if the broker

@@ -303,7 +303,7 @@ pub async fn start_join_on_broker(
             task: chord_join::JOIN_TASK.to_owned(),
             reason,
         })?;
-    app.ensure_queue(chord_join::JOIN_TASK_QUEUE).await?;
+    app.ensure_shared(&app.chord_join_queue_spec()).await?;
     app.broker()
         .publish("", chord_join::JOIN_TASK_QUEUE, &message)
         .await?;

@@ -341,6 +341,11 @@ fn stats(node: &Node) -> Value {
 
 /// Celery's `stats.broker` from the (redacted) broker URL.
 fn broker_info(url: &str) -> Value {
+    // A list of nodes (`a;b;c`, Celery's failover form): the first, with
+    // the others as Celery's `alternates`.
+    let nodes = task_core::broker::split_nodes(url);
+    let url = nodes.first().copied().unwrap_or(url);
+    let alternates: Vec<&str> = nodes.iter().skip(1).copied().collect();
     let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
     let (credentials, address) = rest.rsplit_once('@').unwrap_or(("", rest));
     let userid = credentials
@@ -369,7 +374,7 @@ fn broker_info(url: &str) -> Value {
         "uri_prefix": null,
         "heartbeat": 60.0,
         "failover_strategy": "round-robin",
-        "alternates": [],
+        "alternates": alternates,
     })
 }
 
@@ -464,6 +469,9 @@ mod tests {
 
     #[test]
     fn broker_info_reads_the_url() {
+        let list = broker_info("amqp://guest:***@10.0.0.1:5672/%2f;amqp://guest:***@10.0.0.2//");
+        assert_eq!(list["hostname"], "10.0.0.1");
+        assert_eq!(list["alternates"], json!(["amqp://guest:***@10.0.0.2//"]));
         let info = broker_info("amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(info["hostname"], "127.0.0.1");
         assert_eq!(info["port"], 5672);

@@ -50,8 +50,14 @@ impl Stage for Eta {
             }
             return Step::Stop(Outcome::Deferred { wait });
         }
+        // Without its slot: tasks held up to a second (Celery's whole-second
+        // levels) must not keep others from running meanwhile.
+        let until = tokio::time::Instant::now() + wait;
         Step::Wait(Box::pin(async move {
-            tokio::time::sleep(wait).await;
+            match job.slot.as_deref_mut() {
+                Some(slot) => slot.wait_until(until).await,
+                None => tokio::time::sleep_until(until).await,
+            }
             None
         }))
     }
