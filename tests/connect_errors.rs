@@ -138,3 +138,92 @@ async fn a_peer_that_never_answers_times_out() {
         "{message}"
     );
 }
+
+/// A user of the test's own on the shared broker, removed on drop.
+struct BrokerUser {
+    name: String,
+}
+
+impl BrokerUser {
+    fn add(password: &str) -> Self {
+        let name = format!("test-creds-{}", uuid::Uuid::new_v4().simple());
+        let ctl = |args: &[&str]| {
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("rabbitmqctl runs");
+            assert!(status.success(), "rabbitmqctl {args:?}");
+        };
+        ctl(&["add_user", &name, password]);
+        ctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        Self { name }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn credentials_from_a_password_file_log_in_where_the_url_names_no_user() {
+    use task_core::broker::Credentials;
+    // A password URL syntax would have to escape (`@ : / ; %`).
+    let password = "p@ss:w/rd;100%";
+    let user = BrokerUser::add(password);
+    let good: lapin::uri::AMQPUri = common::broker_url().parse().expect("the test broker URL");
+    let (host, port) = (&good.authority.host, good.authority.port);
+    let url = format!("amqp://{host}:{port}/%2f");
+    let file = std::env::temp_dir().join(format!("{}.password", user.name));
+    std::fs::write(&file, format!("{password}\n")).expect("a temp file");
+
+    let credentials = Credentials::password_file(&user.name, &file).expect("the file reads");
+    assert!(
+        !format!("{credentials:?}").contains(password),
+        "Debug shows the password"
+    );
+    let app = App::builder()
+        .broker_url(&url)
+        .credentials(credentials)
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("the file's password logs in");
+    app.close().await.expect("closed");
+
+    // The same user with another password: refused, and nothing shows it.
+    let wrong = Credentials::new(&user.name, "not-it");
+    match App::builder()
+        .broker_url(&url)
+        .credentials(wrong)
+        .set_as_default(false)
+        .connect()
+        .await
+    {
+        Err(Error::Broker(error @ BrokerError::Connect { .. })) => {
+            let message = error.to_string();
+            assert!(!message.contains("not-it"), "{message}");
+            let BrokerError::Connect { failure, .. } = error else {
+                unreachable!()
+            };
+            assert_eq!(failure, ConnectFailure::AuthenticationFailed);
+        }
+        Err(other) => panic!("expected BrokerError::Connect, got {other:?}"),
+        Ok(_) => panic!("a wrong password logged in"),
+    }
+    // A URL's own user wins over the credentials.
+    let app = App::builder()
+        .broker_url(common::broker_url())
+        .credentials(Credentials::new(&user.name, "not-it"))
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("the URL's own user and password log in");
+    app.close().await.expect("closed");
+    let _ = std::fs::remove_file(&file);
+}

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -463,7 +463,7 @@ async fn the_default_queue_is_declared_exactly_as_celery_declares_it() {
 async fn a_python_and_a_rust_worker_share_one_queue() {
     let queue = common::unique_queue("mixed-fleet");
     let app = plain_app().await;
-    let _python = PythonWorker::start(&app, &queue).await;
+    let _python = python_worker(&app, &queue).await;
     let worker = Worker::builder()
         .app(app.clone())
         .queues([queue.clone()])
@@ -568,55 +568,26 @@ async fn on_a_queue_declared_as_celery_does_a_policy_brings_expired_tasks_back_r
 
 // ---------------------------------------------------------------- Rust → Python
 
-struct PythonWorker {
-    child: Child,
-}
-
-impl PythonWorker {
-    /// Starts a Python Celery worker on `queue` and waits until it answers.
-    async fn start(app: &App, queue: &str) -> Self {
-        app.ensure_queue(queue).await.unwrap();
-        let child = Command::new(python())
-            .args([
-                "-m", "celery", "-A", "pyapp", "worker", "-Q", queue, "-P", "prefork", "-c", "2",
-            ])
-            .args([
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "warning",
-            ])
-            .args(["-n", &format!("{queue}@%h")])
-            .current_dir(repo().join("tests/interop"))
-            .env("BROKER_URL", common::broker_url())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("python celery worker starts");
-        let worker = Self { child };
-        // Ready when it answers a task (the event, not a sleep).
-        let ping = Signature::<i64>::new("py.add")
-            .arg(0)
-            .arg(0)
-            .queue(queue.to_owned());
-        let ping = ping.apply_async_with(app).await.unwrap();
-        assert_eq!(ping.get(TIMEOUT).await.unwrap(), 0);
-        worker
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Python Celery worker (`pyapp`) on `queue`, once it answered a task.
+async fn python_worker(app: &App, queue: &str) -> common::PythonWorker {
+    app.ensure_queue(queue).await.unwrap();
+    let args = ["-Q", queue, "-P", "prefork", "-c", "2"];
+    let worker = common::PythonWorker::spawn("pyapp", queue, &args, &[]);
+    // Ready when it answers a task (the event, not a sleep).
+    let ping = Signature::<i64>::new("py.add")
+        .arg(0)
+        .arg(0)
+        .queue(queue.to_owned());
+    let ping = ping.apply_async_with(app).await.unwrap();
+    assert_eq!(ping.get(TIMEOUT).await.unwrap(), 0);
+    worker
 }
 
 #[tokio::test]
 async fn rust_calls_python_tasks_and_gets_values_and_errors() {
     let queue = common::unique_queue("rs2py-values");
     let app = plain_app().await;
-    let _python = PythonWorker::start(&app, &queue).await;
+    let _python = python_worker(&app, &queue).await;
     let call = |name: &'static str| Signature::<Value>::new(name).queue(queue.clone());
 
     let sum = call("py.add")
@@ -705,7 +676,7 @@ async fn rust_calls_python_tasks_and_gets_values_and_errors() {
 async fn python_workers_honour_rust_call_options() {
     let queue = common::unique_queue("rs2py-options");
     let app = plain_app().await;
-    let _python = PythonWorker::start(&app, &queue).await;
+    let _python = python_worker(&app, &queue).await;
     let call = |name: &'static str| Signature::<Value>::new(name).queue(queue.clone());
 
     let eta = chrono::Utc::now() + chrono::Duration::milliseconds(1_500);
@@ -789,7 +760,7 @@ async fn a_callback_set_in_rust_is_run_by_a_python_worker_and_reaches_a_rust_one
     // py.add runs on Python; its callback, interop.record, on Rust.
     let rust = rust_worker("rs2py-link").await;
     let py_queue = common::unique_queue("rs2py-link-py");
-    let python_worker = PythonWorker::start(&rust.app, &py_queue).await;
+    let python_worker = python_worker(&rust.app, &py_queue).await;
     let label = format!("py-linked-{py_queue}");
     let callback = Signature::<()>::new("interop.record")
         .arg(&label)
@@ -826,7 +797,7 @@ fn py_step(name: &'static str, arg: i64, queue: &str) -> task_core::canvas::Part
 async fn a_chain_built_in_rust_runs_on_a_python_worker() {
     let queue = common::unique_queue("rs2py-chain");
     let app = plain_app().await;
-    let python_worker = PythonWorker::start(&app, &queue).await;
+    let python_worker = python_worker(&app, &queue).await;
     // py.mul(py.add(py.add(2, 3), 10), 2): Celery's worker reads embed.chain,
     // each step's frozen id and reply_to bring the last value back.
     let first = Signature::<i64>::new("py.add")
@@ -868,7 +839,7 @@ async fn a_chain_built_in_rust_crosses_rust_and_python_workers() {
     // tasks.add on the Rust worker, py.mul on the Python one, then Rust again.
     let rust = rust_worker("rs-py-chain").await;
     let py_queue = common::unique_queue("rs-py-chain-py");
-    let python_worker = PythonWorker::start(&rust.app, &py_queue).await;
+    let python_worker = python_worker(&rust.app, &py_queue).await;
     let result = task_core::canvas::chain(task_examples::add.s(2, 3).queue(rust.queue.clone()))
         .then(py_step("py.mul", 10, &py_queue))
         .then(

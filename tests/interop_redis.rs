@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::TestWorker;
@@ -104,45 +104,24 @@ async fn delete_queue(app: &App, queue: &str) {
     app.broker().delete_exchange(queue).await.unwrap();
 }
 
-struct PythonWorker {
-    child: Child,
-}
-
-impl PythonWorker {
-    /// A Celery worker of `pyapp_redis` on `queue`, ready once it answered.
-    async fn start(app: &App, queue: &str) -> Self {
-        app.ensure_queue(queue).await.unwrap();
-        let child = Command::new(common::python())
-            .args(["-m", "celery", "-A", "pyapp_redis", "worker", "-Q", queue])
-            .args(["-P", "solo", "--without-gossip", "--without-mingle"])
-            .args(["--without-heartbeat", "-l", "warning"])
-            .args(["-n", &format!("{queue}@%h")])
-            .current_dir(common::repo().join("tests/interop"))
-            .env("BROKER_URL", common::broker_url())
-            .env("INTEROP_RESULT_BACKEND", common::redis_url())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("the python celery worker starts");
-        let worker = Self { child };
-        let ping = app
-            .signature("interop.py_add")
-            .arg(0)
-            .arg(0)
-            .returning::<i64>()
-            .queue(queue.to_owned())
-            .apply_async_with(app)
-            .await
-            .unwrap();
-        assert_eq!(ping.get(TIMEOUT).await.unwrap(), 0);
-        worker
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Celery worker of `pyapp_redis` on `queue`, ready once it answered.
+async fn python_worker(app: &App, queue: &str) -> common::PythonWorker {
+    app.ensure_queue(queue).await.unwrap();
+    let env = [("INTEROP_RESULT_BACKEND", common::redis_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker =
+        common::PythonWorker::spawn("pyapp_redis", queue, &["-Q", queue, "-P", "solo"], &env);
+    let ping = app
+        .signature("interop.py_add")
+        .arg(0)
+        .arg(0)
+        .returning::<i64>()
+        .queue(queue.to_owned())
+        .apply_async_with(app)
+        .await
+        .unwrap();
+    assert_eq!(ping.get(TIMEOUT).await.unwrap(), 0);
+    worker
 }
 
 #[tokio::test]
@@ -205,7 +184,7 @@ async fn python_sends_rust_runs_and_another_python_process_reads_by_id() {
 async fn rust_reads_a_python_workers_results_by_id() {
     let queue = common::unique_queue("redis-rs2py");
     let app = redis_app().await;
-    let _python = PythonWorker::start(&app, &queue).await;
+    let _python = python_worker(&app, &queue).await;
     let call = |name: &'static str| app.signature(name).queue(queue.clone());
 
     let sent = call("interop.py_add")
@@ -312,7 +291,7 @@ async fn rust_reads_a_python_workers_results_by_id() {
 async fn python_chords_join_across_rust_and_python_workers() {
     let w = rust_worker("redis-chord").await;
     let py_queue = common::unique_queue("redis-chord-py");
-    let _python = PythonWorker::start(&w.app, &py_queue).await;
+    let _python = python_worker(&w.app, &py_queue).await;
     let rq = w.queue.as_str();
     let pq = py_queue.as_str();
     let add = |x: i64| json!({"task": "tasks.add", "args": [x, x], "queue": rq});
@@ -381,7 +360,7 @@ async fn python_chords_join_across_rust_and_python_workers() {
 async fn python_nested_canvas_runs_on_a_rust_worker() {
     let w = rust_worker("redis-nested").await;
     let py_queue = common::unique_queue("redis-nested-py");
-    let _python = PythonWorker::start(&w.app, &py_queue).await;
+    let _python = python_worker(&w.app, &py_queue).await;
     let rq = w.queue.as_str();
     let pq = py_queue.as_str();
     let add = |args: Value| json!({"task": "tasks.add", "args": args, "queue": rq});
@@ -557,7 +536,7 @@ async fn rust_chords_run_on_python_workers() {
     use task_core::canvas::{chord, group};
     let w = rust_worker("redis-rs-chord").await;
     let py_queue = common::unique_queue("redis-rs-chord-py");
-    let _python = PythonWorker::start(&w.app, &py_queue).await;
+    let _python = python_worker(&w.app, &py_queue).await;
     let py_add = |x: i64| {
         w.app
             .signature("interop.py_add")

@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::{python, repo, TestWorker, RESULT_TIMEOUT};
+use common::{repo, TestWorker, RESULT_TIMEOUT};
 use task_core::broker::delay_topology::celery;
 use task_core::broker::{
     dead_letter_headers, ConsumeOptions, Message, Properties, QueueSpec, QueueType,
@@ -248,47 +247,19 @@ async fn a_message_over_the_delivery_limit_goes_to_the_dead_letter_queue() {
 
 // ------------------------------------------------------------ Python peers
 
-/// A Python Celery worker on a quorum queue (`tests/interop/py_quorum.py`).
-struct PythonWorker {
-    child: Child,
-}
-
-impl PythonWorker {
-    /// Starts it on `queue` and waits until it answers a task.
-    async fn start(app: &App, queue: &str) -> Self {
-        let child = Command::new(python())
-            .args(["-m", "celery", "-A", "py_quorum", "worker", "-P", "solo"])
-            .args([
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "warning",
-            ])
-            .args(["-n", &format!("{queue}@%h")])
-            .current_dir(repo().join("tests/interop"))
-            .env("BROKER_URL", common::broker_url())
-            .env("QUORUM_QUEUE", queue)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("python celery worker starts");
-        let worker = Self { child };
-        let ping = Signature::<Value>::new("pyq.stamp")
-            .arg("ping")
-            .queue(queue.to_owned())
-            .apply_async_with(app)
-            .await
-            .unwrap();
-        ping.get(Duration::from_secs(60)).await.unwrap();
-        worker
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Python Celery worker on a quorum queue (`tests/interop/py_quorum.py`),
+/// once it answered a task.
+async fn python_worker(app: &App, queue: &str) -> common::PythonWorker {
+    let env = [("QUORUM_QUEUE", queue)];
+    let worker = common::PythonWorker::spawn("py_quorum", queue, &["-P", "solo"], &env);
+    let ping = Signature::<Value>::new("pyq.stamp")
+        .arg("ping")
+        .queue(queue.to_owned())
+        .apply_async_with(app)
+        .await
+        .unwrap();
+    ping.get(Duration::from_secs(60)).await.unwrap();
+    worker
 }
 
 #[tokio::test]
@@ -296,7 +267,7 @@ async fn a_rust_countdown_reaches_a_python_worker_on_quorum_queues_at_its_eta() 
     let app = quorum_app(None).await;
     let queue = common::unique_queue("quorum-rs2py");
     app.ensure_queue(&queue).await.unwrap();
-    let python = PythonWorker::start(&app, &queue).await;
+    let python = python_worker(&app, &queue).await;
     let sent_at = now_secs();
     let result = Signature::<Value>::new("pyq.stamp")
         .arg("delayed")

@@ -92,7 +92,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut ms: Vec<f64>) -> Option<Self> {
+    pub(crate) fn of(mut ms: Vec<f64>) -> Option<Self> {
         if ms.is_empty() {
             return None;
         }

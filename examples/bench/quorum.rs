@@ -139,33 +139,9 @@ fn vm_pid(name: &str) -> Option<u32> {
         })
 }
 
-/// Lateness of delayed tasks (start − ETA), in milliseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Lateness {
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// Negative: a task started before its ETA.
-    pub min_ms: f64,
-    pub mean_ms: f64,
-}
-
-impl Lateness {
-    fn of(mut ms: Vec<f64>) -> Option<Self> {
-        if ms.is_empty() {
-            return None;
-        }
-        ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-        Some(Self {
-            p50_ms: at(0.50),
-            p99_ms: at(0.99),
-            max_ms: ms[ms.len() - 1],
-            min_ms: ms[0],
-            mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
-        })
-    }
-}
+/// Lateness of delayed tasks (start − ETA), in milliseconds; a negative
+/// minimum: a task started before its ETA.
+type Lateness = crate::delays::Spread;
 
 /// The delayed tasks of one side.
 #[derive(Debug, Clone, Serialize)]

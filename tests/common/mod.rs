@@ -79,6 +79,43 @@ pub async fn python_output_in(args: Vec<String>, env: &[(&str, &str)]) -> std::p
     .expect("the python child is awaited")
 }
 
+/// A Python Celery 5.7 worker process (`celery -A <module> worker`, run in
+/// `tests/interop` with `BROKER_URL` set to the tests' broker and named
+/// after its queue), killed on drop. Callers wait for it to answer a task
+/// before they use it.
+pub struct PythonWorker {
+    child: std::process::Child,
+}
+
+impl PythonWorker {
+    /// Starts `celery -A module worker` with `args` (queues, pool) and `env`.
+    pub fn spawn(module: &str, queue: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let child = std::process::Command::new(python())
+            .args(["-m", "celery", "-A", module, "worker"])
+            .args(args)
+            .args([
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ])
+            .args(["-l", "warning", "-n", &format!("{queue}@%h")])
+            .current_dir(repo().join("tests/interop"))
+            .env("BROKER_URL", broker_url())
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("the python celery worker starts");
+        Self { child }
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `method url` (`GET`, or `POST` with `form` fields) through
 /// `tests/interop/py_http.py`: the status (0 when nothing answered) and the
 /// body.
