@@ -316,3 +316,27 @@ async fn a_python_countdown_on_quorum_queues_reaches_the_rust_worker_at_its_eta(
     let (app, queue) = w.halt().await;
     cleanup(&app, &queue).await;
 }
+
+#[tokio::test]
+async fn a_worker_refuses_a_queue_another_peer_declared_as_classic_naming_it() {
+    let queue = common::unique_queue("quorum-mismatch");
+    let classic = common::plain_app().await;
+    classic.ensure_queue(&queue).await.unwrap();
+    let started = task_worker::Worker::builder()
+        .app(quorum_app(None).await)
+        .queues([queue.clone()])
+        .build()
+        .await;
+    match started {
+        Err(task_worker::WorkerError::QueueMismatch {
+            queue: named,
+            source,
+        }) => {
+            assert_eq!(named, queue);
+            assert!(source.is_precondition_failed(), "{source}");
+        }
+        Err(other) => panic!("expected QueueMismatch, got {other}"),
+        Ok(_) => panic!("a quorum worker started on a classic queue"),
+    }
+    cleanup(&classic, &queue).await;
+}

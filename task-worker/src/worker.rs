@@ -63,6 +63,20 @@ pub enum WorkerError {
         /// What does not fit.
         source: BrokerError,
     },
+    /// A queue to consume exists with other settings than this worker
+    /// declares it with (another type, delivery limit, priority, dead-letter
+    /// exchange): RabbitMQ refuses a declaration that differs.
+    #[error(
+        "queue `{queue}` exists with other settings than this worker's: every peer must \
+         declare it alike (the same queue type, delivery limit and priority; Python peers: \
+         the same task_default_queue_type and queue_arguments): {source}"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// RabbitMQ's refusal (406, naming the argument that differs).
+        source: BrokerError,
+    },
     /// A task takes a `State<T>` the worker was not given.
     #[error(
         "task `{task}` takes a `State<{state}>`, which this worker does not provide: \
@@ -548,7 +562,16 @@ impl WorkerBuilder {
         }
         warn_about_unreachable_tasks(&registry, &queues);
         for queue in &queues {
-            app.ensure_queue(queue).await?;
+            app.ensure_queue(queue).await.map_err(|source| {
+                if source.is_precondition_failed() {
+                    WorkerError::QueueMismatch {
+                        queue: queue.clone(),
+                        source,
+                    }
+                } else {
+                    WorkerError::Broker(source)
+                }
+            })?;
             app.broker().prepare_delays_for(queue).await?;
         }
         // Autoscaled: starts with its minimum, prefetches for its maximum.
