@@ -783,7 +783,11 @@ fn with_heartbeat(url: &str) -> String {
             format!("{url}?heartbeat={BEAT_HEARTBEAT_S}")
         }
     };
-    url.split(';').map(node).collect::<Vec<_>>().join(";")
+    crate::broker::split_nodes(url)
+        .into_iter()
+        .map(node)
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn to_chrono(duration: Duration) -> chrono::Duration {
@@ -801,5 +805,10 @@ mod tests {
             "amqp://a//?heartbeat=10;amqp://b//?heartbeat=3;amqps://c//?x=1&heartbeat=10"
         );
         assert_eq!(with_heartbeat("amqp://a//"), "amqp://a//?heartbeat=10");
+        // A `;` in a password does not split the node.
+        assert_eq!(
+            with_heartbeat("amqp://u:pa;ss@a//"),
+            "amqp://u:pa;ss@a//?heartbeat=10"
+        );
     }
 }
