@@ -516,12 +516,17 @@ impl App {
             return Ok(());
         }
         self.inner.broker.declare_queue(spec).await?;
+        self.mark_declared(&spec.name);
+        Ok(())
+    }
+
+    /// Remembers that `queue` exists, so it is not declared again.
+    fn mark_declared(&self, queue: &str) {
         self.inner
             .declared_queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.name.clone());
-        Ok(())
+            .insert(queue.to_owned());
     }
 
     /// Declares a queue the framework shares between all the apps of a
@@ -536,11 +541,7 @@ impl App {
                 self.inner.broker.queue_message_count(&spec.name).await?;
                 tracing::info!(queue = %spec.name, %error,
                     "the shared queue exists with other settings; using it as it is");
-                self.inner
-                    .declared_queues
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(spec.name.clone());
+                self.mark_declared(&spec.name);
                 Ok(())
             }
             other => other,
