@@ -15,6 +15,7 @@ use crate::backend::{BackendError, BackendUrl, RedisBackend, ResultBackend, Resu
 use crate::broker::amqp::{AmqpBroker, ReconnectPolicy};
 use crate::broker::delay_topology::Layout;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, RedisBrokerOptions};
 use crate::broker::{
     redact, Broker, BrokerError, ConsumeOptions, Credentials, Message, QueueSpec, QueueType,
     TlsOptions,
@@ -127,6 +128,7 @@ pub struct AppBuilder {
     states: States,
     result_backend: String,
     redis_options: RedisOptions,
+    redis_broker_options: RedisBrokerOptions,
     backend: Option<Arc<dyn ResultBackend>>,
     send_sent_events: bool,
 }
@@ -167,6 +169,7 @@ impl Default for AppBuilder {
             states: States::new(),
             result_backend: std::env::var("RESULT_BACKEND").unwrap_or_else(|_| "rpc://".into()),
             redis_options: RedisOptions::default(),
+            redis_broker_options: RedisBrokerOptions::default(),
             backend: None,
             send_sent_events: false,
         }
@@ -323,9 +326,19 @@ impl AppBuilder {
         self
     }
 
+    /// How a `redis://` broker behaves: visibility timeout, key prefix,
+    /// priority steps (see [`RedisBrokerOptions`]; the URL's query
+    /// parameters `visibility_timeout` and `global_keyprefix` apply over
+    /// them).
+    pub fn redis_broker_options(mut self, options: RedisBrokerOptions) -> Self {
+        self.redis_broker_options = options;
+        self
+    }
+
     /// Connects to the broker the URL's scheme names: `amqp://` or `amqps://`
-    /// (RabbitMQ; `amqps://` is TLS, see [`AppBuilder::tls`]), or
-    /// `memory://[name]` (the in-process broker of that name, shared by every
+    /// (RabbitMQ; `amqps://` is TLS, see [`AppBuilder::tls`]), `redis://` or
+    /// `rediss://` (Redis, laid out as kombu's Redis transport: see
+    /// [`RedisBroker`]), or `memory://[name]` (the in-process broker of that name, shared by every
     /// app of the process that names it). An eager app connects to nothing.
     ///
     /// A broker that cannot be reached fails at once with
@@ -355,13 +368,20 @@ impl AppBuilder {
                     .with_delay_layout(Layout::for_queue_type(self.queue_type)),
                 )
             }
-            _ => {
-                return Err(BrokerError::InvalidUrl {
-                    url: redact(url),
-                    reason: "unsupported scheme: use amqp://, amqps:// or memory://".into(),
+            Some("redis" | "rediss") => {
+                let mut options = self.redis_broker_options.clone();
+                if let (Some(tls), None) = (&self.tls, &options.tls) {
+                    options.tls = Some(tls.clone());
                 }
-                .into())
+                Arc::new(RedisBroker::connect_with(url, options).await?)
             }
+            _ => return Err(BrokerError::InvalidUrl {
+                url: redact(url),
+                reason:
+                    "unsupported scheme: use amqp://, amqps://, redis://, rediss:// or memory://"
+                        .into(),
+            }
+            .into()),
         };
         let mut app = self;
         if app.backend.is_none() && !app.eager {

@@ -141,6 +141,10 @@ impl Target {
 /// check.
 pub(crate) fn describe(url: &str, address: &str, failure: &ConnectFailure) -> String {
     match failure {
+        ConnectFailure::Refused if url.starts_with("redis") => format!(
+            "nothing is listening at {address} (connection refused): \
+             is Redis running, is the port right?"
+        ),
         ConnectFailure::Refused => format!(
             "nothing is listening at {address} (connection refused): \
              is RabbitMQ running, is the port right?"

@@ -67,6 +67,7 @@
 mod dead_letter;
 mod declaration;
 mod exchange;
+pub(crate) use self::exchange::topic_matches;
 mod handles;
 mod state;
 mod timer;

@@ -1,6 +1,8 @@
 //! The broker abstraction: what the framework needs from a message broker
 //! (declare queues, publish with confirmation, consume with acknowledgements),
-//! independent of AMQP. [`amqp::AmqpBroker`] implements it on RabbitMQ.
+//! independent of AMQP. [`amqp::AmqpBroker`] implements it on RabbitMQ,
+//! [`redis::RedisBroker`] on Redis (kombu's Redis transport layout),
+//! [`memory::MemoryBroker`] in the process.
 
 pub mod amqp;
 mod amqp_link;
@@ -10,6 +12,7 @@ pub mod delay_topology;
 mod field_table;
 pub mod headers;
 pub mod memory;
+pub mod redis;
 mod reply_code;
 mod tls;
 mod url;

@@ -108,7 +108,7 @@ fn words(text: &str) -> Vec<&str> {
 
 /// Whether a topic binding `pattern` matches `routing_key`: `*` matches
 /// exactly one word, `#` zero or more, any other word itself.
-pub(super) fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+pub(crate) fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     let pattern = words(pattern);
     let key = words(routing_key);
     // matched[j]: whether the pattern words seen so far match the first j
