@@ -304,3 +304,72 @@ impl TapName for QueueSpec {
         self
     }
 }
+
+/// An app on the shared Redis as broker, under `prefix`, with results
+/// over `rpc://` (reply lists) or the Redis backend.
+async fn redis_app(prefix: &str, result_backend: &str) -> task_core::App {
+    task_core::App::builder()
+        .broker_url(format!("{}?global_keyprefix={prefix}", common::redis_url()))
+        .result_backend(result_backend)
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("redis broker connects")
+}
+
+async fn worker_round_trips(label: &str, result_backend: &str) {
+    use task_examples::{add, parse_int};
+    let prefix = prefix(label);
+    let app = redis_app(&prefix, result_backend).await;
+    let queue = common::unique_queue(label);
+    let worker = common::TestWorker::start_on(queue.clone(), app.clone(), 4, |b| b).await;
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        handles.push(
+            add.s(i, i)
+                .queue(queue.clone())
+                .apply_async_with(&app)
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.get(RESULT_TIMEOUT).await.unwrap(), 2 * i as i64);
+    }
+    let failed = parse_int
+        .s("nope".into())
+        .queue(queue.clone())
+        .apply_async_with(&app)
+        .await
+        .unwrap()
+        .get(RESULT_TIMEOUT)
+        .await;
+    assert!(
+        matches!(failed, Err(task_core::Error::TaskFailed(_))),
+        "{failed:?}"
+    );
+    let sent = Instant::now();
+    let later = add
+        .s(20, 22)
+        .queue(queue.clone())
+        .countdown(Duration::from_millis(600))
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(later.get(RESULT_TIMEOUT).await.unwrap(), 42);
+    assert!(sent.elapsed() >= Duration::from_millis(600));
+    worker.stop().await;
+    let broker = broker(&prefix, Duration::from_secs(3600)).await;
+    assert_eq!(broker.unacked_count().await.unwrap(), 0);
+    clean(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_rust_worker_and_client_on_redis_with_rpc_results() {
+    worker_round_trips("rpc", "rpc://").await;
+}
+
+#[tokio::test]
+async fn a_rust_worker_and_client_on_redis_with_the_redis_backend() {
+    worker_round_trips("backend", &common::redis_url()).await;
+}

@@ -39,6 +39,10 @@ pub(crate) async fn drain(
     abandon: CancellationToken,
     stop: CancellationToken,
 ) {
+    if !app.broker().dead_letters_dropped() {
+        // Nothing ever arrives there (Redis).
+        return;
+    }
     let consume = || async {
         app.broker()
             .declare_exchange(&ExchangeSpec::fanout(EXPIRED_EXCHANGE))

@@ -1075,6 +1075,14 @@ pub trait Broker: Send + Sync + 'static {
         options: ConsumeOptions,
     ) -> Result<Consumer, BrokerError>;
 
+    /// Whether the broker itself drops messages (a per-message TTL run out,
+    /// a delivery limit) and dead-letters them to an exchange, which workers
+    /// then drain ([`EXPIRED_EXCHANGE`]). Redis does not: there a task's
+    /// expiry is seen by the worker that takes it.
+    fn dead_letters_dropped(&self) -> bool {
+        true
+    }
+
     /// Whether this broker keeps stream queues (`x-queue-type: stream`,
     /// read from an offset by any number of consumers, RabbitMQ 3.9+).
     fn supports_streams(&self) -> bool {

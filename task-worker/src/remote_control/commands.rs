@@ -358,13 +358,22 @@ fn broker_info(url: &str) -> Value {
         Some((host, port)) => (host, port.parse::<u16>().ok()),
         None => (host_port, None),
     };
-    let tls = scheme == "amqps";
-    let vhost = percent_decode(vhost);
+    let tls = matches!(scheme, "amqps" | "rediss");
+    let redis = matches!(scheme, "redis" | "rediss");
+    // Redis: the database number is kombu's virtual host; the query holds
+    // transport options.
+    let vhost = percent_decode(vhost.split('?').next().unwrap_or(""));
+    let (userid, vhost, default_port) = match (redis, vhost.is_empty()) {
+        (true, true) => (Value::Null, "0".to_owned(), 6379),
+        (true, false) => (Value::Null, vhost, 6379),
+        (false, true) => (json!(userid), "/".to_owned(), if tls { 5671 } else { 5672 }),
+        (false, false) => (json!(userid), vhost, if tls { 5671 } else { 5672 }),
+    };
     json!({
         "hostname": hostname,
         "userid": userid,
-        "virtual_host": if vhost.is_empty() { "/".to_owned() } else { vhost },
-        "port": port.unwrap_or(if tls { 5671 } else { 5672 }),
+        "virtual_host": vhost,
+        "port": port.unwrap_or(default_port),
         "insist": false,
         "ssl": tls,
         "transport": scheme,
@@ -477,6 +486,15 @@ mod tests {
         assert_eq!(info["port"], 5672);
         assert_eq!(info["userid"], "guest");
         assert_eq!(info["virtual_host"], "/");
+        let redis = broker_info("redis://:***@10.0.0.3/2?visibility_timeout=30");
+        assert_eq!(
+            (
+                redis["port"].clone(),
+                redis["virtual_host"].clone(),
+                redis["transport"].clone()
+            ),
+            (json!(6379), json!("2"), json!("redis"))
+        );
         let tls = broker_info("amqps://rabbit.example.com/prod");
         assert_eq!(
             (tls["port"].clone(), tls["ssl"].clone()),

@@ -981,6 +981,10 @@ impl Broker for RedisBroker {
         consumer::start(&self.inner, queues, options).await
     }
 
+    fn dead_letters_dropped(&self) -> bool {
+        false
+    }
+
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
         check_short("queue name", name)?;
         let inner = &self.inner;
