@@ -505,6 +505,13 @@ impl Beat {
                     .await?,
                 ))
             }
+            Some("redis" | "rediss") => Err(BrokerError::InvalidUrl {
+                url: redact(url),
+                reason: "the scheduler's group lock and record of runs need RabbitMQ (an \
+                         exclusive queue, a stream); beat does not run on a Redis broker yet: \
+                         use amqp:// or memory://"
+                    .into(),
+            }),
             _ => Err(BrokerError::InvalidUrl {
                 url: redact(url),
                 reason: "unsupported scheme: use amqp://, amqps:// or memory://".into(),
