@@ -5,6 +5,7 @@
 //! revoke, shutdown) act on it; and headless Chromium (Debian's
 //! `chromium`, installed by `scripts/ensure-chromium.sh`) renders the
 //! workers and tasks pages showing it, saved to `target/flower-screenshots/`.
+//! And Flower on a Redis broker (`redis://`) with a Rust worker there.
 
 mod common;
 
@@ -26,12 +27,17 @@ struct Flower {
 
 impl Flower {
     fn start() -> Self {
+        Self::start_on(&common::broker_url())
+    }
+
+    /// Flower on the broker at `broker` (a `redis://` broker too).
+    fn start_on(broker: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
         let child = Command::new(common::python())
-            .args(["-m", "celery", "-b", &common::broker_url(), "flower"])
+            .args(["-m", "celery", "-b", broker, "flower"])
             .args([format!("--port={port}"), "--address=127.0.0.1".to_owned()])
             .env("FLOWER_UNAUTHENTICATED_API", "true")
             .stdin(Stdio::null())
@@ -306,4 +312,79 @@ async fn flower_shows_and_steers_a_rust_worker() {
         .post(&format!("/api/worker/shutdown/{node}"), json!({}))
         .await;
     w.wait_stopped(TIMEOUT).await;
+}
+
+/// Flower on a Redis broker: it finds the Rust worker (stats, queues), turns
+/// its task events on, lists its tasks with their results from the events
+/// over pub/sub, and reads the queue's length from kombu's lists.
+#[tokio::test]
+async fn flower_shows_a_rust_worker_on_a_redis_broker() {
+    let queue = common::unique_queue("flower-redis");
+    let app = task_core::App::builder()
+        .broker_url(common::redis_url())
+        .set_as_default(false)
+        .connect()
+        .await
+        .expect("Redis is running");
+    let w = TestWorker::start_on(queue, app, 2, |b| b).await;
+    let node = format!("{}@{}", w.queue, host_name());
+    let flower = Flower::start_on(&common::redis_url());
+    let workers = flower
+        .wait_for("/api/workers?refresh=1", |v| {
+            v.get(&node).is_some_and(|n| n.get("stats").is_some())
+        })
+        .await;
+    assert_eq!(workers[&node]["stats"]["broker"]["transport"], "redis");
+    assert_eq!(workers[&node]["active_queues"][0]["name"], w.queue.as_str());
+    // Its broker page reads the queue's length from Redis.
+    flower
+        .wait_for("/api/queues/length", |v| {
+            v["active_queues"].as_array().is_some_and(|queues| {
+                queues
+                    .iter()
+                    .any(|q| q["name"] == w.queue.as_str() && q["messages"] == 0)
+            })
+        })
+        .await;
+    // Task events on (Flower asks every 5 s), then a task it lists.
+    let control = w.app.control();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let conf = control
+            .inspect("conf", Broadcast::to([&node], Duration::from_secs(5)))
+            .await
+            .unwrap();
+        if conf
+            .first()
+            .is_some_and(|(_, c)| c["worker_send_task_events"] == true)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flower never enabled task events"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let handle = w
+        .app
+        .signature("tasks.add")
+        .arg(20)
+        .arg(22)
+        .returning::<i64>()
+        .queue(w.queue.clone())
+        .apply_async_with(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(handle.get(TIMEOUT).await.unwrap(), 42);
+    let id = handle.id().to_owned();
+    let tasks = flower
+        .wait_for("/api/tasks", |v| {
+            v.get(&id).is_some_and(|t| t["state"] == "SUCCESS")
+        })
+        .await;
+    assert_eq!(tasks[&id]["result"], "42");
+    assert_eq!(tasks[&id]["worker"], node.as_str());
+    drop(flower);
+    w.stop().await;
 }
