@@ -24,7 +24,10 @@ use crate::{shutdown, Worker};
 #[derive(Debug, Clone, Parser)]
 #[command(about)]
 pub struct WorkerArgs {
-    /// Broker URL.
+    /// Broker URL: `amqp://` / `amqps://` (RabbitMQ; `a;b;c` for a node
+    /// list), `redis://` / `rediss://` (Redis, as kombu lays it out; kombu's
+    /// transport options in the query: `?visibility_timeout=3600&global_keyprefix=app1:`)
+    /// or `memory://`.
     #[arg(long, env = "BROKER_URL", default_value = DEFAULT_BROKER_URL, hide_env_values = true, global = true)]
     pub broker: String,
     /// The type of the task queues declared (Celery's
