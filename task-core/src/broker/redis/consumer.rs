@@ -5,13 +5,21 @@
 //! blocking pop; queues bound to a fanout exchange through pub/sub, as
 //! kombu consumes them (no acknowledgement, nothing kept while nobody
 //! listens).
+//!
+//! Every consumer claims its queues in Redis for as long as it consumes
+//! (a lease its process renews), so that an exclusive consumer is the only
+//! one on its queues, among Rust processes (kombu's consumers claim
+//! nothing).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -20,6 +28,7 @@ use super::envelope::{self, Decoded, DeliveryInfo};
 use super::{broker_error, is_transient, upkeep, Inner};
 use crate::broker::{
     Acknowledger, BrokerError, ConsumeOptions, Consumer, ConsumerCancel, Delivery, Message,
+    ReplyCode,
 };
 
 /// The most messages one pop takes.
@@ -29,9 +38,83 @@ const UNLIMITED: usize = 10_000;
 /// How long an idle consumer waits for a push before it pops anyway (a
 /// safety net: pushes are not expected to go missing).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long a consumer's claim on its queues lasts unless renewed: the
+/// queues of a process that died without releasing its claims are free
+/// again after this.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
 
-/// What one consumer holds unacknowledged, restored when it is closed.
-type ConsumerHeld = Arc<Mutex<HashSet<String>>>;
+/// The tags a consumer holds unacknowledged, each with the order it was
+/// delivered in.
+#[derive(Default)]
+struct Held {
+    delivered: u64,
+    tags: HashMap<String, u64>,
+}
+
+/// What the parts of one consumer share: its stop switch, what it holds,
+/// whether it was closed.
+struct ConsumerState {
+    inner: Arc<Inner>,
+    claim: Claim,
+    stop: watch::Sender<bool>,
+    held: Mutex<Held>,
+    closed: AtomicBool,
+}
+
+impl ConsumerState {
+    /// Records `tag` as delivered and held.
+    fn hold(&self, tag: &str) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.delivered += 1;
+        let order = held.delivered;
+        held.tags.insert(tag.to_owned(), order);
+    }
+
+    /// Takes `tag` out of what is held; false if it is not held (settled
+    /// already, or given back by a close).
+    fn settle(&self, tag: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tags
+            .remove(tag)
+            .is_some()
+    }
+
+    /// Takes every held tag, the last delivered first: restored to the
+    /// front of their lists in this order, they are popped again in the
+    /// order they were first delivered, as RabbitMQ requeues them.
+    fn take_held(&self) -> Vec<String> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tags: Vec<(String, u64)> = held.tags.drain().collect();
+        tags.sort_unstable_by_key(|(_, order)| std::cmp::Reverse(*order));
+        tags.into_iter().map(|(tag, _)| tag).collect()
+    }
+
+    /// Stops the flow of new deliveries.
+    fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Stops the flow of new deliveries and gives up the claim on the
+    /// queues, before returning (another consumer may take them at once).
+    async fn cancel(&self) {
+        self.stop();
+        self.claim.release(&self.inner).await;
+    }
+}
+
+/// Puts back in their queues the messages under `tags`, in that order;
+/// the first error is returned once every tag was tried.
+async fn restore_all(inner: &Inner, tags: Vec<String>) -> Result<(), BrokerError> {
+    let mut first_error = None;
+    for tag in tags {
+        if let Err(error) = inner.restore(&tag, None, true).await {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
 
 /// Starts a consumer of `queues`.
 pub(super) async fn start(
@@ -39,48 +122,271 @@ pub(super) async fn start(
     queues: &[String],
     options: ConsumeOptions,
 ) -> Result<Consumer, BrokerError> {
+    let claim = Claim::take(inner, queues, options.exclusive).await?;
     let (lists, fanouts): (Vec<String>, Vec<String>) = queues
         .iter()
         .cloned()
         .partition(|queue| inner.routing.fanout_of(queue).is_none());
     let (sender, receiver) = mpsc::channel::<Result<Delivery, BrokerError>>(BATCH * 2);
     let (stop, stopped) = watch::channel(false);
-    let held = ConsumerHeld::default();
-    if !lists.is_empty() {
-        let window = match usize::from(options.prefetch) {
-            0 => UNLIMITED,
-            n => n,
-        };
-        // The first connection is made here, so an unreachable Redis is
-        // an error of `consume` itself.
-        let connection = ListConnection::open(inner, &lists).await?;
+    let state = Arc::new(ConsumerState {
+        inner: Arc::clone(inner),
+        claim,
+        stop,
+        held: Mutex::new(Held::default()),
+        closed: AtomicBool::new(false),
+    });
+    let started = start_flows(inner, &state, lists, fanouts, options, &sender, &stopped).await;
+    if let Err(error) = started {
+        state.cancel().await;
+        return Err(error);
+    }
+    drop(sender);
+    tokio::spawn(Claim::keep(Arc::clone(&state), stopped));
+    Ok(Consumer {
+        deliveries: Receiving {
+            receiver,
+            state: Arc::clone(&state),
+        }
+        .boxed(),
+        cancel: Box::new(RedisConsumerCancel { state }),
+    })
+}
+
+/// Starts the poppers of the list queues (one over all of them, sharing
+/// one window, or one per queue with a window each when the prefetch is
+/// per queue) and the subscriber of the fanout-bound ones. Their first
+/// connections are made here, so an unreachable Redis is an error of
+/// `consume` itself.
+async fn start_flows(
+    inner: &Arc<Inner>,
+    state: &Arc<ConsumerState>,
+    lists: Vec<String>,
+    fanouts: Vec<String>,
+    options: ConsumeOptions,
+    sender: &mpsc::Sender<Result<Delivery, BrokerError>>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let window = match usize::from(options.prefetch) {
+        0 => UNLIMITED,
+        n => n,
+    };
+    let groups: Vec<Vec<String>> = if options.prefetch_per_queue {
+        lists.into_iter().map(|queue| vec![queue]).collect()
+    } else if lists.is_empty() {
+        Vec::new()
+    } else {
+        vec![lists]
+    };
+    let mut poppers = Vec::with_capacity(groups.len());
+    for group in groups {
+        let connection = ListConnection::open(inner, &group).await?;
         let popper = Popper {
             inner: Arc::clone(inner),
-            queues: lists.into_iter().collect(),
+            queues: group.into_iter().collect(),
             record: !options.no_ack,
             window: Arc::new(Semaphore::new(window)),
-            held: Arc::clone(&held),
+            state: Arc::clone(state),
             id: uuid::Uuid::new_v4().simple().to_string(),
             sequence: 0,
         };
+        poppers.push((popper, connection));
+    }
+    let subscriber = if fanouts.is_empty() {
+        None
+    } else {
+        Some(Subscriber::open(inner, &fanouts).await?)
+    };
+    for (popper, connection) in poppers {
         tokio::spawn(popper.run(connection, sender.clone(), stopped.clone()));
     }
-    if !fanouts.is_empty() {
-        let subscriber = Subscriber::open(inner, &fanouts).await?;
-        tokio::spawn(subscriber.run(sender, stopped));
+    if let Some(subscriber) = subscriber {
+        tokio::spawn(subscriber.run(sender.clone(), stopped.clone()));
     }
-    let deliveries = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    })
-    .boxed();
-    Ok(Consumer {
-        deliveries,
-        cancel: Box::new(RedisConsumerCancel {
-            inner: Arc::clone(inner),
-            stop,
-            held,
-        }),
-    })
+    Ok(())
+}
+
+/// A consumer's deliveries. Dropped, it stops the consumer and gives back
+/// what the consumer holds, as a closed AMQP channel does (after a close,
+/// it ends: what it still buffered was given back).
+struct Receiving {
+    receiver: mpsc::Receiver<Result<Delivery, BrokerError>>,
+    state: Arc<ConsumerState>,
+}
+
+impl Stream for Receiving {
+    type Item = Result<Delivery, BrokerError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.state.closed.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.state.stop();
+        let tags = self.state.take_held();
+        if tags.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                held = tags.len(),
+                "redis broker: a consumer dropped outside a runtime; what it held comes back after the visibility timeout"
+            );
+            return;
+        };
+        let inner = Arc::clone(&self.state.inner);
+        runtime.spawn(async move {
+            if let Err(error) = restore_all(&inner, tags).await {
+                tracing::warn!(%error, "redis broker: cannot give back what a dropped consumer held; it comes back after the visibility timeout");
+            }
+        });
+    }
+}
+
+/// A consumer's claim on its queues, kept in Redis for as long as it
+/// consumes: an exclusive consumer is refused while any other consumer is
+/// on one of its queues, any consumer while an exclusive one is (403
+/// `ACCESS_REFUSED`, as RabbitMQ refuses them).
+struct Claim {
+    /// Per queue: its exclusive holder's key, then its consumers' set.
+    keys: Vec<String>,
+    id: String,
+    exclusive: bool,
+    /// Whether it was released; held while it is renewed or released, so
+    /// that a renewal never takes it again after its release.
+    released: tokio::sync::Mutex<bool>,
+}
+
+impl Claim {
+    /// Claims `queues`, or says which one is taken.
+    async fn take(inner: &Inner, queues: &[String], exclusive: bool) -> Result<Self, BrokerError> {
+        let claim = Self {
+            keys: queues
+                .iter()
+                .flat_map(|queue| [inner.keys.exclusive(queue), inner.keys.consumers(queue)])
+                .collect(),
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            exclusive,
+            released: tokio::sync::Mutex::new(false),
+        };
+        let now = upkeep::now_ms();
+        let lease = lease_ms();
+        let script = &inner.scripts.claim;
+        let taken: usize = inner
+            .retrying("claim", |mut c| {
+                let mut invocation = script.prepare_invoke();
+                for key in &claim.keys {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(now)
+                    .arg(now.saturating_add(lease))
+                    .arg(&claim.id)
+                    .arg(if exclusive { "1" } else { "0" })
+                    .arg(lease);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        match taken.checked_sub(1).and_then(|at| queues.get(at)) {
+            None => Ok(claim),
+            Some(queue) => Err(BrokerError::refused(
+                "basic.consume",
+                ReplyCode::AccessRefused,
+                if exclusive {
+                    format!("ACCESS_REFUSED - queue `{queue}` has other consumers: it cannot be consumed exclusively")
+                } else {
+                    format!("ACCESS_REFUSED - queue `{queue}` in exclusive use")
+                },
+            )),
+        }
+    }
+
+    /// Renews the claim of `state`'s consumer until it stops (or its
+    /// broker is closed), then releases it.
+    async fn keep(state: Arc<ConsumerState>, mut stopped: watch::Receiver<bool>) {
+        let (claim, inner) = (&state.claim, &state.inner);
+        loop {
+            tokio::select! {
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(CLAIM_LEASE / 3) => {}
+            }
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match claim.renew(inner).await {
+                Ok(0) => {}
+                Ok(lost) => tracing::warn!(
+                    lost,
+                    "redis broker: an exclusive consumer's claim lapsed and another consumer took its queue"
+                ),
+                Err(error) => tracing::warn!(%error, "redis broker: cannot renew a consumer's claim yet"),
+            }
+        }
+        claim.release(inner).await;
+    }
+
+    /// Extends the claim; returns on how many queues an exclusive claim
+    /// was lost to another consumer meanwhile.
+    async fn renew(&self, inner: &Inner) -> Result<usize, BrokerError> {
+        let released = self.released.lock().await;
+        if *released {
+            return Ok(0);
+        }
+        let lease = lease_ms();
+        let until = upkeep::now_ms().saturating_add(lease);
+        let script = &inner.scripts.renew_claim;
+        inner
+            .retrying("claim", |mut c| {
+                let mut invocation = script.prepare_invoke();
+                for key in &self.keys {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(until)
+                    .arg(&self.id)
+                    .arg(if self.exclusive { "1" } else { "0" })
+                    .arg(lease);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await
+    }
+
+    /// Gives the claim up, once (it lapses by itself should this fail).
+    async fn release(&self, inner: &Inner) {
+        let mut released = self.released.lock().await;
+        if std::mem::replace(&mut *released, true) {
+            return;
+        }
+        let script = &inner.scripts.release_claim;
+        let released: Result<(), BrokerError> = inner
+            .retrying("claim", |mut c| {
+                let mut invocation = script.prepare_invoke();
+                for key in &self.keys {
+                    invocation.key(key);
+                }
+                invocation.arg(&self.id);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await;
+        if let Err(error) = released {
+            tracing::debug!(%error, "redis broker: a consumer's claim will lapse by itself");
+        }
+    }
+}
+
+/// [`CLAIM_LEASE`] in milliseconds.
+fn lease_ms() -> u64 {
+    u64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A consumer's own connection: tracking its queues' keys, and popping.
@@ -149,7 +455,7 @@ struct Popper {
     queues: VecDeque<String>,
     record: bool,
     window: Arc<Semaphore>,
-    held: ConsumerHeld,
+    state: Arc<ConsumerState>,
     id: String,
     sequence: u64,
 }
@@ -248,8 +554,10 @@ impl Popper {
                 let tag = popped.tag.clone();
                 let delivery = self.delivery(popped, permit);
                 if sender.send(Ok(delivery)).await.is_err() {
-                    // Nobody reads any more: what was popped goes back.
-                    if self.record {
+                    // Nobody reads any more: what was popped goes back
+                    // (unless the close or drop that stopped the reader
+                    // took it back already).
+                    if self.record && self.state.settle(&tag) {
                         let _ = self.inner.restore(&tag, None, true).await;
                     }
                     return;
@@ -295,10 +603,7 @@ impl Popper {
                 .map_or_else(String::new, |queue| (*queue).to_owned());
             if self.record {
                 self.inner.hold(&tag);
-                self.held
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(tag.clone());
+                self.state.hold(&tag);
             }
             popped.push(Popped { tag, queue, raw });
         }
@@ -331,7 +636,7 @@ impl Popper {
             Box::new(ListAcker {
                 inner: Arc::clone(&self.inner),
                 tag,
-                held: Arc::clone(&self.held),
+                state: Arc::clone(&self.state),
                 permit: Mutex::new(Some(permit)),
             })
         } else {
@@ -348,21 +653,35 @@ impl Popper {
     }
 }
 
-/// Settles a message popped from a list.
+/// Settles a message popped from a list, once: settling it again, or
+/// after its consumer was closed (which gave it back), is an error, as
+/// an AMQP client refuses it.
 struct ListAcker {
     inner: Arc<Inner>,
     tag: String,
-    held: ConsumerHeld,
+    state: Arc<ConsumerState>,
     /// The consumer's window slot, given back once settled.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl ListAcker {
+    /// Takes the message out of what its consumer holds, or refuses to
+    /// settle it (`operation`) again.
+    fn settling(&self, operation: &'static str) -> Result<(), BrokerError> {
+        if self.state.settle(&self.tag) {
+            return Ok(());
+        }
+        Err(BrokerError::failed(
+            operation,
+            format!(
+                "delivery `{}` was settled already, or its consumer was closed (which gave it back to its queue)",
+                self.tag
+            ),
+        ))
+    }
+
+    /// Gives the consumer's window slot back.
     fn settled(&self) {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.tag);
         self.permit
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -373,12 +692,14 @@ impl ListAcker {
 #[async_trait]
 impl Acknowledger for ListAcker {
     async fn ack(&self) -> Result<(), BrokerError> {
+        self.settling("basic.ack")?;
         let result = self.inner.ack(&self.tag).await;
         self.settled();
         result
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), BrokerError> {
+        self.settling("basic.reject")?;
         let result = if requeue {
             self.inner.restore(&self.tag, None, true).await.map(|_| ())
         } else {
@@ -518,29 +839,20 @@ impl Subscriber {
 
 /// Stops a Redis consumer.
 struct RedisConsumerCancel {
-    inner: Arc<Inner>,
-    stop: watch::Sender<bool>,
-    held: ConsumerHeld,
+    state: Arc<ConsumerState>,
 }
 
 #[async_trait]
 impl ConsumerCancel for RedisConsumerCancel {
     async fn cancel(&self) -> Result<(), BrokerError> {
-        let _ = self.stop.send(true);
+        self.state.cancel().await;
         Ok(())
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
-        let _ = self.stop.send(true);
-        let held: Vec<String> = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .collect();
-        for tag in held {
-            self.inner.restore(&tag, None, true).await?;
-        }
-        Ok(())
+        self.state.cancel().await;
+        self.state.closed.store(true, Ordering::Release);
+        let held = self.state.take_held();
+        restore_all(&self.state.inner, held).await
     }
 }

@@ -46,7 +46,10 @@ struct OutProperties<'a> {
     reply_to: Option<&'a str>,
     delivery_mode: u8,
     delivery_info: &'a DeliveryInfo,
-    priority: u8,
+    /// Left out when the message has none (kombu reads a missing one as
+    /// 0), so that none comes back as none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expiration: Option<&'a str>,
     body_encoding: &'static str,
@@ -67,7 +70,7 @@ pub(crate) fn encode(message: &Message, info: &DeliveryInfo, tag: &str) -> Strin
             reply_to: properties.reply_to.as_deref(),
             delivery_mode: if properties.persistent { 2 } else { 1 },
             delivery_info: info,
-            priority: properties.priority.unwrap_or(0),
+            priority: properties.priority,
             expiration: properties.expiration.as_deref(),
             body_encoding: "base64",
             delivery_tag: tag,
@@ -275,6 +278,12 @@ mod tests {
         assert_eq!(decoded.message, message);
         assert_eq!(decoded.info, info);
         assert!(raw.contains(r#""delivery_tag":"tag-1""#));
+
+        let bare = Message::default();
+        let raw = encode(&bare, &info, "tag-2");
+        assert!(!raw.contains("priority"), "{raw}");
+        assert_eq!(decode(raw.as_bytes()).unwrap().message, bare);
+        assert_eq!(priority_of(&raw), 0, "kombu's default");
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! - A fanout exchange is a pub/sub channel `/<db>.<exchange>/<routing key>`.
 //! - This broker's own: `_task_core.delayed` (countdowns and ETAs, scored by
 //!   their due time in milliseconds) and `_task_core.exchanges` (the kind of
-//!   each exchange declared by a Rust process).
+//!   each exchange declared by a Rust process), and per queue
+//!   `_task_core.consumers.<queue>` (its Rust consumers, scored by when
+//!   their claim lapses, in ms) and `_task_core.exclusive.<queue>` (its
+//!   exclusive consumer, expiring with its claim).
 
 /// kombu's separator inside binding members and priority list names.
 pub const SEP: &str = "\x06\x16";
@@ -79,8 +82,7 @@ impl Keys {
         self.steps
             .iter()
             .copied()
-            .filter(|step| *step <= priority)
-            .next_back()
+            .rfind(|step| *step <= priority)
             .unwrap_or(0)
     }
 
@@ -109,6 +111,17 @@ impl Keys {
     /// queues without an expiry (its sweep keeps tables listed there).
     pub(crate) fn permanent_bindings(&self, exchange: &str) -> String {
         format!("{}_kombu.binding_permanent.{exchange}", self.prefix)
+    }
+
+    /// The set of `queue`'s consumers (Rust processes'), scored by when
+    /// each one's claim lapses (ms).
+    pub(crate) fn consumers(&self, queue: &str) -> String {
+        format!("{}_task_core.consumers.{queue}", self.prefix)
+    }
+
+    /// The key naming `queue`'s exclusive consumer while it has one.
+    pub(crate) fn exclusive(&self, queue: &str) -> String {
+        format!("{}_task_core.exclusive.{queue}", self.prefix)
     }
 
     /// The pub/sub channel a fanout message to `exchange` with

@@ -365,6 +365,23 @@ impl RedisBroker {
     }
 }
 
+/// Refuses an `expiration` property RabbitMQ would refuse (406): it must
+/// be a whole number of milliseconds. Redis expires no message (the
+/// property is carried, for the consumer), but a publish that fails on
+/// RabbitMQ fails here too.
+fn check_expiration(message: &Message) -> Result<(), BrokerError> {
+    match &message.properties.expiration {
+        Some(text) if !text.parse::<u64>().is_ok_and(|ms| ms <= super::MAX_MESSAGE_TTL_MS) => {
+            Err(BrokerError::refused(
+                "basic.publish",
+                super::ReplyCode::PreconditionFailed,
+                format!("PRECONDITION_FAILED - invalid expiration '{text}'"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Classifies a failed first connection.
 fn connect_failure(error: &redis::RedisError) -> ConnectFailure {
     if error.is_connection_refusal() {
@@ -546,6 +563,7 @@ impl Inner {
         expires_ms: Option<u64>,
     ) -> Result<(), BrokerError> {
         check_publish(exchange, routing_key, &message.properties)?;
+        check_expiration(message)?;
         let info = DeliveryInfo {
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
@@ -741,10 +759,10 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl Broker for RedisBroker {
-    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        check_declared_name(spec, true)?;
+impl RedisBroker {
+    /// Declares queue `spec.name`: remembers what its lists keep, binds it
+    /// to its same-name exchange, sets their expiry.
+    async fn declare_lists(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let limits = ListLimits::of(spec);
         inner
@@ -772,6 +790,24 @@ impl Broker for RedisBroker {
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        check_declared_name(spec, true)?;
+        if spec.name.starts_with("amq.") {
+            return Err(BrokerError::refused(
+                "queue.declare",
+                super::ReplyCode::AccessRefused,
+                format!(
+                    "ACCESS_REFUSED - queue name `{}` is reserved (amq.: server-named queues)",
+                    spec.name
+                ),
+            ));
+        }
+        self.declare_lists(spec).await
+    }
 
     async fn declare_server_named_queue(&self, spec: &QueueSpec) -> Result<String, BrokerError> {
         check_declared_name(spec, false)?;
@@ -780,7 +816,7 @@ impl Broker for RedisBroker {
             name: name.clone(),
             ..spec.clone()
         };
-        self.declare_queue(&named).await?;
+        self.declare_lists(&named).await?;
         Ok(name)
     }
 
@@ -937,6 +973,7 @@ impl Broker for RedisBroker {
         delay: Duration,
     ) -> Result<(), BrokerError> {
         check_publish("", queue, &message.properties)?;
+        check_expiration(message)?;
         let inner = &self.inner;
         let info = DeliveryInfo {
             exchange: String::new(),
@@ -993,29 +1030,60 @@ impl Broker for RedisBroker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
+        inner.routing.forget_queue(name);
         let lists = inner.keys.lists(name);
-        // Its binding to its same-name exchange (Celery's task queues).
-        let table = inner.keys.bindings(name);
-        let permanent = inner.keys.permanent_bindings(name);
-        let member = binding_member(name, "", name);
+        let (keys, queue) = (inner.keys.clone(), name.to_owned());
         inner
             .retrying("del", move |mut c| {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                for list in &lists {
-                    pipe.del(list).ignore();
+                let (keys, queue, lists) = (keys.clone(), queue.clone(), lists.clone());
+                async move {
+                    // Its bindings go with it: to its same-name exchange
+                    // (Celery's task queues) and to every exchange a Rust
+                    // process declared (kombu's, unknown here, keep theirs,
+                    // as kombu itself forgets only those it made).
+                    let mut exchanges: Vec<String> = c.hkeys(&keys.exchanges).await?;
+                    exchanges.push(queue.clone());
+                    exchanges.sort_unstable();
+                    exchanges.dedup();
+                    let mut read = redis::pipe();
+                    for exchange in &exchanges {
+                        read.smembers(keys.bindings(exchange));
+                    }
+                    let tables: Vec<Vec<String>> = read.query_async(&mut c).await?;
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    for list in &lists {
+                        pipe.del(list).ignore();
+                    }
+                    for (exchange, members) in exchanges.iter().zip(&tables) {
+                        let gone: Vec<&String> = members
+                            .iter()
+                            .filter(|member| {
+                                keys::parse_binding(member).is_some_and(|(_, _, q)| q == queue)
+                            })
+                            .collect();
+                        if !gone.is_empty() {
+                            pipe.srem(keys.bindings(exchange), &gone)
+                                .ignore()
+                                .srem(keys.permanent_bindings(exchange), &gone)
+                                .ignore();
+                        }
+                    }
+                    pipe.query_async::<()>(&mut c).await
                 }
-                pipe.srem(&table, &member)
-                    .ignore()
-                    .srem(&permanent, &member)
-                    .ignore();
-                async move { pipe.query_async::<()>(&mut c).await }
             })
             .await
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
         check_short("exchange name", name)?;
+        if name.is_empty() {
+            return Err(BrokerError::refused(
+                "exchange.delete",
+                super::ReplyCode::AccessRefused,
+                "ACCESS_REFUSED - operation not permitted on the default exchange",
+            ));
+        }
         let inner = &self.inner;
         inner.routing.forget(name);
         let keys = [

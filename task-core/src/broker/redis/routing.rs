@@ -86,6 +86,14 @@ impl Routing {
         }
     }
 
+    /// Forgets the fanout binding of `queue` (deleted), whatever its exchange.
+    pub(crate) fn forget_queue(&self, queue: &str) {
+        self.fanout_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(queue);
+    }
+
     /// The fanout exchange and key `queue` is bound to, if it is.
     pub(crate) fn fanout_of(&self, queue: &str) -> Option<(String, String)> {
         self.fanout_queues

@@ -102,12 +102,73 @@ end
 return 0
 "#;
 
+/// Claims queues for a consumer: refused (returning the 1-based number of
+/// the first queue taken) while an exclusive consumer holds one of them,
+/// or, for an exclusive claim, while any consumer is on one; lapsed claims
+/// are forgotten first. Returns 0 once claimed.
+///
+/// KEYS: per queue, its exclusive key then its consumers' set. ARGV: now
+/// (ms), when the claim lapses (ms), the consumer's id, `1` for an
+/// exclusive claim, the lease (ms).
+pub(crate) const CLAIM: &str = r#"
+local exclusive = ARGV[4] == '1'
+for i = 1, #KEYS, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', ARGV[1])
+  if redis.call('EXISTS', KEYS[i]) == 1 then return (i + 1) / 2 end
+  if exclusive and redis.call('ZCARD', KEYS[i + 1]) > 0 then return (i + 1) / 2 end
+end
+for i = 1, #KEYS, 2 do
+  if exclusive then
+    redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[5])
+  end
+  redis.call('ZADD', KEYS[i + 1], ARGV[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[5])
+end
+return 0
+"#;
+
+/// Extends a consumer's claim. An exclusive claim that lapsed is taken
+/// again if nobody took it meanwhile; returns on how many queues someone
+/// else did.
+///
+/// KEYS: as [`CLAIM`]. ARGV: when the claim lapses (ms), the consumer's
+/// id, `1` for an exclusive claim, the lease (ms).
+pub(crate) const RENEW_CLAIM: &str = r#"
+local lost = 0
+for i = 1, #KEYS, 2 do
+  redis.call('ZADD', KEYS[i + 1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[4])
+  if ARGV[3] == '1' then
+    local holder = redis.call('GET', KEYS[i])
+    if holder == ARGV[2] or not holder then
+      redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[4])
+    else
+      lost = lost + 1
+    end
+  end
+end
+return lost
+"#;
+
+/// Gives a consumer's claim up. KEYS: as [`CLAIM`]. ARGV: the consumer's id.
+pub(crate) const RELEASE_CLAIM: &str = r#"
+for i = 1, #KEYS, 2 do
+  redis.call('ZREM', KEYS[i + 1], ARGV[1])
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+"#;
+
 /// The scripts, loaded once per broker.
 pub(crate) struct Scripts {
     pub(crate) pop: redis::Script,
     pub(crate) restore: redis::Script,
     pub(crate) move_due: redis::Script,
     pub(crate) release_mutex: redis::Script,
+    pub(crate) claim: redis::Script,
+    pub(crate) renew_claim: redis::Script,
+    pub(crate) release_claim: redis::Script,
 }
 
 impl Scripts {
@@ -117,6 +178,9 @@ impl Scripts {
             restore: redis::Script::new(RESTORE),
             move_due: redis::Script::new(MOVE_DUE),
             release_mutex: redis::Script::new(RELEASE_MUTEX),
+            claim: redis::Script::new(CLAIM),
+            renew_claim: redis::Script::new(RENEW_CLAIM),
+            release_claim: redis::Script::new(RELEASE_CLAIM),
         }
     }
 }
