@@ -143,6 +143,7 @@ async fn an_unacked_message_of_a_dead_consumer_comes_back_after_the_visibility_t
     let prefix = prefix("restore");
     let visibility = Duration::from_millis(600);
     let dead = broker(&prefix, visibility).await;
+    dead.declare_queue(&QueueSpec::task_queue("q")).await.unwrap();
     dead.publish("", "q", &text("lost?", None)).await.unwrap();
     let mut consumer = dead
         .consume(&["q".to_owned()], ConsumeOptions::manual_ack(1))
@@ -179,6 +180,10 @@ async fn a_message_held_longer_than_the_visibility_timeout_is_not_restored() {
     let prefix = prefix("renew");
     let visibility = Duration::from_millis(500);
     let holder = broker(&prefix, visibility).await;
+    holder
+        .declare_queue(&QueueSpec::task_queue("q"))
+        .await
+        .unwrap();
     holder
         .publish("", "q", &text("long task", None))
         .await
@@ -233,6 +238,10 @@ async fn a_rejected_message_is_requeued_or_dropped_and_close_gives_back_the_rest
 async fn a_delayed_message_waits_in_redis_until_due() {
     let prefix = prefix("delay");
     let broker = broker(&prefix, Duration::from_secs(3600)).await;
+    broker
+        .declare_queue(&QueueSpec::task_queue("q"))
+        .await
+        .unwrap();
     let delay = Duration::from_millis(700);
     let sent = Instant::now();
     broker

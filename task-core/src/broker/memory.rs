@@ -64,8 +64,6 @@
 //! made by [`MemoryBroker::shared`] with the same URL, and
 //! [`MemoryBroker::connection`]s of one broker, share its queues.
 
-mod dead_letter;
-mod declaration;
 mod exchange;
 pub(crate) use self::exchange::topic_matches;
 mod handles;
@@ -82,9 +80,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::declaration::parse_expiration;
 use self::handles::{MemoryConsumerCancel, MemoryDeliveries, Outcome};
 use self::state::State;
+use super::declaration::parse_expiration;
 use super::{
     check_binding, check_declared_name, check_publish, check_queue_names, check_short, Broker,
     BrokerError, ConsumeOptions, Consumer, ExchangeSpec, Message, QueueSpec,

@@ -8,6 +8,8 @@ pub mod amqp;
 mod amqp_link;
 mod connect_failure;
 pub mod credentials;
+mod dead_letter;
+mod declaration;
 pub mod delay_topology;
 mod field_table;
 pub mod headers;

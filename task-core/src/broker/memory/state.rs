@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::dead_letter::record_death;
-use super::declaration::{parse_expiration, Declaration, Overflow};
 use super::exchange::Exchange;
 use super::handles::{MemoryAcker, NoAck, Outcome};
 use super::timer::{rearm, Timer};
 use super::Core;
+use crate::broker::dead_letter::record_death;
+use crate::broker::declaration::{parse_expiration, Declaration, Overflow};
 use crate::broker::{
     Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeSpec, HeaderValue, Message,
     QueueSpec, ReplyCode,

@@ -12,6 +12,7 @@
 //! nothing).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,8 +54,9 @@ struct Held {
 
 /// What the parts of one consumer share: its stop switch, what it holds,
 /// whether it was closed.
-struct ConsumerState {
+pub(crate) struct ConsumerState {
     inner: Arc<Inner>,
+    queues: Vec<String>,
     claim: Claim,
     stop: watch::Sender<bool>,
     held: Mutex<Held>,
@@ -100,7 +102,7 @@ impl ConsumerState {
     /// queues, before returning (another consumer may take them at once).
     async fn cancel(&self) {
         self.stop();
-        self.claim.release(&self.inner).await;
+        self.claim.release(&self.inner, true).await;
     }
 }
 
@@ -114,6 +116,30 @@ async fn restore_all(inner: &Inner, tags: Vec<String>) -> Result<(), BrokerError
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Ends this process's consumers of `queue` (deleted), as RabbitMQ cancels
+/// the consumers of a deleted queue: their streams end, and what they held
+/// goes with the queue.
+pub(super) async fn end_consumers_of(inner: &Inner, queue: &str) {
+    let ended: Vec<Arc<ConsumerState>> = inner
+        .consumers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .filter(|state| state.queues.iter().any(|q| q == queue))
+        .collect();
+    for state in ended {
+        state.closed.store(true, Ordering::Release);
+        state.stop();
+        state.claim.release(&state.inner, false).await;
+        for tag in state.take_held() {
+            if let Err(error) = inner.ack(&tag).await {
+                tracing::warn!(%error, "redis broker: cannot drop a message of a deleted queue");
+            }
+        }
+    }
 }
 
 /// Starts a consumer of `queues`.
@@ -131,6 +157,7 @@ pub(super) async fn start(
     let (stop, stopped) = watch::channel(false);
     let state = Arc::new(ConsumerState {
         inner: Arc::clone(inner),
+        queues: queues.to_vec(),
         claim,
         stop,
         held: Mutex::new(Held::default()),
@@ -142,6 +169,14 @@ pub(super) async fn start(
         return Err(error);
     }
     drop(sender);
+    {
+        let mut consumers = inner
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        consumers.retain(|consumer| consumer.strong_count() > 0);
+        consumers.push(Arc::downgrade(&state));
+    }
     tokio::spawn(Claim::keep(Arc::clone(&state), stopped));
     Ok(Consumer {
         deliveries: Receiving {
@@ -253,6 +288,7 @@ impl Drop for Receiving {
 /// on one of its queues, any consumer while an exclusive one is (403
 /// `ACCESS_REFUSED`, as RabbitMQ refuses them).
 struct Claim {
+    queues: Vec<String>,
     /// Per queue: its exclusive holder's key, then its consumers' set.
     keys: Vec<String>,
     id: String,
@@ -266,6 +302,7 @@ impl Claim {
     /// Claims `queues`, or says which one is taken.
     async fn take(inner: &Inner, queues: &[String], exclusive: bool) -> Result<Self, BrokerError> {
         let claim = Self {
+            queues: queues.to_vec(),
             keys: queues
                 .iter()
                 .flat_map(|queue| [inner.keys.exclusive(queue), inner.keys.consumers(queue)])
@@ -332,7 +369,7 @@ impl Claim {
                 Err(error) => tracing::warn!(%error, "redis broker: cannot renew a consumer's claim yet"),
             }
         }
-        claim.release(inner).await;
+        claim.release(inner, true).await;
     }
 
     /// Extends the claim; returns on how many queues an exclusive claim
@@ -361,27 +398,66 @@ impl Claim {
             .await
     }
 
-    /// Gives the claim up, once (it lapses by itself should this fail).
-    async fn release(&self, inner: &Inner) {
+    /// Gives the claim up, once (it lapses by itself should this fail),
+    /// then, if `auto_delete`, deletes those of its auto-delete queues it
+    /// was the last consumer of.
+    async fn release(&self, inner: &Arc<Inner>, auto_delete: bool) {
         let mut released = self.released.lock().await;
         if std::mem::replace(&mut *released, true) {
             return;
         }
         let script = &inner.scripts.release_claim;
-        let released: Result<(), BrokerError> = inner
+        let emptied: Result<Vec<usize>, BrokerError> = inner
             .retrying("claim", |mut c| {
                 let mut invocation = script.prepare_invoke();
                 for key in &self.keys {
                     invocation.key(key);
                 }
-                invocation.arg(&self.id);
+                invocation.arg(&self.id).arg(upkeep::now_ms());
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await;
-        if let Err(error) = released {
-            tracing::debug!(%error, "redis broker: a consumer's claim will lapse by itself");
+        // Deleting a queue below releases the claims of its consumers, this
+        // one's included.
+        drop(released);
+        if !auto_delete {
+            return;
+        }
+        let emptied = match emptied {
+            Ok(emptied) => emptied,
+            Err(error) => {
+                tracing::debug!(%error, "redis broker: a consumer's claim will lapse by itself");
+                return;
+            }
+        };
+        for queue in emptied
+            .iter()
+            .filter_map(|n| n.checked_sub(1).and_then(|at| self.queues.get(at)))
+        {
+            let auto_delete = match inner.queue_record(queue).await {
+                Ok(record) => record.is_some_and(|r| r.auto_delete()),
+                Err(_) => false,
+            };
+            if auto_delete {
+                if let Err(error) = delete_auto_delete(inner, queue.clone()).await {
+                    tracing::warn!(%queue, %error, "redis broker: cannot delete an auto-delete queue its last consumer left");
+                }
+            }
         }
     }
+}
+
+/// Deletes auto-delete queue `queue` its last consumer left. Boxed, as
+/// deleting a queue ends its consumers, which release their claims (without
+/// deleting anything): a cycle of futures otherwise.
+fn delete_auto_delete(
+    inner: &Arc<Inner>,
+    queue: String,
+) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>> {
+    let broker = super::RedisBroker {
+        inner: Arc::clone(inner),
+    };
+    Box::pin(async move { broker.delete_queue_as(&queue, "queue.delete").await })
 }
 
 /// [`CLAIM_LEASE`] in milliseconds.
@@ -636,6 +712,7 @@ impl Popper {
             Box::new(ListAcker {
                 inner: Arc::clone(&self.inner),
                 tag,
+                queue: queue.clone(),
                 state: Arc::clone(&self.state),
                 permit: Mutex::new(Some(permit)),
             })
@@ -659,6 +736,8 @@ impl Popper {
 struct ListAcker {
     inner: Arc<Inner>,
     tag: String,
+    /// The queue it was popped from.
+    queue: String,
     state: Arc<ConsumerState>,
     /// The consumer's window slot, given back once settled.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
@@ -703,7 +782,7 @@ impl Acknowledger for ListAcker {
         let result = if requeue {
             self.inner.restore(&self.tag, None, true).await.map(|_| ())
         } else {
-            self.inner.ack(&self.tag).await
+            self.inner.reject_for_good(&self.tag, &self.queue).await
         };
         self.settled();
         result

@@ -13,8 +13,10 @@
 //!   holder last said it still runs it), in seconds.
 //! - A fanout exchange is a pub/sub channel `/<db>.<exchange>/<routing key>`.
 //! - This broker's own: `_task_core.delayed` (countdowns and ETAs, scored by
-//!   their due time in milliseconds) and `_task_core.exchanges` (the kind of
-//!   each exchange declared by a Rust process), and per queue
+//!   their due time in milliseconds) and `_task_core.exchanges` (the
+//!   declaration of each exchange declared by a Rust process),
+//!   `_task_core.queues` (the declaration of each queue declared by a Rust
+//!   process), and per queue
 //!   `_task_core.consumers.<queue>` (its Rust consumers, scored by when
 //!   their claim lapses, in ms) and `_task_core.exclusive.<queue>` (its
 //!   exclusive consumer, expiring with its claim).
@@ -40,6 +42,7 @@ pub(crate) struct Keys {
     pub(crate) unacked_mutex: String,
     pub(crate) delayed: String,
     pub(crate) exchanges: String,
+    pub(crate) queues: String,
 }
 
 impl Keys {
@@ -62,6 +65,7 @@ impl Keys {
             unacked_mutex: key("unacked_mutex"),
             delayed: key("_task_core.delayed"),
             exchanges: key("_task_core.exchanges"),
+            queues: key("_task_core.queues"),
         }
     }
 

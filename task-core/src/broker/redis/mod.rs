@@ -4,10 +4,10 @@
 //! The layout is kombu's ([`keys`]): a list per queue and priority step,
 //! binding sets, the `unacked` hash and `unacked_index` sorted set, fanout
 //! exchanges as pub/sub channels, and kombu's JSON envelope around each
-//! message ([`envelope`]). What this broker does better than kombu:
+//! message (module `envelope`). What this broker does better than kombu:
 //!
 //! - **A pop is never a loss.** Each pop and its record in `unacked` are one
-//!   Lua script ([`scripts::POP`]); kombu's `BRPOP` takes the message out
+//!   Lua script (`scripts::POP`); kombu's `BRPOP` takes the message out
 //!   of Redis before it is recorded, so a worker (or Redis) that dies in
 //!   between loses it. An idle consumer waits for Redis's key-invalidation
 //!   pushes on its queues (`CLIENT TRACKING ... BCAST PREFIX`, RESP3)
@@ -26,21 +26,34 @@
 //! - Poison messages go to the queue's dead-letter list with the reason
 //!   (the worker does it, as on RabbitMQ).
 //!
-//! What Redis does not do is explicit in the contract
-//! (`tests/broker_contract.rs`): no publisher confirms beyond Redis's reply
-//! (durability is the server's `appendonly` / `appendfsync`), no queue
-//! equivalence checks, no per-message TTL, no exclusive queues, no streams,
-//! and publishing to a queue nobody declared creates it (no `Unroutable`
-//! on the default exchange).
+//! - **Declarations are checked as RabbitMQ checks them**
+//!   (module `declarations`): a different re-declaration is refused (406), a
+//!   queue or exchange nobody declared is not found (404), an exclusive
+//!   queue is its connection's (405) and goes with it, an auto-delete queue
+//!   goes with its last consumer, and a queue declared with
+//!   `x-dead-letter-exchange` dead-letters what is rejected, with `x-death`.
+//!
+//! What Redis does differently is explicit in the contract
+//! (`tests/broker_contract.rs`, the `is_redis` branches): no publisher
+//! confirms beyond Redis's reply (durability is the server's `appendonly` /
+//! `appendfsync`); no message expires (`x-message-ttl`, `expiration`) and
+//! no delivery is counted (`x-delivery-limit`); a full `reject-publish`
+//! queue keeps what goes over; priorities are kombu's steps, lowest served
+//! first; headers travel as JSON; a fanout exchange reaches only the queues
+//! consumed at the time (pub/sub, as kombu); consumers of one queue take no
+//! turns; the default exchange pushes to a queue nobody declared (no
+//! `Unroutable`, as kombu); no streams.
 
 mod consumer;
+mod dead_letter;
+mod declarations;
 mod envelope;
 pub mod keys;
 mod routing;
 mod scripts;
 mod upkeep;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -196,6 +209,13 @@ pub(crate) struct Inner {
     held: Mutex<HashMap<String, ()>>,
     upkeep: Upkeep,
     closed: AtomicBool,
+    /// This connection's id: the owner of the exclusive queues it declares.
+    id: String,
+    /// The exclusive queues this connection declared, deleted when it
+    /// closes.
+    exclusive_queues: Mutex<HashSet<String>>,
+    /// This process's consumers, ended when one of their queues is deleted.
+    consumers: Mutex<Vec<std::sync::Weak<consumer::ConsumerState>>>,
 }
 
 /// What a declared queue's lists keep (from its arguments).
@@ -210,7 +230,14 @@ struct ListLimits {
 impl ListLimits {
     fn of(spec: &QueueSpec) -> Self {
         Self {
-            max_length: spec.arguments.get("x-max-length").and_then(Value::as_u64),
+            // Only a drop-head queue drops its oldest: Redis refuses no
+            // publish, so a reject-publish queue keeps what goes over.
+            max_length: match spec.arguments.get("x-overflow").and_then(Value::as_str) {
+                None | Some("drop-head") => {
+                    spec.arguments.get("x-max-length").and_then(Value::as_u64)
+                }
+                Some(_) => None,
+            },
             expires_ms: spec.arguments.get("x-expires").and_then(Value::as_u64),
         }
     }
@@ -313,6 +340,9 @@ impl RedisBroker {
                 held: Mutex::new(HashMap::new()),
                 upkeep: Upkeep::default(),
                 closed: AtomicBool::new(false),
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                exclusive_queues: Mutex::new(HashSet::new()),
+                consumers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -371,7 +401,11 @@ impl RedisBroker {
 /// RabbitMQ fails here too.
 fn check_expiration(message: &Message) -> Result<(), BrokerError> {
     match &message.properties.expiration {
-        Some(text) if !text.parse::<u64>().is_ok_and(|ms| ms <= super::MAX_MESSAGE_TTL_MS) => {
+        Some(text)
+            if !text
+                .parse::<u64>()
+                .is_ok_and(|ms| ms <= super::MAX_MESSAGE_TTL_MS) =>
+        {
             Err(BrokerError::refused(
                 "basic.publish",
                 super::ReplyCode::PreconditionFailed,
@@ -470,29 +504,42 @@ impl Inner {
         }
     }
 
-    /// The kind of `exchange`: known here, kept in Redis by the Rust process
-    /// that declared it, or direct.
-    async fn exchange_kind(&self, exchange: &str) -> Result<ExchangeKind, BrokerError> {
+    /// The kind of `exchange`: known here, or kept in Redis by the Rust
+    /// process that declared it; none if no Rust process declared it (a
+    /// kombu exchange is direct, or does not exist).
+    async fn exchange_kind(&self, exchange: &str) -> Result<Option<ExchangeKind>, BrokerError> {
         if let Some(kind) = self.routing.known_kind(exchange) {
-            return Ok(kind);
+            return Ok(Some(kind));
         }
-        let key = self.keys.exchanges.clone();
-        let field = exchange.to_owned();
-        let stored: Option<String> = self
-            .retrying("hget", move |mut c| {
-                let (key, field) = (key.clone(), field.clone());
-                async move { c.hget(&key, &field).await }
-            })
-            .await?;
-        let kind = match stored.as_deref() {
-            Some("fanout") => ExchangeKind::Fanout,
-            Some("topic") => ExchangeKind::Topic,
-            _ => ExchangeKind::Direct,
-        };
-        if stored.is_some() {
+        let kind = self.exchange_record(exchange).await?.map(|r| r.kind());
+        if let Some(kind) = kind {
             self.routing.remember_kind(exchange, kind);
         }
         Ok(kind)
+    }
+
+    /// The kind of `exchange`, refused (404) if it does not exist: neither
+    /// declared by a Rust process nor holding bindings (kombu's, direct).
+    async fn existing_exchange_kind(
+        &self,
+        exchange: &str,
+        operation: &'static str,
+    ) -> Result<ExchangeKind, BrokerError> {
+        match self.exchange_kind(exchange).await? {
+            Some(kind) => Ok(kind),
+            None if self.exchange_exists(exchange).await? => Ok(ExchangeKind::Direct),
+            None => Err(declarations::exchange_not_found(operation, exchange)),
+        }
+    }
+
+    /// The binding members of `exchange`.
+    async fn bindings_of(&self, exchange: &str) -> Result<Vec<String>, BrokerError> {
+        let key = self.keys.bindings(exchange);
+        self.retrying("smembers", move |mut c| {
+            let key = key.clone();
+            async move { c.smembers(&key).await }
+        })
+        .await
     }
 
     /// The queues `exchange` routes `routing_key` to.
@@ -502,13 +549,7 @@ impl Inner {
         kind: ExchangeKind,
         routing_key: &str,
     ) -> Result<Vec<String>, BrokerError> {
-        let key = self.keys.bindings(exchange);
-        let members: Vec<String> = self
-            .retrying("smembers", move |mut c| {
-                let key = key.clone();
-                async move { c.smembers(&key).await }
-            })
-            .await?;
+        let members = self.bindings_of(exchange).await?;
         Ok(routing::route(kind, &members, routing_key)
             .into_iter()
             .map(str::to_owned)
@@ -578,7 +619,7 @@ impl Inner {
                 .await;
         }
         let kind = self.exchange_kind(exchange).await?;
-        if kind == ExchangeKind::Fanout {
+        if kind == Some(ExchangeKind::Fanout) {
             let topic = self.keys.fanout_topic(exchange, routing_key);
             let receivers: u64 = self
                 .retrying("publish", move |mut c| {
@@ -594,7 +635,15 @@ impl Inner {
             }
             return Ok(());
         }
-        let queues = self.route(exchange, kind, routing_key).await?;
+        let members = self.bindings_of(exchange).await?;
+        if kind.is_none() && members.is_empty() {
+            return Err(declarations::exchange_not_found("basic.publish", exchange));
+        }
+        let kind = kind.unwrap_or(ExchangeKind::Direct);
+        let queues: Vec<String> = routing::route(kind, &members, routing_key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if queues.is_empty() {
             return if mandatory {
                 Err(BrokerError::Unroutable {
@@ -739,7 +788,8 @@ impl Inner {
             let kind = self
                 .exchange_kind(&exchange)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .unwrap_or(ExchangeKind::Direct);
             self.route(&exchange, kind, &routing_key)
                 .await
                 .map_err(|e| e.to_string())?
@@ -760,19 +810,35 @@ impl Inner {
 }
 
 impl RedisBroker {
-    /// Declares queue `spec.name`: remembers what its lists keep, binds it
-    /// to its same-name exchange, sets their expiry.
+    /// Declares queue `spec.name`: its same-name exchange first (a clash
+    /// refuses the queue, 406), then its record (checked against an
+    /// earlier declaration), what its lists keep, its binding to that
+    /// exchange, their expiry.
     async fn declare_lists(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        if let Some(kind) = spec.same_name_exchange {
+            let exchange = ExchangeSpec::new(spec.name.clone(), kind);
+            inner.record_exchange(&exchange).await.map_err(|error| {
+                if error.is_precondition_failed() {
+                    BrokerError::refused(
+                        "queue.declare",
+                        super::ReplyCode::PreconditionFailed,
+                        format!("its same-name exchange: {error}"),
+                    )
+                } else {
+                    error
+                }
+            })?;
+            inner.routing.remember_kind(&spec.name, kind);
+        }
+        inner.record_queue(spec).await?;
         let limits = ListLimits::of(spec);
         inner
             .queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(spec.name.clone(), limits);
-        if let Some(kind) = spec.same_name_exchange {
-            self.declare_exchange(&ExchangeSpec::new(spec.name.clone(), kind))
-                .await?;
+        if spec.same_name_exchange.is_some() {
             self.bind_queue(&spec.name, &spec.name, &spec.name).await?;
         }
         if let Some(ms) = limits.expires_ms {
@@ -787,6 +853,97 @@ impl RedisBroker {
                     async move { pipe.query_async::<()>(&mut c).await }
                 })
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes queue `name` (refused, 405, if it is another connection's
+    /// exclusive queue): its lists, its record, its bindings (an
+    /// auto-delete exchange left without any goes too), and ends this
+    /// process's consumers of it.
+    async fn delete_queue_as(
+        &self,
+        name: &str,
+        operation: &'static str,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.check_owner(name, operation).await?;
+        inner
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        inner
+            .exclusive_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        inner.routing.forget_queue(name);
+        consumer::end_consumers_of(inner, name).await;
+        let lists = inner.keys.lists(name);
+        let (keys, queue) = (inner.keys.clone(), name.to_owned());
+        let emptied: Vec<String> = inner
+            .retrying("del", move |mut c| {
+                let (keys, queue, lists) = (keys.clone(), queue.clone(), lists.clone());
+                async move {
+                    // Its bindings go with it: to its same-name exchange
+                    // (Celery's task queues) and to every exchange a Rust
+                    // process declared (kombu's, unknown here, keep theirs,
+                    // as kombu itself forgets only those it made).
+                    let mut exchanges: Vec<String> = c.hkeys(&keys.exchanges).await?;
+                    exchanges.push(queue.clone());
+                    exchanges.sort_unstable();
+                    exchanges.dedup();
+                    let mut read = redis::pipe();
+                    for exchange in &exchanges {
+                        read.smembers(keys.bindings(exchange));
+                    }
+                    let tables: Vec<Vec<String>> = read.query_async(&mut c).await?;
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    for list in &lists {
+                        pipe.del(list).ignore();
+                    }
+                    pipe.hdel(&keys.queues, &queue).ignore();
+                    let mut emptied = Vec::new();
+                    for (exchange, members) in exchanges.iter().zip(&tables) {
+                        let gone: Vec<&String> = members
+                            .iter()
+                            .filter(|member| {
+                                keys::parse_binding(member).is_some_and(|(_, _, q)| q == queue)
+                            })
+                            .collect();
+                        if !gone.is_empty() {
+                            if gone.len() == members.len() {
+                                emptied.push(exchange.clone());
+                            }
+                            pipe.srem(keys.bindings(exchange), &gone)
+                                .ignore()
+                                .srem(keys.permanent_bindings(exchange), &gone)
+                                .ignore();
+                        }
+                    }
+                    pipe.query_async::<()>(&mut c).await?;
+                    Ok(emptied)
+                }
+            })
+            .await?;
+        for exchange in emptied {
+            self.delete_if_auto_delete(&exchange).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `exchange` if it was declared auto-delete and has no binding
+    /// left (RabbitMQ deletes such an exchange with its last binding).
+    async fn delete_if_auto_delete(&self, exchange: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let auto_delete = inner
+            .exchange_record(exchange)
+            .await?
+            .is_some_and(|record| record.auto_delete());
+        if auto_delete && inner.bindings_of(exchange).await?.is_empty() {
+            self.delete_exchange(exchange).await?;
         }
         Ok(())
     }
@@ -832,19 +989,9 @@ impl Broker for RedisBroker {
                 ),
             ));
         }
-        let inner = &self.inner;
-        inner.routing.remember_kind(&spec.name, spec.kind);
-        let (key, field, kind) = (
-            inner.keys.exchanges.clone(),
-            spec.name.clone(),
-            spec.kind.as_str(),
-        );
-        inner
-            .retrying("hset", move |mut c| {
-                let (key, field) = (key.clone(), field.clone());
-                async move { c.hset::<_, _, _, ()>(&key, &field, kind).await }
-            })
-            .await
+        self.inner.record_exchange(spec).await?;
+        self.inner.routing.remember_kind(&spec.name, spec.kind);
+        Ok(())
     }
 
     async fn bind_queue(
@@ -862,7 +1009,8 @@ impl Broker for RedisBroker {
             ));
         }
         let inner = &self.inner;
-        let kind = inner.exchange_kind(exchange).await?;
+        let kind = inner.existing_exchange_kind(exchange, "queue.bind").await?;
+        inner.existing_queue(queue, "queue.bind").await?;
         if kind == ExchangeKind::Fanout {
             inner.routing.bind_fanout(queue, exchange, routing_key);
         }
@@ -902,6 +1050,7 @@ impl Broker for RedisBroker {
             ));
         }
         let inner = &self.inner;
+        inner.check_owner(queue, "queue.unbind").await?;
         inner.routing.unbind_fanout(queue, exchange);
         let (table, permanent) = (
             inner.keys.bindings(exchange),
@@ -933,7 +1082,8 @@ impl Broker for RedisBroker {
                     pipe.query_async::<()>(&mut c).await
                 }
             })
-            .await
+            .await?;
+        self.delete_if_auto_delete(exchange).await
     }
 
     async fn publish(
@@ -1012,6 +1162,9 @@ impl Broker for RedisBroker {
                 "Redis has no stream queues (Broker::supports_streams is false)",
             ));
         }
+        for queue in queues {
+            self.inner.existing_queue(queue, "basic.consume").await?;
+        }
         if !options.no_ack {
             upkeep::start(&self.inner);
         }
@@ -1024,55 +1177,7 @@ impl Broker for RedisBroker {
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
         check_short("queue name", name)?;
-        let inner = &self.inner;
-        inner
-            .queues
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
-        inner.routing.forget_queue(name);
-        let lists = inner.keys.lists(name);
-        let (keys, queue) = (inner.keys.clone(), name.to_owned());
-        inner
-            .retrying("del", move |mut c| {
-                let (keys, queue, lists) = (keys.clone(), queue.clone(), lists.clone());
-                async move {
-                    // Its bindings go with it: to its same-name exchange
-                    // (Celery's task queues) and to every exchange a Rust
-                    // process declared (kombu's, unknown here, keep theirs,
-                    // as kombu itself forgets only those it made).
-                    let mut exchanges: Vec<String> = c.hkeys(&keys.exchanges).await?;
-                    exchanges.push(queue.clone());
-                    exchanges.sort_unstable();
-                    exchanges.dedup();
-                    let mut read = redis::pipe();
-                    for exchange in &exchanges {
-                        read.smembers(keys.bindings(exchange));
-                    }
-                    let tables: Vec<Vec<String>> = read.query_async(&mut c).await?;
-                    let mut pipe = redis::pipe();
-                    pipe.atomic();
-                    for list in &lists {
-                        pipe.del(list).ignore();
-                    }
-                    for (exchange, members) in exchanges.iter().zip(&tables) {
-                        let gone: Vec<&String> = members
-                            .iter()
-                            .filter(|member| {
-                                keys::parse_binding(member).is_some_and(|(_, _, q)| q == queue)
-                            })
-                            .collect();
-                        if !gone.is_empty() {
-                            pipe.srem(keys.bindings(exchange), &gone)
-                                .ignore()
-                                .srem(keys.permanent_bindings(exchange), &gone)
-                                .ignore();
-                        }
-                    }
-                    pipe.query_async::<()>(&mut c).await
-                }
-            })
-            .await
+        self.delete_queue_as(name, "queue.delete").await
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
@@ -1106,21 +1211,25 @@ impl Broker for RedisBroker {
 
     async fn queue_message_count(&self, name: &str) -> Result<u32, BrokerError> {
         check_short("queue name", name)?;
-        let lists = self.inner.keys.lists(name);
-        let counts: Vec<u64> = self
-            .inner
-            .retrying("llen", move |mut c| {
-                let mut pipe = redis::pipe();
-                for list in &lists {
-                    pipe.llen(list);
-                }
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
-        Ok(u32::try_from(counts.iter().sum::<u64>()).unwrap_or(u32::MAX))
+        let state = self.inner.existing_queue(name, "queue.declare").await?;
+        Ok(u32::try_from(state.ready).unwrap_or(u32::MAX))
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
+        // Its exclusive queues go with it, as with an AMQP connection.
+        let exclusive: Vec<String> = self
+            .inner
+            .exclusive_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        for queue in exclusive {
+            if let Err(error) = self.delete_queue_as(&queue, "queue.delete").await {
+                tracing::warn!(%queue, %error, "redis broker: cannot delete an exclusive queue of a closing connection");
+            }
+        }
         self.inner.closed.store(true, Ordering::Release);
         self.inner.upkeep.stop();
         Ok(())

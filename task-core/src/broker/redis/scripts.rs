@@ -150,14 +150,22 @@ end
 return lost
 "#;
 
-/// Gives a consumer's claim up. KEYS: as [`CLAIM`]. ARGV: the consumer's id.
+/// Gives a consumer's claim up; returns the (1-based) numbers of the
+/// queues no consumer is left on (lapsed claims forgotten). KEYS: as
+/// [`CLAIM`]. ARGV: the consumer's id, now (ms).
 pub(crate) const RELEASE_CLAIM: &str = r#"
+local emptied = {}
 for i = 1, #KEYS, 2 do
   redis.call('ZREM', KEYS[i + 1], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', ARGV[2])
   if redis.call('GET', KEYS[i]) == ARGV[1] then
     redis.call('DEL', KEYS[i])
   end
+  if redis.call('ZCARD', KEYS[i + 1]) == 0 then
+    table.insert(emptied, (i + 1) / 2)
+  end
 end
+return emptied
 "#;
 
 /// The scripts, loaded once per broker.

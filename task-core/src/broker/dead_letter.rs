@@ -11,7 +11,7 @@ use crate::broker::{HeaderValue, Headers};
 /// Adds this death to a message's `x-death` headers as RabbitMQ does (the
 /// latest first, a repeated queue and reason counted), and returns the queues
 /// that would make a cycle of expiries (empty once a rejection is involved).
-pub(super) fn record_death(
+pub(crate) fn record_death(
     headers: &mut Headers,
     queue: &str,
     reason: &str,

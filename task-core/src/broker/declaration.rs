@@ -1,4 +1,5 @@
-//! Queue declarations as RabbitMQ checks them: which arguments are valid,
+//! Queue declarations as RabbitMQ checks them (for the brokers that model
+//! RabbitMQ's semantics: `memory://` and Redis): which arguments are valid,
 //! what they mean for the queue, and when a re-declaration is equivalent.
 
 use std::time::Duration;
@@ -56,12 +57,12 @@ const NOT_FOR_QUORUM: &[&str] = &[
 ];
 
 /// The largest TTL RabbitMQ accepts, in milliseconds.
-pub(super) const MAX_TTL_MS: u64 = u32::MAX as u64;
+pub(crate) const MAX_TTL_MS: u64 = u32::MAX as u64;
 
 /// What a queue does with a message that would take it over its
 /// `x-max-length` / `x-max-length-bytes` (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Overflow {
+pub(crate) enum Overflow {
     /// `drop-head` (the default): the oldest ready messages are dropped.
     DropHead,
     /// `reject-publish`: the publish is refused (a confirm `nack`).
@@ -69,32 +70,32 @@ pub(super) enum Overflow {
 }
 /// How a queue was declared, and what its arguments mean.
 #[derive(Debug, Clone)]
-pub(super) struct Declaration {
-    pub(super) durable: bool,
-    pub(super) auto_delete: bool,
-    pub(super) exclusive: bool,
-    pub(super) arguments: Map<String, Value>,
-    pub(super) max_priority: Option<u8>,
-    pub(super) message_ttl: Option<Duration>,
-    pub(super) dead_letter_exchange: Option<String>,
-    pub(super) dead_letter_routing_key: Option<String>,
+pub(crate) struct Declaration {
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) arguments: Map<String, Value>,
+    pub(crate) max_priority: Option<u8>,
+    pub(crate) message_ttl: Option<Duration>,
+    pub(crate) dead_letter_exchange: Option<String>,
+    pub(crate) dead_letter_routing_key: Option<String>,
     /// `x-max-length`: the most ready messages kept (the oldest are dropped).
-    pub(super) max_length: Option<usize>,
+    pub(crate) max_length: Option<usize>,
     /// `x-max-length-bytes`: the most body bytes kept in ready messages.
-    pub(super) max_length_bytes: Option<usize>,
+    pub(crate) max_length_bytes: Option<usize>,
     /// `x-overflow`: what a full queue does.
-    pub(super) overflow: Overflow,
+    pub(crate) overflow: Overflow,
     /// `x-queue-type` (classic without).
-    pub(super) queue_type: QueueType,
+    pub(crate) queue_type: QueueType,
     /// `x-delivery-limit` (quorum queues): how many times a message may be
     /// returned to the queue (rejected with requeue, or left unacked by a
     /// consumer that went) and still be delivered again.
-    pub(super) delivery_limit: Option<u64>,
+    pub(crate) delivery_limit: Option<u64>,
 }
 
 impl Declaration {
     /// Reads and checks a queue specification, as RabbitMQ checks arguments.
-    pub(super) fn of(spec: &QueueSpec) -> Result<Self, String> {
+    pub(crate) fn of(spec: &QueueSpec) -> Result<Self, String> {
         let arguments = &spec.arguments;
         let invalid = |key: &str, why: &str| {
             format!(
@@ -158,7 +159,7 @@ impl Declaration {
             Some("reject-publish-dlx") => {
                 return Err(invalid(
                     "x-overflow",
-                    "not supported by memory:// (drop-head or reject-publish)",
+                    "not supported here (drop-head or reject-publish)",
                 ))
             }
             Some(_) => return Err(invalid("x-overflow", "invalid_overflow")),
@@ -169,7 +170,7 @@ impl Declaration {
             Some("stream") => {
                 return Err(invalid(
                     "x-queue-type",
-                    "\"unsupported queue type 'stream'\" (memory:// keeps no streams: \
+                    "\"unsupported queue type 'stream'\" (this broker keeps no streams: \
                      see Broker::supports_streams)",
                 ))
             }
@@ -192,7 +193,7 @@ impl Declaration {
             ));
         }
         // RabbitMQ 3.10 takes any value here (and no limit from a value
-        // that is not a number); memory:// refuses what cannot be a count.
+        // that is not a number); memory:// and Redis refuse what cannot be a count.
         let delivery_limit = integer("x-delivery-limit")?;
         match text("x-dead-letter-strategy")?.as_deref() {
             // Dead-lettering is synchronous here: both are at least once.
@@ -217,7 +218,7 @@ impl Declaration {
     }
 
     /// Why `self` (a new declaration) differs from `current`, if it does.
-    pub(super) fn inequivalence(&self, current: &Declaration, queue: &str) -> Option<String> {
+    pub(crate) fn inequivalence(&self, current: &Declaration, queue: &str) -> Option<String> {
         let flag = |name: &str, received: bool, current: bool| {
             (received != current).then(|| {
                 format!(
@@ -253,7 +254,7 @@ impl Declaration {
     }
 
     /// Whether it is a quorum queue.
-    pub(super) fn is_quorum(&self) -> bool {
+    pub(crate) fn is_quorum(&self) -> bool {
         self.queue_type == QueueType::Quorum
     }
 
@@ -261,7 +262,7 @@ impl Declaration {
     /// refuses a publish of `size` bytes: for a classic queue with
     /// `reject-publish`, when the message would take it over a limit.
     /// (A quorum queue decides by its state: [`Declaration::over_limit`].)
-    pub(super) fn would_overflow(&self, ready: usize, bytes: usize, size: usize) -> bool {
+    pub(crate) fn would_overflow(&self, ready: usize, bytes: usize, size: usize) -> bool {
         self.overflow == Overflow::RejectPublish
             && !self.is_quorum()
             && (self.max_length.is_some_and(|max| ready >= max)
@@ -269,7 +270,7 @@ impl Declaration {
     }
 
     /// Whether `ready` messages of `bytes` body bytes are over a limit.
-    pub(super) fn over_limit(&self, ready: usize, bytes: usize) -> bool {
+    pub(crate) fn over_limit(&self, ready: usize, bytes: usize) -> bool {
         self.max_length.is_some_and(|max| ready > max)
             || self.max_length_bytes.is_some_and(|max| bytes > max)
     }
@@ -277,14 +278,14 @@ impl Declaration {
     /// Whether `ready` messages of `bytes` body bytes are back under the
     /// soft limits (80%) at which a quorum queue that refused publishes
     /// takes them again.
-    pub(super) fn below_soft_limit(&self, ready: usize, bytes: usize) -> bool {
+    pub(crate) fn below_soft_limit(&self, ready: usize, bytes: usize) -> bool {
         // As `rabbit_fifo` (`?LOW_LIMIT`): `Num =< trunc(Max * 0.8)`.
         let below = |max: Option<usize>, n: usize| max.is_none_or(|max| n <= max - max.div_ceil(5));
         below(self.max_length, ready) && below(self.max_length_bytes, bytes)
     }
 
     /// The priority level a message is stored at.
-    pub(super) fn level(&self, message: &Message) -> usize {
+    pub(crate) fn level(&self, message: &Message) -> usize {
         match self.max_priority {
             Some(max) => usize::from(message.properties.priority.unwrap_or(0).min(max)),
             None => 0,
@@ -301,7 +302,7 @@ fn same_argument(a: Option<&Value>, b: Option<&Value>) -> bool {
 }
 
 /// A message's `expiration` property (milliseconds), checked as RabbitMQ does.
-pub(super) fn parse_expiration(message: &Message) -> Result<Option<Duration>, BrokerError> {
+pub(crate) fn parse_expiration(message: &Message) -> Result<Option<Duration>, BrokerError> {
     let Some(text) = &message.properties.expiration else {
         return Ok(None);
     };
