@@ -143,7 +143,9 @@ async fn an_unacked_message_of_a_dead_consumer_comes_back_after_the_visibility_t
     let prefix = prefix("restore");
     let visibility = Duration::from_millis(600);
     let dead = broker(&prefix, visibility).await;
-    dead.declare_queue(&QueueSpec::task_queue("q")).await.unwrap();
+    dead.declare_queue(&QueueSpec::task_queue("q"))
+        .await
+        .unwrap();
     dead.publish("", "q", &text("lost?", None)).await.unwrap();
     let mut consumer = dead
         .consume(&["q".to_owned()], ConsumeOptions::manual_ack(1))
