@@ -46,6 +46,14 @@
 //!     native levels) and the CPU of client, worker and RabbitMQ, on the
 //!     shared node and (not with `--quick`) on a private 3-node cluster
 //!     (`quorum.rs`).
+//! 12. `redis_broker`: Redis as the broker: `tasks.add` round trips (as
+//!     in `framework`, results over `rpc://` on each side's broker) of the
+//!     example worker on Redis against the same worker on RabbitMQ and
+//!     against Celery 5.7 on the same Redis (and, not with `--quick`,
+//!     Celery on RabbitMQ), in the same run, with the CPU of client,
+//!     worker, RabbitMQ and redis-server (`INFO cpu`) per 10,000 tasks;
+//!     each Redis side under a `global_keyprefix` of its own, deleted at
+//!     its end (`redis_broker.rs`).
 //!
 //! Every figure is the median of `--runs` runs; every comparison is a ratio
 //! taken within one run, then the median of those ratios. Results are printed
@@ -73,6 +81,7 @@ mod private_cluster;
 mod quorum;
 mod raw;
 mod redis_backend;
+mod redis_broker;
 mod report;
 mod sys;
 
@@ -103,7 +112,8 @@ struct Args {
     #[arg(long)]
     redis: bool,
     /// The Redis server of the `redis` section (result keys of its own
-    /// tasks only, all deleted at the end).
+    /// tasks only, all deleted at the end) and of the `redis_broker`
+    /// section (keys under prefixes of its own, all deleted at the end).
     #[arg(
         long,
         env = "BENCH_REDIS_URL",
@@ -219,6 +229,15 @@ struct Args {
     /// with --quick).
     #[arg(long)]
     no_quorum_cluster: bool,
+    /// Round trips per framework side of the `redis_broker` section
+    /// (default --n; --quick 1,000). Its Celery side runs --celery-n.
+    #[arg(long)]
+    redis_broker_n: Option<usize>,
+    /// One-at-a-time round trips per framework side of the `redis_broker`
+    /// section (default --seq; --quick 100). Its Celery side runs
+    /// --celery-seq.
+    #[arg(long)]
+    redis_broker_seq: Option<usize>,
     /// Internal: the raw worker's prefetch.
     #[arg(long, hide = true, default_value_t = 64)]
     prefetch: u16,
@@ -238,6 +257,9 @@ enum Section {
     Events,
     Beat,
     Quorum,
+    #[value(name = "redis_broker", alias = "redis-broker")]
+    #[serde(rename = "redis_broker")]
+    RedisBroker,
 }
 
 /// Sizes and settings of one benchmark invocation.
@@ -277,6 +299,10 @@ pub struct Config {
     pub quorum_delay_max_s: f64,
     /// Whether the `quorum` section runs on a private 3-node cluster too.
     pub quorum_cluster: bool,
+    /// Round trips per framework side of the `redis_broker` section.
+    pub redis_broker_n: usize,
+    /// One-at-a-time round trips per framework side of `redis_broker`.
+    pub redis_broker_seq: usize,
 }
 
 impl Config {
@@ -329,6 +355,7 @@ pub struct Run {
     pub events: Option<events::EventsRun>,
     pub beat: Option<beat::BeatRun>,
     pub quorum: Option<quorum::QuorumRun>,
+    pub redis_broker: Option<redis_broker::RedisBrokerRun>,
     pub ratios: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
 }
@@ -462,6 +489,11 @@ impl Run {
                 put(key, Some(value));
             }
         }
+        if let Some(redis_broker) = &self.redis_broker {
+            for (key, value) in redis_broker.ratios() {
+                put(key, Some(value));
+            }
+        }
         if let Some(a) = &self.redis_await {
             put(
                 "redis:await_collect_rate_redis_over_rpc",
@@ -545,6 +577,7 @@ async fn bench(args: Args) -> Result<()> {
         Section::Events,
         Section::Beat,
         Section::Quorum,
+        Section::RedisBroker,
     ];
     let mut sections: Vec<Section> = args.only.clone();
     if args.redis && !sections.contains(&Section::Redis) {
@@ -563,7 +596,8 @@ async fn bench(args: Args) -> Result<()> {
         || sections.contains(&Section::Redis)
         || sections.contains(&Section::Canvas)
         || sections.contains(&Section::Events)
-        || sections.contains(&Section::Beat);
+        || sections.contains(&Section::Beat)
+        || sections.contains(&Section::RedisBroker);
     let worker_binary = if needs_worker {
         framework::ensure_worker_binary(!args.no_build)?
     } else {
@@ -641,6 +675,16 @@ async fn bench(args: Args) -> Result<()> {
             .unwrap_or(if quick { 2.0 } else { 5.0 })
             .clamp(1.0, 86_400.0),
         quorum_cluster: !quick && !args.no_quorum_cluster,
+        redis_broker_n: args
+            .redis_broker_n
+            .or(args.n)
+            .unwrap_or(if quick { 1_000 } else { 20_000 })
+            .max(1),
+        redis_broker_seq: args
+            .redis_broker_seq
+            .or(args.seq)
+            .unwrap_or(if quick { 100 } else { 2_000 })
+            .max(1),
     };
     let machine = sys::Machine::describe();
     let mut notes = Vec::new();
@@ -671,8 +715,22 @@ async fn bench(args: Args) -> Result<()> {
             Err(why) => return Err(why),
         }
     }
+    if sections.contains(&Section::RedisBroker) {
+        let named = args.only.contains(&Section::RedisBroker) && !args.all;
+        match redis_backend::RedisAdmin::connect(&cfg.redis_url).await {
+            // Its redis-server CPU comes from `INFO cpu`, local or not.
+            Ok(_) => {}
+            Err(why) if !named => {
+                eprintln!("skipping the Redis broker section: {why:#}");
+                notes.push(format!("Redis broker section skipped: {why:#}"));
+                sections.retain(|s| *s != Section::RedisBroker);
+            }
+            Err(why) => return Err(why),
+        }
+    }
     let python = if sections.contains(&Section::Celery)
         || sections.contains(&Section::Redis)
+        || sections.contains(&Section::RedisBroker)
         || sections.contains(&Section::Canvas)
         || sections.contains(&Section::Beat)
     {
@@ -808,6 +866,13 @@ async fn bench(args: Args) -> Result<()> {
                 run.errors.push(format!("quorum (3 nodes): {why}"));
             }
         }
+        if sections.contains(&Section::RedisBroker) {
+            section!(
+                redis_broker,
+                "redis_broker (vs RMQ)",
+                redis_broker::bench(&cfg, python.as_deref(), k)
+            );
+        }
         run.compute_ratios();
         runs.push(run);
         // Whatever a failed section left behind.
@@ -829,6 +894,9 @@ async fn bench(args: Args) -> Result<()> {
     let quorum_runs: Vec<quorum::QuorumRun> =
         runs.iter().filter_map(|r| r.quorum.clone()).collect();
     quorum::print(&quorum_runs);
+    let redis_broker_runs: Vec<redis_broker::RedisBrokerRun> =
+        runs.iter().filter_map(|r| r.redis_broker.clone()).collect();
+    redis_broker::print(&redis_broker_runs);
     let cpus = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{v:.2}"));
     println!(
         "machine: {} CPUs; over these {:.0} s on average {} CPUs were busy: benchmark {:.2} \
@@ -854,7 +922,7 @@ async fn bench(args: Args) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let json = serde_json::json!({
-        "benchmark": "task-core tasks.add round trips: raw lapin vs framework vs Celery 5.7; delayed tasks (countdowns) through RabbitMQ's delay levels; the Redis result backend against rpc:// and Celery's Redis backend",
+        "benchmark": "task-core tasks.add round trips: raw lapin vs framework vs Celery 5.7; delayed tasks (countdowns) through RabbitMQ's delay levels; the Redis result backend against rpc:// and Celery's Redis backend; the Redis broker against RabbitMQ and Celery on Redis",
         "finished_at": chrono::Utc::now().to_rfc3339(),
         "args": args,
         "config": cfg,
