@@ -519,6 +519,91 @@ async fn standby_instances_in_one_process_wait_while_one_leads() {
     group.remove().await;
 }
 
+/// Deletes every key under `prefix` on the shared Redis.
+async fn delete_redis_keys(prefix: &str) {
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut connection)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn schedulers_on_a_redis_broker_lead_one_at_a_time() {
+    let prefix = format!("t.beat.{}.", uuid::Uuid::new_v4().simple());
+    let url = format!("{}?global_keyprefix={prefix}", common::redis_url());
+    let app = App::builder().broker_url(&url).connect().await.unwrap();
+    let name = format!("test-redis-{}", uuid::Uuid::new_v4().simple());
+    let queue = common::unique_queue("beat-redis");
+    app.ensure_queue(&queue).await.unwrap();
+    let mut consumer = app
+        .broker()
+        .consume(std::slice::from_ref(&queue), ConsumeOptions::no_ack())
+        .await
+        .unwrap();
+    let build = || {
+        Beat::builder()
+            .broker_url(&url)
+            .name(name.clone())
+            .standby_poll(Duration::from_millis(100))
+            .entry(Entry::every(
+                "tick",
+                Duration::from_secs(1),
+                Signature::<Value>::new("t.tick").queue(queue.clone()),
+            ))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (build(), build());
+    let (stop_first, stop_second) = (CancellationToken::new(), CancellationToken::new());
+    let mut first_role = first.role();
+    let running_first = tokio::spawn({
+        let stop = stop_first.clone();
+        async move { first.run_until(stop.cancelled_owned()).await }
+    });
+    first_role
+        .wait_for(|role| *role == Role::Leading)
+        .await
+        .unwrap();
+    let mut second_role = second.role();
+    let running_second = tokio::spawn({
+        let stop = stop_second.clone();
+        async move { second.run_until(stop.cancelled_owned()).await }
+    });
+    second_role
+        .wait_for(|role| *role == Role::Standby)
+        .await
+        .unwrap();
+    assert_eq!(next_fired(&mut consumer).await.entry, "tick");
+    assert_eq!(*second_role.borrow(), Role::Standby, "one leader at a time");
+    // The leader stops (its connection closes: the lock goes): the standby
+    // leads.
+    stop_first.cancel();
+    running_first.await.unwrap().unwrap();
+    tokio::time::timeout(
+        RESULT_TIMEOUT,
+        second_role.wait_for(|role| *role == Role::Leading),
+    )
+    .await
+    .expect("the standby takes over")
+    .unwrap();
+    assert_eq!(next_fired(&mut consumer).await.entry, "tick");
+    stop_second.cancel();
+    running_second.await.unwrap().unwrap();
+    consumer.cancel.close().await.unwrap();
+    app.close().await.unwrap();
+    delete_redis_keys(&prefix).await;
+}
+
 #[test]
 fn an_invalid_schedule_fails_at_start_naming_each_entry() {
     let schedule = TempSchedule::new(

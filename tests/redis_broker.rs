@@ -384,3 +384,52 @@ async fn a_rust_worker_and_client_on_redis_with_rpc_results() {
 async fn a_rust_worker_and_client_on_redis_with_the_redis_backend() {
     worker_round_trips("backend", &common::redis_url()).await;
 }
+
+#[tokio::test]
+async fn an_exclusive_queue_is_its_connections_until_that_connection_closes_or_vanishes() {
+    let prefix = prefix("lease");
+    let url = common::redis_url();
+    let connect = || {
+        RedisBroker::connect_with(
+            &url,
+            RedisBrokerOptions::default()
+                .key_prefix(&prefix)
+                .connection_lease(Duration::from_millis(300)),
+        )
+    };
+    let spec = || QueueSpec {
+        exclusive: true,
+        ..QueueSpec::task_queue("lock")
+    };
+    let (owner, other) = (connect().await.unwrap(), connect().await.unwrap());
+    owner.declare_queue(&spec()).await.unwrap();
+    let refused = other.declare_queue(&spec()).await.unwrap_err();
+    assert!(refused.is_resource_locked(), "{refused}");
+
+    // Closed, it gives the queue up at once.
+    owner.close().await.unwrap();
+    other.declare_queue(&spec()).await.unwrap();
+
+    // Vanished (dropped without closing, as a killed process), its queue is
+    // free once its lease lapsed, not before.
+    let third = connect().await.unwrap();
+    assert!(third
+        .declare_queue(&spec())
+        .await
+        .unwrap_err()
+        .is_resource_locked());
+    drop(other);
+    let started = Instant::now();
+    loop {
+        match third.declare_queue(&spec()).await {
+            Ok(()) => break,
+            Err(error) if error.is_resource_locked() => {
+                assert!(started.elapsed() < RESULT_TIMEOUT, "the lease never lapsed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    third.close().await.unwrap();
+    clean(&prefix).await;
+}

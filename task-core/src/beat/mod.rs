@@ -63,7 +63,13 @@
 //! late fires late (never twice: the record is by scheduled time).
 //!
 //! `memory://` has no streams: there the record lives in the process (for
-//! tests and development; a single instance).
+//! tests and development; a single instance). Nor has Redis: on a
+//! `redis://` broker the group's lock is the same exclusive queue (a
+//! connection owns it while its lease in Redis holds: a vanished leader's
+//! lock frees itself within `RedisBrokerOptions::connection_lease`, 30 s),
+//! and the record lives in the leader's process, so an instance that takes
+//! over counts each entry from the moment it leads: a run that fell due
+//! during the handover is not sent (nor is a run sent again).
 
 mod config;
 mod due;

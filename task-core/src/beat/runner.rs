@@ -19,6 +19,7 @@ use super::{BeatError, DeclaredEntry, Entry, EntryError, MissedRuns};
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redact;
+use crate::broker::redis::{RedisBroker, RedisBrokerOptions};
 use crate::broker::{Broker, BrokerError, Credentials, QueueSpec, QueueType, TlsOptions};
 use crate::schedule::Schedule;
 use crate::{Expiry, Signature, DEFAULT_BROKER_URL, DEFAULT_QUEUE};
@@ -505,16 +506,21 @@ impl Beat {
                     .await?,
                 ))
             }
-            Some("redis" | "rediss") => Err(BrokerError::InvalidUrl {
-                url: redact(url),
-                reason: "the scheduler's group lock and record of runs need RabbitMQ (an \
-                         exclusive queue, a stream); beat does not run on a Redis broker yet: \
-                         use amqp:// or memory://"
-                    .into(),
-            }),
+            // The group's lock is an exclusive queue there too (owned while
+            // this connection's lease holds); the record of runs is kept in
+            // this process (Redis has no streams), as on memory://.
+            Some("redis" | "rediss") => {
+                let mut options = RedisBrokerOptions::default();
+                if let (Some(tls), Some("rediss")) = (&inner.tls, scheme.as_deref()) {
+                    options = options.tls(tls.clone());
+                }
+                Ok(Arc::new(RedisBroker::connect_with(url, options).await?))
+            }
             _ => Err(BrokerError::InvalidUrl {
                 url: redact(url),
-                reason: "unsupported scheme: use amqp://, amqps:// or memory://".into(),
+                reason:
+                    "unsupported scheme: use amqp://, amqps://, redis://, rediss:// or memory://"
+                        .into(),
             }),
         }
     }

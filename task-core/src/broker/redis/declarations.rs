@@ -9,6 +9,10 @@
 //! Records: `_task_core.queues` (queue → [`QueueRecord`] JSON) and
 //! `_task_core.exchanges` (exchange → [`ExchangeRecord`] JSON).
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -173,8 +177,17 @@ impl Inner {
         else {
             return Ok(());
         };
-        if current.owner.as_deref().is_some_and(|o| o != self.id) {
-            return Err(locked(OPERATION, &spec.name));
+        if let Some(owner) = current.owner.as_deref().filter(|o| *o != self.id) {
+            if self.connection_alive(owner).await? {
+                return Err(locked(OPERATION, &spec.name));
+            }
+            // Its owner vanished without closing: the queue went with it,
+            // as RabbitMQ deletes it when the socket closes.
+            self.replace_stale(&spec.name, &record).await?;
+            if spec.exclusive {
+                self.remember_exclusive(&spec.name);
+            }
+            return Ok(());
         }
         match current.declaration(&spec.name) {
             Some(current) => match declaration.inequivalence(&current, &spec.name) {
@@ -215,19 +228,24 @@ impl Inner {
         let record = stored
             .as_deref()
             .and_then(|s| serde_json::from_str::<QueueRecord>(s).ok());
-        if record
+        let mut declared = stored.is_some();
+        if let Some(owner) = record
             .as_ref()
             .and_then(|r| r.owner.as_deref())
-            .is_some_and(|owner| owner != self.id)
+            .filter(|owner| *owner != self.id)
         {
-            return Err(locked(operation, name));
+            if self.connection_alive(owner).await? {
+                return Err(locked(operation, name));
+            }
+            // Its owner vanished: it is gone, as on RabbitMQ.
+            declared = false;
         }
         let ready: u64 = counts.iter().sum();
         let bound = members
             .iter()
             .any(|member| keys::parse_binding(member).is_some_and(|(_, _, queue)| queue == name));
         Ok(QueueState {
-            exists: stored.is_some() || ready > 0 || bound,
+            exists: declared || ready > 0 || bound,
             ready,
         })
     }
@@ -269,7 +287,9 @@ impl Inner {
     ) -> Result<Option<QueueRecord>, BrokerError> {
         let record = self.queue_record(name).await?;
         match record.as_ref().and_then(|r| r.owner.as_deref()) {
-            Some(owner) if owner != self.id => Err(locked(operation, name)),
+            Some(owner) if owner != self.id && self.connection_alive(owner).await? => {
+                Err(locked(operation, name))
+            }
             _ => Ok(record),
         }
     }
@@ -355,6 +375,32 @@ impl Inner {
         Ok(bound)
     }
 
+    /// Whether connection `id` is still open: its lease has not lapsed.
+    async fn connection_alive(&self, id: &str) -> Result<bool, BrokerError> {
+        let key = self.keys.connection(id);
+        self.retrying("exists", |mut c| {
+            let key = key.clone();
+            async move { c.exists(&key).await }
+        })
+        .await
+    }
+
+    /// Replaces the record of a queue whose owner vanished with `record`,
+    /// and empties its lists.
+    async fn replace_stale(&self, name: &str, record: &str) -> Result<(), BrokerError> {
+        let (key, field, record) = (self.keys.queues.clone(), name.to_owned(), record.to_owned());
+        let lists = self.keys.lists(name);
+        self.retrying("hset", |mut c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic().hset(&key, &field, &record).ignore();
+            for list in &lists {
+                pipe.del(list).ignore();
+            }
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await
+    }
+
     /// Remembers an exclusive queue this connection declared (deleted when
     /// it closes).
     fn remember_exclusive(&self, queue: &str) {
@@ -363,4 +409,54 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(queue.to_owned());
     }
+}
+
+/// Takes this connection's lease, and keeps renewing it while the
+/// connection is open, once it declares an exclusive queue: other
+/// connections see it open while the lease holds.
+pub(crate) async fn ensure_lease(inner: &Arc<Inner>) -> Result<(), BrokerError> {
+    if inner.leased.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let lease = inner
+        .options
+        .connection_lease
+        .max(Duration::from_millis(30));
+    if let Err(error) = renew_lease(inner, lease).await {
+        inner.leased.store(false, Ordering::Release);
+        return Err(error);
+    }
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(error) = renew_lease(&inner, lease).await {
+                tracing::warn!(%error, "redis broker: cannot renew this connection's lease yet");
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn renew_lease(inner: &Inner, lease: Duration) -> Result<(), BrokerError> {
+    let key = inner.keys.connection(&inner.id);
+    let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    inner
+        .retrying("set", |mut c| {
+            let key = key.clone();
+            async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
 }

@@ -19,7 +19,8 @@
 //!   process), and per queue
 //!   `_task_core.consumers.<queue>` (its Rust consumers, scored by when
 //!   their claim lapses, in ms) and `_task_core.exclusive.<queue>` (its
-//!   exclusive consumer, expiring with its claim).
+//!   exclusive consumer, expiring with its claim), and per connection that
+//!   declared an exclusive queue `_task_core.connection.<id>` (its lease).
 
 /// kombu's separator inside binding members and priority list names.
 pub const SEP: &str = "\x06\x16";
@@ -121,6 +122,12 @@ impl Keys {
     /// each one's claim lapses (ms).
     pub(crate) fn consumers(&self, queue: &str) -> String {
         format!("{}_task_core.consumers.{queue}", self.prefix)
+    }
+
+    /// The lease of connection `id`: present while that connection is open
+    /// (it owns the exclusive queues it declared while it is).
+    pub(crate) fn connection(&self, id: &str) -> String {
+        format!("{}_task_core.connection.{id}", self.prefix)
     }
 
     /// The key naming `queue`'s exclusive consumer while it has one.

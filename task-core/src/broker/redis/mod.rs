@@ -103,6 +103,12 @@ pub struct RedisBrokerOptions {
     pub response_timeout: Duration,
     /// TLS settings for a `rediss://` URL (CA file, client certificate).
     pub tls: Option<TlsOptions>,
+    /// How long the exclusive queues of a connection stay its own after
+    /// its process vanished without closing it (default 30 s): the
+    /// connection renews its lease every third of this while it is open,
+    /// and another connection may take them over once it lapsed (RabbitMQ
+    /// frees them when the socket closes).
+    pub connection_lease: Duration,
 }
 
 impl Default for RedisBrokerOptions {
@@ -114,6 +120,7 @@ impl Default for RedisBrokerOptions {
             reconnect_deadline: Duration::from_secs(60),
             response_timeout: Duration::from_secs(10),
             tls: None,
+            connection_lease: Duration::from_secs(30),
         }
     }
 }
@@ -140,6 +147,12 @@ impl RedisBrokerOptions {
     /// Sets [`RedisBrokerOptions::reconnect_deadline`].
     pub fn reconnect_deadline(mut self, deadline: Duration) -> Self {
         self.reconnect_deadline = deadline;
+        self
+    }
+
+    /// Sets [`RedisBrokerOptions::connection_lease`].
+    pub fn connection_lease(mut self, lease: Duration) -> Self {
+        self.connection_lease = lease;
         self
     }
 
@@ -214,6 +227,9 @@ pub(crate) struct Inner {
     /// The exclusive queues this connection declared, deleted when it
     /// closes.
     exclusive_queues: Mutex<HashSet<String>>,
+    /// Whether this connection keeps a lease (once it declared an
+    /// exclusive queue).
+    leased: AtomicBool,
     /// This process's consumers, ended when one of their queues is deleted.
     consumers: Mutex<Vec<std::sync::Weak<consumer::ConsumerState>>>,
 }
@@ -342,6 +358,7 @@ impl RedisBroker {
                 closed: AtomicBool::new(false),
                 id: uuid::Uuid::new_v4().simple().to_string(),
                 exclusive_queues: Mutex::new(HashSet::new()),
+                leased: AtomicBool::new(false),
                 consumers: Mutex::new(Vec::new()),
             }),
         })
@@ -831,6 +848,9 @@ impl RedisBroker {
             })?;
             inner.routing.remember_kind(&spec.name, kind);
         }
+        if spec.exclusive {
+            declarations::ensure_lease(inner).await?;
+        }
         inner.record_queue(spec).await?;
         let limits = ListLimits::of(spec);
         inner
@@ -1232,6 +1252,13 @@ impl Broker for RedisBroker {
         }
         self.inner.closed.store(true, Ordering::Release);
         self.inner.upkeep.stop();
+        if self.inner.leased.load(Ordering::Acquire) {
+            let key = self.inner.keys.connection(&self.inner.id);
+            let mut commands = self.inner.commands.clone();
+            if let Err(error) = commands.del::<_, ()>(&key).await {
+                tracing::debug!(%error, "redis broker: a closed connection's lease will lapse by itself");
+            }
+        }
         Ok(())
     }
 }
