@@ -433,3 +433,105 @@ async fn an_exclusive_queue_is_its_connections_until_that_connection_closes_or_v
     third.close().await.unwrap();
     clean(&prefix).await;
 }
+
+/// A well-formed task message for `name`, no arguments, no result.
+fn task_message(name: &str) -> Message {
+    use task_core::protocol::task_message::{encode_task, TaskCall};
+    encode_task(&TaskCall {
+        id: &uuid::Uuid::new_v4().to_string(),
+        name,
+        args: &[],
+        kwargs: &[],
+        reply_to: None,
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: true,
+        retries: 0,
+        root_id: None,
+        parent_id: None,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn poison_messages_on_redis_go_to_the_dead_letter_list_with_their_reason() {
+    use task_core::broker::dead_letter_headers;
+    use task_examples::add;
+    let prefix = prefix("poison");
+    let app = redis_app(&prefix, "rpc://").await;
+    let queue = common::unique_queue("redis-poison");
+    let worker = common::TestWorker::start_on(queue.clone(), app.clone(), 2, |b| b).await;
+
+    let mut malformed = task_message("tasks.add");
+    malformed.body = b"{not json".to_vec();
+    app.broker().publish("", &queue, &malformed).await.unwrap();
+    let unknown = task_message("tasks.no_such_task");
+    app.broker().publish("", &queue, &unknown).await.unwrap();
+    // Not even kombu's envelope: pushed straight into the queue's list.
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("LPUSH")
+        .arg(format!("{prefix}{queue}"))
+        .arg("garbage, not JSON")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    // The worker goes on: a task sent after them all succeeds.
+    let after = add
+        .s(2, 3)
+        .queue(queue.clone())
+        .apply_async_with(&app)
+        .await
+        .unwrap();
+    assert_eq!(after.get(RESULT_TIMEOUT).await.unwrap(), 5);
+    // Stopped gracefully, it has settled every message it took.
+    let (app, _) = worker.halt().await;
+
+    let dead_letters = QueueSpec::dead_letter_queue(&queue).name;
+    let mut consumer = app
+        .broker()
+        .consume(
+            std::slice::from_ref(&dead_letters),
+            ConsumeOptions::no_ack(),
+        )
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let delivery = next(&mut consumer.deliveries).await;
+        let headers = delivery.message.properties.headers.to_json();
+        assert_eq!(headers[dead_letter_headers::QUEUE], queue.as_str());
+        reasons.push(
+            headers[dead_letter_headers::REASON]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        if delivery.message.body == b"garbage, not JSON" {
+            assert!(reasons.last().unwrap().starts_with("DecodeError"));
+        }
+    }
+    reasons.sort();
+    assert!(reasons[0].starts_with("DecodeError"), "{reasons:?}");
+    assert!(reasons[1].starts_with("DecodeError"), "{reasons:?}");
+    assert!(reasons[2].starts_with("NotRegistered"), "{reasons:?}");
+    assert_eq!(
+        app.broker()
+            .queue_message_count(&dead_letters)
+            .await
+            .unwrap(),
+        0
+    );
+    consumer.cancel.close().await.unwrap();
+    app.close().await.unwrap();
+    let broker = broker(&prefix, Duration::from_secs(3600)).await;
+    assert_eq!(
+        broker.unacked_count().await.unwrap(),
+        0,
+        "every poison message was settled"
+    );
+    clean(&prefix).await;
+}
