@@ -535,3 +535,35 @@ async fn poison_messages_on_redis_go_to_the_dead_letter_list_with_their_reason()
     );
     clean(&prefix).await;
 }
+
+#[tokio::test]
+async fn deleting_a_queue_ends_its_consumers_in_other_processes_too() {
+    let prefix = prefix("deleted");
+    let (deleter, consuming) = (
+        broker(&prefix, Duration::from_secs(3600)).await,
+        broker(&prefix, Duration::from_secs(3600)).await,
+    );
+    deleter
+        .declare_queue(&QueueSpec::task_queue("q"))
+        .await
+        .unwrap();
+    deleter.publish("", "q", &text("held", None)).await.unwrap();
+    let mut consumer = consuming
+        .consume(&["q".to_owned()], ConsumeOptions::manual_ack(1))
+        .await
+        .unwrap();
+    let held = next(&mut consumer.deliveries).await;
+    deleter.delete_queue("q").await.unwrap();
+    // The other process's consumer sees the deletion at its next claim
+    // renewal and ends, as RabbitMQ cancels the consumers of a deleted queue.
+    let ended = tokio::time::timeout(RESULT_TIMEOUT, consumer.deliveries.next()).await;
+    assert!(matches!(ended, Ok(None)), "the consumer did not end");
+    assert!(
+        held.acker.ack().await.is_err(),
+        "what it held went with the queue"
+    );
+    assert_eq!(deleter.unacked_count().await.unwrap(), 0);
+    deleter.close().await.unwrap();
+    consuming.close().await.unwrap();
+    clean(&prefix).await;
+}

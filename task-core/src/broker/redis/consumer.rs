@@ -57,6 +57,9 @@ struct Held {
 pub(crate) struct ConsumerState {
     inner: Arc<Inner>,
     queues: Vec<String>,
+    /// Those of its queues a Rust process declared: the consumer ends when
+    /// one of their records goes (deleted by any process).
+    declared: Vec<String>,
     claim: Claim,
     stop: watch::Sender<bool>,
     held: Mutex<Held>,
@@ -131,21 +134,30 @@ pub(super) async fn end_consumers_of(inner: &Inner, queue: &str) {
         .filter(|state| state.queues.iter().any(|q| q == queue))
         .collect();
     for state in ended {
-        state.closed.store(true, Ordering::Release);
-        state.stop();
-        state.claim.release(&state.inner, false).await;
-        for tag in state.take_held() {
-            if let Err(error) = inner.ack(&tag).await {
-                tracing::warn!(%error, "redis broker: cannot drop a message of a deleted queue");
-            }
+        end(&state).await;
+    }
+}
+
+/// Ends a consumer whose queue was deleted: its stream ends, its claim
+/// goes (deleting nothing), and what it held goes with the queue.
+async fn end(state: &ConsumerState) {
+    // Taken and dropped first: once the stream has ended, none of it can be
+    // settled, and none of it is left in `unacked`.
+    for tag in state.take_held() {
+        if let Err(error) = state.inner.ack(&tag).await {
+            tracing::warn!(%error, "redis broker: cannot drop a message of a deleted queue");
         }
     }
+    state.closed.store(true, Ordering::Release);
+    state.stop();
+    state.claim.release(&state.inner, false).await;
 }
 
 /// Starts a consumer of `queues`.
 pub(super) async fn start(
     inner: &Arc<Inner>,
     queues: &[String],
+    declared: Vec<String>,
     options: ConsumeOptions,
 ) -> Result<Consumer, BrokerError> {
     let claim = Claim::take(inner, queues, options.exclusive).await?;
@@ -158,6 +170,7 @@ pub(super) async fn start(
     let state = Arc::new(ConsumerState {
         inner: Arc::clone(inner),
         queues: queues.to_vec(),
+        declared,
         claim,
         stop,
         held: Mutex::new(Held::default()),
@@ -367,6 +380,21 @@ impl Claim {
                     "redis broker: an exclusive consumer's claim lapsed and another consumer took its queue"
                 ),
                 Err(error) => tracing::warn!(%error, "redis broker: cannot renew a consumer's claim yet"),
+            }
+            // A queue deleted by another process ends its consumers here
+            // too (within a renewal period).
+            if !state.declared.is_empty() {
+                match inner.records_gone(&state.declared).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(queues = ?gone, "redis broker: a consumed queue was deleted; the consumer ends");
+                        end(&state).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "redis broker: cannot check the consumed queues yet")
+                    }
+                }
             }
         }
         claim.release(inner, true).await;

@@ -104,10 +104,11 @@ impl ExchangeRecord {
     }
 }
 
-/// What is known of a queue: whether it exists, how many messages are
-/// ready in it.
+/// What is known of a queue: whether it exists, whether a Rust process
+/// declared it, how many messages are ready in it.
 pub(crate) struct QueueState {
     pub(crate) exists: bool,
+    pub(crate) declared: bool,
     pub(crate) ready: u64,
 }
 
@@ -246,6 +247,7 @@ impl Inner {
             .any(|member| keys::parse_binding(member).is_some_and(|(_, _, queue)| queue == name));
         Ok(QueueState {
             exists: declared || ready > 0 || bound,
+            declared,
             ready,
         })
     }
@@ -277,6 +279,26 @@ impl Inner {
             })
             .await?;
         Ok(stored.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Those of `queues` whose record is gone (deleted, by any process).
+    pub(crate) async fn records_gone(&self, queues: &[String]) -> Result<Vec<String>, BrokerError> {
+        let key = self.keys.queues.clone();
+        let present: Vec<bool> = self
+            .retrying("hexists", |mut c| {
+                let mut pipe = redis::pipe();
+                for queue in queues {
+                    pipe.hexists(&key, queue);
+                }
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(queues
+            .iter()
+            .zip(present)
+            .filter(|(_, present)| !present)
+            .map(|(queue, _)| queue.clone())
+            .collect())
     }
 
     /// Refuses (405) an operation on another connection's exclusive queue.

@@ -1182,13 +1182,21 @@ impl Broker for RedisBroker {
                 "Redis has no stream queues (Broker::supports_streams is false)",
             ));
         }
+        let mut declared = Vec::new();
         for queue in queues {
-            self.inner.existing_queue(queue, "basic.consume").await?;
+            if self
+                .inner
+                .existing_queue(queue, "basic.consume")
+                .await?
+                .declared
+            {
+                declared.push(queue.clone());
+            }
         }
         if !options.no_ack {
             upkeep::start(&self.inner);
         }
-        consumer::start(&self.inner, queues, options).await
+        consumer::start(&self.inner, queues, declared, options).await
     }
 
     fn dead_letters_dropped(&self) -> bool {
