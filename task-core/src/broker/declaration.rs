@@ -293,6 +293,18 @@ impl Declaration {
     }
 }
 
+/// RabbitMQ's refusal (405) of another connection's exclusive queue.
+pub(crate) fn locked(operation: &'static str, queue: &str) -> BrokerError {
+    BrokerError::refused(
+        operation,
+        ReplyCode::ResourceLocked,
+        format!(
+            "queue `{queue}`: RESOURCE_LOCKED - cannot obtain exclusive access to locked queue \
+             '{queue}': it was declared exclusive by another connection"
+        ),
+    )
+}
+
 /// Argument equality as RabbitMQ sees it: numbers by value, whatever their type.
 fn same_argument(a: Option<&Value>, b: Option<&Value>) -> bool {
     match (a, b) {

@@ -16,7 +16,7 @@ use super::handles::{MemoryAcker, NoAck, Outcome};
 use super::timer::{rearm, Timer};
 use super::Core;
 use crate::broker::dead_letter::record_death;
-use crate::broker::declaration::{parse_expiration, Declaration, Overflow};
+use crate::broker::declaration::{locked, parse_expiration, Declaration, Overflow};
 use crate::broker::{
     Acknowledger, BrokerError, ConsumeOptions, Delivery, ExchangeSpec, HeaderValue, Message,
     QueueSpec, ReplyCode,
@@ -1134,17 +1134,5 @@ fn default_exchange_refused(operation: &'static str) -> BrokerError {
         operation,
         ReplyCode::AccessRefused,
         "ACCESS_REFUSED - operation not permitted on the default exchange",
-    )
-}
-
-/// RabbitMQ's refusal of another connection's exclusive queue.
-fn locked(operation: &'static str, queue: &str) -> BrokerError {
-    BrokerError::refused(
-        operation,
-        ReplyCode::ResourceLocked,
-        format!(
-            "queue `{queue}`: RESOURCE_LOCKED - cannot obtain exclusive access to locked queue \
-             '{queue}': it was declared exclusive by another connection"
-        ),
     )
 }

@@ -3,8 +3,6 @@
 //! `x-dead-letter-routing-key`), with RabbitMQ's `x-death` record, or else
 //! dropped.
 
-use redis::AsyncCommands;
-
 use super::{envelope, Inner};
 use crate::broker::dead_letter::record_death;
 use crate::broker::BrokerError;
@@ -40,14 +38,7 @@ impl Inner {
         exchange: &str,
         routing_key: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let (hash, field) = (self.keys.unacked.clone(), tag.to_owned());
-        let entry: Option<String> = self
-            .retrying("hget", move |mut c| {
-                let (hash, field) = (hash.clone(), field.clone());
-                async move { c.hget(&hash, &field).await }
-            })
-            .await?;
-        let Some(entry) = entry else {
+        let Some(entry) = self.unacked_entry(tag).await? else {
             return Ok(());
         };
         let decoded =

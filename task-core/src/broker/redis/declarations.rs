@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::keys;
 use super::Inner;
-use crate::broker::declaration::Declaration;
+use crate::broker::declaration::{locked, Declaration};
 use crate::broker::{BrokerError, ExchangeKind, ExchangeSpec, QueueSpec, ReplyCode};
 
 /// A queue's declaration as kept in Redis.
@@ -114,17 +114,6 @@ pub(crate) struct QueueState {
 
 fn precondition_failed(operation: &'static str, reason: String) -> BrokerError {
     BrokerError::refused(operation, ReplyCode::PreconditionFailed, reason)
-}
-
-fn locked(operation: &'static str, queue: &str) -> BrokerError {
-    BrokerError::refused(
-        operation,
-        ReplyCode::ResourceLocked,
-        format!(
-            "queue `{queue}`: RESOURCE_LOCKED - cannot obtain exclusive access to locked queue \
-             '{queue}': it was declared exclusive by another connection"
-        ),
-    )
 }
 
 /// 404 for a queue nobody declared.

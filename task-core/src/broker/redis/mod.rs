@@ -722,6 +722,17 @@ impl Inner {
         result
     }
 
+    /// The `unacked` entry held under `tag` (`[envelope, exchange, routing
+    /// key]`), if it is still held.
+    pub(crate) async fn unacked_entry(&self, tag: &str) -> Result<Option<String>, BrokerError> {
+        let (hash, field) = (self.keys.unacked.clone(), tag.to_owned());
+        self.retrying("hget", move |mut c| {
+            let (hash, field) = (hash.clone(), field.clone());
+            async move { c.hget(&hash, &field).await }
+        })
+        .await
+    }
+
     /// Puts the message held under `tag` back in its queue (`front`: next
     /// to be popped; else last), marked redelivered; `ceil`: only if its
     /// score is not above it (a visibility restore). Returns whether it was
@@ -732,14 +743,7 @@ impl Inner {
         ceil: Option<f64>,
         front: bool,
     ) -> Result<bool, BrokerError> {
-        let (hash, field) = (self.keys.unacked.clone(), tag.to_owned());
-        let entry: Option<String> = self
-            .retrying("hget", move |mut c| {
-                let (hash, field) = (hash.clone(), field.clone());
-                async move { c.hget(&hash, &field).await }
-            })
-            .await?;
-        let Some(entry) = entry else {
+        let Some(entry) = self.unacked_entry(tag).await? else {
             // Settled meanwhile, or restored by someone else.
             let index = self.keys.unacked_index.clone();
             let field = tag.to_owned();
