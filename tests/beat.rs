@@ -6,6 +6,8 @@
 //! a Rust worker).
 
 mod common;
+#[path = "common/redis_keys.rs"]
+mod redis_keys;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -519,24 +521,6 @@ async fn standby_instances_in_one_process_wait_while_one_leads() {
     group.remove().await;
 }
 
-/// Deletes every key under `prefix` on the shared Redis.
-async fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut connection)
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn schedulers_on_a_redis_broker_lead_one_at_a_time() {
     let prefix = format!("t.beat.{}.", uuid::Uuid::new_v4().simple());
@@ -601,7 +585,7 @@ async fn schedulers_on_a_redis_broker_lead_one_at_a_time() {
     running_second.await.unwrap().unwrap();
     consumer.cancel.close().await.unwrap();
     app.close().await.unwrap();
-    delete_redis_keys(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[test]

@@ -10,6 +10,8 @@
 //! show that something did not happen early.
 
 mod common;
+#[path = "common/redis_keys.rs"]
+mod redis_keys;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,27 +77,6 @@ async fn redis_connect(prefix: &str) -> Arc<dyn Broker> {
 async fn redis_fixture() -> Fixture {
     let prefix = format!("t.contract.{}:", uuid::Uuid::new_v4().simple());
     Fixture::new(redis_connect(&prefix).await, Origin::Redis { prefix })
-}
-
-/// Deletes every key under `prefix` on the shared Redis.
-async fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open(common::redis_url()).expect("a Redis URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis reachable");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys listed");
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut connection)
-            .await
-            .expect("keys deleted");
-    }
 }
 
 impl Fixture {
@@ -232,7 +213,7 @@ impl Fixture {
         }
         let _ = self.broker.close().await;
         if let Origin::Redis { prefix } = &self.origin {
-            delete_redis_keys(prefix).await;
+            redis_keys::delete_redis_keys(prefix).await;
         }
     }
 }

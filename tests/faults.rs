@@ -64,43 +64,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// builds examples only when no test target is named (`cargo test --test
 /// faults` does not), and a stale worker would test old code.
 fn worker_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let test_exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = test_exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("tests run from target/<profile>/deps");
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-                "build",
-                "--quiet",
-                "--example",
-                "worker",
-            ]);
-            match profile_dir.file_name().and_then(|name| name.to_str()) {
-                Some("debug") | None => {}
-                Some("release") => {
-                    cargo.arg("--release");
-                }
-                Some(profile) => {
-                    cargo.args(["--profile", profile]);
-                }
-            }
-            let built = cargo.output().expect("run cargo build --example worker");
-            assert!(
-                built.status.success(),
-                "cargo build --example worker failed:\n{}",
-                String::from_utf8_lossy(&built.stderr)
-            );
-            let binary = profile_dir
-                .join("examples")
-                .join(format!("worker{}", std::env::consts::EXE_SUFFIX));
-            assert!(binary.exists(), "{} is missing", binary.display());
-            binary
-        })
-        .clone()
+    common::fresh_example_binary("worker")
 }
 
 /// The shipped worker binary as a child process, its log kept line by line

@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use futures_util::StreamExt;
 use serde_json::Value;
 use task_core::broker::{dead_letter_headers, ConsumeOptions, Message, QueueSpec};
-use task_core::protocol::task_message::{encode_task, TaskCall};
 use task_core::{task, TaskError};
 use task_examples::hello;
 use task_worker::Worker;
@@ -26,27 +25,6 @@ static GOOD_RUNS: Mutex<Vec<i64>> = Mutex::new(Vec::new());
 async fn good(i: i64) -> Result<i64, TaskError> {
     GOOD_RUNS.lock().unwrap().push(i);
     Ok(i + 1)
-}
-
-/// A well-formed task message for `name` with no arguments and no result.
-fn task_message(name: &str) -> Message {
-    encode_task(&TaskCall {
-        id: &uuid::Uuid::new_v4().to_string(),
-        name,
-        args: &[],
-        kwargs: &[],
-        reply_to: None,
-        eta: None,
-        expires: None,
-        priority: None,
-        time_limit: None,
-        soft_time_limit: None,
-        ignore_result: true,
-        retries: 0,
-        root_id: None,
-        parent_id: None,
-    })
-    .unwrap()
 }
 
 #[tokio::test]
@@ -65,7 +43,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
     let running = tokio::spawn(worker.run());
 
     let mut poison: Vec<(&str, Message)> = Vec::new();
-    let base = task_message("tasks.add");
+    let base = common::task_message("tasks.add");
     let mut m = base.clone();
     m.body = b"{not json".to_vec();
     poison.push(("DecodeError: malformed body", m));
@@ -85,7 +63,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_good_tasks_succ
     let mut m = base.clone();
     m.body = format!("[[\"{}\"], {{}}, {{}}]", "x".repeat(5000)).into_bytes();
     poison.push(("MessageTooLarge", m));
-    poison.push(("NotRegistered", task_message("tasks.no_such_task")));
+    poison.push(("NotRegistered", common::task_message("tasks.no_such_task")));
     // Each poison message names itself, so its dead letter is matched to it.
     for (marker, (_, message)) in poison.iter_mut().enumerate() {
         message

@@ -6,6 +6,8 @@
 //! and deletes its keys at the end.
 
 mod common;
+#[path = "common/redis_keys.rs"]
+mod redis_keys;
 
 use std::time::{Duration, Instant};
 
@@ -29,32 +31,6 @@ async fn broker(prefix: &str, visibility: Duration) -> RedisBroker {
     )
     .await
     .expect("redis broker connects")
-}
-
-/// Every key under `prefix`.
-async fn keys_under(prefix: &str) -> Vec<String> {
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap()
-}
-
-/// Deletes every key under `prefix`.
-async fn clean(prefix: &str) {
-    let keys = keys_under(prefix).await;
-    if keys.is_empty() {
-        return;
-    }
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("DEL")
-        .arg(keys)
-        .query_async::<()>(&mut connection)
-        .await
-        .unwrap();
 }
 
 /// A raw command on the shared Redis.
@@ -135,7 +111,7 @@ async fn a_message_is_in_unacked_until_acked_and_its_lists_are_kombus() {
     let index: u64 = raw(&["ZCARD", &format!("{prefix}unacked_index")]).await;
     assert_eq!(index, 0);
     consumer.cancel.cancel().await.unwrap();
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -174,7 +150,7 @@ async fn an_unacked_message_of_a_dead_consumer_comes_back_after_the_visibility_t
     again.acker.ack().await.unwrap();
     assert_eq!(alive.unacked_count().await.unwrap(), 0);
     consumer.cancel.cancel().await.unwrap();
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -206,7 +182,7 @@ async fn a_message_held_longer_than_the_visibility_timeout_is_not_restored() {
     assert_eq!(restorer.queue_message_count("q").await.unwrap(), 0);
     delivery.acker.ack().await.unwrap();
     consumer.cancel.cancel().await.unwrap();
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -233,7 +209,7 @@ async fn a_rejected_message_is_requeued_or_dropped_and_close_gives_back_the_rest
     drop((c, again));
     assert_eq!(broker.queue_message_count("q").await.unwrap(), 2);
     assert_eq!(broker.unacked_count().await.unwrap(), 0);
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -263,7 +239,7 @@ async fn a_delayed_message_waits_in_redis_until_due() {
     assert_eq!(broker.delayed_count().await.unwrap(), 0);
     delivery.acker.ack().await.unwrap();
     consumer.cancel.cancel().await.unwrap();
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -302,7 +278,7 @@ async fn a_fanout_exchange_broadcasts_over_pub_sub() {
     for consumer in consumers {
         consumer.cancel.cancel().await.unwrap();
     }
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 trait TapName {
@@ -372,7 +348,7 @@ async fn worker_round_trips(label: &str, result_backend: &str) {
     worker.stop().await;
     let broker = broker(&prefix, Duration::from_secs(3600)).await;
     assert_eq!(broker.unacked_count().await.unwrap(), 0);
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -431,29 +407,7 @@ async fn an_exclusive_queue_is_its_connections_until_that_connection_closes_or_v
         }
     }
     third.close().await.unwrap();
-    clean(&prefix).await;
-}
-
-/// A well-formed task message for `name`, no arguments, no result.
-fn task_message(name: &str) -> Message {
-    use task_core::protocol::task_message::{encode_task, TaskCall};
-    encode_task(&TaskCall {
-        id: &uuid::Uuid::new_v4().to_string(),
-        name,
-        args: &[],
-        kwargs: &[],
-        reply_to: None,
-        eta: None,
-        expires: None,
-        priority: None,
-        time_limit: None,
-        soft_time_limit: None,
-        ignore_result: true,
-        retries: 0,
-        root_id: None,
-        parent_id: None,
-    })
-    .unwrap()
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -465,10 +419,10 @@ async fn poison_messages_on_redis_go_to_the_dead_letter_list_with_their_reason()
     let queue = common::unique_queue("redis-poison");
     let worker = common::TestWorker::start_on(queue.clone(), app.clone(), 2, |b| b).await;
 
-    let mut malformed = task_message("tasks.add");
+    let mut malformed = common::task_message("tasks.add");
     malformed.body = b"{not json".to_vec();
     app.broker().publish("", &queue, &malformed).await.unwrap();
-    let unknown = task_message("tasks.no_such_task");
+    let unknown = common::task_message("tasks.no_such_task");
     app.broker().publish("", &queue, &unknown).await.unwrap();
     // Not even kombu's envelope: pushed straight into the queue's list.
     let client = redis::Client::open(common::redis_url()).unwrap();
@@ -533,7 +487,7 @@ async fn poison_messages_on_redis_go_to_the_dead_letter_list_with_their_reason()
         0,
         "every poison message was settled"
     );
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]
@@ -565,5 +519,5 @@ async fn deleting_a_queue_ends_its_consumers_in_other_processes_too() {
     assert_eq!(deleter.unacked_count().await.unwrap(), 0);
     deleter.close().await.unwrap();
     consuming.close().await.unwrap();
-    clean(&prefix).await;
+    redis_keys::delete_redis_keys(&prefix).await;
 }

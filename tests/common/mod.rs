@@ -152,6 +152,74 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     binary
 }
 
+/// `target/<profile>/examples/<name>`, rebuilt once per test process:
+/// `cargo test` builds the examples only when no test target is named
+/// (`cargo test --test faults` does not), and a stale binary would test old
+/// code.
+pub fn fresh_example_binary(name: &str) -> std::path::PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<String, std::path::PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(binary) = built.get(name) {
+        return binary.clone();
+    }
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--example", name]);
+    match profile_dir.file_name().and_then(|dir| dir.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cargo.arg("--release");
+        }
+        Some(profile) => {
+            cargo.args(["--profile", profile]);
+        }
+    }
+    let output = cargo
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo build --example {name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let binary = example_binary(name);
+    built.insert(name.to_owned(), binary.clone());
+    binary
+}
+
+/// A well-formed task message for `name`: no arguments, no result wanted.
+pub fn task_message(name: &str) -> task_core::broker::Message {
+    use task_core::protocol::task_message::{encode_task, TaskCall};
+    encode_task(&TaskCall {
+        id: &uuid::Uuid::new_v4().to_string(),
+        name,
+        args: &[],
+        kwargs: &[],
+        reply_to: None,
+        eta: None,
+        expires: None,
+        priority: None,
+        time_limit: None,
+        soft_time_limit: None,
+        ignore_result: true,
+        retries: 0,
+        root_id: None,
+        parent_id: None,
+    })
+    .expect("a task message")
+}
+
 /// How long a child process a test runs to completion (the worker binary
 /// refusing its arguments, a Python client) may take before the test fails.
 pub const CHILD_PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
